@@ -1,0 +1,407 @@
+"""The packed on-disk format: flat per-atom and per-molecule arrays plus offsets.
+
+A packed dataset is a directory::
+
+    offsets.npy     int64   (n_mol + 1,)   atom offset of each molecule, offsets[0] == 0
+    n_atoms.npy     int32   (n_mol,)       atoms per molecule, == diff(offsets)
+    Z_pack.int32    int32   (n_atoms_total,)     atomic numbers
+    R_pack.f32      float32 (n_atoms_total, 3)   positions [Å]
+    F_pack.f32      float32 (n_atoms_total, 3)   forces [eV/Å]          (optional)
+    E.f64           float64 (n_mol,)             total energies [eV]
+    Qtot.f64        float64 (n_mol,)             total charges [e]
+    D.f64           float64 (n_mol, 3)           dipole moments [e·Å]   (optional)
+    manifest.json   format version, counts, units, per-file dtype/shape/bytes/sha256,
+                    source file and its sha256
+
+The ``*.int32``/``*.f32``/``*.f64`` files are raw little-endian binaries, so that
+directories written by the older packed-memmap tooling (same names, no manifest)
+stay readable: everything the manifest would say is derived from ``offsets.npy``.
+
+Directories are written into a temporary sibling and renamed when complete
+(:class:`PackedWriter`), so a directory that exists is a finished one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError
+from .units import CANONICAL_UNITS
+
+FORMAT_NAME = "physpack-packed"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+OFFSETS = "offsets.npy"
+N_ATOMS = "n_atoms.npy"
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySpec:
+    """One raw binary array of the format.
+
+    Attributes:
+        key: name used in batches and in the NPZ (``Z``, ``R``, ``F``, ``E``, ...).
+        file: file name inside the packed directory.
+        dtype: little-endian numpy dtype string.
+        per: ``"atom"`` (first axis runs over all atoms) or ``"molecule"``.
+        trailing: shape after the first axis.
+        required: whether every packed directory must have it.
+    """
+
+    key: str
+    file: str
+    dtype: str
+    per: str
+    trailing: tuple[int, ...]
+    required: bool
+
+    @property
+    def itemsize(self) -> int:
+        return int(np.dtype(self.dtype).itemsize * int(np.prod(self.trailing, dtype=int)))
+
+
+ARRAYS: dict[str, ArraySpec] = {
+    s.key: s
+    for s in (
+        ArraySpec("Z", "Z_pack.int32", "<i4", "atom", (), True),
+        ArraySpec("R", "R_pack.f32", "<f4", "atom", (3,), True),
+        ArraySpec("F", "F_pack.f32", "<f4", "atom", (3,), False),
+        ArraySpec("E", "E.f64", "<f8", "molecule", (), True),
+        ArraySpec("Qtot", "Qtot.f64", "<f8", "molecule", (), True),
+        ArraySpec("D", "D.f64", "<f8", "molecule", (3,), False),
+    )
+}
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks (memory independent of file size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()
+
+
+class PackedDataset:
+    """Read-only, memory-mapped view of a packed directory.
+
+    Only ``offsets`` and ``n_atoms`` are index arrays; every data array is a
+    ``np.memmap``, so opening a dataset costs memory independent of its size.
+
+    Attributes:
+        path: the directory.
+        manifest: the parsed ``manifest.json``, or ``None`` for older directories.
+        offsets: int64 (n_molecules + 1,), memory-mapped.
+        n_atoms: int32 (n_molecules,), memory-mapped.
+        Z, R, E, Qtot: always present; F, D: ``None`` when absent.
+
+    Raises:
+        InputError: a missing or truncated file, or counts that disagree, naming
+        the file.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise InputError(f"{self.path}: packed directory not found")
+        self.manifest: dict[str, Any] | None = self._read_manifest()
+        self.offsets = self._load_index(OFFSETS, np.int64)
+        if self.offsets.ndim != 1 or self.offsets.size < 1 or self.offsets[0] != 0:
+            raise InputError(
+                f"{self.path / OFFSETS}: expected a 1-D int64 array starting at 0"
+            )
+        self.n_molecules = int(self.offsets.size - 1)
+        self.n_atoms_total = int(self.offsets[-1])
+        n_atoms_path = self.path / N_ATOMS
+        if n_atoms_path.exists():
+            self.n_atoms = self._load_index(N_ATOMS, np.int32)
+        else:  # derivable: older writers may have left it out
+            self.n_atoms = np.diff(self.offsets).astype(np.int32)
+        if self.n_atoms.shape != (self.n_molecules,):
+            raise InputError(
+                f"{n_atoms_path}: shape {self.n_atoms.shape} but offsets.npy "
+                f"describes {self.n_molecules} molecules"
+            )
+        if self.manifest is not None:
+            for key, want in (
+                ("n_molecules", self.n_molecules),
+                ("n_atoms_total", self.n_atoms_total),
+            ):
+                if int(self.manifest.get(key, want)) != want:
+                    raise InputError(
+                        f"{self.path / MANIFEST}: {key}={self.manifest[key]} but "
+                        f"offsets.npy gives {want}"
+                    )
+        self._arrays: dict[str, np.memmap | None] = {
+            key: self._map(spec) for key, spec in ARRAYS.items()
+        }
+
+    # -- construction helpers -------------------------------------------------
+    def _read_manifest(self) -> dict[str, Any] | None:
+        mpath = self.path / MANIFEST
+        if not mpath.exists():
+            return None
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{mpath}: unreadable manifest ({exc})") from exc
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise InputError(
+                f"{mpath}: format_version {version!r} is not supported "
+                f"(this physpack reads up to {FORMAT_VERSION})"
+            )
+        return manifest
+
+    def _load_index(self, name: str, dtype: type) -> np.ndarray:
+        p = self.path / name
+        if not p.exists():
+            raise InputError(f"{p}: missing file")
+        try:
+            arr = np.load(p, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{p}: unreadable ({exc})") from exc
+        if arr.dtype != np.dtype(dtype):
+            arr = np.asarray(arr, dtype=dtype)
+        return arr
+
+    def _map(self, spec: ArraySpec) -> np.memmap | None:
+        p = self.path / spec.file
+        if not p.exists():
+            listed = self.manifest is not None and spec.key in self.manifest.get(
+                "arrays", {}
+            )
+            if spec.required or listed:
+                raise InputError(f"{p}: missing file")
+            return None
+        n = self.n_atoms_total if spec.per == "atom" else self.n_molecules
+        expected = n * spec.itemsize
+        size = p.stat().st_size
+        if size != expected:
+            raise InputError(
+                f"{p}: {size} bytes but {n} {spec.per}s × {spec.itemsize} bytes = "
+                f"{expected} expected (truncated or from another dataset)"
+            )
+        if n == 0:
+            return np.zeros((0, *spec.trailing), dtype=spec.dtype)  # type: ignore[return-value]
+        return np.memmap(p, dtype=spec.dtype, mode="r", shape=(n, *spec.trailing))
+
+    # -- access -----------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.n_molecules
+
+    def has(self, key: str) -> bool:
+        """Whether the optional array ``key`` (``"F"`` or ``"D"``) is present."""
+        return self._arrays.get(key) is not None
+
+    def array(self, key: str) -> np.ndarray:
+        """The memory-mapped array ``key``; raises KeyError when absent."""
+        arr = self._arrays[key]
+        if arr is None:
+            raise KeyError(f"{self.path}: no {ARRAYS[key].file} in this dataset")
+        return arr
+
+    @property
+    def keys(self) -> list[str]:
+        """Keys of the arrays present, in format order."""
+        return [k for k, v in self._arrays.items() if v is not None]
+
+    Z = property(lambda self: self.array("Z"))
+    R = property(lambda self: self.array("R"))
+    E = property(lambda self: self.array("E"))
+    Qtot = property(lambda self: self.array("Qtot"))
+    F = property(lambda self: self._arrays["F"])
+    D = property(lambda self: self._arrays["D"])
+
+    @property
+    def units(self) -> dict[str, str]:
+        """Units of the stored arrays (canonical; older directories assumed so)."""
+        if self.manifest is not None and "units" in self.manifest:
+            return dict(self.manifest["units"])
+        return dict(CANONICAL_UNITS)
+
+    def molecule(self, i: int) -> dict[str, np.ndarray]:
+        """Molecule ``i`` unpadded: per-atom arrays (n, ...) and per-molecule values."""
+        if not -self.n_molecules <= i < self.n_molecules:
+            raise IndexError(f"molecule {i} out of range for {self.n_molecules}")
+        i %= self.n_molecules
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        out: dict[str, np.ndarray] = {}
+        for key, spec in ARRAYS.items():
+            arr = self._arrays[key]
+            if arr is None:
+                continue
+            out[key] = np.array(arr[a:b] if spec.per == "atom" else arr[i])
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(self.n_molecules):
+            yield self.molecule(i)
+
+    def file_paths(self) -> dict[str, Path]:
+        """Every file of the dataset that exists, by key (plus offsets, n_atoms)."""
+        files = {"offsets": self.path / OFFSETS}
+        if (self.path / N_ATOMS).exists():
+            files["n_atoms"] = self.path / N_ATOMS
+        for key, spec in ARRAYS.items():
+            if self._arrays[key] is not None:
+                files[key] = self.path / spec.file
+        return files
+
+
+class PackedWriter:
+    """Stream molecules into a new packed directory, atomically.
+
+    Files are written into a hidden temporary sibling ``.<name>.tmp-<pid>``; checksums
+    are computed while writing; :meth:`close` writes ``offsets.npy``, ``n_atoms.npy``
+    and ``manifest.json`` and renames the directory into place. If anything fails
+    before that, the temporary directory is removed and ``path`` is untouched.
+
+    Use as a context manager::
+
+        with PackedWriter(out, has_forces=True, has_dipoles=False) as w:
+            w.append(n_atoms=..., Z=..., R=..., F=..., E=..., Qtot=...)
+            w.source = {"file": "data.npz", "sha256": "..."}
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        has_forces: bool,
+        has_dipoles: bool,
+        overwrite: bool = False,
+    ):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise InputError(
+                f"{self.path}: already exists; remove it or pass overwrite=True"
+            )
+        self.keys = [
+            k
+            for k, s in ARRAYS.items()
+            if s.required or (k == "F" and has_forces) or (k == "D" and has_dipoles)
+        ]
+        self.overwrite = overwrite
+        self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
+        self.source: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}
+        self._counts: list[np.ndarray] = []
+        self._handles: dict[str, Any] = {}
+        self._hashes: dict[str, Any] = {}
+        self._n_atoms_total = 0
+
+    def __enter__(self) -> PackedWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        for key in self.keys:
+            self._handles[key] = open(self.tmp / ARRAYS[key].file, "wb")
+            self._hashes[key] = hashlib.sha256()
+        return self
+
+    def append(self, n_atoms: np.ndarray, **arrays: np.ndarray) -> None:
+        """Append a chunk of molecules.
+
+        Args:
+            n_atoms: int (m,) atoms of each molecule in the chunk.
+            **arrays: every key of :attr:`keys`; per-atom arrays concatenated over
+                the chunk's molecules, (sum(n_atoms), ...); per-molecule arrays (m, ...).
+                Values must already be in canonical units.
+        """
+        n_atoms = np.asarray(n_atoms, dtype=np.int32)
+        total = int(n_atoms.sum())
+        missing = set(self.keys) - set(arrays)
+        if missing:
+            raise ValueError(f"append() lacks {sorted(missing)}")
+        for key in self.keys:
+            spec = ARRAYS[key]
+            n = total if spec.per == "atom" else n_atoms.size
+            data = np.ascontiguousarray(arrays[key], dtype=spec.dtype)
+            if data.shape != (n, *spec.trailing):
+                raise ValueError(
+                    f"append(): {key} has shape {data.shape}, expected {(n, *spec.trailing)}"
+                )
+            buf = data.tobytes()
+            self._handles[key].write(buf)
+            self._hashes[key].update(buf)
+        self._counts.append(n_atoms)
+        self._n_atoms_total += total
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for fh in self._handles.values():
+            fh.close()
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        try:
+            self._finish()
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    def _finish(self) -> None:
+        n_atoms = (
+            np.concatenate(self._counts) if self._counts else np.zeros(0, np.int32)
+        ).astype(np.int32)
+        offsets = np.zeros(n_atoms.size + 1, dtype=np.int64)
+        np.cumsum(n_atoms, out=offsets[1:])
+        np.save(self.tmp / OFFSETS, offsets)
+        np.save(self.tmp / N_ATOMS, n_atoms)
+        arrays: dict[str, Any] = {}
+        for name, arr in ((OFFSETS, offsets), (N_ATOMS, n_atoms)):
+            arrays[name.removesuffix(".npy")] = {
+                "file": name,
+                "dtype": arr.dtype.str,
+                "shape": list(arr.shape),
+                "bytes": (self.tmp / name).stat().st_size,
+                "sha256": sha256_file(self.tmp / name),
+            }
+        for key in self.keys:
+            spec = ARRAYS[key]
+            n = self._n_atoms_total if spec.per == "atom" else n_atoms.size
+            arrays[key] = {
+                "file": spec.file,
+                "dtype": spec.dtype,
+                "shape": [n, *spec.trailing],
+                "bytes": (self.tmp / spec.file).stat().st_size,
+                "sha256": self._hashes[key].hexdigest(),
+            }
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "created_by": f"physpack {__version__}",
+            "n_molecules": int(n_atoms.size),
+            "n_atoms_total": int(self._n_atoms_total),
+            "max_atoms": int(n_atoms.max()) if n_atoms.size else 0,
+            "units": dict(CANONICAL_UNITS),
+            "optional": {"F": "F" in self.keys, "D": "D" in self.keys},
+            "arrays": arrays,
+            "source": self.source,
+            **self.extra,
+        }
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        replace_dir(self.tmp, self.path)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move directory ``src`` to ``dst``; an existing ``dst`` is replaced only after
+    ``src`` is complete (old one moved aside first, removed last)."""
+    backup = None
+    if dst.exists():
+        backup = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        os.replace(dst, backup)
+    os.replace(src, dst)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)

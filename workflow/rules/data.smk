@@ -1,0 +1,80 @@
+rule convert_npz:
+    input:
+        npz=config["data"]["npz"],
+        code=stage_code("convert"),
+    output:
+        directory(PATHS["packed"]),
+    params:
+        data=section("data"),
+    log:
+        log_path("convert_npz"),
+    benchmark:
+        benchmark_path("convert_npz")
+    conda:
+        "../../envs/physpack.yaml"
+    shell:
+        "physpack convert {input.npz:q} {output:q} --config {params.data:q}"
+        " --no-progress > {log:q} 2>&1"
+
+
+rule validate_packed:
+    input:
+        packed=PATHS["packed"],
+        code=stage_code("validate"),
+    output:
+        PATHS["validation"],
+    params:
+        validate=section("validate"),
+    log:
+        log_path("validate_packed"),
+    benchmark:
+        benchmark_path("validate_packed")
+    conda:
+        "../../envs/physpack.yaml"
+    shell:
+        "physpack validate {input.packed:q} --output {output:q}"
+        " --config {params.validate:q} > {log:q} 2>&1"
+
+
+rule packing_stats:
+    input:
+        packed=PATHS["packed"],
+        code=stage_code("stats"),
+    output:
+        json=PATHS["stats_json"],
+        md=PATHS["stats_md"],
+        png=report(
+            PATHS["stats_png"],
+            caption="../report/packing_stats.rst",
+            category="1. Data",
+        ),
+    params:
+        loader=section("loader"),
+    log:
+        log_path("packing_stats"),
+    benchmark:
+        benchmark_path("packing_stats")
+    conda:
+        "../../envs/physpack.yaml"
+    shell:
+        "physpack stats {input.packed:q} --json {output.json:q} --markdown {output.md:q}"
+        " --figure {output.png:q} --config {params.loader:q} > {log:q} 2>&1"
+
+
+rule split_dataset:
+    input:
+        packed=PATHS["packed"],
+        code=stage_code("split"),
+    output:
+        PATHS["split"],
+    params:
+        split=section("split"),
+    log:
+        log_path("split_dataset"),
+    benchmark:
+        benchmark_path("split_dataset")
+    conda:
+        "../../envs/physpack.yaml"
+    shell:
+        "physpack split {input.packed:q} --output {output:q}"
+        " --config {params.split:q} > {log:q} 2>&1"

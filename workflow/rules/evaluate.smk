@@ -1,0 +1,37 @@
+rule evaluate_model:
+    input:
+        packed=PATHS["packed"],
+        split=PATHS["split"],
+        best=PATHS["best"],
+        history=PATHS["history"],
+        code=stage_code("evaluate"),
+    output:
+        metrics=report(
+            PATHS["metrics"],
+            caption="../report/metrics.rst",
+            category="3. Evaluation",
+        ),
+        metrics_md=PATHS["metrics_md"],
+        predictions=PATHS["predictions"],
+        figures=report(
+            directory(PATHS["figures"]),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="3. Evaluation",
+        ),
+    params:
+        loader=section("loader"),
+    log:
+        log_path("evaluate_model"),
+    benchmark:
+        benchmark_path("evaluate_model")
+    conda:
+        "../../envs/physpack-cuda.yaml"
+    resources:
+        gpu=1,
+    shell:
+        "physpack evaluate {input.packed:q} --split {input.split:q}"
+        " --checkpoint {input.best:q} --history {input.history:q}"
+        " --metrics {output.metrics:q} --metrics-md {output.metrics_md:q}"
+        " --predictions {output.predictions:q} --figures {output.figures:q}"
+        " --loader-config {params.loader:q} > {log:q} 2>&1"

@@ -1,0 +1,28 @@
+rule train_model:
+    input:
+        packed=PATHS["packed"],
+        split=PATHS["split"],
+        validation=PATHS["validation"],
+        code=stage_code("train"),
+    output:
+        best=PATHS["best"],
+        history=PATHS["history"],
+    params:
+        model=section("model"),
+        train=section("train"),
+        loader=section("loader"),
+        state=PATHS["state"],
+    log:
+        log_path("train_model"),
+    benchmark:
+        benchmark_path("train_model")
+    conda:
+        "../../envs/physpack-cuda.yaml"
+    resources:
+        gpu=1,
+    shell:
+        "physpack train {input.packed:q} --split {input.split:q}"
+        " --output {output.best:q} --history {output.history:q}"
+        " --state-dir {params.state:q} --model-config {params.model:q}"
+        " --train-config {params.train:q} --loader-config {params.loader:q}"
+        " --no-progress > {log:q} 2>&1"
