@@ -248,6 +248,11 @@ class PackedDataset:
         for i in range(self.n_molecules):
             yield self.molecule(i)
 
+    def chunks(self, max_atoms: int = 1 << 20) -> Iterator[tuple[int, int]]:
+        """Consecutive molecule ranges ``(start, stop)`` of at most ``max_atoms``
+        atoms each (at least one molecule), for streaming passes over the data."""
+        return molecule_chunks(np.asarray(self.offsets), max_atoms)
+
     def file_paths(self) -> dict[str, Path]:
         """Every file of the dataset that exists, by key (plus offsets, n_atoms)."""
         files = {"offsets": self.path / OFFSETS}
@@ -257,6 +262,24 @@ class PackedDataset:
             if self._arrays[key] is not None:
                 files[key] = self.path / spec.file
         return files
+
+
+def molecule_chunks(offsets: np.ndarray, max_atoms: int) -> Iterator[tuple[int, int]]:
+    """Split molecules into consecutive ranges ``(start, stop)`` holding at most
+    ``max_atoms`` atoms each (one larger molecule forms a range of its own).
+
+    Args:
+        offsets: int64 (n_mol + 1,), non-decreasing, ``offsets[0] == 0``.
+        max_atoms: atom budget per range (≥ 1).
+    """
+    n_mol = offsets.size - 1
+    start = 0
+    while start < n_mol:
+        limit = offsets[start] + max_atoms
+        stop = int(np.searchsorted(offsets, limit, side="right")) - 1
+        stop = min(max(stop, start + 1), n_mol)
+        yield start, stop
+        start = stop
 
 
 class PackedWriter:

@@ -1,0 +1,92 @@
+"""Tiny packed datasets and checkpoints for the evaluation and calculator tests.
+
+A checkpoint here is built with :mod:`physpack.checkpoint`'s save API from freshly
+initialised parameters that are then randomised (the output heads start at zero,
+which would make every force zero), with reference energies fitted on the data as
+training does. Seconds to make, and its energies and forces are smooth, non-trivial
+functions of the positions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from physpack import checkpoint as ckpt_io
+from physpack.config import ModelConfig, SplitConfig
+from physpack.convert import convert_npz
+from physpack.loader import PackedMemmapLoader
+from physpack.model import init_params, model_from_config
+from physpack.split import make_split, save_split
+from physpack.synthetic import write_padded_npz
+from physpack.train import fit_energy_constants
+
+TINY_MODEL = ModelConfig(
+    features=8,
+    max_degree=1,
+    num_iterations=1,
+    num_basis_functions=8,
+    cutoff=4.0,
+    max_atomic_number=9,
+    n_res=1,
+)
+
+
+def make_packed(root: Path, n_mol: int = 40, seed: int = 3) -> tuple[Path, Path]:
+    """A packed directory of ``n_mol`` synthetic molecules (H C N O F, forces and
+    dipoles) and its split file (20 % valid, 20 % test)."""
+    npz = write_padded_npz(root / "data.npz", n_mol, seed=seed)
+    packed = root / "packed"
+    convert_npz(npz, packed)
+    split = save_split(
+        make_split(packed, SplitConfig(valid=0.2, test=0.2, seed=1)), root / "split.npz"
+    )
+    return packed, split
+
+
+def make_checkpoint(
+    path: Path,
+    packed: Path,
+    *,
+    charges: bool = False,
+    seed: int = 0,
+    noise: float = 0.3,
+    elements: tuple[int, ...] | None = None,
+) -> ckpt_io.Checkpoint:
+    """Save a checkpoint of :data:`TINY_MODEL` with randomised parameters.
+
+    Args:
+        path: file to write.
+        packed: data for the reference energies (all of it) and the init batch.
+        charges: build the model with the charge head (dipole output).
+        noise: standard deviation of the Gaussian noise added to every parameter.
+        elements: override the trained-elements list (to test refusals).
+    """
+    cfg = ModelConfig(**{**TINY_MODEL.__dict__, "charges": charges})
+    loader = PackedMemmapLoader(packed, batch_size=8, shuffle=False)
+    constants, stats = fit_energy_constants(loader, cfg.max_atomic_number)
+    if elements is not None:
+        constants = type(constants)(
+            reference_energies=constants.reference_energies,
+            scale=constants.scale,
+            elements=elements,
+        )
+    model = model_from_config(cfg)
+    params = init_params(model, jax.random.PRNGKey(seed), loader.assemble(np.arange(2)))
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+    leaves = [
+        np.asarray(x + noise * jax.random.normal(k, x.shape, x.dtype))
+        for x, k in zip(leaves, keys)
+    ]
+    ckpt = ckpt_io.Checkpoint(
+        params=jax.tree.unflatten(tree, leaves),
+        model_config=cfg,
+        constants=constants,
+        metrics={"valid_forces_mae_eV_per_A": 1.0},
+        training={"epoch": 1, "step": 1, "data_stats": stats},
+    )
+    ckpt_io.save(path, ckpt)
+    return ckpt

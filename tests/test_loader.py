@@ -1,0 +1,438 @@
+"""physpack.loader: packed and dense batches, epochs, resume, subsets, errors."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from physpack.config import LoaderConfig
+from physpack.errors import InputError
+from physpack.loader import (
+    PackedMemmapLoader,
+    epoch_padding_stats,
+    from_config,
+    greedy_bounds,
+    pair_template,
+)
+from physpack.packed import PackedDataset, PackedWriter
+from physpack.synthetic import write_legacy_packed, write_padded_npz
+
+PER_ATOM = ("Z", "R", "F")
+PER_MOL = ("E", "Qtot", "D")
+FAST = settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+def write_packed_from_npz(npz: Path, out: Path) -> Path:
+    """Unpad a padded NPZ into a packed directory with PackedWriter."""
+    with np.load(npz) as d:
+        N = d["N"]
+        mask = np.arange(d["Z"].shape[1])[None, :] < N[:, None]
+        with PackedWriter(out, has_forces=True, has_dipoles=True) as w:
+            w.append(
+                n_atoms=N,
+                Z=d["Z"][mask],
+                R=d["R"][mask],
+                F=d["F"][mask],
+                E=d["E"],
+                Qtot=d["Q"],
+                D=d["D"],
+            )
+    return out
+
+
+def write_packed_sizes(out: Path, sizes: list[int], seed: int = 0) -> Path:
+    """A packed directory with molecules of the given sizes and random contents."""
+    rng = np.random.default_rng(seed)
+    n = np.asarray(sizes, dtype=np.int32)
+    t = int(n.sum())
+    with PackedWriter(out, has_forces=True, has_dipoles=True) as w:
+        w.append(
+            n_atoms=n,
+            Z=rng.integers(1, 10, t),
+            R=rng.normal(size=(t, 3)),
+            F=rng.normal(size=(t, 3)),
+            E=rng.normal(size=n.size),
+            Qtot=rng.integers(-1, 2, n.size).astype(float),
+            D=rng.normal(size=(n.size, 3)),
+        )
+    return out
+
+
+@pytest.fixture
+def packed(tmp_path: Path) -> Path:
+    """200 QM9-like molecules (all keys) as a packed directory with a manifest."""
+    npz = write_padded_npz(tmp_path / "d.npz", 200, seed=5)
+    return write_packed_from_npz(npz, tmp_path / "packed")
+
+
+def collect(batches: Iterator[dict]) -> list[dict]:
+    return [dict(b) for b in batches]
+
+
+def real_ids(batches: list[dict]) -> np.ndarray:
+    return np.concatenate([b["mol_index"][b["molecule_mask"]] for b in batches])
+
+
+def check_packed_invariants(batch: dict, loader: PackedMemmapLoader) -> None:
+    """Everything the batch contract promises, checked from the batch alone."""
+    A, P, M = (loader.budget.max_atoms, loader.budget.max_pairs,
+               loader.budget.max_molecules)
+    for key, (shape, dtype) in loader.batch_shapes().items():
+        assert batch[key].shape == shape and batch[key].dtype == dtype, key
+    am, mm, pm = batch["atom_mask"], batch["molecule_mask"], batch["pair_mask"]
+    k, t, n_pairs = int(mm.sum()), int(am.sum()), int(pm.sum())
+    # reserved padding slots and contiguous real slots
+    assert not am[-1] and not mm[-1]
+    assert am[:t].all() and mm[:k].all() and pm[:n_pairs].all()
+    seg = batch["batch_segments"]
+    assert (seg[~am] == M - 1).all()
+    assert np.array_equal(np.bincount(seg[am], minlength=M)[:k], batch["N"][:k])
+    assert (np.diff(seg[am]) >= 0).all()  # molecules in slot order
+    assert (batch["N"][~mm] == 0).all() and (batch["mol_index"][~mm] == -1).all()
+    assert (batch["Z"][~am] == 0).all() and (batch["R"][~am] == 0).all()
+    assert (batch["F"][~am] == 0).all() and (batch["E"][~mm] == 0).all()
+    assert (batch["dst_idx"][~pm] == A - 1).all()
+    assert (batch["src_idx"][~pm] == A - 1).all()
+    # pairs against brute force: every ordered i != j with the same molecule slot
+    real = np.flatnonzero(am)
+    same = seg[real][:, None] == seg[real][None, :]
+    np.fill_diagonal(same, False)
+    i, j = np.nonzero(same)
+    want = set(zip(real[i].tolist(), real[j].tolist()))
+    got = list(zip(batch["dst_idx"][pm].tolist(), batch["src_idx"][pm].tolist()))
+    assert len(got) == len(set(got)) and set(got) == want
+    assert n_pairs <= P
+
+
+# -- pair templates and greedy packing -------------------------------------------
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_pair_template_matches_e3x(n: int) -> None:
+    e3x = pytest.importorskip("e3x")
+    d, s = pair_template(n)
+    if n == 1:
+        assert d.size == s.size == 0
+        return
+    ed, es = e3x.ops.sparse_pairwise_indices(n)
+    assert np.array_equal(d, np.asarray(ed)) and np.array_equal(s, np.asarray(es))
+
+
+@FAST
+@given(
+    sizes=st.lists(st.integers(0, 12), min_size=1, max_size=300),
+    window=st.integers(1, 50),
+)
+def test_greedy_bounds_is_greedy(sizes: list[int], window: int) -> None:
+    n = np.asarray(sizes, dtype=np.int64)
+    order = np.arange(n.size)[::-1].copy()
+    caps = (20, 60, 5)
+    bounds = greedy_bounds(n, order, *caps, window=window)
+    assert bounds[0] == 0 and bounds[-1] == n.size and (np.diff(bounds) > 0).all()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        w = n[order[a:b]]
+        assert w.sum() <= caps[0] and (w * (w - 1)).sum() <= caps[1]
+        assert b - a <= caps[2]
+        if b < n.size:  # closed only because the next molecule would overflow
+            w2 = n[order[a : b + 1]]
+            assert (w2.sum() > caps[0] or (w2 * (w2 - 1)).sum() > caps[1]
+                    or b + 1 - a > caps[2])
+
+
+# -- packed batches -----------------------------------------------------------------
+@FAST
+@given(
+    sizes=st.lists(st.integers(1, 15), min_size=1, max_size=80),
+    batch_size=st.integers(1, 12),
+    bucket_size=st.integers(1, 40),
+    seed=st.integers(0, 3),
+    shuffle=st.booleans(),
+    mix=st.booleans(),
+    subset_seed=st.one_of(st.none(), st.integers(0, 100)),
+)
+def test_exactly_once_and_contract(
+    sizes, batch_size, bucket_size, seed, shuffle, mix, subset_seed
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_packed_sizes(Path(tmp) / "p", sizes)
+        indices = None
+        if subset_seed is not None:
+            rng = np.random.default_rng(subset_seed)
+            indices = rng.permutation(len(sizes))[: rng.integers(1, len(sizes) + 1)]
+        loader = PackedMemmapLoader(
+            path, batch_size, shuffle=shuffle, bucket_size=bucket_size, seed=seed,
+            indices=indices, prefetch=1, mix_sizes=mix,
+        )
+        want = np.sort(np.arange(len(sizes)) if indices is None else indices)
+        for epoch in range(2):
+            batches = collect(loader.packed_batches())
+            assert len(batches) == loader.num_batches(epoch)
+            ids = real_ids(batches)
+            assert np.array_equal(np.sort(ids), want), "each molecule exactly once"
+            for b in batches:
+                check_packed_invariants(b, loader)
+        assert loader.epoch == 2 and loader.position == 0
+
+
+def test_batches_hold_the_dataset_values(packed: Path) -> None:
+    ds = PackedDataset(packed)
+    loader = PackedMemmapLoader(packed, 16, prefetch=2)
+    seen = 0
+    for b in loader.packed_batches():
+        check_packed_invariants(b, loader)
+        for slot in np.flatnonzero(b["molecule_mask"]):
+            mol = ds.molecule(int(b["mol_index"][slot]))
+            atoms = b["batch_segments"] == slot
+            for key in PER_ATOM:
+                np.testing.assert_array_equal(b[key][atoms], mol[key])
+            for key in PER_MOL:
+                np.testing.assert_array_equal(b[key][slot], mol[key])
+            seen += 1
+    assert seen == len(ds)
+
+
+def test_shapes_constant_across_batches_and_epochs(packed: Path) -> None:
+    loader = PackedMemmapLoader(packed, 8, bucket_size=32, prefetch=0)
+    shapes = {
+        tuple((k, v.shape, v.dtype.str) for k, v in sorted(b.items()))
+        for _ in range(3)
+        for b in loader.packed_batches()
+    }
+    assert len(shapes) == 1
+
+
+def test_determinism_and_epoch_dependence(packed: Path) -> None:
+    def run(seed: int, epochs: int) -> list[np.ndarray]:
+        loader = PackedMemmapLoader(packed, 8, seed=seed, bucket_size=50)
+        return [
+            np.concatenate([b["mol_index"] for b in loader.packed_batches()])
+            for _ in range(epochs)
+        ]
+
+    a, b = run(0, 2), run(0, 2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], a[1]), "epochs differ"
+    assert not np.array_equal(a[0], run(1, 1)[0]), "seeds differ"
+    # epoch 1 depends on (seed, 1) only, not on having iterated epoch 0
+    fresh = PackedMemmapLoader(packed, 8, seed=0, bucket_size=50, prefetch=0)
+    direct = np.concatenate([x["mol_index"] for x in fresh.packed_batches(epoch=1)])
+    assert np.array_equal(direct, a[1])
+
+
+def test_no_shuffle_is_epoch_independent(packed: Path) -> None:
+    loader = PackedMemmapLoader(packed, 8, shuffle=False)
+    e0 = real_ids(collect(loader.packed_batches()))
+    e1 = real_ids(collect(loader.packed_batches()))
+    assert np.array_equal(e0, e1)
+
+
+@FAST
+@given(stop=st.integers(0, 60), prefetch=st.integers(0, 3))
+def test_resume_mid_epoch_round_trip(packed: Path, stop: int, prefetch: int) -> None:
+    reference = PackedMemmapLoader(packed, 8, seed=7, prefetch=0)
+    full = [b for _ in range(3) for b in reference.packed_batches()]
+    first = PackedMemmapLoader(packed, 8, seed=7, prefetch=prefetch)
+    taken: list[dict] = []
+    while len(taken) < stop:  # consume `stop` batches, across epoch ends
+        for b in first.packed_batches():
+            taken.append(b)
+            if len(taken) == stop:
+                break
+    state = json.loads(json.dumps(first.state_dict()))
+    second = PackedMemmapLoader(packed, 8, seed=123, prefetch=prefetch)
+    second.load_state_dict(state)
+    rest = []
+    while len(taken) + len(rest) < len(full):
+        rest.extend(second.packed_batches())
+    for want, got in zip(full, taken + rest):
+        assert want.keys() == got.keys()
+        for key in want:
+            np.testing.assert_array_equal(want[key], got[key])
+
+
+def test_state_from_another_subset_is_refused(packed: Path) -> None:
+    a = PackedMemmapLoader(packed, 8, indices=np.arange(100))
+    b = PackedMemmapLoader(packed, 8, indices=np.arange(1, 101))
+    with pytest.raises(InputError, match="subset_crc32"):
+        b.load_state_dict(a.state_dict())
+    c = PackedMemmapLoader(packed, 8, indices=np.arange(100), max_atoms=512)
+    with pytest.raises(InputError, match="budget"):
+        c.load_state_dict(a.state_dict())
+
+
+def test_legacy_directory_without_dipoles(tmp_path: Path) -> None:
+    path = write_legacy_packed(tmp_path / "legacy", 40, seed=2)
+    loader = PackedMemmapLoader(path, 4)
+    batches = collect(loader.packed_batches())
+    assert "D" not in batches[0] and "F" in batches[0]
+    assert np.array_equal(np.sort(real_ids(batches)), np.arange(40))
+    for b in batches:
+        check_packed_invariants(b, loader)
+
+
+def test_budget_derivation_and_efficiency(tmp_path: Path) -> None:
+    from physpack.synthetic import qm9_like_sizes
+
+    sizes = qm9_like_sizes(6000, np.random.default_rng(0))
+    path = write_packed_sizes(tmp_path / "q", sizes.tolist())
+    stats = epoch_padding_stats(path, batch_size=64)
+    assert stats["max_atoms"] % 64 == 0 and stats["max_pairs"] % 64 == 0
+    assert stats["max_molecules"] % 8 == 0
+    assert 0.95 * 64 <= stats["mean_molecules_per_batch"] <= 1.15 * 64
+    assert stats["atom_efficiency"] >= 0.95 and stats["pair_efficiency"] >= 0.90
+    assert stats["dense_atom_efficiency"] < stats["atom_efficiency"]
+
+
+def test_padding_stats_agree_with_batches(packed: Path) -> None:
+    stats = epoch_padding_stats(packed, batch_size=16, bucket_size=64, seed=3)
+    loader = PackedMemmapLoader(packed, 16, bucket_size=64, seed=3)
+    batches = collect(loader.packed_batches())
+    A, P, M = (stats["max_atoms"], stats["max_pairs"], stats["max_molecules"])
+    assert (A, P, M) == (
+        loader.budget.max_atoms, loader.budget.max_pairs, loader.budget.max_molecules
+    )
+    assert stats["n_batches"] == len(batches)
+    slots = len(batches)
+    assert stats["atom_efficiency"] == pytest.approx(
+        sum(b["atom_mask"].sum() for b in batches) / (slots * A))
+    assert stats["pair_efficiency"] == pytest.approx(
+        sum(b["pair_mask"].sum() for b in batches) / (slots * P))
+    assert stats["molecule_efficiency"] == pytest.approx(
+        sum(b["molecule_mask"].sum() for b in batches) / (slots * M))
+    dense = collect(loader.batches(num_atoms=stats["dense_num_atoms"]))
+    assert stats["dense_atom_efficiency"] == pytest.approx(
+        sum(b["atom_mask"].sum() for b in dense) / sum(b["atom_mask"].size
+                                                       for b in dense))
+    assert stats["dense_pair_efficiency"] == pytest.approx(
+        sum(b["pair_mask"].sum() for b in dense) / sum(b["pair_mask"].size
+                                                       for b in dense))
+
+
+# -- dense batches ------------------------------------------------------------------
+@pytest.mark.parametrize("num_atoms", [None, 40])
+def test_dense_equals_packed_molecule_by_molecule(packed: Path, num_atoms) -> None:
+    loader = PackedMemmapLoader(packed, 24, prefetch=0)
+    by_id: dict[int, dict] = {}
+    for b in loader.packed_batches():
+        for slot in np.flatnonzero(b["molecule_mask"]):
+            atoms = np.flatnonzero(b["batch_segments"] == slot)
+            pm = np.isin(b["dst_idx"], atoms) & b["pair_mask"]
+            mol = {k: b[k][atoms] for k in PER_ATOM}
+            mol |= {k: b[k][slot] for k in (*PER_MOL, "N")}
+            mol["pairs"] = {(d - atoms[0], s - atoms[0]) for d, s in
+                            zip(b["dst_idx"][pm].tolist(), b["src_idx"][pm].tolist())}
+            by_id[int(b["mol_index"][slot])] = mol
+    n_dense = 0
+    for b in loader.batches(num_atoms=num_atoms):
+        B, W = b["Z"].shape
+        assert B == 24 and b["batch_segments"].shape == (B * W,)
+        if num_atoms is not None:
+            assert W == num_atoms
+        for slot in np.flatnonzero(b["molecule_mask"]):
+            mol = by_id.pop(int(b["mol_index"][slot]))
+            n = int(b["N"][slot])
+            assert n == mol["N"] and b["atom_mask"][slot].sum() == n
+            for key in PER_ATOM:
+                np.testing.assert_array_equal(b[key][slot, :n], mol[key])
+                assert not b[key][slot, n:].any()
+            for key in PER_MOL:
+                np.testing.assert_array_equal(b[key][slot], mol[key])
+            lo = slot * W
+            sel = b["pair_mask"] & (b["dst_idx"] >= lo) & (b["dst_idx"] < lo + W)
+            pairs = {(d - lo, s - lo) for d, s in
+                     zip(b["dst_idx"][sel].tolist(), b["src_idx"][sel].tolist())}
+            assert pairs == mol["pairs"]
+            assert (b["batch_segments"][lo : lo + W] == slot).all()
+            n_dense += 1
+        padding = ~b["molecule_mask"]
+        assert (b["N"][padding] == 0).all() and not b["atom_mask"][padding].any()
+    assert not by_id and n_dense == 200
+
+
+def test_dense_simple_format_and_fixed_batch_size(packed: Path) -> None:
+    loader = PackedMemmapLoader(packed, 32, num_atoms=30)
+    batches = collect(loader.batches(physnet_format=False))
+    assert len(batches) == 7  # 200 molecules, 32 per batch, last one padded
+    assert {b["Z"].shape for b in batches} == {(32, 30)}
+    assert "dst_idx" not in batches[0]
+    for b in batches:
+        assert np.array_equal(b["mask"].sum(1), b["N"])
+    assert np.array_equal(np.sort(real_ids(batches)), np.arange(200))
+    assert loader.epoch == 1
+    with pytest.raises(InputError, match=r"molecule \d+ has \d+ atoms"):
+        next(loader.batches(num_atoms=3))
+
+
+# -- subsets, configuration and errors -------------------------------------------------
+def test_subsets_from_split_file(packed: Path, tmp_path: Path) -> None:
+    perm = np.random.default_rng(0).permutation(200)
+    split = tmp_path / "split.npz"
+    np.savez(split, train=perm[:150], valid=perm[150:180], test=perm[180:])
+    seen = []
+    for name, want in (("train", perm[:150]), ("valid", perm[150:180]),
+                       ("test", perm[180:])):
+        loader = PackedMemmapLoader.from_split(packed, split, name, batch_size=8)
+        ids = real_ids(collect(loader.packed_batches()))
+        assert np.array_equal(np.sort(ids), np.sort(want))
+        seen.append(ids)
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(200))
+    cfg = LoaderConfig(batch_size=4, max_atoms=256, prefetch=0)
+    loader = from_config(packed, cfg, split, "valid", shuffle=False)
+    assert loader.budget.max_atoms == 256 and loader.n_molecules == 30
+    with pytest.raises(InputError, match=r"split\.npz.*'holdout'"):
+        PackedMemmapLoader.from_split(packed, split, "holdout", batch_size=8)
+
+
+def test_molecule_over_budget(tmp_path: Path) -> None:
+    path = write_packed_sizes(tmp_path / "p", [3, 4, 25, 5])
+    with pytest.raises(InputError, match=r"molecule 2 has 25 atoms"):
+        PackedMemmapLoader(path, 2, max_atoms=25)  # 24 real slots
+    with pytest.raises(InputError, match=r"molecule 2 has 25 atoms"):
+        PackedMemmapLoader(path, 2, max_pairs=500)
+    # derived budgets grow to fit the largest molecule even at batch_size 1
+    loader = PackedMemmapLoader(path, 1)
+    assert loader.budget.max_atoms >= 26 and loader.budget.max_pairs >= 600
+    assert np.array_equal(
+        np.sort(real_ids(collect(loader.packed_batches()))), np.arange(4))
+
+
+def test_empty_and_bad_subsets(packed: Path) -> None:
+    with pytest.raises(InputError, match="empty subset"):
+        PackedMemmapLoader(packed, 8, indices=np.array([], dtype=np.int64))
+    with pytest.raises(InputError, match="index 200 out of range"):
+        PackedMemmapLoader(packed, 8, indices=np.array([0, 200]))
+    with pytest.raises(InputError, match="molecule 5 appears twice"):
+        PackedMemmapLoader(packed, 8, indices=np.array([5, 1, 5]))
+
+
+def test_prefetch_thread_hook_errors_and_early_stop(packed: Path) -> None:
+    calls = []
+
+    def hook(batch: dict) -> dict:
+        calls.append(threading.current_thread().name)
+        return {k: v.copy() for k, v in batch.items()}
+
+    before = threading.active_count()
+    loader = PackedMemmapLoader(packed, 8, prefetch=2, device_put=hook)
+    it = loader.packed_batches()
+    next(it)
+    it.close()  # consumer stops early: the thread must end
+    assert threading.active_count() == before
+    assert loader.position == 1 and "physpack-prefetch" in calls
+
+    def broken(batch: dict) -> dict:
+        raise RuntimeError("transfer failed")
+
+    bad = PackedMemmapLoader(packed, 8, prefetch=2, device_put=broken)
+    with pytest.raises(RuntimeError, match="transfer failed"):
+        next(bad.packed_batches())

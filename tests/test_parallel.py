@@ -1,0 +1,413 @@
+"""Data-parallel training (physpack.parallel): layout, equality with one device,
+several processes.
+
+Tests that need two devices run this file as a script in a subprocess with
+``XLA_FLAGS=--xla_force_host_platform_device_count=2`` (the flag must be set before
+jax starts, so it cannot be set inside the pytest process without affecting the
+rest of the suite). The subprocess writes its results to an ``.npz``; the
+comparisons are made here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from physpack import parallel as par
+from physpack.errors import ConfigError
+
+HERE = Path(__file__).resolve()
+
+#: Tiny PhysNet for the subprocess checks (seconds to compile on 2 cores).
+TINY_MODEL = dict(
+    features=8, max_degree=0, num_iterations=1, num_basis_functions=4, cutoff=4.0,
+    max_atomic_number=9, n_res=1,
+)  # fmt: skip
+#: Molecules per batch of the test stream: unequal, so global and per-device
+#: normalisation differ; 5 batches on 2 devices leave a short last step.
+BATCH_SIZES = (3, 1, 4, 2, 3)
+BUDGETS = dict(max_atoms=30, max_pairs=160, max_molecules=5)
+FORCES_WEIGHT = 10.0
+
+
+# --------------------------------------------------------------------------------
+# In-process tests (one CPU device)
+
+
+def test_first_hostname() -> None:
+    assert par.first_hostname("node7") == "node7"
+    assert par.first_hostname("gpu[003-005,9],cpu1") == "gpu003"
+    assert par.first_hostname("a[12,4]") == "a12"
+    assert par.first_hostname("host1,host2") == "host1"
+
+
+def _slurm_env(**extra: str) -> dict[str, str]:
+    env = {
+        "SLURM_JOB_ID": "4101",
+        "SLURM_NTASKS": "4",
+        "SLURM_PROCID": "3",
+        "SLURM_LOCALID": "1",
+        "SLURM_NODEID": "1",
+        "SLURM_STEP_NODELIST": "gpu[07-08]",
+        "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+    }
+    env.update(extra)
+    return env
+
+
+def test_slurm_setup_from_environment() -> None:
+    setup = par.slurm_setup(_slurm_env())
+    assert setup is not None
+    assert (setup.num_processes, setup.process_id) == (4, 3)
+    assert setup.coordinator_address == f"gpu07:{61440 + 4101 % 4096}"
+    # two tasks on this node: one device each, chosen by the local task id
+    assert setup.local_device_ids == (1,)
+
+
+def test_slurm_setup_one_task_per_node_uses_all_devices() -> None:
+    env = _slurm_env(SLURM_STEP_TASKS_PER_NODE="1(x4)", JAX_COORDINATOR_PORT="5000")
+    setup = par.slurm_setup(env)
+    assert setup is not None and setup.local_device_ids is None
+    assert setup.coordinator_address == "gpu07:5000"
+    # SLURM bound one GPU per task already: it is device 0 of the visible ones
+    bound = par.slurm_setup(_slurm_env(CUDA_VISIBLE_DEVICES="3"))
+    assert bound is not None and bound.local_device_ids is None
+
+
+def test_slurm_setup_single_task_or_no_slurm() -> None:
+    assert par.slurm_setup(_slurm_env(SLURM_NTASKS="1")) is None
+    assert par.slurm_setup({}) is None
+    with pytest.raises(ConfigError, match="NODELIST"):
+        env = _slurm_env()
+        del env["SLURM_STEP_NODELIST"]
+        par.slurm_setup(env)
+
+
+def test_initialize_distributed_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="together"):
+        par.initialize_distributed("127.0.0.1:1234", num_processes=2)
+    with pytest.raises(ConfigError, match="not in"):
+        par.initialize_distributed("127.0.0.1:1234", 2, 2)
+    for key in ("SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    setup = par.initialize_distributed()
+    assert setup.source == "single" and setup.num_processes == 1
+
+
+@pytest.mark.parametrize("devices", [0, -1, True, "two", 2.0])
+def test_select_devices_rejects_bad_values(devices: Any) -> None:
+    with pytest.raises(ConfigError, match="train.devices"):
+        par.select_devices(devices)
+
+
+def test_select_devices_more_than_available() -> None:
+    import jax
+
+    n = len(jax.local_devices())
+    with pytest.raises(ConfigError, match=f"{n + 1} requested but this process has {n}"):
+        par.select_devices(n + 1)
+    dp = par.select_devices("all")
+    assert dp.num_devices == dp.num_local_devices == n and dp.first_shard == 0
+
+
+def test_stack_batches_refuses_changing_shapes() -> None:
+    a = {"R": np.zeros((4, 3), np.float32), "Z": np.zeros(4, np.int32)}
+    b = {"R": np.zeros((5, 3), np.float32), "Z": np.zeros(5, np.int32)}
+    with pytest.raises(ValueError, match="'R' of batch 1"):
+        par.stack_batches([a, b])
+    stacked = par.stack_batches([a, a, a])
+    assert stacked["R"].shape == (3, 4, 3) and stacked["Z"].dtype == np.int32
+
+
+def test_empty_batch_clears_masks_only() -> None:
+    batch = _stream(seed=1)[0]
+    empty = par.empty_batch(batch)
+    assert not any(empty[k].any() for k in empty if k.endswith("_mask"))
+    assert (empty["mol_index"] == -1).all()
+    np.testing.assert_array_equal(empty["R"], batch["R"])
+    assert batch["atom_mask"].any()  # the template is untouched
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_batches=st.integers(0, 23),
+    local_counts=st.lists(st.integers(1, 3), min_size=1, max_size=4),
+)
+def test_step_batches_every_batch_exactly_once(
+    n_batches: int, local_counts: list[int]
+) -> None:
+    """Processes with ``local_counts`` devices each, one shared stream: every batch
+    is used by exactly one device once, the rest of the slots are empty batches,
+    and all processes run the same number of steps."""
+    num_devices = sum(local_counts)
+    stream = [{"i": np.array([i]), "x_mask": np.array([True])} for i in range(n_batches)]
+    seen: list[int] = []
+    steps = set()
+    first = 0
+    for count in local_counts:
+        per_step = list(par.step_batches(iter(stream), num_devices, first, count))
+        steps.add(len(per_step))
+        for group in per_step:
+            assert len(group) == count
+            for b in group:
+                if b["x_mask"].all():
+                    seen.append(int(b["i"][0]))
+        first += count
+    assert steps == {par.steps_per_epoch(n_batches, num_devices)}
+    assert sorted(seen) == list(range(n_batches))
+
+
+# --------------------------------------------------------------------------------
+# Subprocess checks on 2 forced CPU devices / 2 processes
+
+
+def _run_worker(
+    *args: str, devices: int = 2, timeout: float = 240
+) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.run(
+        [sys.executable, str(HERE), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _check(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"worker failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_data_parallel_step_equals_single_device_step(tmp_path: Path) -> None:
+    out = tmp_path / "step.npz"
+    _check(_run_worker("step", str(out)))
+    r = np.load(out)
+    assert r["num_devices"] == 2
+    # loss and gradient of one step on 2 devices (one batch each) and on 1 device
+    # with 2 batches per device equal those on one concatenated batch
+    for tag in ("dp", "accum"):
+        np.testing.assert_allclose(r[f"{tag}_loss"], r["ref_loss"], rtol=2e-5)
+        np.testing.assert_allclose(
+            r[f"{tag}_grad"], r["ref_grad"], rtol=2e-4, atol=1e-6 * abs(r["ref_grad"]).max()
+        )
+        np.testing.assert_allclose(
+            r[f"{tag}_params"], r["ref_params"], rtol=1e-4, atol=1e-7
+        )
+    # the batches hold different numbers of molecules, so the mean of per-device
+    # means is a different loss: global normalisation is what makes them equal
+    assert abs(r["mean_of_means"] - r["ref_loss"]) > 1e-3 * abs(r["ref_loss"])
+    # a short last step: batch 4 with an empty batch equals batch 4 alone
+    np.testing.assert_allclose(r["tail_loss"], r["tail_ref_loss"], rtol=2e-5)
+    np.testing.assert_allclose(
+        r["tail_grad"], r["tail_ref_grad"], rtol=2e-4, atol=1e-6 * abs(r["tail_ref_grad"]).max()
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_two_processes_agree_on_parameters(tmp_path: Path) -> None:
+    """Two processes (one CPU device each) on localhost, gloo collectives: after a
+    few steps both hold the same parameters, and those equal a single process
+    with two devices on the same stream."""
+    address = f"127.0.0.1:{_free_port()}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE), "train", str(tmp_path / f"p{i}.npz"),
+             "--coordinator", address, "--num-processes", "2", "--process-id", str(i)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, f"process failed:\n{text}"
+    _check(_run_worker("train", str(tmp_path / "single.npz")))
+    p0, p1, single = (np.load(tmp_path / f) for f in ("p0.npz", "p1.npz", "single.npz"))
+    assert (p0["process_count"], p1["process_count"], single["process_count"]) == (2, 2, 1)
+    assert p0["main"] and not p1["main"]
+    assert p0["num_devices"] == p1["num_devices"] == single["num_devices"] == 2
+    np.testing.assert_array_equal(p0["params"], p1["params"])
+    np.testing.assert_array_equal(p0["losses"], p1["losses"])
+    np.testing.assert_allclose(p0["params"], single["params"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(p0["losses"], single["losses"], rtol=1e-5)
+    assert not np.allclose(p0["params"], p0["initial"])  # it did train
+
+
+# --------------------------------------------------------------------------------
+# Worker (runs in the subprocesses)
+
+
+def _stream(seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Fixed-budget packed batches of small synthetic molecules (sizes 3–6)."""
+    from physpack.model import molecules_to_batch
+    from physpack.synthetic import molecules
+
+    rng = np.random.default_rng(seed)
+    mols = list(molecules(rng.integers(3, 7, size=sum(BATCH_SIZES)), rng))
+    for m in mols:
+        m["E"] = np.float64(rng.normal())  # small energies: no reference needed
+    bounds = np.cumsum((0,) + BATCH_SIZES)
+    return [
+        molecules_to_batch(mols[a:b], **BUDGETS) for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+
+
+def _concatenate(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One packed batch holding the real molecules of ``batches`` (built anew)."""
+    from physpack.model import molecules_to_batch
+
+    mols = []
+    for b in batches:
+        for j in np.flatnonzero(b["molecule_mask"]):
+            atoms = b["batch_segments"] == j
+            mols.append({"Z": b["Z"][atoms], "R": b["R"][atoms], "F": b["F"][atoms],
+                         "E": b["E"][j], "Qtot": b["Qtot"][j]})  # fmt: skip
+    return molecules_to_batch(mols)
+
+
+def _loss_parts(model: Any) -> tuple[Any, Any]:
+    """A per-batch (sums, counts) energy+forces loss of ``model`` and its combine."""
+    import jax.numpy as jnp
+
+    from physpack.model import energy_and_forces
+
+    def partial_fn(params: Any, b: Mapping[str, Any]) -> tuple[dict, dict]:
+        out = energy_and_forces(params, model, b, jnp.float32(1.0))
+        d_e = (out["energy_residual"] - b["E"]) * b["molecule_mask"]
+        d_f = (out["forces"] - b["F"]) * b["atom_mask"][:, None]
+        sums = {"E": jnp.sum(d_e**2), "F": jnp.sum(d_f**2)}
+        counts = {"mol": jnp.sum(b["molecule_mask"]), "atoms": jnp.sum(b["atom_mask"])}
+        return sums, counts
+
+    def combine(sums: dict, counts: dict) -> Any:
+        return sums["E"] / counts["mol"] + FORCES_WEIGHT * sums["F"] / (3 * counts["atoms"])
+
+    return partial_fn, combine
+
+
+def _flat(tree: Any) -> np.ndarray:
+    import jax
+
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(par.to_host(tree))])
+
+
+def _setup_model(stream: Sequence[Mapping[str, np.ndarray]]) -> tuple[Any, Any]:
+    import jax
+
+    from physpack.model import PhysNet, init_params
+
+    model = PhysNet(**TINY_MODEL)
+    return model, init_params(model, jax.random.key(0), stream[0])
+
+
+def worker_step(out: Path) -> None:
+    """One step three ways: 2 devices × 1 batch, 1 device × 2 batches, and plain
+    jax on the concatenated batch; plus a short last step and the mean of means."""
+    import jax
+    import optax
+
+    stream = _stream()
+    model, params = _setup_model(stream)
+    partial_fn, combine = _loss_parts(model)
+    tx = optax.adam(1e-2)
+
+    def ref(batch: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
+        device_batch = par.stack_batches([batch])
+        device_batch = {k: v[0] for k, v in device_batch.items()}
+        return jax.jit(jax.value_and_grad(lambda p: combine(*partial_fn(p, device_batch))))(
+            params
+        )
+
+    def adam_step(p: Any, g: Any) -> Any:
+        updates, _ = tx.update(g, tx.init(p), p)
+        return optax.apply_updates(p, updates)
+
+    result: dict[str, Any] = {}
+    ref_loss, ref_grad = ref(_concatenate(stream[:2]))
+    result.update(ref_loss=ref_loss, ref_grad=_flat(ref_grad),
+                  ref_params=_flat(adam_step(params, ref_grad)))  # fmt: skip
+    for tag, dp in (("dp", par.select_devices(2)), ("accum", par.select_devices(1))):
+        vg = jax.jit(par.data_parallel_value_and_grad(partial_fn, combine, dp.mesh))
+        p = par.replicate(dp, params)
+        (loss, _), grad = vg(p, par.shard_batches(dp, stream[:2]))
+        result.update({f"{tag}_loss": par.to_host(loss), f"{tag}_grad": _flat(grad),
+                       f"{tag}_params": _flat(jax.jit(adam_step)(p, grad))})  # fmt: skip
+        if tag == "dp":
+            result["num_devices"] = dp.num_devices
+            (last,) = list(par.step_batches(stream, 2))[-1:]
+            (tail_loss, _), tail_grad = vg(p, par.shard_batches(dp, last))
+            tail_ref_loss, tail_ref_grad = ref(stream[4])
+            result.update(tail_loss=par.to_host(tail_loss), tail_grad=_flat(tail_grad),
+                          tail_ref_loss=tail_ref_loss, tail_ref_grad=_flat(tail_ref_grad))  # fmt: skip
+    result["mean_of_means"] = np.mean([ref(b)[0] for b in stream[:2]])
+    np.savez(out, **{k: np.asarray(v) for k, v in result.items()})
+
+
+def worker_train(out: Path, args: argparse.Namespace) -> None:
+    """Three Adam steps over the 5-batch stream on every device of every process."""
+    setup = par.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    import jax
+    import optax
+
+    dp = par.select_devices("all")
+    stream = _stream()
+    model, params = _setup_model(stream)
+    partial_fn, combine = _loss_parts(model)
+    vg = par.data_parallel_value_and_grad(partial_fn, combine, dp.mesh)
+    tx = optax.adam(1e-2)
+
+    @jax.jit
+    def step(p: Any, opt: Any, batch: Any) -> tuple[Any, Any, Any]:
+        (loss, _), grad = vg(p, batch)
+        updates, opt = tx.update(grad, opt, p)
+        return optax.apply_updates(p, updates), opt, loss
+
+    initial = _flat(params)
+    p = par.replicate(dp, params)
+    opt = par.replicate(dp, tx.init(params))
+    losses = []
+    for local in par.local_step_batches(stream, dp):
+        p, opt, loss = step(p, opt, par.shard_batches(dp, local))
+        losses.append(par.to_host(loss))
+    np.savez(
+        out, params=_flat(p), initial=initial, losses=np.array(losses),
+        num_devices=dp.num_devices, process_count=setup.num_processes,
+        main=par.is_main_process(),
+    )  # fmt: skip
+
+
+def _worker_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="subprocess side of test_parallel")
+    parser.add_argument("mode", choices=["step", "train"])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--coordinator")
+    parser.add_argument("--num-processes", type=int)
+    parser.add_argument("--process-id", type=int)
+    args = parser.parse_args(argv)
+    if args.mode == "step":
+        worker_step(args.out)
+    else:
+        worker_train(args.out, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())

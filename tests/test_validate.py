@@ -1,0 +1,217 @@
+"""physpack.validate: clean data passes; every injected defect is caught and named."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist
+
+from physpack import validate
+from physpack.config import ValidateConfig
+from physpack.convert import convert_npz
+from physpack.synthetic import write_legacy_packed
+
+BAD = 11  # molecule that gets the defect
+
+
+@pytest.fixture
+def packed(tmp_path: Path, tiny_npz: Path) -> Path:
+    return convert_npz(tiny_npz, tmp_path / "packed").path
+
+
+def _run(packed: Path, out: Path, *extra: str) -> int:
+    return validate.main([str(packed), "--output", str(out), *extra])
+
+
+def _memmap(path: Path, name: str, dtype: str, cols: int | None) -> np.memmap:
+    arr = np.memmap(path / name, dtype=dtype, mode="r+")
+    return arr.reshape(-1, cols) if cols else arr
+
+
+def _atom(path: Path, molecule: int, k: int = 0) -> int:
+    return int(np.load(path / "offsets.npy")[molecule]) + k
+
+
+def test_clean_dataset_passes(packed: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "v" / "validation.json"
+    assert _run(packed, out, "--config", '{"max_reported": 5}') == 0
+    report = json.loads(out.read_text())
+    assert report["ok"] is True and report["errors"] == [] and report["n_errors"] == 0
+    assert {"checksum", "min_distance", "atomic_numbers"} <= set(report["checks"])
+    assert report["summary"]["n_molecules"] == 60
+    assert report["config"]["max_reported"] == 5
+    # the synthetic energies are sums of these per-element energies plus noise
+    ref = report["summary"]["element_reference_energy_eV"]
+    assert ref["C"] == pytest.approx(-48.8, abs=0.3)
+    assert not validate.failed_report_path(out).exists()
+    assert "ok" in capsys.readouterr().out
+
+
+def test_legacy_directory(tmp_path: Path) -> None:
+    old = write_legacy_packed(tmp_path / "old", 40, seed=1)
+    report = validate.validate_packed(old)
+    assert report.ok, report.errors
+    assert report.summary["has_manifest"] is False
+    assert "checksum" in report.skipped
+
+
+# -- injected defects ---------------------------------------------------------
+
+
+def _truncate(p: Path) -> None:
+    f = p / "R_pack.f32"
+    f.write_bytes(f.read_bytes()[:-12])
+
+
+def _delete(p: Path) -> None:
+    (p / "E.f64").unlink()
+
+
+def _flip(p: Path) -> None:
+    r = _memmap(p, "R_pack.f32", "<f4", 3)
+    r[_atom(p, BAD), 0] += 1e-3  # still valid data; only the checksum can tell
+    r.flush()
+
+
+def _nan_force(p: Path) -> None:
+    f = _memmap(p, "F_pack.f32", "<f4", 3)
+    f[_atom(p, BAD, 2), 1] = np.nan
+    f.flush()
+
+
+def _close_atoms(p: Path) -> None:
+    r = _memmap(p, "R_pack.f32", "<f4", 3)
+    i = _atom(p, BAD)
+    r[i + 3] = r[i] + np.float32(0.1)  # 0.17 Å apart
+    r.flush()
+
+
+def _non_monotonic(p: Path) -> None:
+    offsets = np.load(p / "offsets.npy")
+    offsets[BAD] = offsets[BAD + 1] + 1
+    np.save(p / "offsets.npy", offsets)
+
+
+def _z_out_of_range(p: Path) -> None:
+    z = _memmap(p, "Z_pack.int32", "<i4", None)
+    z[_atom(p, BAD, 1)] = 130
+    z.flush()
+
+
+def _z_zero(p: Path) -> None:
+    z = _memmap(p, "Z_pack.int32", "<i4", None)
+    z[_atom(p, BAD, 0)] = 0
+    z.flush()
+
+
+def _inf_energy(p: Path) -> None:
+    e = _memmap(p, "E.f64", "<f8", None)
+    e[BAD] = np.inf
+    e.flush()
+
+
+DEFECTS: dict[str, tuple[Callable[[Path], None], str, str]] = {
+    # name: (inject, check expected in errors, text expected in the first message)
+    "truncated_file": (_truncate, "files", "R_pack.f32"),
+    "missing_file": (_delete, "files", "E.f64: missing file"),
+    "bad_checksum": (_flip, "checksum", "R_pack.f32: sha256"),
+    "nan_force": (_nan_force, "finite_F", f"molecule {BAD}:"),
+    "too_close": (_close_atoms, "min_distance", f"molecule {BAD}: atoms 0 and 3"),
+    "non_monotonic_offsets": (
+        _non_monotonic,
+        "offsets",
+        f"molecule {BAD}: offsets not monotonic",
+    ),
+    "z_out_of_range": (_z_out_of_range, "atomic_numbers", f"molecule {BAD}, atom 1"),
+    "z_zero": (_z_zero, "atomic_numbers", f"molecule {BAD}, atom 0"),
+    "inf_energy": (_inf_energy, "finite_E", f"molecule {BAD}:"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEFECTS))
+def test_defect_is_caught(packed: Path, tmp_path: Path, name: str, capsys) -> None:
+    inject, check, text = DEFECTS[name]
+    inject(packed)
+    out = tmp_path / "v" / "validation.json"
+    out.parent.mkdir()
+    out.write_text("{}")  # a stale report must not survive a failed validation
+    assert _run(packed, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("physpack validate: error:")
+    assert check in err
+    assert not out.exists()
+    report = json.loads(validate.failed_report_path(out).read_text())
+    assert report["ok"] is False
+    assert report["error_counts"][check] >= 1
+    messages = [e["message"] for e in report["errors"] if e["check"] == check]
+    assert any(text in m for m in messages), messages
+    molecules = [e.get("molecule") for e in report["errors"] if e["check"] == check]
+    if check not in ("files", "checksum"):
+        assert molecules[0] == BAD
+
+
+def test_min_distance_threshold_from_config(packed: Path) -> None:
+    _close_atoms(packed)
+    loose = validate.validate_packed(packed, ValidateConfig(min_distance=0.1))
+    strict = validate.validate_packed(packed, ValidateConfig(min_distance=0.2))
+    assert "min_distance" not in loose.error_counts
+    assert strict.error_counts["min_distance"] == 1
+
+
+def test_report_is_capped_but_counts_exact(packed: Path) -> None:
+    e = _memmap(packed, "E.f64", "<f8", None)
+    e[5:25] = np.nan
+    e.flush()
+    report = validate.validate_packed(
+        packed, ValidateConfig(max_reported=3, checksums=False)
+    )
+    assert report.error_counts == {"finite_E": 20}
+    listed = [p for p in report.errors if p.check == "finite_E"]
+    assert [p.molecule for p in listed] == [5, 6, 7]
+
+
+def test_outliers_are_warnings(packed: Path) -> None:
+    e = _memmap(packed, "E.f64", "<f8", None)
+    e[BAD] += 500.0
+    e.flush()
+    f = _memmap(packed, "F_pack.f32", "<f4", 3)
+    f[_atom(packed, 3)] = (300.0, 0.0, 0.0)
+    f.flush()
+    report = validate.validate_packed(packed, ValidateConfig(checksums=False))
+    assert report.ok
+    assert report.warning_counts == {"energy_outlier": 1, "force_outlier": 1}
+    by_check = {w.check: w.molecule for w in report.warnings}
+    assert by_check == {"energy_outlier": BAD, "force_outlier": 3}
+
+
+def test_not_a_directory(tmp_path: Path, capsys) -> None:
+    assert _run(tmp_path / "nothing", tmp_path / "v.json") == 2
+    assert "packed directory not found" in capsys.readouterr().err
+    assert not (tmp_path / "v.json").exists()
+
+
+def _brute_min_distances(r: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    out = []
+    for a, b in itertools.pairwise(offsets):
+        out.append(pdist(r[a:b].astype(np.float64)).min() if b - a > 1 else np.inf)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("dense_max", [512, 4], ids=["dense", "kdtree"])
+def test_min_distances_match_brute_force(monkeypatch, dense_max: int) -> None:
+    monkeypatch.setattr(validate, "DENSE_DISTANCE_MAX_ATOMS", dense_max)
+    monkeypatch.setattr(validate, "DISTANCE_BLOCK", 64)  # several blocks per size
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 12, size=80)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    r = rng.uniform(-3, 3, size=(offsets[-1], 3)).astype(np.float32) + 100.0
+    dmin, pairs = validate.min_interatomic_distances(r, offsets)
+    np.testing.assert_allclose(dmin, _brute_min_distances(r, offsets), rtol=1e-9)
+    for i in np.flatnonzero(sizes > 1):
+        a, b = offsets[i] + pairs[i]
+        assert np.linalg.norm(r[a].astype(float) - r[b]) == pytest.approx(dmin[i])

@@ -1,0 +1,528 @@
+"""``physpack convert``: a padded NPZ → a packed directory, streamed in chunks.
+
+The NPZ (a zip of ``.npy`` members) is never loaded whole: each member is opened
+inside the zip, its ``.npy`` header is parsed with :mod:`numpy.lib.format`, and rows
+(molecules) are read a chunk at a time, from stored and deflated members alike. Peak
+memory is a few chunks (``chunk_mb``, 32 MB by default) whatever the input size.
+
+Input keys (``n`` molecules padded to ``A`` atoms, any numeric dtypes):
+
+    R     (n, A, 3)   positions                  [length_unit]      required
+    Z     (n, A)      atomic numbers, 0 = padding                   required
+    E     (n,)        total energies             [energy_unit]      required
+    F     (n, A, 3)   forces                     [energy/length]    optional
+    N     (n,)        atoms per molecule (else counted from Z > 0)  optional
+    Q | Qtot (n,)     total charge               [e]   optional (zeros when absent)
+    D     (n, 3)      dipole moments             [dipole_unit]      optional
+
+Values are converted to eV, Å, eV/Å, e·Å in float64 and stored at the format's
+dtypes (positions and forces float32). Every inconsistency stops the conversion
+with an :class:`~physpack.errors.InputError` naming the file, key and molecule, and
+nothing is left at the output path (see :class:`~physpack.packed.PackedWriter`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import zipfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from numpy.lib import format as npformat
+from tqdm import tqdm
+
+from . import config as cfg
+from .errors import ConfigError, InputError, cli_entry
+from .packed import PackedDataset, PackedWriter, sha256_file
+from .units import canonical_unit_name, dipole_factor, energy_factor, length_factor
+
+MAX_Z = 118
+REQUIRED_KEYS = ("R", "Z", "E")
+CHARGE_KEYS = ("Qtot", "Q")  # first one present wins
+#: errors raised by zipfile/zlib while reading a damaged member
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitFactors:
+    """Multiplicative factors from the input units to eV, Å, eV/Å, e·Å."""
+
+    energy: float
+    length: float
+    dipole: float
+
+    @property
+    def forces(self) -> float:
+        return self.energy / self.length
+
+    @classmethod
+    def from_config(cls, data: cfg.DataConfig) -> UnitFactors:
+        try:
+            return cls(
+                energy=energy_factor(data.energy_unit),
+                length=length_factor(data.length_unit),
+                dipole=dipole_factor(data.dipole_unit),
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"data: {exc}") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertResult:
+    """What :func:`convert_npz` wrote.
+
+    Attributes:
+        path: the packed directory.
+        n_molecules, n_atoms_total, max_atoms: counts of the packed dataset.
+        input_bytes: size of the NPZ file [bytes].
+        packed_bytes: total size of the packed directory's files [bytes].
+        keys: keys stored (``Z R E Qtot`` plus ``F``/``D`` when present).
+    """
+
+    path: Path
+    n_molecules: int
+    n_atoms_total: int
+    max_atoms: int
+    input_bytes: int
+    packed_bytes: int
+    keys: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class NpyHeader:
+    """Header of one ``.npy`` member of an NPZ."""
+
+    key: str
+    member: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    compressed: bool
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+    @property
+    def row_bytes(self) -> int:
+        return int(self.dtype.itemsize * np.prod(self.row_shape, dtype=np.int64))
+
+
+class NpyRowReader:
+    """Reads one NPZ member row by row (first axis), never holding the whole array.
+
+    ``zipfile`` decompresses deflated members incrementally and checks the CRC when
+    the member's end is reached, so corruption surfaces as an :class:`InputError`.
+    """
+
+    def __init__(self, npz: Path, zf: zipfile.ZipFile, key: str, member: str):
+        self.npz = npz
+        self.key = key
+        try:
+            info = zf.getinfo(member)
+            self._fh: IO[bytes] = zf.open(info)
+            version = npformat.read_magic(self._fh)
+            if version == (1, 0):
+                shape, fortran, dtype = npformat.read_array_header_1_0(self._fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = npformat.read_array_header_2_0(self._fh)
+            else:
+                raise ValueError(f".npy format version {version} is not supported")
+        except _READ_ERRORS as exc:
+            raise InputError(
+                f"{npz}: key {key!r}: unreadable .npy member ({_reason(exc)})"
+            ) from exc
+        if dtype.hasobject or dtype.kind not in "biuf":
+            raise InputError(f"{npz}: key {key!r}: dtype {dtype} is not numeric")
+        if fortran and len(shape) > 1:
+            raise InputError(
+                f"{npz}: key {key!r}: Fortran-ordered array; save it in C order "
+                "(np.ascontiguousarray) to stream it"
+            )
+        self.header = NpyHeader(
+            key, member, dtype, tuple(shape), info.compress_type != zipfile.ZIP_STORED
+        )
+
+    def read(self, start: int, rows: int) -> np.ndarray:
+        """The next ``rows`` rows (``start`` is only used in messages)."""
+        want = rows * self.header.row_bytes
+        try:
+            buf = self._fh.read(want)
+        except _READ_ERRORS as exc:
+            raise InputError(
+                f"{self.npz}: key {self.key!r}, molecules {start}..{start + rows - 1}: "
+                f"corrupt or truncated data ({_reason(exc)})"
+            ) from exc
+        if len(buf) != want:
+            raise InputError(
+                f"{self.npz}: key {self.key!r}: truncated at molecule "
+                f"{start + len(buf) // max(self.header.row_bytes, 1)} "
+                f"({len(buf)} of {want} bytes in this chunk)"
+            )
+        return np.frombuffer(buf, dtype=self.header.dtype).reshape(
+            rows, *self.header.row_shape
+        )
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _open_npz(npz: Path) -> zipfile.ZipFile:
+    if not npz.is_file():
+        raise InputError(f"{npz}: file not found")
+    try:
+        return zipfile.ZipFile(npz)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InputError(
+            f"{npz}: not a readable NPZ (zip) file; truncated or corrupt? "
+            f"({_reason(exc)})"
+        ) from exc
+
+
+def _members(npz: Path, zf: zipfile.ZipFile) -> dict[str, str]:
+    """key -> member name, for every ``.npy`` member."""
+    members = {
+        name.removesuffix(".npy"): name
+        for name in zf.namelist()
+        if name.endswith(".npy")
+    }
+    for key in REQUIRED_KEYS:
+        if key not in members:
+            present = ", ".join(sorted(members)) or "none"
+            raise InputError(
+                f"{npz}: missing required key {key!r} (keys present: {present})"
+            )
+    return members
+
+
+def _check_shapes(npz: Path, headers: dict[str, NpyHeader]) -> tuple[int, int]:
+    """(n molecules, padded width A) after checking every key's shape against Z."""
+    z = headers["Z"].shape
+    if len(z) != 2:
+        raise InputError(f"{npz}: key 'Z': shape {z}, expected (n, A)")
+    n, width = z
+    expected = {
+        "R": [(n, width, 3)],
+        "F": [(n, width, 3)],
+        "E": [(n,), (n, 1)],
+        "N": [(n,), (n, 1)],
+        "Qtot": [(n,), (n, 1)],
+        "Q": [(n,), (n, 1)],
+        "D": [(n, 3)],
+    }
+    for key, header in headers.items():
+        if key == "Z":
+            continue
+        if header.shape not in expected[key]:
+            want = " or ".join(str(s) for s in expected[key])
+            raise InputError(
+                f"{npz}: key {key!r}: shape {header.shape} inconsistent with "
+                f"Z {z}; expected {want}"
+            )
+    if n == 0 or width == 0:
+        raise InputError(f"{npz}: empty dataset (Z has shape {z})")
+    return n, width
+
+
+def _atomic_numbers(npz: Path, z: np.ndarray, start: int) -> np.ndarray:
+    """Z as int32 after range and integrality checks; z is (rows, A)."""
+    if z.dtype.kind == "f":
+        bad = ~np.isfinite(z) | (z != np.round(z))
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise InputError(
+                f"{npz}: key 'Z', molecule {start + i}, atom {j}: "
+                f"non-integer atomic number {z[i, j]}"
+            )
+    bad = (z < 0) | (z > MAX_Z)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise InputError(
+            f"{npz}: key 'Z', molecule {start + i}, atom {j}: atomic number "
+            f"{z[i, j]} outside 1..{MAX_Z} (0 marks padding)"
+        )
+    return z.astype(np.int32)
+
+
+def _atom_counts(
+    npz: Path, z: np.ndarray, n_given: np.ndarray | None, start: int
+) -> np.ndarray:
+    """Atoms per molecule int32 (rows,), checked against the padding pattern of Z."""
+    width = z.shape[1]
+    occupied = z > 0
+    if n_given is None:
+        # the molecule ends at its first Z == 0; any atom after that is a stray
+        counts = np.where(occupied.all(axis=1), width, np.argmin(occupied, axis=1))
+        stray = occupied & (np.arange(width) >= counts[:, None])
+        if stray.any():
+            i, j = np.argwhere(stray)[0]
+            raise InputError(
+                f"{npz}: key 'Z', molecule {start + i}, atom {j}: non-zero atomic "
+                f"number {z[i, j]} in the padding (padding starts at atom {counts[i]})"
+            )
+        empty = counts == 0
+        if empty.any():
+            i = int(np.argmax(empty))
+            raise InputError(
+                f"{npz}: key 'Z', molecule {start + i}: no atoms (Z[0] is 0, padding)"
+            )
+    else:
+        if n_given.dtype.kind == "f" and (n_given != np.round(n_given)).any():
+            i = int(np.argmax(n_given != np.round(n_given)))
+            raise InputError(
+                f"{npz}: key 'N', molecule {start + i}: non-integer count {n_given[i]}"
+            )
+        counts = n_given.astype(np.int64)
+        for bad, what in (
+            (counts < 1, "must be at least 1"),
+            (counts > width, f"larger than the padded width {width}"),
+        ):
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise InputError(
+                    f"{npz}: key 'N', molecule {start + i}: N={counts[i]} {what}"
+                )
+    real = np.arange(width) < counts[:, None]
+    hole = real & ~occupied
+    if hole.any():
+        i, j = np.argwhere(hole)[0]
+        raise InputError(
+            f"{npz}: key 'Z', molecule {start + i}, atom {j}: Z=0 inside the first "
+            f"N={counts[i]} atoms (N disagrees with Z>0)"
+        )
+    stray = ~real & occupied
+    if stray.any():
+        i, j = np.argwhere(stray)[0]
+        raise InputError(
+            f"{npz}: key 'Z', molecule {start + i}, atom {j}: non-zero atomic number "
+            f"{z[i, j]} in the padding (molecule has N={counts[i]} atoms)"
+        )
+    return counts.astype(np.int32)
+
+
+def _scaled(values: np.ndarray, factor: float, dtype: str) -> np.ndarray:
+    """``values`` × ``factor`` computed in float64, stored as ``dtype``."""
+    out = values.astype(np.float64)
+    if factor != 1.0:
+        out *= factor
+    return out.astype(dtype)
+
+
+def _check_finite(
+    npz: Path, key: str, values: np.ndarray, molecule_of_row: np.ndarray, start: int
+) -> None:
+    """Raise on the first non-finite row of ``values`` (rows or atoms, ...);
+    ``molecule_of_row`` maps rows to chunk-local molecules."""
+    finite = np.isfinite(values)
+    if values.ndim > 1:
+        finite = finite.reshape(len(values), -1).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise InputError(
+            f"{npz}: key {key!r}, molecule {start + int(molecule_of_row[row])}: "
+            "non-finite value (NaN or inf, after unit conversion)"
+        )
+
+
+def _chunk(
+    npz: Path,
+    readers: dict[str, NpyRowReader],
+    start: int,
+    rows: int,
+    units: UnitFactors,
+    charge_key: str | None,
+) -> dict[str, np.ndarray]:
+    """Read, check, unpad and convert molecules ``start .. start + rows - 1``."""
+    raw = {key: r.read(start, rows) for key, r in readers.items()}
+    z = _atomic_numbers(npz, raw["Z"], start)
+    n_given = raw["N"].reshape(rows) if "N" in raw else None
+    counts = _atom_counts(npz, z, n_given, start)
+    real = np.arange(z.shape[1]) < counts[:, None]
+    atom_mol = np.repeat(np.arange(rows), counts)
+    mol = np.arange(rows)
+    out: dict[str, np.ndarray] = {"n_atoms": counts, "Z": z[real]}
+    out["R"] = _scaled(raw["R"][real], units.length, "<f4")
+    _check_finite(npz, "R", out["R"], atom_mol, start)
+    if "F" in raw:
+        out["F"] = _scaled(raw["F"][real], units.forces, "<f4")
+        _check_finite(npz, "F", out["F"], atom_mol, start)
+    out["E"] = _scaled(raw["E"].reshape(rows), units.energy, "<f8")
+    _check_finite(npz, "E", out["E"], mol, start)
+    if charge_key is not None:
+        out["Qtot"] = _scaled(raw[charge_key].reshape(rows), 1.0, "<f8")
+        _check_finite(npz, charge_key, out["Qtot"], mol, start)
+    else:
+        out["Qtot"] = np.zeros(rows, "<f8")
+    if "D" in raw:
+        out["D"] = _scaled(raw["D"], units.dipole, "<f8")
+        _check_finite(npz, "D", out["D"], mol, start)
+    return out
+
+
+def convert_npz(
+    npz: str | Path,
+    out: str | Path,
+    data: cfg.DataConfig | None = None,
+    *,
+    progress: bool = False,
+    chunk_mb: float = 32.0,
+    overwrite: bool = False,
+) -> ConvertResult:
+    """Convert a padded NPZ into a packed directory, streaming.
+
+    Args:
+        npz: the padded NPZ (keys in the module docstring).
+        out: the packed directory to create (written to a temporary sibling and
+            renamed when complete).
+        data: the ``data`` config section (input units); defaults when ``None``.
+        progress: show a tqdm progress bar on stderr.
+        chunk_mb: padded input bytes read per chunk, all members together [MB];
+            peak memory is a small multiple of it.
+        overwrite: replace an existing ``out`` (atomically, after success).
+
+    Raises:
+        InputError: unreadable/corrupt NPZ, missing key, inconsistent shapes or
+            values (the message names file, key and molecule).
+        ConfigError: unknown unit.
+    """
+    data = data or cfg.DataConfig()
+    units = UnitFactors.from_config(data)
+    npz, out = Path(npz), Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists; remove it or pass --overwrite")
+    with _open_npz(npz) as zf:
+        members = _members(npz, zf)
+        charge_key = next((k for k in CHARGE_KEYS if k in members), None)
+        used = [*REQUIRED_KEYS, *(k for k in ("F", "N", "D") if k in members)]
+        if charge_key is not None:
+            used.append(charge_key)
+        readers: dict[str, NpyRowReader] = {}
+        try:
+            for key in used:
+                readers[key] = NpyRowReader(npz, zf, key, members[key])
+            headers = {k: r.header for k, r in readers.items()}
+            n_mol, _ = _check_shapes(npz, headers)
+            row_bytes = sum(h.row_bytes for h in headers.values())
+            rows_per_chunk = max(1, int(chunk_mb * 1e6) // row_bytes)
+            source = _source_record(npz, headers, charge_key)
+            with (
+                PackedWriter(
+                    out,
+                    has_forces="F" in readers,
+                    has_dipoles="D" in readers,
+                    overwrite=overwrite,
+                ) as writer,
+                tqdm(
+                    total=n_mol,
+                    unit="mol",
+                    desc=f"convert {npz.name}",
+                    disable=not progress,
+                    file=sys.stderr,
+                ) as bar,
+            ):
+                writer.source = source
+                writer.extra = {"input_units": _input_units(data)}
+                for start in range(0, n_mol, rows_per_chunk):
+                    rows = min(rows_per_chunk, n_mol - start)
+                    chunk = _chunk(npz, readers, start, rows, units, charge_key)
+                    writer.append(**chunk)
+                    bar.update(rows)
+        finally:
+            for reader in readers.values():
+                reader.close()
+    packed_bytes = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    ds = PackedDataset(out)
+    return ConvertResult(
+        path=out,
+        n_molecules=ds.n_molecules,
+        n_atoms_total=ds.n_atoms_total,
+        max_atoms=int(ds.n_atoms.max()),
+        input_bytes=npz.stat().st_size,
+        packed_bytes=packed_bytes,
+        keys=tuple(ds.keys),
+    )
+
+
+def _source_record(
+    npz: Path, headers: dict[str, NpyHeader], charge_key: str | None
+) -> dict[str, Any]:
+    return {
+        "file": npz.name,
+        "sha256": sha256_file(npz),
+        "bytes": npz.stat().st_size,
+        "charge_key": charge_key,
+        "n_inferred_from_Z": "N" not in headers,
+        "members": {
+            k: {
+                "dtype": h.dtype.str,
+                "shape": list(h.shape),
+                "compressed": h.compressed,
+            }
+            for k, h in headers.items()
+        },
+    }
+
+
+def _input_units(data: cfg.DataConfig) -> dict[str, str]:
+    energy = canonical_unit_name(data.energy_unit, "energy")
+    length = canonical_unit_name(data.length_unit, "length")
+    return {
+        "energy": energy,
+        "length": length,
+        "forces": f"{energy}/{length}",
+        "dipole": canonical_unit_name(data.dipole_unit, "dipole"),
+        "charge": "e",
+    }
+
+
+@cli_entry("physpack convert")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="physpack convert",
+        description="Convert a padded NPZ into a packed memory-mapped directory.",
+    )
+    parser.add_argument("npz", type=Path, help="padded input NPZ")
+    parser.add_argument("output", type=Path, help="packed directory to create")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (for logs)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output"
+    )
+    parser.add_argument(
+        "--chunk-mb",
+        type=float,
+        default=32.0,
+        help="padded input read per chunk [MB] (default: 32)",
+    )
+    cfg.add_section_arguments(parser, cfg.DataConfig, "data")
+    args = parser.parse_args(argv)
+    if args.chunk_mb <= 0:
+        raise ConfigError(f"--chunk-mb must be positive, got {args.chunk_mb}")
+    data = cfg.section_from_args(cfg.DataConfig, args, "data")
+    result = convert_npz(
+        args.npz,
+        args.output,
+        data,
+        progress=not args.no_progress,
+        chunk_mb=args.chunk_mb,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"{result.path}: {result.n_molecules} molecules, {result.n_atoms_total} atoms "
+        f"(max {result.max_atoms}/molecule); {result.input_bytes / 1e6:.1f} MB NPZ → "
+        f"{result.packed_bytes / 1e6:.1f} MB packed"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

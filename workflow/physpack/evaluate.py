@@ -1,0 +1,871 @@
+"""``physpack evaluate``: error metrics, predictions and figures of a trained model.
+
+Predicts the test and validation splits through the packed loader with the EMA
+parameters of ``best.ckpt`` and writes
+
+* ``metrics.json``: per split, energy MAE/RMSE per molecule and per atom, force
+  MAE/RMSE per Cartesian component and relative to the spread (standard deviation)
+  of the reference force components, force MAE per element, dipole errors when the
+  model predicts dipoles and the data has them. Every value is labelled with its
+  unit; energies and forces are given in eV, meV and kcal/mol.
+* ``metrics.md`` and ``metrics.html``: the same numbers as one table (Markdown for
+  people, HTML for the Snakemake report).
+* ``predictions.npz``: per split, reference and predicted energies per molecule and
+  forces per atom, with the dataset index of each molecule and atom offsets.
+* a directory of PNG figures (parity plots, error histograms, per-element force
+  errors, learning curves from ``history.csv``).
+
+Every output is written under a temporary name and renamed only when all of them
+are complete, so a failed run leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import html
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import numpy as np
+from ase.data import chemical_symbols
+
+from . import __version__, plots
+from .checkpoint import Checkpoint
+from .checkpoint import load as load_checkpoint
+from .config import LoaderConfig, section_from_mapping
+from .errors import ConfigError, InputError, cli_entry
+from .loader import PackedMemmapLoader, from_config, read_split
+from .model import EnergyConstants
+from .packed import PackedDataset, replace_dir
+from .units import CANONICAL_UNITS, DIPOLE_TO_E_ANGSTROM, EV_TO_KCAL_MOL
+
+METRICS_FORMAT = "physpack-metrics"
+METRICS_VERSION = 1
+#: splits evaluated, in report order (a split absent from split.npz is skipped)
+SPLITS = ("test", "valid")
+
+_E = CANONICAL_UNITS["energy"]  # "eV"
+_L = CANONICAL_UNITS["length"]  # "Angstrom"
+_F = CANONICAL_UNITS["forces"]  # "eV/Angstrom"
+_D = CANONICAL_UNITS["dipole"]  # "e*Angstrom"
+_E_ANGSTROM_TO_DEBYE = 1.0 / DIPOLE_TO_E_ANGSTROM["Debye"]
+
+
+# --------------------------------------------------------------------------------
+# Predictions of one split and the metrics computed from them (pure numpy)
+# --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SplitPredictions:
+    """Reference and predicted values of one split, molecules in dataset order.
+
+    Attributes:
+        mol_index: int64 (M,) dataset index of each molecule, increasing.
+        n_atoms: int32 (M,) atoms per molecule.
+        offsets: int64 (M + 1,) start of each molecule in the per-atom arrays.
+        Z: int32 (A,) atomic numbers, A = n_atoms.sum().
+        E_true, E_pred: float64 (M,) total energies [eV].
+        F_true, F_pred: float64 (A, 3) forces [eV/Å], or ``None`` when the data
+            has no forces.
+        D_true, D_pred: float64 (M, 3) dipole moments [e·Å], or ``None`` unless the
+            model predicts dipoles and the data has them.
+    """
+
+    mol_index: np.ndarray
+    n_atoms: np.ndarray
+    offsets: np.ndarray
+    Z: np.ndarray
+    E_true: np.ndarray
+    E_pred: np.ndarray
+    F_true: np.ndarray | None = None
+    F_pred: np.ndarray | None = None
+    D_true: np.ndarray | None = None
+    D_pred: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        m, a = self.mol_index.shape[0], int(self.offsets[-1])
+        shapes = {
+            "n_atoms": (self.n_atoms, (m,)),
+            "offsets": (self.offsets, (m + 1,)),
+            "Z": (self.Z, (a,)),
+            "E_true": (self.E_true, (m,)),
+            "E_pred": (self.E_pred, (m,)),
+            "F_true": (self.F_true, (a, 3)),
+            "F_pred": (self.F_pred, (a, 3)),
+            "D_true": (self.D_true, (m, 3)),
+            "D_pred": (self.D_pred, (m, 3)),
+        }
+        for name, (arr, want) in shapes.items():
+            if arr is not None and arr.shape != want:
+                raise ValueError(
+                    f"SplitPredictions.{name}: shape {arr.shape}, want {want}"
+                )
+        if (self.F_true is None) != (self.F_pred is None):
+            raise ValueError("SplitPredictions: F_true and F_pred go together")
+        if (self.D_true is None) != (self.D_pred is None):
+            raise ValueError("SplitPredictions: D_true and D_pred go together")
+
+    @property
+    def n_molecules(self) -> int:
+        return int(self.mol_index.shape[0])
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The arrays under ``<prefix>_<name>`` keys (absent ones left out)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f"{prefix}_{f.name}"] = value
+        return out
+
+
+def _mae_rmse(err: np.ndarray) -> tuple[float, float]:
+    """Mean absolute and root-mean-square of all entries of ``err`` (float64)."""
+    err = np.asarray(err, dtype=np.float64)
+    if err.size == 0:
+        return float("nan"), float("nan")
+    return float(np.mean(np.abs(err))), float(np.sqrt(np.mean(err * err)))
+
+
+def _energy_units(value_ev: float, per: str = "") -> dict[str, float]:
+    """An energy (eV) in eV, meV and kcal/mol; ``per`` is appended to the labels."""
+    return {
+        f"{_E}{per}": value_ev,
+        f"meV{per}": value_ev * 1e3,
+        f"kcal/mol{per}": value_ev * EV_TO_KCAL_MOL,
+    }
+
+
+def _force_units(value: float) -> dict[str, float]:
+    """A force (eV/Å) in eV/Å, meV/Å and kcal/mol/Å."""
+    return {
+        _F: value,
+        f"meV/{_L}": value * 1e3,
+        f"kcal/mol/{_L}": value * EV_TO_KCAL_MOL,
+    }
+
+
+def _dipole_units(value: float) -> dict[str, float]:
+    """A dipole moment (e·Å) in e·Å and Debye."""
+    return {_D: value, "Debye": value * _E_ANGSTROM_TO_DEBYE}
+
+
+def compute_metrics(pred: SplitPredictions) -> dict[str, Any]:
+    """Error metrics of one split.
+
+    Energies: MAE and RMSE of the total energy per molecule, and of the total-energy
+    error divided by the molecule's atom count ("per atom"). Forces: MAE and RMSE
+    over all Cartesian components; ``std_reference`` is the standard deviation
+    (ddof 0) of the reference components of this split, and the ``*_relative``
+    values are MAE/std and RMSE/std; ``per_element`` holds the component MAE over
+    the atoms of each element. Dipoles: MAE and RMSE over components, and the MAE of
+    the norm. NaN where a quantity has no data.
+
+    Returns:
+        A JSON-ready dict; every number sits under the label of its unit.
+    """
+    dE = pred.E_pred - pred.E_true
+    n = np.maximum(pred.n_atoms.astype(np.float64), 1.0)
+    e_mae, e_rmse = _mae_rmse(dE)
+    a_mae, a_rmse = _mae_rmse(dE / n)
+    out: dict[str, Any] = {
+        "n_molecules": pred.n_molecules,
+        "n_atoms": int(pred.offsets[-1]),
+        "energy": {
+            "per_molecule": {
+                "mae": _energy_units(e_mae),
+                "rmse": _energy_units(e_rmse),
+            },
+            "per_atom": {
+                "mae": _energy_units(a_mae, "/atom"),
+                "rmse": _energy_units(a_rmse, "/atom"),
+            },
+        },
+    }
+    if pred.F_true is not None and pred.F_pred is not None:
+        dF = pred.F_pred - pred.F_true
+        f_mae, f_rmse = _mae_rmse(dF)
+        f_std = float(np.std(pred.F_true)) if pred.F_true.size else float("nan")
+
+        def rel(v: float) -> float:
+            return v / f_std if f_std > 0 else float("nan")
+
+        per_element = {}
+        for z in np.unique(pred.Z):
+            sel = pred.Z == z
+            per_element[chemical_symbols[int(z)]] = {
+                "atomic_number": int(z),
+                "n_atoms": int(sel.sum()),
+                "mae": _force_units(_mae_rmse(dF[sel])[0]),
+            }
+        out["forces"] = {
+            "n_components": int(dF.size),
+            "mae": _force_units(f_mae),
+            "rmse": _force_units(f_rmse),
+            "std_reference": _force_units(f_std),
+            "mae_relative": rel(f_mae),
+            "rmse_relative": rel(f_rmse),
+            "per_element": per_element,
+        }
+    if pred.D_true is not None and pred.D_pred is not None:
+        dD = pred.D_pred - pred.D_true
+        d_mae, d_rmse = _mae_rmse(dD)
+        norm_mae = _mae_rmse(
+            np.linalg.norm(pred.D_pred, axis=-1) - np.linalg.norm(pred.D_true, axis=-1)
+        )[0]
+        out["dipole"] = {
+            "mae": _dipole_units(d_mae),
+            "rmse": _dipole_units(d_rmse),
+            "norm_mae": _dipole_units(norm_mae),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------
+# The metrics as one table: Markdown and HTML
+# --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TableRow:
+    """One row of the metrics table: a quantity, its unit, one value per split."""
+
+    quantity: str
+    unit: str
+    values: dict[str, float]
+
+
+def _get(d: Mapping[str, Any], path: Sequence[str]) -> float | None:
+    for key in path:
+        if not isinstance(d, Mapping) or key not in d:
+            return None
+        d = d[key]
+    return float(d) if isinstance(d, (int, float)) else None
+
+
+def metrics_rows(metrics: Mapping[str, Any]) -> list[TableRow]:
+    """The rows of the metrics table, for the splits in ``metrics["splits"]``."""
+    splits: dict[str, Any] = metrics["splits"]
+    specs: list[tuple[str, str, tuple[str, ...]]] = []
+    for kind, label in (("per_molecule", "per molecule"), ("per_atom", "per atom")):
+        per = "" if kind == "per_molecule" else "/atom"
+        for stat in ("mae", "rmse"):
+            for unit in ("meV", "kcal/mol"):
+                specs.append(
+                    (
+                        f"Energy {stat.upper()} {label}",
+                        unit + per,
+                        ("energy", kind, stat, unit + per),
+                    )
+                )
+    for stat in ("mae", "rmse"):
+        for unit in (f"meV/{_L}", f"kcal/mol/{_L}"):
+            specs.append((f"Force {stat.upper()}", unit, ("forces", stat, unit)))
+    specs.append(
+        ("Force std (reference)", f"meV/{_L}", ("forces", "std_reference", f"meV/{_L}"))
+    )
+    specs.append(("Force MAE / force std", "1", ("forces", "mae_relative")))
+    specs.append(("Force RMSE / force std", "1", ("forces", "rmse_relative")))
+    specs.append(
+        ("Force MAE / train force std", "1", ("forces", "mae_relative_to_train_std"))
+    )
+    elements: dict[str, int] = {}
+    for m in splits.values():
+        for sym, e in m.get("forces", {}).get("per_element", {}).items():
+            elements[sym] = e["atomic_number"]
+    for sym in sorted(elements, key=elements.__getitem__):
+        specs.append(
+            (
+                f"Force MAE, {sym} atoms",
+                f"meV/{_L}",
+                ("forces", "per_element", sym, "mae", f"meV/{_L}"),
+            )
+        )
+    for stat, label in (("mae", "MAE"), ("rmse", "RMSE"), ("norm_mae", "norm MAE")):
+        specs.append((f"Dipole {label}", "Debye", ("dipole", stat, "Debye")))
+    rows = []
+    for quantity, unit, path in specs:
+        values = {
+            name: v for name, m in splits.items() if (v := _get(m, path)) is not None
+        }
+        if values:
+            rows.append(TableRow(quantity, unit, values))
+    count_row = TableRow(
+        "Molecules", "", {name: float(m["n_molecules"]) for name, m in splits.items()}
+    )
+    return [count_row, *rows]
+
+
+def _fmt(value: float) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value)}"
+    return f"{value:.4g}"
+
+
+_TABLE_NOTE = (
+    "Force errors are per Cartesian component. 'Force std' is the standard deviation "
+    "of the reference force components of the same split, 'train force std' that of "
+    "the training split."
+)
+
+
+def metrics_markdown(metrics: Mapping[str, Any]) -> str:
+    """The metrics table in Markdown (one column per split)."""
+    names = list(metrics["splits"])
+    lines = [
+        f"# Evaluation of {metrics.get('checkpoint', {}).get('path', 'the model')}",
+        "",
+        "| Quantity | Unit | " + " | ".join(names) + " |",
+        "|---|---|" + "---:|" * len(names),
+    ]
+    for row in metrics_rows(metrics):
+        cells = [_fmt(row.values[n]) if n in row.values else "" for n in names]
+        lines.append(f"| {row.quantity} | {row.unit} | " + " | ".join(cells) + " |")
+    lines += ["", _TABLE_NOTE]
+    return "\n".join(lines) + "\n"
+
+
+def metrics_html_page(metrics: Mapping[str, Any]) -> str:
+    """The metrics table as a self-contained HTML page (inline style, no scripts)."""
+    names = list(metrics["splits"])
+    esc = html.escape
+    head = "".join(f"<th>{esc(n)}</th>" for n in names)
+    body = []
+    for row in metrics_rows(metrics):
+        cells = "".join(
+            f"<td>{esc(_fmt(row.values[n])) if n in row.values else ''}</td>"
+            for n in names
+        )
+        body.append(
+            f"<tr><th scope='row'>{esc(row.quantity)}</th>"
+            f"<td class='u'>{esc(row.unit)}</td>{cells}</tr>"
+        )
+    ckpt = metrics.get("checkpoint", {})
+    title = f"Evaluation of {esc(str(ckpt.get('path', 'the model')))}"
+    style = (
+        "body{font-family:sans-serif;margin:1em}"
+        "table{border-collapse:collapse}"
+        "th,td{border:1px solid #ccc;padding:3px 8px}"
+        "td{text-align:right;font-variant-numeric:tabular-nums}"
+        "td.u{text-align:left;color:#555}"
+        "thead th{background:#eee}"
+        "tbody th{text-align:left;font-weight:normal}"
+    )
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{title}</title><style>{style}</style></head><body>"
+        f"<h3>{title}</h3>"
+        f"<table><thead><tr><th>Quantity</th><th>Unit</th>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+        f"<p>{esc(_TABLE_NOTE)}</p>"
+        "</body></html>\n"
+    )
+
+
+# --------------------------------------------------------------------------------
+# Prediction of a split through the packed loader
+# --------------------------------------------------------------------------------
+def check_elements(
+    batch: Mapping[str, np.ndarray], known: Sequence[int], where: str
+) -> None:
+    """Refuse a batch holding an element the model was not trained for.
+
+    Args:
+        batch: a packed batch (``Z``, ``atom_mask``, ``batch_segments``,
+            ``mol_index``).
+        known: atomic numbers the model was trained for.
+        where: the data's name for the message (path and split).
+
+    Raises:
+        InputError: naming the first such molecule (dataset index), its element and
+        the model's elements.
+    """
+    z = np.asarray(batch["Z"])
+    ok = np.isin(z, np.asarray(known)) | ~np.asarray(batch["atom_mask"], bool)
+    if ok.all():
+        return
+    a = int(np.argmin(ok))
+    mol = int(batch["mol_index"][batch["batch_segments"][a]])
+    raise InputError(
+        f"{where}: molecule {mol} contains element {chemical_symbols[int(z[a])]} "
+        f"(Z={int(z[a])}), which the model was not trained for (trained elements: "
+        f"{', '.join(chemical_symbols[int(e)] for e in sorted(known))})"
+    )
+
+
+def predict_split(
+    ckpt: Checkpoint, loader: PackedMemmapLoader, *, with_dipoles: bool, where: str
+) -> SplitPredictions:
+    """Predictions for every molecule of ``loader``'s subset, in dataset order.
+
+    Args:
+        ckpt: the model.
+        loader: an unshuffled loader over the subset (its packed batches are used).
+        with_dipoles: keep reference and predicted dipoles (the model must predict
+            them and the data must have them).
+        where: name of the data in error messages (path and split).
+
+    Returns:
+        The split's reference values (from the batches, i.e. the packed data as
+        stored) and predictions; atoms keep their order within each molecule.
+    """
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("mol", "n", "Z", "E", "Ep", "F", "Fp", "D", "Dp")
+    }
+    has_f = loader.has_forces
+    for batch in loader.packed_batches(epoch=0):
+        check_elements(batch, ckpt.constants.elements, where)
+        out = ckpt.predict(batch)
+        slots = np.flatnonzero(batch["molecule_mask"])
+        # atoms grouped by molecule slot; stable, so in-molecule order is kept
+        atoms = np.flatnonzero(batch["atom_mask"])
+        atoms = atoms[np.argsort(batch["batch_segments"][atoms], kind="stable")]
+        parts["mol"].append(batch["mol_index"][slots])
+        parts["n"].append(batch["N"][slots])
+        parts["Z"].append(batch["Z"][atoms])
+        parts["E"].append(batch["E"][slots])
+        parts["Ep"].append(out["energy"][slots])
+        if has_f:
+            parts["F"].append(batch["F"][atoms])
+            parts["Fp"].append(out["forces"][atoms])
+        if with_dipoles:
+            parts["D"].append(batch["D"][slots])
+            parts["Dp"].append(out["dipole"][slots])
+    mol = np.concatenate(parts["mol"]).astype(np.int64)
+    n = np.concatenate(parts["n"]).astype(np.int32)
+    # batches visit molecules in packing order: restore dataset order
+    order = np.argsort(mol, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(n, dtype=np.int64)])[:-1]
+    offsets = np.zeros(n.size + 1, np.int64)
+    np.cumsum(n[order], out=offsets[1:])
+    # new atom j of sorted molecule k sits at starts[order[k]] + (j - offsets[k])
+    atom_order = np.arange(offsets[-1]) + np.repeat(
+        starts[order] - offsets[:-1], n[order]
+    )
+
+    def cat(key: str, dtype: type, per_atom: bool) -> np.ndarray | None:
+        if not parts[key]:
+            return None
+        arr = np.concatenate(parts[key]).astype(dtype)
+        return arr[atom_order] if per_atom else arr[order]
+
+    return SplitPredictions(
+        mol_index=mol[order],
+        n_atoms=n[order],
+        offsets=offsets,
+        Z=cat("Z", np.int32, True),
+        E_true=cat("E", np.float64, False),
+        E_pred=cat("Ep", np.float64, False),
+        F_true=cat("F", np.float64, True),
+        F_pred=cat("Fp", np.float64, True),
+        D_true=cat("D", np.float64, False),
+        D_pred=cat("Dp", np.float64, False),
+    )
+
+
+def _shared_budget_loaders(
+    dataset: PackedDataset,
+    split: Path,
+    names: Sequence[str],
+    loader_cfg: LoaderConfig,
+) -> dict[str, PackedMemmapLoader]:
+    """Unshuffled loaders over the non-empty subsets ``names`` of ``split``, all
+    with the same batch budget (the largest of their own), so that prediction
+    compiles once for every split."""
+    loaders: dict[str, PackedMemmapLoader] = {}
+    for name in names:
+        try:
+            if read_split(split, name).size == 0:
+                continue
+        except InputError:
+            if name == names[0]:
+                raise
+            continue  # an optional split missing from the file
+        loaders[name] = from_config(dataset, loader_cfg, split, name, shuffle=False)
+    if not loaders:
+        raise InputError(f"{split}: the subsets {', '.join(names)} are all empty")
+    budgets = [dataclasses.astuple(lo.budget) for lo in loaders.values()]
+    shared = tuple(max(b[k] for b in budgets) for k in range(3))
+    for name, lo in loaders.items():
+        if dataclasses.astuple(lo.budget) != shared:
+            loaders[name] = from_config(
+                dataset,
+                loader_cfg,
+                split,
+                name,
+                shuffle=False,
+                max_atoms=shared[0],
+                max_pairs=shared[1],
+                max_molecules=shared[2],
+            )
+    return loaders
+
+
+# --------------------------------------------------------------------------------
+# Outputs: figures, files written under temporary names and renamed together
+# --------------------------------------------------------------------------------
+class StagedOutputs:
+    """Temporary siblings of a set of outputs, renamed into place together.
+
+    Use as a context manager: :meth:`file`/:meth:`directory` hand out temporary
+    paths; a clean exit renames every one onto its final path (directories via
+    :func:`physpack.packed.replace_dir`), an exception removes them all and leaves
+    the final paths untouched.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+
+    def _tmp(self, final: str | os.PathLike) -> tuple[Path, Path]:
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        self._remove(tmp)
+        self._staged.append((tmp, final))
+        return tmp, final
+
+    def file(self, final: str | os.PathLike) -> Path:
+        """A temporary path to write ``final``'s content to."""
+        return self._tmp(final)[0]
+
+    def directory(self, final: str | os.PathLike) -> Path:
+        """A fresh temporary directory to fill in place of ``final``."""
+        tmp = self._tmp(final)[0]
+        tmp.mkdir()
+        return tmp
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            for tmp, _ in self._staged:
+                self._remove(tmp)
+            return
+        for tmp, final in self._staged:
+            if tmp.is_dir():
+                replace_dir(tmp, final)
+            else:
+                os.replace(tmp, final)
+
+
+def write_figures(
+    directory: Path,
+    preds: Mapping[str, SplitPredictions],
+    metrics: Mapping[str, Any],
+    constants: EnergyConstants,
+    history: Mapping[str, np.ndarray] | None,
+) -> list[Path]:
+    """The evaluation's PNG figures in ``directory`` (names in the module docstring
+    and ``workflow/report/figures.rst``)."""
+    out = []
+    ref = {
+        name: np.add.reduceat(constants.reference_energies[p.Z], p.offsets[:-1])
+        if p.n_molecules
+        else np.zeros(0)
+        for name, p in preds.items()
+    }
+    out.append(
+        plots.parity_plot(
+            directory / "energy_parity.png",
+            [(n, p.E_true - ref[n], p.E_pred - ref[n]) for n, p in preds.items()],
+            quantity="Energy",
+            label="energy − Σ E_ref(Z)",
+            unit=_E,
+            error_unit="meV",
+            error_scale=1e3,
+        )
+    )
+    errors: list[tuple[str, str, list[tuple[str, np.ndarray]]]] = [
+        (
+            "Energy per molecule",
+            "meV",
+            [(n, 1e3 * (p.E_pred - p.E_true)) for n, p in preds.items()],
+        )
+    ]
+    with_f = {n: p for n, p in preds.items() if p.F_true is not None}
+    if with_f:
+        out.append(
+            plots.parity_plot(
+                directory / "force_parity.png",
+                [(n, p.F_true, p.F_pred) for n, p in with_f.items()],
+                quantity="Force",
+                label="force component",
+                unit="eV/Å",
+                error_unit="meV/Å",
+                error_scale=1e3,
+            )
+        )
+        errors.append(
+            (
+                "Force components",
+                "meV/Å",
+                [(n, 1e3 * (p.F_pred - p.F_true)) for n, p in with_f.items()],
+            )
+        )
+        out.append(
+            plots.element_bars(
+                directory / "force_mae_by_element.png",
+                {
+                    n: {
+                        sym: e["mae"][f"meV/{_L}"]
+                        for sym, e in metrics["splits"][n]["forces"][
+                            "per_element"
+                        ].items()
+                    }
+                    for n in with_f
+                },
+                unit="meV/Å",
+            )
+        )
+    with_d = {n: p for n, p in preds.items() if p.D_true is not None}
+    if with_d:
+        out.append(
+            plots.parity_plot(
+                directory / "dipole_parity.png",
+                [(n, p.D_true, p.D_pred) for n, p in with_d.items()],
+                quantity="Dipole",
+                label="dipole component",
+                unit="e·Å",
+                error_unit="D",
+                error_scale=_E_ANGSTROM_TO_DEBYE,
+            )
+        )
+        errors.append(
+            (
+                "Dipole components",
+                "D",
+                [
+                    (n, _E_ANGSTROM_TO_DEBYE * (p.D_pred - p.D_true))
+                    for n, p in with_d.items()
+                ],
+            )
+        )
+    out.append(plots.error_histograms(directory / "error_histograms.png", errors))
+    if history is not None:
+        out.append(plots.learning_curves(directory / "learning_curves.png", history))
+    return out
+
+
+def _json_ready(value: Any) -> Any:
+    """NaN/inf → None (strict JSON), numpy scalars → Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult:
+    """Outcome of :func:`evaluate`.
+
+    Attributes:
+        metrics: the content of ``metrics.json``.
+        predictions: split name -> its predictions.
+        figures: final paths of the figures written.
+    """
+
+    metrics: dict[str, Any]
+    predictions: dict[str, SplitPredictions]
+    figures: tuple[Path, ...]
+
+
+def evaluate(
+    packed: str | os.PathLike,
+    split: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    *,
+    metrics: str | os.PathLike,
+    metrics_md: str | os.PathLike | None = None,
+    metrics_html: str | os.PathLike | None = None,
+    predictions: str | os.PathLike | None = None,
+    figures: str | os.PathLike | None = None,
+    history: str | os.PathLike | None = None,
+    loader_cfg: LoaderConfig | None = None,
+    splits: Sequence[str] = SPLITS,
+    log: Callable[[str], None] = print,
+) -> EvaluationResult:
+    """Evaluate a checkpoint on subsets of a packed dataset and write the outputs.
+
+    Args:
+        packed: packed dataset directory.
+        split: split NPZ (``physpack split``); the first of ``splits`` must be in
+            it, later ones are evaluated when present and non-empty.
+        checkpoint: ``best.ckpt``.
+        metrics, metrics_md, metrics_html, predictions: files to write (layouts in
+            the module docstring); all but ``metrics`` optional.
+        figures: directory of PNG figures to (re)create.
+        history: ``history.csv`` of training, for the learning curves.
+        loader_cfg: the ``loader`` section (batch budgets).
+        splits: subset names, in report order.
+        log: receives one summary line per split.
+
+    Raises:
+        InputError: missing, truncated or newer-format checkpoint; data holding an
+        element the model was not trained for; unreadable data, split or history.
+        Nothing is written then.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    dataset = PackedDataset(packed)
+    split = Path(split)
+    hist = plots.read_history(history) if history is not None else None
+    loaders = _shared_budget_loaders(
+        dataset, split, list(splits), loader_cfg or LoaderConfig()
+    )
+    with_dipoles = ckpt.model_config.charges and dataset.has("D")
+    preds = {
+        name: predict_split(
+            ckpt, lo, with_dipoles=with_dipoles, where=f"{dataset.path} ({name} split)"
+        )
+        for name, lo in loaders.items()
+    }
+    train_std = ckpt.training.get("data_stats", {}).get("forces_std_eV_per_A")
+    per_split = {}
+    for name, p in preds.items():
+        m = compute_metrics(p)
+        if "forces" in m and train_std:
+            m["forces"]["std_train"] = _force_units(float(train_std))
+            m["forces"]["mae_relative_to_train_std"] = m["forces"]["mae"][_F] / float(
+                train_std
+            )
+        per_split[name] = m
+        log(_summary_line(name, m))
+    report: dict[str, Any] = {
+        "format": METRICS_FORMAT,
+        "format_version": METRICS_VERSION,
+        "created_by": f"physpack {__version__}",
+        "units": dict(CANONICAL_UNITS),
+        "packed": str(dataset.path),
+        "split_file": str(split),
+        "checkpoint": {
+            "path": str(checkpoint),
+            "format_version": ckpt.format_version,
+            "physpack_version": ckpt.physpack_version,
+            "created_utc": ckpt.created_utc,
+            "epoch": ckpt.training.get("epoch"),
+            "step": ckpt.training.get("step"),
+            "valid_metrics": dict(ckpt.metrics),
+        },
+        "model_config": dataclasses.asdict(ckpt.model_config),
+        "splits": per_split,
+    }
+    report = _json_ready(report)
+    written: list[Path] = []
+    with StagedOutputs() as staged:
+        staged.file(metrics).write_text(
+            json.dumps(report, indent=2, allow_nan=False) + "\n"
+        )
+        if metrics_md is not None:
+            staged.file(metrics_md).write_text(metrics_markdown(report))
+        if metrics_html is not None:
+            staged.file(metrics_html).write_text(metrics_html_page(report))
+        if predictions is not None:
+            arrays: dict[str, np.ndarray] = {
+                "splits": np.array(list(preds), dtype=str),
+                "units": np.array(json.dumps(CANONICAL_UNITS)),
+            }
+            for name, p in preds.items():
+                arrays |= p.to_arrays(name)
+            with open(staged.file(predictions), "wb") as fh:
+                np.savez(fh, **arrays)
+        if figures is not None:
+            tmp = staged.directory(figures)
+            written = [
+                Path(figures) / f.name
+                for f in write_figures(tmp, preds, report, ckpt.constants, hist)
+            ]
+    return EvaluationResult(metrics=report, predictions=preds, figures=tuple(written))
+
+
+def _summary_line(name: str, m: Mapping[str, Any]) -> str:
+    e = m["energy"]["per_molecule"]["mae"]
+    text = (
+        f"{name}: {m['n_molecules']} molecules, energy MAE {e['meV']:.4g} meV "
+        f"({e['kcal/mol']:.4g} kcal/mol)"
+    )
+    if "forces" in m:
+        f = m["forces"]
+        text += (
+            f", force MAE {f['mae'][f'meV/{_L}']:.4g} meV/Å "
+            f"({f['mae_relative']:.3g} × force std)"
+        )
+    if "dipole" in m:
+        text += f", dipole MAE {m['dipole']['mae']['Debye']:.3g} D"
+    return text
+
+
+@cli_entry("physpack evaluate")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="physpack evaluate",
+        description="Metrics, predictions and figures of a trained model on the test "
+        "and validation splits.",
+    )
+    parser.add_argument("packed", help="packed dataset directory")
+    parser.add_argument("--split", required=True, help="split NPZ (physpack split)")
+    parser.add_argument("--checkpoint", required=True, help="best.ckpt to evaluate")
+    parser.add_argument("--history", help="training history.csv (learning curves)")
+    parser.add_argument("--metrics", required=True, help="metrics JSON to write")
+    parser.add_argument("--metrics-md", help="metrics table (Markdown) to write")
+    parser.add_argument("--metrics-html", help="metrics table (HTML) to write")
+    parser.add_argument("--predictions", help="predictions NPZ to write")
+    parser.add_argument("--figures", help="directory of PNG figures to write")
+    parser.add_argument(
+        "--loader-config",
+        metavar="JSON",
+        default="{}",
+        help="the 'loader' config section as a JSON object",
+    )
+    parser.add_argument(
+        "--splits",
+        default=",".join(SPLITS),
+        help="comma-separated subsets to evaluate (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        loader_mapping = json.loads(args.loader_config)
+    except ValueError as exc:
+        raise ConfigError(f"--loader-config is not valid JSON ({exc})") from exc
+    if not isinstance(loader_mapping, dict):
+        raise ConfigError("--loader-config must be a JSON object")
+    evaluate(
+        args.packed,
+        args.split,
+        args.checkpoint,
+        metrics=args.metrics,
+        metrics_md=args.metrics_md,
+        metrics_html=args.metrics_html,
+        predictions=args.predictions,
+        figures=args.figures,
+        history=args.history,
+        loader_cfg=section_from_mapping(LoaderConfig, loader_mapping, "loader"),
+        splits=[s for s in args.splits.split(",") if s],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

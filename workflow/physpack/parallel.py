@@ -1,0 +1,578 @@
+"""Data-parallel training over every local device and across processes (SLURM tasks).
+
+The layout is plain data parallelism on a one-axis :class:`jax.sharding.Mesh`
+(axis :data:`DATA_AXIS`) over ``D`` devices, ``D = Σ_p d_p`` for processes ``p``
+with ``d_p`` selected devices each:
+
+* the loader yields one deterministic stream of fixed-shape packed batches per
+  epoch (identical in every process: same seed, same split);
+* every optimisation step takes ``D`` consecutive batches of that stream, device
+  ``g`` (process-major order) gets batch ``g`` of the group, so each process reads
+  only its own slice and every molecule is still used exactly once per epoch
+  (:func:`step_batches`; a short last group is filled with empty batches);
+* the ``D`` batches are stacked along a new leading axis, sharded with
+  ``NamedSharding(mesh, P("data"))``; parameters and optimiser state are
+  replicated (``P()``);
+* the loss is normalised by the GLOBAL number of molecules/atoms of the step
+  (:func:`data_parallel_value_and_grad`): the step is the single-device step on the
+  concatenated batch, not the mean of per-device means.
+
+Why global normalisation: packed batches hold a variable number of molecules and
+atoms (fixed budgets, not fixed counts). The mean of per-device means weights a
+molecule in a sparse batch more than one in a dense batch, so it would depend on
+how molecules fell into batches, and results would change with the device count.
+Summing the per-device loss sums and counts first (one ``psum`` each) and dividing
+once gives exactly the loss of the concatenated batch, whatever the split.
+
+Multi-process (several SLURM tasks, ``srun``): :func:`initialize_distributed` starts
+``jax.distributed`` from the SLURM environment before any other JAX call; afterwards
+``jax.devices()`` lists the devices of all processes, the mesh spans them, and the
+collectives (NCCL on GPUs, gloo on CPUs) run inside the compiled step. Only
+:func:`is_main_process` writes checkpoints, histories and logs.
+
+``train.devices`` counts devices PER PROCESS (``"all"``: every local device), so
+one config serves a workstation and a multi-node job alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Name of the mesh axis that the batch is sharded along.
+DATA_AXIS = "data"
+
+Batch = Mapping[str, np.ndarray]
+Params = Any  # a pytree of arrays
+Sums = Any  # a pytree of float arrays: loss sums, additive over batches
+Counts = Any  # a pytree of int/float arrays: normalisers, additive over batches
+T = TypeVar("T")
+
+#: Coordinator port range used when SLURM gives no ``JAX_COORDINATOR_PORT``: the
+#: ephemeral ports above 61440, offset by the job id (as jax's SLURM detection does).
+_PORT_BASE, _PORT_SPAN = 61440, 4096
+
+
+# --------------------------------------------------------------------------------
+# Processes
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSetup:
+    """How this process joined (or did not join) a multi-process run.
+
+    Attributes:
+        num_processes: processes of the run (1: single-process, nothing started).
+        process_id: this process, ``0 <= process_id < num_processes``.
+        coordinator_address: ``host:port`` of process 0's coordination service
+            (``None`` when single-process).
+        local_device_ids: accelerator ids this process uses, ``None``: all visible.
+        source: ``"explicit"`` (arguments), ``"slurm"`` (environment) or
+            ``"single"``.
+    """
+
+    num_processes: int
+    process_id: int
+    coordinator_address: str | None
+    local_device_ids: tuple[int, ...] | None
+    source: Literal["explicit", "slurm", "single"]
+
+
+def first_hostname(nodelist: str) -> str:
+    """The first host of a SLURM node list (``"gpu[003-005,9],cpu1"`` → ``"gpu003"``).
+
+    Used when ``scontrol`` is not on the PATH; zero padding of ranges is kept.
+    """
+    match = re.match(r"([^,\[]+)(?:\[([^\]]*)\])?", nodelist.strip())
+    if match is None or not match.group(1):
+        raise ConfigError(f"SLURM node list {nodelist!r}: cannot read a host name")
+    prefix, ranges = match.group(1), match.group(2)
+    if ranges is None:
+        return prefix
+    return prefix + re.split(r"[,-]", ranges, maxsplit=1)[0]
+
+
+def _expand_first_host(nodelist: str) -> str:
+    """First host of ``nodelist``: ``scontrol show hostnames`` when available."""
+    if shutil.which("scontrol"):
+        proc = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        hosts = proc.stdout.split()
+        if proc.returncode == 0 and hosts:
+            return hosts[0]
+    return first_hostname(nodelist)
+
+
+def _tasks_on_node(environ: Mapping[str, str]) -> int:
+    """Tasks of this job step on this node (``SLURM_STEP_TASKS_PER_NODE`` is a
+    compressed list such as ``"2(x3),1"``; this node's entry is ``SLURM_NODEID``)."""
+    text = environ.get("SLURM_STEP_TASKS_PER_NODE") or environ.get(
+        "SLURM_TASKS_PER_NODE", ""
+    )
+    per_node: list[int] = []
+    for part in filter(None, text.split(",")):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if m is None:
+            return 1
+        per_node += [int(m.group(1))] * int(m.group(2) or 1)
+    node = int(environ.get("SLURM_NODEID", "0"))
+    return per_node[node] if node < len(per_node) else 1
+
+
+def slurm_setup(environ: Mapping[str, str] | None = None) -> DistributedSetup | None:
+    """The multi-process setup that a SLURM job step describes, or ``None``.
+
+    ``None`` unless this process is one of several tasks of an ``srun`` step
+    (``SLURM_STEP_NUM_TASKS`` or ``SLURM_NTASKS`` > 1 with ``SLURM_PROCID`` set).
+    The coordinator is the step's first node on port ``JAX_COORDINATOR_PORT`` or
+    ``61440 + SLURM_JOB_ID mod 4096``. Devices: one task on a node uses all of the
+    node's visible accelerators (the recommended layout, ``tasks == nodes``);
+    several tasks on a node take one each, accelerator ``SLURM_LOCALID``, unless
+    SLURM already bound one per task (``CUDA_VISIBLE_DEVICES`` lists one) or
+    ``JAX_LOCAL_DEVICE_IDS`` says otherwise (jax reads it itself).
+    """
+    env = os.environ if environ is None else environ
+    tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")
+    if not tasks or "SLURM_PROCID" not in env or int(tasks) <= 1:
+        return None
+    nodelist = (
+        env.get("SLURM_STEP_NODELIST")
+        or env.get("SLURM_JOB_NODELIST")
+        or env.get("SLURM_NODELIST")
+    )
+    if not nodelist:
+        raise ConfigError(
+            "SLURM_NTASKS > 1 but no SLURM_STEP_NODELIST/SLURM_NODELIST is set"
+        )
+    if env.get("JAX_COORDINATOR_PORT"):
+        port = int(env["JAX_COORDINATOR_PORT"])
+    else:
+        port = _PORT_BASE + int(env.get("SLURM_JOB_ID", "0")) % _PORT_SPAN
+    local_ids: tuple[int, ...] | None = None
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+    if _tasks_on_node(env) > 1 and len(visible) != 1:
+        local_ids = (int(env.get("SLURM_LOCALID", "0")),)
+    host = _expand_first_host(nodelist)
+    return DistributedSetup(
+        num_processes=int(tasks),
+        process_id=int(env["SLURM_PROCID"]),
+        coordinator_address=f"{host}:{port}",
+        local_device_ids=local_ids,
+        source="slurm",
+    )
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    local_device_ids: Sequence[int] | None = None,
+    timeout_s: int = 300,
+) -> DistributedSetup:
+    """Join a multi-process run, before any other JAX call of this process.
+
+    With ``coordinator_address``, ``num_processes`` and ``process_id`` given (tests
+    on localhost, hand-started runs) those are used; otherwise the SLURM
+    environment of an ``srun`` step with several tasks (:func:`slurm_setup`);
+    otherwise this is a single-process run and nothing is started. Calling it again
+    in an initialised process returns the running setup.
+
+    On CPUs the cross-process collectives are gloo (jax's default
+    ``jax_cpu_collectives_implementation``); on GPUs NCCL.
+
+    Raises:
+        ConfigError: only some of the three explicit arguments are given, or
+            ``process_id`` is out of range.
+    """
+    explicit = (coordinator_address, num_processes, process_id)
+    if any(v is not None for v in explicit):
+        if any(v is None for v in explicit):
+            raise ConfigError(
+                "initialize_distributed: give coordinator_address, num_processes "
+                f"and process_id together (got {explicit})"
+            )
+        assert num_processes is not None and process_id is not None
+        if not 0 <= process_id < num_processes:
+            raise ConfigError(
+                f"initialize_distributed: process_id {process_id} is not in "
+                f"[0, {num_processes})"
+            )
+        setup = DistributedSetup(
+            num_processes=int(num_processes),
+            process_id=int(process_id),
+            coordinator_address=coordinator_address,
+            local_device_ids=tuple(local_device_ids) if local_device_ids else None,
+            source="explicit",
+        )
+    else:
+        found = slurm_setup()
+        if found is None:
+            return DistributedSetup(1, 0, None, None, "single")
+        setup = found
+    if jax.distributed.is_initialized():
+        return setup
+    log.info(
+        "joining %d processes as process %d (coordinator %s, %s)",
+        setup.num_processes,
+        setup.process_id,
+        setup.coordinator_address,
+        setup.source,
+    )
+    # "deactivate": our own values stand; jax's SLURM auto-detection would bind one
+    # device per task even when one task per node should drive all its GPUs.
+    jax.distributed.initialize(
+        coordinator_address=setup.coordinator_address,
+        num_processes=setup.num_processes,
+        process_id=setup.process_id,
+        local_device_ids=list(setup.local_device_ids) if setup.local_device_ids else None,
+        cluster_detection_method="deactivate",
+        initialization_timeout=timeout_s,
+    )
+    return setup
+
+
+def is_main_process() -> bool:
+    """Whether this is process 0: the only one that writes checkpoints and logs."""
+    return jax.process_index() == 0
+
+
+# --------------------------------------------------------------------------------
+# Devices and mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """The devices of a data-parallel run and the shardings that go with them.
+
+    Attributes:
+        mesh: one axis :data:`DATA_AXIS` over all selected devices of all
+            processes, process-major (process ``p``'s devices are contiguous).
+        local_devices: this process's selected devices, in mesh order.
+        first_shard: mesh position of ``local_devices[0]``.
+        process_index, process_count: this process and how many there are.
+    """
+
+    mesh: Mesh
+    local_devices: tuple[jax.Device, ...]
+    first_shard: int
+    process_index: int
+    process_count: int
+
+    @property
+    def num_devices(self) -> int:
+        """Devices of the mesh (all processes): batches per optimisation step."""
+        return int(self.mesh.devices.size)
+
+    @property
+    def num_local_devices(self) -> int:
+        """Devices of this process: batches it reads per step."""
+        return len(self.local_devices)
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        """Leading (device) axis split over the mesh, one block per device."""
+        return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        """A full copy on every device (parameters, optimiser state)."""
+        return NamedSharding(self.mesh, PartitionSpec())
+
+
+def select_devices(devices: int | Literal["all"] = "all") -> DataParallel:
+    """Choose ``devices`` per process (``"all"``: every local device) and build the
+    mesh over those of all processes.
+
+    Raises:
+        ConfigError: ``devices`` is not ``"all"`` or a positive int, or more devices
+            are requested than some process has.
+    """
+    if devices != "all" and (
+        isinstance(devices, bool) or not isinstance(devices, int) or devices < 1
+    ):
+        raise ConfigError(f"train.devices: got {devices!r}, expected 'all' or an int ≥ 1")
+    per_process: dict[int, list[jax.Device]] = {}
+    for d in jax.devices():
+        per_process.setdefault(d.process_index, []).append(d)
+    chosen: list[jax.Device] = []
+    for p in sorted(per_process):
+        mine = sorted(per_process[p], key=lambda d: d.id)
+        if devices != "all" and devices > len(mine):
+            where = "this process" if p == jax.process_index() else f"process {p}"
+            raise ConfigError(
+                f"train.devices: {devices} requested but {where} has {len(mine)} "
+                f"{mine[0].platform} device(s)"
+            )
+        chosen += mine if devices == "all" else mine[:devices]
+    local = tuple(d for d in chosen if d.process_index == jax.process_index())
+    return DataParallel(
+        mesh=Mesh(np.array(chosen, dtype=object), (DATA_AXIS,)),
+        local_devices=local,
+        first_shard=chosen.index(local[0]),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+# --------------------------------------------------------------------------------
+# Placing data
+
+
+def stack_batches(batches: Sequence[Batch]) -> dict[str, np.ndarray]:
+    """Stack fixed-shape batches along a new leading axis: key → (len(batches), ...),
+    in the device's canonical dtypes.
+
+    Raises:
+        ValueError: the batches differ in keys, shapes or dtypes (the loader's
+            budgets must be fixed for the whole run).
+    """
+    if not batches:
+        raise ValueError("stack_batches: no batches")
+    first = batches[0]
+    for i, b in enumerate(batches[1:], start=1):
+        if b.keys() != first.keys():
+            raise ValueError(
+                f"stack_batches: batch {i} has keys {sorted(b)}, batch 0 {sorted(first)}"
+            )
+        for k, v in b.items():
+            if np.shape(v) != np.shape(first[k]) or np.asarray(v).dtype != np.asarray(
+                first[k]
+            ).dtype:
+                raise ValueError(
+                    f"stack_batches: key {k!r} of batch {i} is "
+                    f"{np.asarray(v).dtype}{np.shape(v)}, batch 0 "
+                    f"{np.asarray(first[k]).dtype}{np.shape(first[k])}; "
+                    "batch budgets must be fixed for the run"
+                )
+    # float64/int64 host arrays become the device's canonical dtypes (float32/int32
+    # unless jax_enable_x64): explicit here rather than a warning per transfer.
+    return {
+        k: np.stack([np.asarray(b[k]) for b in batches]).astype(
+            jax.dtypes.canonicalize_dtype(np.asarray(first[k]).dtype), copy=False
+        )
+        for k in first
+    }
+
+
+def shard_batches(dp: DataParallel, batches: Sequence[Batch]) -> dict[str, jax.Array]:
+    """This process's batches for one step (one per local device, or ``k`` per
+    device in order) as global arrays of shape ``(k·D, ...)``, sharded along the
+    leading axis so that each device holds its own batches."""
+    if len(batches) % dp.num_local_devices:
+        raise ValueError(
+            f"shard_batches: {len(batches)} batches for "
+            f"{dp.num_local_devices} local devices"
+        )
+    per_device = len(batches) // dp.num_local_devices
+    stacked = stack_batches(batches)
+    return {
+        k: jax.make_array_from_process_local_data(
+            dp.batch_sharding, v, (dp.num_devices * per_device, *v.shape[1:])
+        )
+        for k, v in stacked.items()
+    }
+
+
+def replicate(dp: DataParallel, tree: T) -> T:
+    """A copy of ``tree`` (identical in every process) on every device of the mesh."""
+
+    def put(x: Any) -> jax.Array:
+        if dp.process_count == 1:
+            return jax.device_put(x, dp.replicated)
+        # Several processes: each supplies its (identical) copy for its devices.
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(dp.replicated, x, x.shape)
+
+    return jax.tree.map(put, tree)
+
+
+def to_host(tree: T) -> T:
+    """Numpy copies of replicated (or single-process) arrays, e.g. to checkpoint."""
+
+    def get(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if not x.is_fully_replicated:
+                raise ValueError(
+                    "to_host: array sharded across processes; only replicated "
+                    "arrays can be read back on one process"
+                )
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(x)
+
+    return jax.tree.map(get, tree)
+
+
+# --------------------------------------------------------------------------------
+# Epoch layout
+
+
+def empty_batch(template: Batch) -> dict[str, np.ndarray]:
+    """A batch that contributes nothing: ``template`` with every ``*_mask`` cleared
+    and ``mol_index`` set to -1. Shapes, dtypes and the padding layout (indices,
+    segments, geometry) stay the loader's, so the model sees a valid input whose
+    masked losses, counts and gradients are exactly zero."""
+    out = {k: np.array(v, copy=True) for k, v in template.items()}
+    for k, v in out.items():
+        if k.endswith("_mask"):
+            v[...] = False
+    if "mol_index" in out:
+        out["mol_index"][...] = -1
+    return out
+
+
+def steps_per_epoch(num_batches: int, num_devices: int) -> int:
+    """Optimisation steps that consume ``num_batches`` batches on ``num_devices``."""
+    return -(-num_batches // num_devices)
+
+
+def step_batches(
+    stream: Iterable[T],
+    num_devices: int,
+    first_shard: int = 0,
+    num_local: int | None = None,
+    *,
+    empty: Callable[[T], T] = empty_batch,  # type: ignore[assignment]
+) -> Iterator[list[T]]:
+    """Group one epoch's batch stream into steps and yield this process's share.
+
+    Step ``s`` uses stream items ``s·D … s·D + D − 1``; mesh position ``g`` gets item
+    ``s·D + g``, so this process (positions ``first_shard … first_shard + num_local
+    − 1``) yields those items per step. When the stream ends inside a group, the
+    missing items are ``empty(last item)``: all processes run the same number of
+    steps (a collective needs every device), and every item of the stream is
+    yielded by exactly one process exactly once.
+
+    Every process iterates the whole stream (the loader's order must be the same
+    in all of them); items of other processes are skipped, not used.
+
+    Args:
+        stream: the epoch's batches, in the loader's deterministic order.
+        num_devices: ``D``, devices of the mesh (all processes).
+        first_shard, num_local: this process's mesh positions (default: all).
+        empty: builds a no-contribution stand-in from a real item.
+    """
+    local = num_devices if num_local is None else num_local
+    if not 0 <= first_shard <= first_shard + local <= num_devices or local < 1:
+        raise ValueError(
+            f"step_batches: positions {first_shard}..{first_shard + local - 1} "
+            f"outside a mesh of {num_devices}"
+        )
+    group: list[T] = []
+    for item in stream:
+        group.append(item)
+        if len(group) == num_devices:
+            yield group[first_shard : first_shard + local]
+            group = []
+    if group:
+        filler = empty(group[-1])
+        group += [filler] * (num_devices - len(group))
+        yield group[first_shard : first_shard + local]
+
+
+def local_step_batches(stream: Iterable[T], dp: DataParallel, **kw: Any) -> Iterator[list[T]]:
+    """:func:`step_batches` for this process of ``dp``."""
+    return step_batches(stream, dp.num_devices, dp.first_shard, dp.num_local_devices, **kw)
+
+
+# --------------------------------------------------------------------------------
+# Data-parallel loss and gradient
+
+
+def _block_partials(
+    partial_fn: Callable[[Params, Batch], tuple[Sums, Counts]],
+    params: Params,
+    block: Mapping[str, jax.Array],
+) -> tuple[Sums, Counts]:
+    """Sums and counts of one device's block of ``k`` stacked batches."""
+    k = next(iter(block.values())).shape[0]
+    if k == 1:
+        return partial_fn(params, {key: v[0] for key, v in block.items()})
+    sums, counts = jax.vmap(partial_fn, in_axes=(None, 0))(params, block)
+    return jax.tree.map(lambda x: x.sum(0), (sums, counts))
+
+
+def data_parallel_value_and_grad(
+    partial_fn: Callable[[Params, Batch], tuple[Sums, Counts]],
+    combine: Callable[[Sums, Counts], jax.Array],
+    mesh: Mesh,
+) -> Callable[[Params, Mapping[str, jax.Array]], tuple[tuple[jax.Array, Any], Params]]:
+    """Turn a per-batch loss into a data-parallel loss and gradient.
+
+    Args:
+        partial_fn: ``(params, batch) -> (sums, counts)`` for ONE packed batch:
+            ``sums`` a pytree of loss sums over its molecules/atoms (e.g. Σ squared
+            energy errors, Σ squared force components) and ``counts`` a pytree of
+            the matching normalisers (molecules, force components), both additive
+            over batches; counts must not depend on ``params``.
+        combine: ``(sums, counts) -> loss``, scalar, e.g. ``w_E·ΣdE²/n_mol +
+            w_F·ΣdF²/(3·n_atoms)``.
+        mesh: a one-axis mesh named :data:`DATA_AXIS`.
+
+    Returns:
+        ``f(params, stacked) -> ((loss, (sums, counts)), grads)`` with ``params``
+        replicated and ``stacked`` a batch dict of shape ``(k·D, ...)`` sharded along
+        :data:`DATA_AXIS`. ``sums``/``counts`` are the global totals and ``loss``
+        and ``grads`` equal ``combine`` and its gradient on the concatenation of all
+        ``k·D`` batches. Use inside ``jax.jit``.
+
+    Each device computes its batches' sums and counts, one ``psum`` makes them
+    global, and ``combine`` runs on the totals (see the module docstring for why).
+    Gradients need no explicit reduction: inside ``shard_map`` the replicated
+    ``params`` enter the per-device computation through an implicit broadcast
+    whose transpose is a ``psum``, so ``grad`` already returns
+    ``Σ_devices ∂loss/∂params`` — the single-device gradient of the whole step.
+    """
+
+    def per_device(
+        params: Params, block: Mapping[str, jax.Array]
+    ) -> tuple[tuple[jax.Array, Any], Params]:
+        def global_loss(p: Params) -> tuple[jax.Array, tuple[Sums, Counts]]:
+            sums, counts = _block_partials(partial_fn, p, block)
+            sums = jax.lax.psum(sums, DATA_AXIS)
+            counts = jax.lax.psum(jax.lax.stop_gradient(counts), DATA_AXIS)
+            return combine(sums, counts), (sums, counts)
+
+        return jax.value_and_grad(global_loss, has_aux=True)(params)
+
+    return jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS)),
+        out_specs=((PartitionSpec(), PartitionSpec()), PartitionSpec()),
+    )
+
+
+def data_parallel_sums(
+    partial_fn: Callable[[Params, Batch], tuple[Sums, Counts]],
+    mesh: Mesh,
+) -> Callable[[Params, Mapping[str, jax.Array]], tuple[Sums, Counts]]:
+    """Global ``(sums, counts)`` of a sharded step without gradients (validation)."""
+
+    def per_device(params: Params, block: Mapping[str, jax.Array]) -> tuple[Sums, Counts]:
+        return jax.lax.psum(_block_partials(partial_fn, params, block), DATA_AXIS)
+
+    return jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS)),
+        out_specs=PartitionSpec(),
+    )

@@ -1,0 +1,486 @@
+"""``physpack stats``: packing statistics of a packed directory (JSON, Markdown, PNG).
+
+Reported: molecule and atom counts, the molecule-size histogram, element counts,
+the per-atom energy (E/N, eV/atom) and force (|F|, eV/Å) distributions, bytes of
+the packed directory against the padded NPZ layout, and the padding efficiency of
+three batching strategies at the configured ``batch_size``:
+
+``dense``     ``batch_size`` molecules per batch, each padded to ``num_atoms`` (or
+              the largest molecule), the last batch padded to ``batch_size``.
+``bucketed``  molecules shuffled (seed 0), sorted by size inside buckets of
+              ``bucket_size``, cut into batches of ``batch_size``; each batch padded
+              to its largest molecule (batch dimension padded to ``batch_size``).
+``packed``    the loader's fixed-budget packed batches, epoch 0
+              (:func:`physpack.loader.epoch_padding_stats`); ``source: "estimate"``
+              marks a lower-bound estimate used when the loader is unavailable.
+
+Efficiency = real atoms / atom slots and real pairs / pair slots, where pairs are
+the ordered pairs i ≠ j inside one molecule, n·(n-1) per molecule of n atoms, and a
+slot padded to width W holds W·(W-1) pair slots. Data are read in chunks, so memory
+stays bounded; force percentiles come from a stride sample when there are more
+than ``FORCE_SAMPLE`` atoms (exact below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase.data import chemical_symbols
+from matplotlib.figure import Figure
+
+from . import config as cfg
+from .errors import ConfigError, InputError, cli_entry
+from .packed import ARRAYS, PackedDataset
+from .validate import write_json_atomic
+
+FORCE_SAMPLE = 1 << 22
+HIST_BINS = 50
+MB = 1e6
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyPadding:
+    """Padding of one batching strategy over one epoch.
+
+    Attributes:
+        n_batches: batches per epoch.
+        atom_slots, pair_slots: slots over the epoch (real + padding).
+        atom_efficiency, pair_efficiency: real atoms / atom slots, real pairs /
+            pair slots (ordered pairs i ≠ j inside a molecule).
+        source: ``"exact"`` (computed here), ``"loader"`` or ``"estimate"``.
+        details: strategy parameters (widths, budgets).
+    """
+
+    n_batches: int
+    atom_slots: int
+    pair_slots: int
+    atom_efficiency: float
+    pair_efficiency: float
+    source: str
+    details: dict[str, Any]
+
+
+def _efficiency(real: int, slots: int) -> float:
+    return real / slots if slots else 1.0
+
+
+def dense_padding(sizes: np.ndarray, batch_size: int, width: int) -> StrategyPadding:
+    """Every molecule padded to ``width`` atoms, ``batch_size`` molecules per batch.
+
+    Args:
+        sizes: int (n_mol,) atoms per molecule.
+    """
+    sizes = sizes.astype(np.int64)
+    if sizes.max() > width:
+        raise ConfigError(
+            f"loader.num_atoms = {width} is smaller than the largest molecule "
+            f"({int(sizes.max())} atoms)"
+        )
+    n_batches = -(-sizes.size // batch_size)
+    slots = n_batches * batch_size
+    atom_slots, pair_slots = slots * width, slots * width * (width - 1)
+    return StrategyPadding(
+        n_batches=n_batches,
+        atom_slots=atom_slots,
+        pair_slots=pair_slots,
+        atom_efficiency=_efficiency(int(sizes.sum()), atom_slots),
+        pair_efficiency=_efficiency(int((sizes * (sizes - 1)).sum()), pair_slots),
+        source="exact",
+        details={"num_atoms": width, "batch_size": batch_size},
+    )
+
+
+def bucketed_padding(
+    sizes: np.ndarray, batch_size: int, bucket_size: int, seed: int = 0
+) -> StrategyPadding:
+    """Shuffled, size-sorted inside buckets of ``bucket_size``, batches of
+    ``batch_size`` padded to their largest molecule (and to ``batch_size`` rows).
+
+    Args:
+        sizes: int (n_mol,) atoms per molecule.
+    """
+    sizes = sizes.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(sizes.size)
+    widths = []
+    for a in range(0, sizes.size, bucket_size):
+        bucket = np.sort(sizes[order[a : a + bucket_size]])
+        starts = np.arange(0, bucket.size, batch_size)
+        widths.append(np.maximum.reduceat(bucket, starts))
+    w = np.concatenate(widths)
+    atom_slots = int(batch_size * w.sum())
+    pair_slots = int(batch_size * (w * (w - 1)).sum())
+    return StrategyPadding(
+        n_batches=int(w.size),
+        atom_slots=atom_slots,
+        pair_slots=pair_slots,
+        atom_efficiency=_efficiency(int(sizes.sum()), atom_slots),
+        pair_efficiency=_efficiency(int((sizes * (sizes - 1)).sum()), pair_slots),
+        source="exact",
+        details={
+            "batch_size": batch_size,
+            "bucket_size": bucket_size,
+            "seed": seed,
+            "mean_width": float(w.mean()),
+        },
+    )
+
+
+def packed_padding(ds: PackedDataset, loader: cfg.LoaderConfig) -> StrategyPadding:
+    """The loader's fixed-budget packed batches (epoch 0, seed 0); falls back to a
+    lower-bound estimate (ideal packing into the same kind of budgets) when
+    :mod:`physpack.loader` or its ``epoch_padding_stats`` is unavailable."""
+    try:
+        from .loader import epoch_padding_stats
+    except ImportError:
+        return _packed_estimate(np.asarray(ds.n_atoms, dtype=np.int64), loader)
+    got = epoch_padding_stats(
+        ds,
+        batch_size=loader.batch_size,
+        bucket_size=loader.bucket_size,
+        seed=0,
+        num_atoms=loader.num_atoms,
+        max_atoms=loader.max_atoms,
+        max_pairs=loader.max_pairs,
+        max_molecules=loader.max_molecules,
+    )
+    n_batches = int(got["n_batches"])
+    return StrategyPadding(
+        n_batches=n_batches,
+        atom_slots=n_batches * int(got["max_atoms"]),
+        pair_slots=n_batches * int(got["max_pairs"]),
+        atom_efficiency=float(got["atom_efficiency"]),
+        pair_efficiency=float(got["pair_efficiency"]),
+        source="loader",
+        details={
+            k: got[k]
+            for k in (
+                "max_atoms",
+                "max_pairs",
+                "max_molecules",
+                "mean_molecules_per_batch",
+            )
+            if k in got
+        },
+    )
+
+
+def _packed_estimate(sizes: np.ndarray, loader: cfg.LoaderConfig) -> StrategyPadding:
+    """Budgets sized for ``batch_size`` average molecules; batches counted as if
+    packing were perfect (a lower bound on batches, upper bound on efficiency)."""
+    pairs = sizes * (sizes - 1)
+    mean_n, mean_p = float(sizes.mean()), float(pairs.mean())
+    max_atoms = loader.max_atoms or max(
+        math.ceil(loader.batch_size * mean_n) + 1, int(sizes.max()) + 1
+    )
+    max_pairs = loader.max_pairs or max(
+        math.ceil((max_atoms - 1) * mean_p / mean_n), int(pairs.max())
+    )
+    max_molecules = loader.max_molecules or math.ceil(1.25 * loader.batch_size) + 1
+    n_batches = max(
+        math.ceil(sizes.sum() / (max_atoms - 1)),
+        math.ceil(pairs.sum() / max_pairs) if max_pairs else 1,
+        math.ceil(sizes.size / (max_molecules - 1)),
+    )
+    return StrategyPadding(
+        n_batches=n_batches,
+        atom_slots=n_batches * max_atoms,
+        pair_slots=n_batches * max_pairs,
+        atom_efficiency=_efficiency(int(sizes.sum()), n_batches * max_atoms),
+        pair_efficiency=_efficiency(int(pairs.sum()), n_batches * max_pairs),
+        source="estimate",
+        details={
+            "max_atoms": max_atoms,
+            "max_pairs": max_pairs,
+            "max_molecules": max_molecules,
+        },
+    )
+
+
+def _distribution(values: np.ndarray, unit: str) -> dict[str, Any]:
+    """Summary and histogram of finite ``values`` (float64 1-D)."""
+    finite = values[np.isfinite(values)]
+    out: dict[str, Any] = {"unit": unit, "count": int(finite.size)}
+    out["non_finite"] = int(values.size - finite.size)
+    if finite.size == 0:
+        return out
+    counts, edges = np.histogram(finite, bins=HIST_BINS)
+    out |= {
+        "mean": float(finite.mean()),
+        "std": float(finite.std()),
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+        "percentiles": {
+            str(p): float(v)
+            for p, v in zip(PERCENTILES, np.percentile(finite, PERCENTILES))
+        },
+        "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+    }
+    return out
+
+
+def padded_bytes(n_mol: int, width: int, has_forces: bool, has_dipoles: bool) -> int:
+    """Bytes of the padded NPZ layout at the format's dtypes: Z, R (and F) padded to
+    ``width`` atoms, E, Q, N per molecule (and D)."""
+    per_atom = ARRAYS["Z"].itemsize + ARRAYS["R"].itemsize
+    per_atom += ARRAYS["F"].itemsize if has_forces else 0
+    per_mol = ARRAYS["E"].itemsize + ARRAYS["Qtot"].itemsize + 4  # + N int32
+    per_mol += ARRAYS["D"].itemsize if has_dipoles else 0
+    return n_mol * (width * per_atom + per_mol)
+
+
+def packing_stats(
+    path: str | os.PathLike,
+    loader: cfg.LoaderConfig | None = None,
+    *,
+    atoms_per_chunk: int = 1 << 20,
+) -> dict[str, Any]:
+    """All statistics of the packed directory ``path`` as a JSON-ready dict.
+
+    Units are in the keys or in ``unit`` fields: energies eV (per atom: eV/atom),
+    forces eV/Å, sizes in MB (10⁶ bytes).
+    """
+    loader = loader or cfg.LoaderConfig()
+    ds = PackedDataset(path)
+    if ds.n_molecules == 0:
+        raise InputError(f"{ds.path}: empty dataset, nothing to report")
+    sizes = np.asarray(ds.n_atoms, dtype=np.int64)
+    width = loader.num_atoms or int(sizes.max())
+    offsets = np.asarray(ds.offsets)
+    z_counts = np.zeros(119, dtype=np.int64)
+    n_total = ds.n_atoms_total
+    stride = max(1, math.ceil(n_total / FORCE_SAMPLE))
+    f_sample: list[np.ndarray] = []
+    f_sum = f_sq = f_max = 0.0
+    f_n = 0
+    for a, b in ds.chunks(atoms_per_chunk):
+        lo, hi = int(offsets[a]), int(offsets[b])
+        z = np.asarray(ds.Z[lo:hi])
+        z_counts += np.bincount(np.clip(z, 0, 118), minlength=119)
+        if ds.F is not None:
+            f = np.asarray(ds.F[lo:hi], dtype=np.float64)
+            mag = np.sqrt(np.einsum("ij,ij->i", f, f))
+            ok = np.isfinite(mag)
+            f_n += int(ok.sum())
+            f_sum += float(mag[ok].sum())
+            f_sq += float((mag[ok] ** 2).sum())
+            f_max = max(f_max, float(mag[ok].max(initial=0.0)))
+            f_sample.append(mag[(lo + np.arange(hi - lo)) % stride == 0])
+    e_per_atom = np.asarray(ds.E, dtype=np.float64) / sizes
+    pairs = sizes * (sizes - 1)
+    stats: dict[str, Any] = {
+        "path": str(ds.path),
+        "n_molecules": ds.n_molecules,
+        "n_atoms_total": n_total,
+        "n_pairs_total": int(pairs.sum()),
+        "atoms_per_molecule": {
+            "min": int(sizes.min()),
+            "max": int(sizes.max()),
+            "mean": float(sizes.mean()),
+            "median": float(np.median(sizes)),
+        },
+        "size_histogram": {
+            str(n): int(c) for n, c in enumerate(np.bincount(sizes)) if c
+        },
+        "element_counts": {
+            chemical_symbols[int(e)] if e else "X": int(z_counts[e])
+            for e in np.flatnonzero(z_counts)
+        },
+        "arrays": ds.keys,
+        "units": {"energy": "eV", "forces": "eV/Angstrom", "bytes": "MB (1e6 bytes)"},
+        "energy_per_atom": _distribution(e_per_atom, "eV/atom"),
+        "energy": _distribution(np.asarray(ds.E, dtype=np.float64), "eV"),
+    }
+    if ds.F is not None:
+        sample = np.concatenate(f_sample)
+        forces = _distribution(sample, "eV/Angstrom")
+        # percentiles and histogram from the (stride) sample; these three exact
+        forces["sampled"] = stride > 1
+        forces["exact"] = {
+            "mean": f_sum / f_n if f_n else 0.0,
+            "rms": math.sqrt(f_sq / f_n) if f_n else 0.0,
+            "max": f_max,
+        }
+        stats["force_magnitude"] = forces
+    packed = sum(p.stat().st_size for p in ds.path.iterdir() if p.is_file())
+    padded = padded_bytes(ds.n_molecules, width, ds.F is not None, ds.D is not None)
+    stats["bytes"] = {
+        "packed_MB": packed / MB,
+        "padded_MB": padded / MB,
+        "padded_width": width,
+        "saved_fraction": 1.0 - packed / padded,
+    }
+    strategies = {
+        "dense": dense_padding(sizes, loader.batch_size, width),
+        "bucketed": bucketed_padding(sizes, loader.batch_size, loader.bucket_size),
+        "packed": packed_padding(ds, loader),
+    }
+    stats["batch_size"] = loader.batch_size
+    stats["padding"] = {k: dataclasses.asdict(v) for k, v in strategies.items()}
+    return stats
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def markdown_report(stats: dict[str, Any]) -> str:
+    """The Markdown version of :func:`packing_stats`' result."""
+    size = stats["atoms_per_molecule"]
+    b = stats["bytes"]
+    lines = [
+        f"# Packing statistics: `{stats['path']}`",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| molecules | {stats['n_molecules']} |",
+        f"| atoms | {stats['n_atoms_total']} |",
+        (
+            f"| atoms per molecule (min / mean / max) | {size['min']} / "
+            f"{size['mean']:.2f} / {size['max']} |"
+        ),
+        f"| packed size | {b['packed_MB']:.3f} MB |",
+        f"| padded size (width {b['padded_width']}) | {b['padded_MB']:.3f} MB |",
+        f"| space saved by packing | {_pct(b['saved_fraction'])} |",
+        "",
+        f"## Padding efficiency (batch size {stats['batch_size']})",
+        "",
+        (
+            "Real atoms / atom slots and real pairs / pair slots (ordered pairs "
+            "i ≠ j inside a molecule)."
+        ),
+        "",
+        "| strategy | batches | atom efficiency | pair efficiency | source |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in stats["padding"].items():
+        lines.append(
+            f"| {name} | {s['n_batches']} | {_pct(s['atom_efficiency'])} | "
+            f"{_pct(s['pair_efficiency'])} | {s['source']} |"
+        )
+    lines += [
+        "",
+        "## Distributions",
+        "",
+        "| quantity | unit | mean | std | min | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, label in (
+        ("energy_per_atom", "energy per atom E/N"),
+        ("energy", "total energy E"),
+        ("force_magnitude", "force magnitude |F|"),
+    ):
+        d = stats.get(key)
+        if d and d.get("count"):
+            lines.append(
+                f"| {label} | {d['unit']} | {d['mean']:.4g} | {d['std']:.4g} | "
+                f"{d['min']:.4g} | {d['max']:.4g} |"
+            )
+    lines += ["", "## Elements", "", "| element | atoms |", "|---|---|"]
+    lines += [f"| {el} | {n} |" for el, n in stats["element_counts"].items()]
+    lines += ["", "## Molecule sizes", "", "| atoms | molecules |", "|---|---|"]
+    lines += [f"| {n} | {c} |" for n, c in stats["size_histogram"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def figure(stats: dict[str, Any]) -> Figure:
+    """A 2×3 panel figure of :func:`packing_stats`' result (no pyplot state)."""
+    fig = Figure(figsize=(13, 7.5), layout="constrained")
+    ax = fig.subplots(2, 3)
+    sizes = {int(k): v for k, v in stats["size_histogram"].items()}
+    ax[0, 0].bar(list(sizes), list(sizes.values()), width=0.9, color="tab:blue")
+    ax[0, 0].set(xlabel="atoms per molecule", ylabel="molecules", title="Sizes")
+    elements = stats["element_counts"]
+    ax[0, 1].bar(list(elements), list(elements.values()), color="tab:green")
+    ax[0, 1].set(ylabel="atoms", title="Elements")
+    for axis, key, xlabel, title in (
+        (ax[0, 2], "energy_per_atom", "E / N [eV/atom]", "Energy per atom"),
+        (ax[1, 0], "force_magnitude", "|F| [eV/Å]", "Force magnitude"),
+    ):
+        hist = stats.get(key, {}).get("histogram")
+        if hist:
+            axis.stairs(hist["counts"], hist["edges"], fill=True, color="tab:orange")
+            axis.set(xlabel=xlabel, ylabel="count")
+        else:
+            axis.text(0.5, 0.5, "not in dataset", ha="center", transform=axis.transAxes)
+        axis.set_title(title)
+    names = list(stats["padding"])
+    x = np.arange(len(names))
+    for k, (kind, color) in enumerate((("atom", "tab:blue"), ("pair", "tab:red"))):
+        values = [100 * stats["padding"][n][f"{kind}_efficiency"] for n in names]
+        ax[1, 1].bar(x + (k - 0.5) * 0.38, values, 0.38, label=f"{kind}s", color=color)
+    ax[1, 1].set_xticks(x, names)
+    ax[1, 1].set(
+        ylabel="real / slots [%]",
+        ylim=(0, 105),
+        title=f"Padding efficiency (batch size {stats['batch_size']})",
+    )
+    ax[1, 1].legend()
+    b = stats["bytes"]
+    ax[1, 2].bar(
+        ["packed", f"padded (width {b['padded_width']})"],
+        [b["packed_MB"], b["padded_MB"]],
+        color=["tab:green", "tab:gray"],
+    )
+    ax[1, 2].set(
+        ylabel="size [MB]",
+        title=f"Disk: {100 * b['saved_fraction']:.0f} % saved by packing",
+    )
+    fig.suptitle(f"{stats['n_molecules']} molecules, {stats['n_atoms_total']} atoms")
+    return fig
+
+
+def write_outputs(
+    stats: dict[str, Any], json_path: Path, md_path: Path, png_path: Path
+) -> None:
+    """Write the three outputs, each to a temporary sibling renamed at the end."""
+    md_tmp = md_path.with_name(f".{md_path.name}.tmp-{os.getpid()}")
+    png_tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}")
+    try:
+        for p in (md_path, png_path):
+            p.parent.mkdir(parents=True, exist_ok=True)
+        md_tmp.write_text(markdown_report(stats))
+        figure(stats).savefig(png_tmp, dpi=110, format="png")
+        write_json_atomic(stats, json_path)
+        os.replace(md_tmp, md_path)
+        os.replace(png_tmp, png_path)
+    finally:
+        md_tmp.unlink(missing_ok=True)
+        png_tmp.unlink(missing_ok=True)
+
+
+@cli_entry("physpack stats")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="physpack stats",
+        description="Packing statistics of a packed directory: JSON, Markdown, PNG.",
+    )
+    parser.add_argument("packed", type=Path, help="packed directory")
+    parser.add_argument("--json", type=Path, required=True, help="JSON output")
+    parser.add_argument("--markdown", type=Path, required=True, help="Markdown output")
+    parser.add_argument("--figure", type=Path, required=True, help="PNG output")
+    cfg.add_section_arguments(parser, cfg.LoaderConfig, "loader")
+    args = parser.parse_args(argv)
+    loader = cfg.section_from_args(cfg.LoaderConfig, args, "loader")
+    stats = packing_stats(args.packed, loader)
+    write_outputs(stats, args.json, args.markdown, args.figure)
+    pad = stats["padding"]
+    print(
+        f"{args.packed}: {stats['n_molecules']} molecules; atom efficiency dense "
+        f"{_pct(pad['dense']['atom_efficiency'])}, bucketed "
+        f"{_pct(pad['bucketed']['atom_efficiency'])}, packed "
+        f"{_pct(pad['packed']['atom_efficiency'])} ({pad['packed']['source']})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

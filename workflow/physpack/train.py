@@ -1,0 +1,1038 @@
+"""``physpack train``: fit a PhysNet model on a packed dataset.
+
+::
+
+    physpack train results/data/packed --split results/data/split.npz \\
+        --output results/model/best.ckpt --history results/model/history.csv \\
+        --state-dir results/model/state --model-config '{...}' \\
+        --train-config '{...}' --loader-config '{...}'
+
+What happens (:func:`train`):
+
+1. Per-element reference energies are fitted by least squares on the training
+   split, streamed through the loader (composition normal equations in float64),
+   and the energy scale is set from the residual (:func:`fit_energy_constants`).
+2. Every batch is prepared on the host: E − Σ ref(Z) in float64, then float32, so
+   the device only sees residuals (:func:`prepare_batch`); the loader's prefetch
+   thread does this and the transfer while the previous step runs.
+3. One jitted train step (loss, gradient, optax update with clipping, EMA of the
+   parameters, rejection of non-finite steps) and one jitted eval step, each
+   compiled exactly once thanks to the loader's fixed batch shapes; the number of
+   compilations is counted and printed.
+4. After every epoch the EMA parameters are validated; the best epoch is written
+   to ``best.ckpt`` (:mod:`physpack.checkpoint`) and a row to ``history.csv``.
+5. A resumable state (optimiser, EMA, loader position, history, best model) is
+   saved every ``state_every_steps`` steps, at every epoch end and on SIGTERM, in
+   ``--state-dir``; rerunning the same command continues from it and ends with the
+   same parameters as an uninterrupted run. A state written with another config
+   or dataset is refused.
+
+Loss (per batch, masked): ``energy_weight · mean((ΔE/N)²) + forces_weight ·
+mean(ΔF²) + dipole_weight · mean(ΔD²)`` in eV², (eV/Å)², (e·Å)²; the dipole term
+only when the data has dipoles and the model predicts charges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+from tqdm import tqdm
+
+from . import __version__
+from . import checkpoint as ckpt_io
+from .config import LoaderConfig, ModelConfig, TrainConfig, section_from_args
+from .errors import ConfigError, InputError, PhyspackError, cli_entry
+from .loader import PackedMemmapLoader, from_config, read_split
+from .model import (
+    MODEL_INPUTS,
+    EnergyConstants,
+    Params,
+    PhysNet,
+    energy_and_forces,
+    init_params,
+    model_from_config,
+)
+from .packed import PackedDataset, sha256_file
+from .units import CANONICAL_UNITS
+
+#: Train-config fields that do not change the trained parameters: a state saved
+#: with other values of these may be resumed.
+RESUMABLE_ACROSS = {
+    "train": {"max_minutes", "state_every_steps", "max_nonfinite_steps"},
+    "loader": {"prefetch", "num_atoms"},
+}
+#: Exit status after SIGTERM (the shell's 128 + 15): the state is saved, rerun.
+EXIT_PREEMPTED = 143
+
+
+class TrainingDiverged(PhyspackError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class Preempted(PhyspackError):
+    """SIGTERM received; the resumable state was saved before stopping."""
+
+
+# --------------------------------------------------------------------------------
+# Reference energies and batches
+
+
+def fit_energy_constants(
+    loader: PackedMemmapLoader, max_atomic_number: int
+) -> tuple[EnergyConstants, dict[str, float]]:
+    """Least-squares per-element reference energies and the energy scale, streamed
+    over every molecule of ``loader`` (two passes; memory independent of size).
+
+    Reference energies minimise Σ_mol (E − Σ_i ref[Z_i])², solved from the float64
+    normal equations (CᵀC) ref = CᵀE of the composition matrix C; elements absent
+    from the data get 0 (minimum-norm solution). The scale is the standard
+    deviation of the per-atom residual (E − Σ ref)/N, or the RMS of the force
+    components when the data has forces and that is larger: atomic energies then
+    start on the scale of the forces the network has to follow.
+
+    Returns:
+        The constants and statistics: ``energy_residual_std_eV_per_atom``,
+        ``forces_rms_eV_per_A``, ``forces_std_eV_per_A``, ``n_molecules``.
+
+    Raises:
+        InputError: an atomic number above ``max_atomic_number`` (named).
+    """
+    K = max_atomic_number + 1
+    ctc = np.zeros((K, K))
+    cte = np.zeros(K)
+    present = np.zeros(K, dtype=bool)
+    f_sum = np.zeros(3)
+    f_sq = 0.0
+    f_n = 0
+    n_mol = 0
+
+    def compositions(batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        z = batch["Z"]
+        if int(z.max()) >= K:
+            a = int(np.argmax(z >= K))
+            mol = int(batch["mol_index"][batch["batch_segments"][a]])
+            raise InputError(
+                f"{loader.path}: molecule {mol} has atomic number {int(z[a])} above "
+                f"model.max_atomic_number={max_atomic_number}"
+            )
+        M = batch["Qtot"].shape[0]
+        counts = np.bincount(
+            batch["batch_segments"].astype(np.int64) * K + z,
+            weights=batch["atom_mask"].astype(np.float64),
+            minlength=M * K,
+        ).reshape(M, K)
+        return counts[batch["molecule_mask"]]
+
+    for batch in loader.packed_batches(epoch=0):
+        c = compositions(batch)
+        e = batch["E"][batch["molecule_mask"]]
+        ctc += c.T @ c
+        cte += c.T @ e
+        present |= c.sum(0) > 0
+        n_mol += c.shape[0]
+        if "F" in batch:
+            f = batch["F"][batch["atom_mask"]].astype(np.float64)
+            f_sum += f.sum(0)
+            f_sq += float((f**2).sum())
+            f_n += f.shape[0]
+    reference = np.linalg.lstsq(ctc, cte, rcond=None)[0]
+    reference[~present] = 0.0
+
+    # Second pass in float64: residuals are small differences of large numbers.
+    r_sum = r_sq = 0.0
+    for batch in loader.packed_batches(epoch=0):
+        c = compositions(batch)
+        n = c.sum(1)
+        r = (batch["E"][batch["molecule_mask"]] - c @ reference) / n
+        r_sum += float(r.sum())
+        r_sq += float((r**2).sum())
+    r_mean = r_sum / n_mol
+    r_std = math.sqrt(max(r_sq / n_mol - r_mean**2, 0.0))
+    f_rms = math.sqrt(f_sq / (3 * f_n)) if f_n else 0.0
+    # the spread of all force components pooled (what a force MAE is compared with)
+    f_mean = float(f_sum.sum()) / (3 * f_n) if f_n else 0.0
+    f_std = math.sqrt(max(f_sq / (3 * f_n) - f_mean**2, 0.0)) if f_n else 0.0
+    scale = max(r_std, f_rms)
+    if not scale > 0:
+        scale = 1.0
+    constants = EnergyConstants(
+        reference_energies=reference,
+        scale=float(scale),
+        elements=tuple(int(z) for z in np.flatnonzero(present)),
+    )
+    stats = {
+        "n_molecules": float(n_mol),
+        "energy_residual_std_eV_per_atom": r_std,
+        "forces_rms_eV_per_A": f_rms,
+        "forces_std_eV_per_A": f_std,
+    }
+    return constants, stats
+
+
+def prepare_batch(
+    batch: Mapping[str, np.ndarray], constants: EnergyConstants
+) -> dict[str, np.ndarray]:
+    """The device form of a packed batch: model inputs in float32/int32 plus the
+    targets ``E_res`` float32 (M,) eV (E − Σ ref(Z), formed in float64),
+    ``F`` (A, 3) eV/Å and ``D`` (M, 3) e·Å when present, ``N`` and
+    ``molecule_mask``."""
+    out = {
+        k: np.asarray(batch[k]).astype(np.dtype(dt), copy=False)
+        for k, dt in MODEL_INPUTS.items()
+    }
+    mask = np.asarray(batch["molecule_mask"])
+    residual = np.asarray(batch["E"], np.float64) - constants.reference_sum(batch)
+    out["E_res"] = np.where(mask, residual, 0.0).astype(np.float32)
+    out["N"] = np.asarray(batch["N"], np.int32)
+    out["molecule_mask"] = mask
+    if "F" in batch:
+        out["F"] = np.asarray(batch["F"], np.float32)
+    if "D" in batch:
+        out["D"] = np.asarray(batch["D"], np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------------
+# Loss, metrics, optimiser
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms; 0 switches a term off."""
+
+    energy: float
+    forces: float
+    dipole: float
+
+
+def loss_partials(
+    params: Params,
+    model: PhysNet,
+    batch: Mapping[str, jax.Array],
+    scale: jax.Array,
+    weights: LossWeights,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Additive loss sums and their normalisers for one prepared batch.
+
+    Returns ``(sums, counts)``: ``sums["energy"]`` = Σ_mol (ΔE/N)² eV²,
+    ``sums["forces"]`` = Σ ΔF² over real atoms' components (eV/Å)², ``sums["dipole"]``
+    = Σ ΔD² (e·Å)²; ``counts`` the matching numbers of molecules / components.
+    Summing both over batches (or devices) before :func:`combine_loss` gives the
+    loss of the concatenated batch.
+    """
+    out = energy_and_forces(params, model, batch, scale)
+    mol = batch["molecule_mask"]
+    n = jnp.maximum(batch["N"], 1).astype(jnp.float32)
+    de = jnp.where(mol, (out["energy_residual"] - batch["E_res"]) / n, 0.0)
+    sums = {"energy": jnp.sum(de**2)}
+    counts = {"energy": jnp.sum(mol).astype(jnp.float32)}
+    if weights.forces > 0 and "F" in batch:
+        atom = batch["atom_mask"][:, None]
+        df = jnp.where(atom, out["forces"] - batch["F"], 0.0)
+        sums["forces"] = jnp.sum(df**2)
+        counts["forces"] = 3.0 * jnp.sum(batch["atom_mask"]).astype(jnp.float32)
+    if weights.dipole > 0 and "D" in batch and "dipole" in out:
+        dd = jnp.where(mol[:, None], out["dipole"] - batch["D"], 0.0)
+        sums["dipole"] = jnp.sum(dd**2)
+        counts["dipole"] = 3.0 * counts["energy"]
+    return sums, counts
+
+
+def combine_loss(
+    sums: Mapping[str, jax.Array], counts: Mapping[str, jax.Array], weights: LossWeights
+) -> jax.Array:
+    """Weighted sum of the mean squared errors of :func:`loss_partials`."""
+    w = {"energy": weights.energy, "forces": weights.forces, "dipole": weights.dipole}
+    return sum(w[k] * sums[k] / jnp.maximum(counts[k], 1.0) for k in sums)
+
+
+def eval_sums(
+    params: Params,
+    model: PhysNet,
+    batch: Mapping[str, jax.Array],
+    scale: jax.Array,
+) -> dict[str, jax.Array]:
+    """Error sums of one prepared batch (absolute and squared, per molecule, per
+    atom, per force component, per dipole component) and their counts."""
+    out = energy_and_forces(params, model, batch, scale)
+    mol = batch["molecule_mask"]
+    n = jnp.maximum(batch["N"], 1).astype(jnp.float32)
+    de = jnp.where(mol, out["energy_residual"] - batch["E_res"], 0.0)
+    sums = {
+        "n_mol": jnp.sum(mol).astype(jnp.float32),
+        "e_abs": jnp.sum(jnp.abs(de)),
+        "e_sq": jnp.sum(de**2),
+        "ea_abs": jnp.sum(jnp.abs(de / n)),
+        "ea_sq": jnp.sum((de / n) ** 2),
+    }
+    if "F" in batch:
+        df = jnp.where(batch["atom_mask"][:, None], out["forces"] - batch["F"], 0.0)
+        sums |= {
+            "n_f": 3.0 * jnp.sum(batch["atom_mask"]).astype(jnp.float32),
+            "f_abs": jnp.sum(jnp.abs(df)),
+            "f_sq": jnp.sum(df**2),
+        }
+    if "D" in batch and "dipole" in out:
+        dd = jnp.where(mol[:, None], out["dipole"] - batch["D"], 0.0)
+        sums |= {
+            "n_d": 3.0 * sums["n_mol"],
+            "d_abs": jnp.sum(jnp.abs(dd)),
+            "d_sq": jnp.sum(dd**2),
+        }
+    return sums
+
+
+def metrics_from_sums(sums: Mapping[str, float], weights: LossWeights) -> dict[str, float]:
+    """Validation metrics (units in the names) from accumulated :func:`eval_sums`."""
+    n = max(sums["n_mol"], 1.0)
+    m = {
+        "valid_energy_mae_eV": sums["e_abs"] / n,
+        "valid_energy_rmse_eV": math.sqrt(sums["e_sq"] / n),
+        "valid_energy_mae_eV_per_atom": sums["ea_abs"] / n,
+        "valid_energy_rmse_eV_per_atom": math.sqrt(sums["ea_sq"] / n),
+    }
+    loss = weights.energy * sums["ea_sq"] / n
+    if "n_f" in sums:
+        nf = max(sums["n_f"], 1.0)
+        m["valid_forces_mae_eV_per_A"] = sums["f_abs"] / nf
+        m["valid_forces_rmse_eV_per_A"] = math.sqrt(sums["f_sq"] / nf)
+        loss += weights.forces * sums["f_sq"] / nf
+    if "n_d" in sums:
+        nd = max(sums["n_d"], 1.0)
+        m["valid_dipole_mae_eA"] = sums["d_abs"] / nd
+        m["valid_dipole_rmse_eA"] = math.sqrt(sums["d_sq"] / nd)
+        loss += weights.dipole * sums["d_sq"] / nd
+    m["valid_loss"] = loss
+    return m
+
+
+def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0, then cosine decay to ``final_lr_fraction`` (cosine) or
+    a constant rate (constant, plateau)."""
+    peak = cfg.learning_rate
+    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0,
+            peak,
+            warmup,
+            max(total_steps, warmup + 1),
+            end_value=peak * cfg.final_lr_fraction,
+        )
+    if warmup == 0:
+        return optax.constant_schedule(peak)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)],
+        [warmup],
+    )
+
+
+def make_optimizer(
+    cfg: TrainConfig, steps_per_epoch: int
+) -> tuple[optax.GradientTransformationExtraArgs, optax.Schedule]:
+    """Global-norm clipping → Adam/AMSGrad moments → decoupled weight decay (AdamW
+    style, any optimizer when ``weight_decay`` > 0) → learning rate schedule
+    (→ reduce-on-plateau of the epoch-mean training loss for ``plateau``)."""
+    schedule = make_schedule(cfg, cfg.epochs * steps_per_epoch)
+    parts: list[optax.GradientTransformation] = [optax.clip_by_global_norm(cfg.clip_norm)]
+    if cfg.optimizer == "amsgrad":
+        parts.append(optax.scale_by_amsgrad())
+    else:
+        parts.append(optax.scale_by_adam())
+    if cfg.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    parts.append(optax.scale_by_learning_rate(schedule))
+    if cfg.schedule == "plateau":
+        parts.append(
+            optax.contrib.reduce_on_plateau(
+                factor=cfg.plateau_factor,
+                patience=cfg.plateau_patience,
+                accumulation_size=steps_per_epoch,
+                min_scale=cfg.final_lr_fraction,
+            )
+        )
+    return optax.chain(*parts), schedule
+
+
+def current_learning_rate(
+    schedule: optax.Schedule, opt_state: Any, cfg: TrainConfig
+) -> float:
+    """The learning rate of the next step (schedule × plateau scale)."""
+    # the schedule's own step counter (rejected steps do not advance it)
+    count = next(
+        v
+        for path, v in optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+        if getattr(path[-1], "tuple_name", "") == "ScaleByScheduleState"
+    )
+    lr = float(schedule(int(count)))
+    if cfg.schedule == "plateau":
+        lr *= float(optax.tree_utils.tree_get(opt_state, "scale"))
+    return lr
+
+
+# --------------------------------------------------------------------------------
+# Steps
+
+
+@dataclasses.dataclass
+class Steps:
+    """The jitted train and eval steps of a run and how often each was traced
+    (a trace is a compilation: the counters are bumped inside the traced code)."""
+
+    train: Callable[..., Any]
+    eval: Callable[..., Any]
+    compilations: dict[str, int]
+
+
+def build_steps(
+    model: PhysNet,
+    tx: optax.GradientTransformationExtraArgs,
+    cfg: TrainConfig,
+    weights: LossWeights,
+) -> Steps:
+    """``train(state, batch, scale) -> (state, info)`` and
+    ``eval(params, batch, scale) -> sums`` for one run.
+
+    ``state`` is ``{"params", "opt_state", "ema", "step"}``. A step whose loss or
+    gradient is not finite leaves params, optimiser state and EMA unchanged
+    (``info["finite"]`` is False); ``step`` counts every batch.
+    """
+    compilations = {"train_step": 0, "eval_step": 0}
+    plateau = cfg.schedule == "plateau"
+
+    def train_step(
+        state: dict[str, Any], batch: Mapping[str, jax.Array], scale: jax.Array
+    ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+        compilations["train_step"] += 1  # runs at trace time only
+
+        def loss_fn(p: Params) -> tuple[jax.Array, Any]:
+            sums, counts = loss_partials(p, model, batch, scale, weights)
+            return combine_loss(sums, counts, weights), counts
+
+        (loss, counts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"]
+        )
+        extra = {"value": loss} if plateau else {}
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"], **extra)
+        params = optax.apply_updates(state["params"], updates)
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        )
+        keep = lambda new, old: jax.tree.map(  # noqa: E731
+            lambda a, b: jnp.where(finite, a, b), new, old
+        )
+        t = state["step"].astype(jnp.float32)
+        # EMA warm-up: early averages would otherwise be dominated by the init.
+        decay = jnp.minimum(cfg.ema_decay, (1.0 + t) / (10.0 + t))
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema"], params)
+        new_state = {
+            "params": keep(params, state["params"]),
+            "opt_state": keep(opt_state, state["opt_state"]),
+            "ema": keep(ema, state["ema"]),
+            "step": state["step"] + 1,
+        }
+        return new_state, {"loss": loss, "finite": finite, "n_mol": counts["energy"]}
+
+    def eval_step(
+        params: Params, batch: Mapping[str, jax.Array], scale: jax.Array
+    ) -> dict[str, jax.Array]:
+        compilations["eval_step"] += 1
+        return eval_sums(params, model, batch, scale)
+
+    return Steps(
+        train=jax.jit(train_step, donate_argnums=(0,)),
+        eval=jax.jit(eval_step),
+        compilations=compilations,
+    )
+
+
+# --------------------------------------------------------------------------------
+# Fingerprints, history, state
+
+
+def config_hash(model: ModelConfig, train: TrainConfig, loader: LoaderConfig) -> str:
+    """sha256 of the config sections, without the fields in
+    :data:`RESUMABLE_ACROSS` (they do not change the trained parameters)."""
+    sections = {
+        "model": dataclasses.asdict(model),
+        "train": dataclasses.asdict(train),
+        "loader": dataclasses.asdict(loader),
+    }
+    for name, skip in RESUMABLE_ACROSS.items():
+        for key in skip:
+            sections[name].pop(key, None)
+    text = json.dumps(sections, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def dataset_fingerprint(
+    dataset: PackedDataset, train_idx: np.ndarray, valid_idx: np.ndarray
+) -> str:
+    """sha256 over the dataset's contents (the manifest's per-file checksums, or
+    offsets and energies for directories without one) and the split's subsets."""
+    h = hashlib.sha256()
+    arrays = (dataset.manifest or {}).get("arrays")
+    if arrays and all("sha256" in v for v in arrays.values()):
+        h.update(json.dumps({k: v["sha256"] for k, v in arrays.items()}, sort_keys=True).encode())
+    else:
+        for name in ("offsets", "E"):
+            h.update(sha256_file(dataset.file_paths()[name]).encode())
+    h.update(np.ascontiguousarray(train_idx, "<i8").tobytes())
+    h.update(b"|")
+    h.update(np.ascontiguousarray(valid_idx, "<i8").tobytes())
+    return h.hexdigest()
+
+
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "valid_loss",
+    "valid_energy_mae_eV",
+    "valid_energy_rmse_eV",
+    "valid_energy_mae_eV_per_atom",
+    "valid_energy_rmse_eV_per_atom",
+    "valid_forces_mae_eV_per_A",
+    "valid_forces_rmse_eV_per_A",
+    "valid_dipole_mae_eA",
+    "valid_dipole_rmse_eA",
+    "lr",
+    "molecules_per_s",
+    "wall_time_s",
+)
+
+
+def write_history(path: str | os.PathLike, rows: Sequence[Mapping[str, float]]) -> None:
+    """``history.csv``, one row per epoch, atomically; columns without values in
+    this run (e.g. dipoles) are left out."""
+    columns = [c for c in HISTORY_COLUMNS if any(c in r for r in rows)] or ["epoch"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([_fmt(r.get(c, "")) for c in columns])
+    ckpt_io.atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.8g}"
+    return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train`.
+
+    Attributes:
+        checkpoint, history: the files written.
+        best_epoch: 1-based epoch of the saved parameters.
+        best_metrics: its validation metrics.
+        epochs: epochs completed; steps: optimisation steps taken (batches).
+        stop_reason: ``"epochs"``, ``"patience"`` or ``"max_minutes"``.
+        compilations: traces of ``train_step`` and ``eval_step`` in this process.
+        params, ema: the final raw and EMA parameters (numpy pytrees).
+    """
+
+    checkpoint: Path
+    history: Path
+    best_epoch: int
+    best_metrics: dict[str, float]
+    epochs: int
+    steps: int
+    stop_reason: str
+    compilations: dict[str, int]
+    params: Params
+    ema: Params
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag checked between steps (main thread only)."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _SigtermFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# --------------------------------------------------------------------------------
+# The run
+
+
+def _host(tree: Any) -> Any:
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _subset(split: Path, name: str) -> np.ndarray:
+    idx = read_split(split, name)
+    if idx.size == 0:
+        raise ConfigError(
+            f"{split}: the '{name}' subset is empty; training needs molecules in "
+            "both 'train' and 'valid' (split.valid > 0)"
+        )
+    return idx
+
+
+def train(
+    packed: str | os.PathLike,
+    split: str | os.PathLike,
+    output: str | os.PathLike,
+    history: str | os.PathLike,
+    state_dir: str | os.PathLike,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    loader_cfg: LoaderConfig,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train PhysNet on the ``train`` subset of ``split``, validate on ``valid``.
+
+    Args:
+        packed: packed dataset directory.
+        split: NPZ with ``train`` and ``valid`` dataset indices.
+        output: the best checkpoint (written at every improvement, atomically).
+        history: ``history.csv`` (rewritten atomically after every epoch).
+        state_dir: directory of the resumable state; an unfinished state of the same
+            config and data is resumed.
+        model_cfg, train_cfg, loader_cfg: the config sections.
+        progress: show a progress bar per epoch.
+        log: receives the one-line messages (epoch summaries, compilations).
+        on_step: called with the global step number after every step (monitoring,
+            tests: raising in it simulates a crash).
+
+    Raises:
+        ConfigError: a state from another config/dataset, bad settings.
+        InputError: unreadable inputs.
+        TrainingDiverged: ``max_nonfinite_steps`` consecutive non-finite steps (the
+            best checkpoint written so far stays).
+        Preempted: SIGTERM (state saved first).
+    """
+    t_process = time.monotonic()
+    output, history, state_dir = Path(output), Path(history), Path(state_dir)
+    split = Path(split)
+    dataset = PackedDataset(packed)
+    train_idx, valid_idx = _subset(split, "train"), _subset(split, "valid")
+    fingerprint = dataset_fingerprint(dataset, train_idx, valid_idx)
+    chash = config_hash(model_cfg, train_cfg, loader_cfg)
+    if train_cfg.devices not in ("all", 1):
+        log(
+            f"note: train.devices={train_cfg.devices!r}: this trainer uses one device "
+            f"({jax.devices()[0].platform})"
+        )
+
+    saved = ckpt_io.load_state(state_dir)
+    if saved is not None and (
+        saved.get("config_hash") != chash or saved.get("dataset") != fingerprint
+    ):
+        what = "config" if saved.get("config_hash") != chash else "dataset or split"
+        if not saved.get("finished", False):
+            raise ConfigError(
+                f"{state_dir / ckpt_io.STATE_FILE}: unfinished training state from a "
+                f"different {what}; restore the settings it was made with to resume, "
+                f"or delete {state_dir} to start over"
+            )
+        saved = None  # a finished run of other settings: nothing to resume
+
+    train_loader = from_config(
+        dataset, loader_cfg, shuffle=True, seed=train_cfg.seed, indices=train_idx
+    )
+    valid_loader = from_config(
+        dataset, loader_cfg, shuffle=False, seed=train_cfg.seed, indices=valid_idx
+    )
+    has_forces = dataset.has("F")
+    weights = LossWeights(
+        energy=train_cfg.energy_weight,
+        forces=train_cfg.forces_weight if has_forces else 0.0,
+        dipole=train_cfg.dipole_weight if (dataset.has("D") and model_cfg.charges) else 0.0,
+    )
+
+    if saved is not None:
+        constants = EnergyConstants.from_dict(saved["constants"])
+        data_stats = dict(saved["data_stats"])
+    else:
+        fit_loader = from_config(
+            dataset, loader_cfg, shuffle=False, seed=0, indices=train_idx
+        )
+        constants, data_stats = fit_energy_constants(fit_loader, model_cfg.max_atomic_number)
+    log(
+        f"data: {len(train_idx)} train / {len(valid_idx)} valid molecules, elements "
+        f"{list(constants.elements)}, energy scale {constants.scale:.4g} eV, force std "
+        f"{data_stats['forces_std_eV_per_A']:.4g} eV/Å; batches: budget "
+        f"{dataclasses.astuple(train_loader.budget)} (atoms, pairs, molecules), "
+        f"{train_loader.num_batches()} per epoch; device: {jax.devices()[0].platform}"
+    )
+
+    model = model_from_config(model_cfg)
+    steps_per_epoch = train_loader.num_batches(0)
+    tx, schedule = make_optimizer(train_cfg, steps_per_epoch)
+    sample = train_loader.assemble(np.arange(1))
+    params = init_params(model, jax.random.PRNGKey(train_cfg.seed), sample)
+    state: dict[str, Any] = {
+        "params": params,
+        "opt_state": tx.init(params),
+        "ema": jax.tree.map(jnp.copy, params),  # own buffers: the state is donated
+        "step": jnp.zeros((), jnp.int32),
+    }
+    rows: list[dict[str, float]] = []
+    best: dict[str, Any] = {"epoch": 0, "metrics": {}, "ema": None, "loss": math.inf}
+    bad_epochs = 0
+    elapsed_before = 0.0
+    epoch_acc = {"loss_sum": 0.0, "n_mol": 0.0, "time": 0.0}
+    finished = False
+    stop_reason = "epochs"
+    if saved is not None:
+        state = serialization.from_state_dict(_host(state), saved["train_state"])
+        train_loader.load_state_dict(saved["loader"])
+        rows = [dict(r) for r in saved["history"]]
+        best = dict(saved["best"])
+        bad_epochs = int(saved["bad_epochs"])
+        elapsed_before = float(saved["elapsed_s"])
+        epoch_acc = dict(saved["epoch_acc"])
+        finished = bool(saved.get("finished", False))
+        stop_reason = str(saved.get("stop_reason", stop_reason))
+        log(
+            f"resuming from {state_dir / ckpt_io.STATE_FILE}: epoch "
+            f"{train_loader.epoch + 1}, batch {train_loader.position}, step "
+            f"{int(saved['train_state']['step'])}"
+        )
+    state = jax.device_put(state)
+    scale = jnp.float32(constants.scale)
+    steps = build_steps(model, tx, train_cfg, weights)
+
+    def put(batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        return jax.device_put(prepare_batch(batch, constants))
+
+    train_loader._device_put = put  # prefetch thread prepares and transfers
+    valid_loader._device_put = put
+
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - t_process
+
+    def save_state() -> None:
+        ckpt_io.save_state(
+            state_dir,
+            {
+                "config_hash": chash,
+                "dataset": fingerprint,
+                "constants": constants.to_dict(),
+                "data_stats": data_stats,
+                "train_state": serialization.to_state_dict(_host(state)),
+                "loader": train_loader.state_dict(),
+                "rng": np.asarray(jax.random.PRNGKey(train_cfg.seed)),
+                "history": rows,
+                "best": best,
+                "bad_epochs": bad_epochs,
+                "elapsed_s": elapsed(),
+                "epoch_acc": epoch_acc,
+                "finished": finished,
+                "stop_reason": stop_reason,
+            },
+        )
+
+    def write_best(ema: Params, epoch: int, metrics: Mapping[str, float]) -> None:
+        ckpt_io.save(
+            output,
+            ckpt_io.Checkpoint(
+                params=ema,
+                model_config=model_cfg,
+                constants=constants,
+                metrics=dict(metrics),
+                units=dict(CANONICAL_UNITS),
+                training={
+                    "epoch": epoch,
+                    "step": int(state["step"]),
+                    "train_config": dataclasses.asdict(train_cfg),
+                    "loader_config": dataclasses.asdict(loader_cfg),
+                    "dataset": fingerprint,
+                    "data_stats": data_stats,
+                    "packed": str(dataset.path),
+                },
+            ),
+        )
+
+    def validate(params: Params) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for batch in valid_loader.packed_batches():
+            for k, v in steps.eval(params, batch, scale).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        return metrics_from_sums(totals, weights)
+
+    consecutive_bad = 0
+
+    def account(info: Mapping[str, jax.Array], step: int) -> None:
+        nonlocal consecutive_bad
+        loss, ok = float(info["loss"]), bool(info["finite"])
+        if ok:
+            consecutive_bad = 0
+            n = float(info["n_mol"])
+            epoch_acc["loss_sum"] += loss * n
+            epoch_acc["n_mol"] += n
+            return
+        consecutive_bad += 1
+        if consecutive_bad >= train_cfg.max_nonfinite_steps:
+            kept = f"{output} (epoch {best['epoch']}) kept" if best["epoch"] else "none written"
+            raise TrainingDiverged(
+                f"training stopped at step {step}: {consecutive_bad} consecutive steps "
+                f"with a non-finite loss or gradient (train.max_nonfinite_steps="
+                f"{train_cfg.max_nonfinite_steps}); best checkpoint {kept}; lower "
+                "train.learning_rate or check the data (physpack validate)"
+            )
+
+    with _SigtermFlag() as sigterm:
+        while not finished:
+            epoch = train_loader.epoch  # 0-based epoch in progress
+            if epoch >= train_cfg.epochs:
+                finished, stop_reason = True, "epochs"
+                break
+            n_batches = train_loader.num_batches()
+            bar = tqdm(
+                total=n_batches,
+                initial=train_loader.position,
+                desc=f"epoch {epoch + 1}/{train_cfg.epochs}",
+                unit="batch",
+                disable=not progress,
+                leave=False,
+                dynamic_ncols=True,
+            )
+            t0 = time.monotonic()
+            time_before = epoch_acc["time"]
+            pending: tuple[dict[str, jax.Array], int] | None = None
+            step = int(state["step"])
+            for batch in train_loader.packed_batches():
+                state, info = steps.train(state, batch, scale)
+                step += 1
+                if pending is not None:  # read the previous step: keeps dispatch async
+                    account(*pending)
+                pending = (info, step)
+                bar.update(1)
+                if progress and step % 10 == 0:
+                    rate = epoch_acc["n_mol"] / max(
+                        time_before + time.monotonic() - t0, 1e-9
+                    )
+                    bar.set_postfix(
+                        loss=f"{epoch_acc['loss_sum'] / max(epoch_acc['n_mol'], 1):.4g}",
+                        mol_s=f"{rate:.0f}",
+                    )
+                if step % train_cfg.state_every_steps == 0 or sigterm.raised:
+                    account(*pending)
+                    pending = None
+                    epoch_acc["time"] = time_before + time.monotonic() - t0
+                    save_state()
+                if sigterm.raised:
+                    bar.close()
+                    raise Preempted(
+                        f"SIGTERM at step {step}: state saved in {state_dir}; rerun the "
+                        "same command to continue"
+                    )
+                if on_step is not None:
+                    on_step(step)
+            if pending is not None:
+                account(*pending)
+            bar.close()
+            epoch_acc["time"] = time_before + time.monotonic() - t0
+
+            metrics = validate(state["ema"])
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": epoch_acc["loss_sum"] / max(epoch_acc["n_mol"], 1.0),
+                **metrics,
+                "lr": current_learning_rate(schedule, state["opt_state"], train_cfg),
+                "molecules_per_s": epoch_acc["n_mol"] / max(epoch_acc["time"], 1e-9),
+                "wall_time_s": elapsed(),
+            }
+            rows.append(row)
+            improved = metrics["valid_loss"] < best["loss"]
+            if improved:
+                ema = _host(state["ema"])
+                best = {"epoch": epoch + 1, "metrics": metrics, "ema": ema,
+                        "loss": metrics["valid_loss"]}
+                write_best(ema, epoch + 1, metrics)
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            write_history(history, rows)
+            log(_summary(row, train_cfg.epochs, improved, data_stats))
+            epoch_acc = {"loss_sum": 0.0, "n_mol": 0.0, "time": 0.0}
+            epoch_time = time.monotonic() - t0
+            if epoch + 1 >= train_cfg.epochs:
+                finished, stop_reason = True, "epochs"
+            elif bad_epochs >= train_cfg.patience:
+                finished, stop_reason = True, "patience"
+            elif (
+                train_cfg.max_minutes is not None
+                and elapsed() + epoch_time > 60.0 * train_cfg.max_minutes
+            ):
+                finished, stop_reason = True, "max_minutes"
+            save_state()
+            if not finished and sigterm.raised:
+                raise Preempted(
+                    f"SIGTERM after epoch {epoch + 1}: state saved in {state_dir}; "
+                    "rerun the same command to continue"
+                )
+
+    if best["ema"] is None:  # cannot happen with epochs ≥ 1, but never write nothing
+        raise TrainingDiverged("no epoch completed; no checkpoint written")
+    # Rewritten at the end too: a resumed run (whose earlier best.ckpt a workflow
+    # manager may have deleted) still ends with it in place.
+    write_best(best["ema"], int(best["epoch"]), best["metrics"])
+    write_history(history, rows)
+    log(
+        f"done: {stop_reason}; best epoch {best['epoch']} "
+        f"({_metric_text(best['metrics'])}); compilations: train_step="
+        f"{steps.compilations['train_step']} eval_step={steps.compilations['eval_step']}; "
+        f"{elapsed() / 60:.1f} min"
+    )
+    return TrainResult(
+        checkpoint=output,
+        history=history,
+        best_epoch=int(best["epoch"]),
+        best_metrics=dict(best["metrics"]),
+        epochs=len(rows),
+        steps=int(state["step"]),
+        stop_reason=stop_reason,
+        compilations=dict(steps.compilations),
+        params=_host(state["params"]),
+        ema=_host(state["ema"]),
+    )
+
+
+def _metric_text(m: Mapping[str, float]) -> str:
+    parts = []
+    if "valid_energy_mae_eV" in m:
+        parts.append(
+            f"E MAE {m['valid_energy_mae_eV']:.4g} eV "
+            f"({1e3 * m['valid_energy_mae_eV_per_atom']:.3g} meV/atom)"
+        )
+    if "valid_forces_mae_eV_per_A" in m:
+        parts.append(f"F MAE {m['valid_forces_mae_eV_per_A']:.4g} eV/Å")
+    if "valid_dipole_mae_eA" in m:
+        parts.append(f"D MAE {m['valid_dipole_mae_eA']:.4g} e·Å")
+    return ", ".join(parts)
+
+
+def _summary(
+    row: Mapping[str, float], epochs: int, improved: bool, stats: Mapping[str, float]
+) -> str:
+    text = (
+        f"epoch {int(row['epoch'])}/{epochs}  loss {row['train_loss']:.4g}  valid "
+        f"{_metric_text(row)}"
+    )
+    if "valid_forces_mae_eV_per_A" in row and stats.get("forces_std_eV_per_A"):
+        ratio = row["valid_forces_mae_eV_per_A"] / stats["forces_std_eV_per_A"]
+        text += f" = {100 * ratio:.1f}% of force std"
+    text += (
+        f"  lr {row['lr']:.3g}  {row['molecules_per_s']:.0f} mol/s  "
+        f"{row['wall_time_s']:.0f} s" + ("  *" if improved else "")
+    )
+    return text
+
+
+# --------------------------------------------------------------------------------
+# Command line
+
+
+def _add_section(parser: argparse.ArgumentParser, cls: type, name: str) -> None:
+    """``--<name>-config JSON`` plus one ``--<field>`` flag per field (the field
+    names of the three sections are distinct), stored where
+    :func:`physpack.config.section_from_args` reads them."""
+    group = parser.add_argument_group(f"{name} settings (config.yaml section '{name}')")
+    group.add_argument(
+        f"--{name}-config",
+        dest=f"_{name}_json",
+        metavar="JSON",
+        help=f"the '{name}' section as a JSON object; single flags override it",
+    )
+    for f in dataclasses.fields(cls):
+        group.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f"_{name}__{f.name}",
+            metavar="VALUE",
+            type=_parse_flag,
+            help=f"default: {f.default!r}",
+        )
+
+
+def _parse_flag(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@cli_entry("physpack train")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="physpack train",
+        description="Train a PhysNet model on a packed dataset (see physpack.train).",
+    )
+    parser.add_argument("packed", help="packed dataset directory")
+    parser.add_argument("--split", required=True, help="split NPZ (train/valid/test)")
+    parser.add_argument("--output", required=True, help="best checkpoint to write")
+    parser.add_argument("--history", required=True, help="history CSV to write")
+    parser.add_argument(
+        "--state-dir",
+        help="resumable state directory (default: 'state' next to --output)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_section(parser, ModelConfig, "model")
+    _add_section(parser, TrainConfig, "train")
+    _add_section(parser, LoaderConfig, "loader")
+    args = parser.parse_args(argv)
+    model_cfg = section_from_args(ModelConfig, args, "model")
+    train_cfg = section_from_args(TrainConfig, args, "train")
+    loader_cfg = section_from_args(LoaderConfig, args, "loader")
+    state_dir = args.state_dir or str(Path(args.output).parent / "state")
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    log(f"physpack {__version__} train: jax {jax.__version__}, devices {jax.devices()}")
+    try:
+        train(
+            args.packed,
+            args.split,
+            args.output,
+            args.history,
+            state_dir,
+            model_cfg,
+            train_cfg,
+            loader_cfg,
+            progress=not args.no_progress,
+            log=log,
+        )
+    except Preempted as exc:
+        print(f"physpack train: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,726 @@
+"""``physpack validate``: integrity checks of a packed directory → a JSON report.
+
+Checks, in order (each reported under its name in ``errors`` or ``warnings``):
+
+structure (errors; content checks are skipped when any fails)
+    ``manifest``   manifest.json readable, counts agree with offsets.npy
+    ``offsets``    1-D integer, starts at 0, strictly increasing (no empty or
+                   negative-size molecule), ``n_atoms.npy`` == diff(offsets)
+    ``files``      every required file (and every file the manifest lists) exists
+                   with exactly count × record-size bytes
+    ``checksum``   sha256 of every file the manifest lists (``checksums: true``)
+content (one streaming pass, chunk by chunk)
+    ``atomic_numbers``  Z in 1..118
+    ``finite_<key>``    R, F, E, Qtot, D finite
+    ``min_distance``    no two atoms of one molecule closer than ``min_distance`` Å
+                        (vectorised per molecule-size group)
+    ``energy_outlier``  warning: robust z-score (median/MAD) of the per-atom energy
+                        residual after a per-element least-squares reference fit
+    ``force_outlier``   warning: robust z-score of each molecule's largest |F|
+                        against the |F| distribution of all atoms
+
+Every problem names the check, the molecule (or file) and the value; at most
+``max_reported`` are listed per check, the counts are exact. A directory without
+``manifest.json`` (older tooling) is checked from ``offsets.npy`` alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase.data import chemical_symbols
+from scipy.spatial import cKDTree
+
+from . import config as cfg
+from .errors import InputError, cli_entry
+from .packed import (
+    ARRAYS,
+    MANIFEST,
+    N_ATOMS,
+    OFFSETS,
+    PackedDataset,
+    sha256_file,
+)
+
+MAX_Z = 118
+#: molecules larger than this get a k-d tree instead of a dense distance matrix
+DENSE_DISTANCE_MAX_ATOMS = 512
+#: distance-matrix entries per vectorised block (memory ≈ 8 bytes each, × a few)
+DISTANCE_BLOCK = 1 << 21
+#: |F| values kept for the median/MAD of the force distribution (stride sample)
+FORCE_SAMPLE = 1 << 22
+#: robust-scale floors, so that a perfect fit does not turn rounding into outliers
+MAD_FLOOR = {"energy": 1e-6, "force": 1e-6}
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One error or warning.
+
+    Attributes:
+        check: the check's name (see the module docstring).
+        message: one line, naming molecule/file and value.
+        molecule: molecule index, when the problem belongs to one molecule.
+        file: the file concerned, when the problem belongs to one file.
+    """
+
+    check: str
+    message: str
+    molecule: int | None = None
+    file: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationReport:
+    """Result of :func:`validate_packed` (see :meth:`to_json` for the file layout).
+
+    Attributes:
+        path: the packed directory.
+        errors, warnings: problems, at most ``max_reported`` per check.
+        error_counts, warning_counts: exact number of problems per check.
+        summary: dataset counts and fitted reference values (units in the keys).
+        checks: the checks that ran.
+        skipped: checks that could not run, with the reason.
+    """
+
+    path: str
+    errors: tuple[Problem, ...]
+    warnings: tuple[Problem, ...]
+    error_counts: dict[str, int]
+    warning_counts: dict[str, int]
+    summary: dict[str, Any]
+    checks: tuple[str, ...]
+    skipped: dict[str, str]
+    config: cfg.ValidateConfig
+
+    @property
+    def ok(self) -> bool:
+        return not self.error_counts
+
+    @property
+    def n_errors(self) -> int:
+        return sum(self.error_counts.values())
+
+    @property
+    def n_warnings(self) -> int:
+        return sum(self.warning_counts.values())
+
+    def to_json(self) -> dict[str, Any]:
+        def listed(problems: tuple[Problem, ...]) -> list[dict[str, Any]]:
+            return [
+                {k: v for k, v in dataclasses.asdict(p).items() if v is not None}
+                for p in problems
+            ]
+
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "n_errors": self.n_errors,
+            "n_warnings": self.n_warnings,
+            "error_counts": self.error_counts,
+            "warning_counts": self.warning_counts,
+            "errors": listed(self.errors),
+            "warnings": listed(self.warnings),
+            "checks": list(self.checks),
+            "skipped": self.skipped,
+            "summary": self.summary,
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def one_line(self) -> str:
+        """A one-line summary (counts per check and the first error)."""
+        if self.ok:
+            return (
+                f"{self.path}: ok ({self.summary.get('n_molecules', 0)} molecules, "
+                f"{self.n_warnings} warning(s))"
+            )
+        counts = ", ".join(f"{k}: {v}" for k, v in self.error_counts.items())
+        return (
+            f"{self.path}: {self.n_errors} error(s) ({counts}); first: "
+            f"{self.errors[0].message}"
+        )
+
+
+class _Collector:
+    """Collects problems per check: exact counts, at most ``cap`` listed."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.listed: dict[str, list[Problem]] = {"error": [], "warning": []}
+        self.counts: dict[str, dict[str, int]] = {"error": {}, "warning": {}}
+
+    def add(
+        self,
+        check: str,
+        message: str,
+        *,
+        molecule: int | None = None,
+        file: str | None = None,
+        level: str = "error",
+    ) -> None:
+        counts = self.counts[level]
+        if counts.get(check, 0) < self.cap:
+            self.listed[level].append(Problem(check, message, molecule, file))
+        counts[check] = counts.get(check, 0) + 1
+
+    def add_molecules(
+        self,
+        check: str,
+        molecules: np.ndarray,
+        template: str,
+        *values: np.ndarray,
+        level: str = "error",
+    ) -> None:
+        """One problem per molecule of ``molecules`` (int array, global indices).
+
+        The k-th message is ``template.format(molecules[k], *(v[k] for v in
+        values))``, built only for the problems that are listed."""
+        counts = self.counts[level]
+        seen = counts.get(check, 0)
+        for k in range(min(len(molecules), max(self.cap - seen, 0))):
+            text = template.format(molecules[k], *(v[k] for v in values))
+            self.listed[level].append(Problem(check, text, molecule=int(molecules[k])))
+        if len(molecules):
+            counts[check] = seen + len(molecules)
+
+    def has_errors(self, *checks: str) -> bool:
+        return any(self.counts["error"].get(c, 0) for c in checks)
+
+
+def min_interatomic_distances(
+    R: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Closest pair of atoms of every molecule.
+
+    Molecules of equal size are stacked into (m, n, 3) blocks and their distance
+    matrices computed at once, so the cost is a few numpy calls per distinct size
+    (large molecules use a k-d tree instead).
+
+    Args:
+        R: float (n_atoms, 3) positions [Å], atoms of consecutive molecules.
+        offsets: int (n_mol + 1,) atom offsets into ``R``, starting at 0.
+
+    Returns:
+        (dmin, pairs): float64 (n_mol,) smallest distance [Å] (``inf`` for one-atom
+        molecules, NaN where positions are not finite) and int64 (n_mol, 2) the atom
+        indices (within the molecule) of that pair, -1 where undefined.
+    """
+    counts = np.diff(offsets)
+    n_mol = counts.size
+    dmin = np.full(n_mol, np.inf)
+    pairs = np.full((n_mol, 2), -1, dtype=np.int64)
+    for n in np.unique(counts):
+        n = int(n)
+        if n < 2:
+            continue
+        mols = np.flatnonzero(counts == n)
+        if n > DENSE_DISTANCE_MAX_ATOMS:
+            for i in mols:
+                pos = np.asarray(R[offsets[i] : offsets[i + 1]], dtype=np.float64)
+                if not np.isfinite(pos).all():
+                    dmin[i] = np.nan
+                    continue
+                dist, idx = cKDTree(pos).query(pos, k=2)
+                a = int(np.argmin(dist[:, 1]))
+                dmin[i], pairs[i] = dist[a, 1], (a, idx[a, 1])
+            continue
+        block = max(1, DISTANCE_BLOCK // (n * n))
+        for s in range(0, mols.size, block):
+            sel = mols[s : s + block]
+            pos = R[offsets[sel][:, None] + np.arange(n)].astype(np.float64)
+            pos -= pos.mean(axis=1, keepdims=True)  # small norms: less cancellation
+            sq = np.einsum("mij,mij->mi", pos, pos)
+            d2 = sq[:, :, None] + sq[:, None, :] - 2.0 * pos @ pos.transpose(0, 2, 1)
+            d2[:, np.arange(n), np.arange(n)] = np.inf
+            flat = d2.reshape(sel.size, -1)
+            arg = np.argmin(flat, axis=1)
+            best = flat[np.arange(sel.size), arg]
+            dmin[sel] = np.sqrt(np.maximum(best, 0.0))
+            pairs[sel, 0], pairs[sel, 1] = np.divmod(arg, n)
+            bad = ~np.isfinite(pos).all(axis=(1, 2))
+            dmin[sel[bad]] = np.nan
+            pairs[sel[bad]] = -1
+    return dmin, pairs
+
+
+def robust_z(
+    values: np.ndarray, reference: np.ndarray, floor: float
+) -> tuple[np.ndarray, float, float]:
+    """Robust z-scores ``(values - median) / (1.4826 · MAD)`` of ``values``, with
+    median and MAD taken from ``reference``; returns (z, median, MAD)."""
+    med = float(np.median(reference))
+    mad = float(np.median(np.abs(reference - med)))
+    scale = MAD_TO_SIGMA * max(mad, floor)
+    return (values - med) / scale, med, mad
+
+
+def _relpath(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _read_manifest(path: Path, col: _Collector) -> dict[str, Any] | None:
+    mpath = path / MANIFEST
+    if not mpath.exists():
+        return None
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as exc:
+        col.add("manifest", f"{mpath}: unreadable ({exc})", file=MANIFEST)
+        return None
+    if not isinstance(manifest, dict):
+        col.add("manifest", f"{mpath}: not a JSON object", file=MANIFEST)
+        return None
+    return manifest
+
+
+def _read_offsets(path: Path, col: _Collector) -> np.ndarray | None:
+    p = path / OFFSETS
+    if not p.exists():
+        col.add("files", f"{p}: missing file", file=OFFSETS)
+        return None
+    try:
+        offsets = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        col.add("files", f"{p}: unreadable ({exc})", file=OFFSETS)
+        return None
+    if offsets.ndim != 1 or offsets.size < 1 or offsets.dtype.kind not in "iu":
+        col.add(
+            "offsets",
+            f"{p}: expected a 1-D integer array, got {offsets.dtype} {offsets.shape}",
+            file=OFFSETS,
+        )
+        return None
+    return np.asarray(offsets, dtype=np.int64)
+
+
+def _check_offsets(path: Path, offsets: np.ndarray, col: _Collector) -> None:
+    if offsets[0] != 0:
+        col.add(
+            "offsets",
+            f"{path / OFFSETS}: offsets[0] = {offsets[0]}, not 0",
+            file=OFFSETS,
+        )
+    sizes = np.diff(offsets)
+    neg = np.flatnonzero(sizes < 0)
+    col.add_molecules(
+        "offsets",
+        neg,
+        "molecule {0}: offsets not monotonic (offsets[{0}] = {1} > offsets[{2}] = {3})",
+        offsets[neg],
+        neg + 1,
+        offsets[neg + 1],
+    )
+    empty = np.flatnonzero(sizes == 0)
+    col.add_molecules("offsets", empty, "molecule {}: no atoms (empty molecule)")
+    if sizes.size == 0:
+        col.add("offsets", f"{path}: empty dataset (0 molecules)", file=OFFSETS)
+    p = path / N_ATOMS
+    if not p.exists():
+        return
+    try:
+        n_atoms = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        col.add("files", f"{p}: unreadable ({exc})", file=N_ATOMS)
+        return
+    if n_atoms.shape != sizes.shape:
+        col.add(
+            "offsets",
+            f"{p}: shape {n_atoms.shape} but offsets.npy describes {sizes.size} "
+            "molecules",
+            file=N_ATOMS,
+        )
+        return
+    n_atoms = np.asarray(n_atoms, dtype=np.int64)
+    wrong = np.flatnonzero(n_atoms != sizes)
+    col.add_molecules(
+        "offsets",
+        wrong,
+        "molecule {}: n_atoms.npy says {}, offsets say {}",
+        n_atoms[wrong],
+        sizes[wrong],
+    )
+
+
+def _check_files(
+    path: Path, offsets: np.ndarray, manifest: dict[str, Any] | None, col: _Collector
+) -> None:
+    n_mol, n_atoms = offsets.size - 1, int(offsets[-1])
+    listed = (manifest or {}).get("arrays", {})
+    if manifest is not None:
+        for key, want in (("n_molecules", n_mol), ("n_atoms_total", n_atoms)):
+            if key in manifest and manifest[key] != want:
+                col.add(
+                    "manifest",
+                    f"{path / MANIFEST}: {key} = {manifest[key]} but offsets.npy "
+                    f"gives {want}",
+                    file=MANIFEST,
+                )
+    for key, spec in ARRAYS.items():
+        p = path / spec.file
+        if not p.exists():
+            if spec.required or key in listed:
+                col.add("files", f"{p}: missing file", file=spec.file)
+            continue
+        n = n_atoms if spec.per == "atom" else n_mol
+        want = max(n, 0) * spec.itemsize
+        size = p.stat().st_size
+        if size != want:
+            col.add(
+                "files",
+                f"{p}: {size} bytes but {n} {spec.per}s × {spec.itemsize} bytes = "
+                f"{want} expected (truncated or from another dataset)",
+                file=spec.file,
+            )
+    sized = {s.file for s in ARRAYS.values()}  # already checked against the counts
+    for entry in listed.values():
+        p = path / str(entry.get("file", ""))
+        if p.name in sized:
+            continue
+        if p.is_file() and "bytes" in entry and p.stat().st_size != entry["bytes"]:
+            col.add(
+                "files",
+                f"{p}: {p.stat().st_size} bytes but the manifest says {entry['bytes']}",
+                file=entry["file"],
+            )
+        elif not p.is_file() and p.name != OFFSETS:  # a missing offsets: reported
+            col.add("files", f"{p}: missing file (listed in manifest)", file=p.name)
+
+
+def _check_checksums(path: Path, manifest: dict[str, Any], col: _Collector) -> None:
+    for entry in manifest.get("arrays", {}).values():
+        p = path / str(entry.get("file", ""))
+        want = entry.get("sha256")
+        if not p.is_file() or not want:
+            continue
+        got = sha256_file(p)
+        if got != want:
+            col.add(
+                "checksum",
+                f"{p}: sha256 {got[:12]}… differs from the manifest's {want[:12]}…",
+                file=entry["file"],
+            )
+
+
+@dataclasses.dataclass
+class _ContentState:
+    """Accumulators of the streaming content pass."""
+
+    ata: np.ndarray  # (119, 119) composition normal matrix
+    atb: np.ndarray  # (119,) composition × energy
+    fmax: np.ndarray  # float64 (n_mol,) largest |F| per molecule [eV/Å]
+    fsample: list[np.ndarray]
+    usable: np.ndarray  # bool (n_mol,): finite E (and F) for the outlier statistics
+
+
+def _composition(
+    z: np.ndarray, local_mol: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(elements present, counts int64 (m, k)) for atoms ``z`` of molecules
+    ``local_mol`` (0..m-1)."""
+    zc = np.clip(z, 0, MAX_Z)
+    elements, index = np.unique(zc, return_inverse=True)
+    counts = np.bincount(
+        local_mol * elements.size + index, minlength=m * elements.size
+    ).reshape(m, elements.size)
+    return elements, counts
+
+
+def _content_pass(
+    ds: PackedDataset,
+    config: cfg.ValidateConfig,
+    col: _Collector,
+    atoms_per_chunk: int,
+) -> _ContentState:
+    offsets = np.asarray(ds.offsets)
+    n_total = ds.n_atoms_total
+    stride = max(1, math.ceil(n_total / FORCE_SAMPLE))
+    state = _ContentState(
+        ata=np.zeros((MAX_Z + 1, MAX_Z + 1)),
+        atb=np.zeros(MAX_Z + 1),
+        fmax=np.zeros(ds.n_molecules),
+        fsample=[],
+        usable=np.ones(ds.n_molecules, dtype=bool),
+    )
+    for a, b in ds.chunks(atoms_per_chunk):
+        lo, hi = int(offsets[a]), int(offsets[b])
+        local = offsets[a : b + 1] - lo
+        counts = np.diff(local)
+        m = b - a
+        atom_mol = np.repeat(np.arange(m), counts)
+        z = np.asarray(ds.Z[lo:hi])
+        r = np.asarray(ds.R[lo:hi])
+
+        bad = (z < 1) | (z > MAX_Z)
+        mols, first = np.unique(atom_mol[bad], return_index=True)
+        atoms = np.flatnonzero(bad)[first]
+        col.add_molecules(
+            "atomic_numbers",
+            mols + a,
+            f"molecule {{}}, atom {{}}: atomic number {{}} outside 1..{MAX_Z}",
+            atoms - local[mols],
+            z[atoms],
+        )
+
+        per_atom = {"R": r}
+        if ds.F is not None:
+            per_atom["F"] = np.asarray(ds.F[lo:hi])
+        finite_mol = {}
+        for key, arr in per_atom.items():
+            ok_atom = np.isfinite(arr).all(axis=1)
+            ok = np.bincount(atom_mol, weights=~ok_atom, minlength=m) == 0
+            finite_mol[key] = ok
+            _report_nonfinite(col, key, np.flatnonzero(~ok) + a)
+        per_mol = {"E": np.asarray(ds.E[a:b]), "Qtot": np.asarray(ds.Qtot[a:b])}
+        if ds.D is not None:
+            per_mol["D"] = np.asarray(ds.D[a:b])
+        for key, arr in per_mol.items():
+            ok = np.isfinite(arr.reshape(m, -1)).all(axis=1)
+            finite_mol[key] = ok
+            _report_nonfinite(col, key, np.flatnonzero(~ok) + a)
+
+        with np.errstate(invalid="ignore", over="ignore"):
+            dmin, pairs = min_interatomic_distances(r, local)
+        close = np.flatnonzero(dmin < config.min_distance)
+        col.add_molecules(
+            "min_distance",
+            close + a,
+            "molecule {}: atoms {} and {} are {:.4f} Å apart "
+            f"(< min_distance {config.min_distance} Å)",
+            pairs[close, 0],
+            pairs[close, 1],
+            dmin[close],
+        )
+
+        usable = finite_mol["E"] & finite_mol["R"]
+        elements, comp = _composition(z, atom_mol, m)
+        comp_u = comp[usable].astype(np.float64)
+        e_u = per_mol["E"][usable]
+        state.ata[np.ix_(elements, elements)] += comp_u.T @ comp_u
+        state.atb[elements] += comp_u.T @ e_u
+        if "F" in per_atom:
+            f = per_atom["F"].astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                fmag = np.sqrt(np.einsum("ij,ij->i", f, f))
+            fmag_ok = np.where(np.isfinite(fmag), fmag, 0.0)
+            fmax = np.zeros(m)
+            np.maximum.at(fmax, atom_mol, fmag_ok)
+            state.fmax[a:b] = fmax
+            usable &= finite_mol["F"]
+            keep = ((lo + np.arange(hi - lo)) % stride == 0) & np.isfinite(fmag)
+            state.fsample.append(fmag[keep].astype(np.float32))
+        state.usable[a:b] = usable
+    return state
+
+
+def _report_nonfinite(col: _Collector, key: str, mols: np.ndarray) -> None:
+    col.add_molecules(
+        f"finite_{key}",
+        mols,
+        f"molecule {{}}: {ARRAYS[key].file} has NaN or inf values",
+    )
+
+
+def _outliers(
+    ds: PackedDataset,
+    config: cfg.ValidateConfig,
+    col: _Collector,
+    state: _ContentState,
+    atoms_per_chunk: int,
+) -> dict[str, Any]:
+    """Energy and force outlier warnings; returns the fitted reference values."""
+    summary: dict[str, Any] = {}
+    elements = np.flatnonzero(np.diag(state.ata) > 0)
+    if state.usable.sum() < 3 or elements.size == 0:
+        return summary
+    ref, *_ = np.linalg.lstsq(
+        state.ata[np.ix_(elements, elements)], state.atb[elements], rcond=None
+    )
+    table = np.zeros(MAX_Z + 1)
+    table[elements] = ref
+    summary["element_reference_energy_eV"] = {
+        chemical_symbols[int(e)]: float(v) for e, v in zip(elements, ref)
+    }
+    offsets = np.asarray(ds.offsets)
+    residual = np.empty(ds.n_molecules)
+    for a, b in ds.chunks(atoms_per_chunk):
+        lo, hi = int(offsets[a]), int(offsets[b])
+        z = np.clip(np.asarray(ds.Z[lo:hi]), 0, MAX_Z)
+        counts = np.diff(offsets[a : b + 1])
+        fitted = np.bincount(
+            np.repeat(np.arange(b - a), counts), weights=table[z], minlength=b - a
+        )
+        residual[a:b] = (np.asarray(ds.E[a:b]) - fitted) / counts
+    usable = state.usable
+    z, med, mad = robust_z(residual, residual[usable], MAD_FLOOR["energy"])
+    flagged = np.flatnonzero(usable & (np.abs(z) > config.outlier_z))
+    col.add_molecules(
+        "energy_outlier",
+        flagged,
+        "molecule {}: energy residual {:+.4f} eV/atom from the element-reference "
+        "fit (robust z = {:.1f})",
+        residual[flagged] - med,
+        z[flagged],
+        level="warning",
+    )
+    summary["energy_residual_eV_per_atom"] = {"median": med, "mad": mad}
+    if ds.F is not None and state.fsample:
+        sample = np.concatenate(state.fsample).astype(np.float64)
+        if sample.size:
+            fz, fmed, fmad = robust_z(state.fmax, sample, MAD_FLOOR["force"])
+            hot = np.flatnonzero(usable & (fz > config.outlier_z))
+            col.add_molecules(
+                "force_outlier",
+                hot,
+                "molecule {}: largest |F| {:.3f} eV/Å (robust z = {:.1f}; median |F| "
+                f"{fmed:.3f} eV/Å)",
+                state.fmax[hot],
+                fz[hot],
+                level="warning",
+            )
+            summary["force_magnitude_eV_per_A"] = {
+                "median": fmed,
+                "mad": fmad,
+                "sampled_atoms": int(sample.size),
+            }
+    return summary
+
+
+def validate_packed(
+    path: str | Path,
+    config: cfg.ValidateConfig | None = None,
+    *,
+    atoms_per_chunk: int = 1 << 20,
+) -> ValidationReport:
+    """Run every check on the packed directory ``path``.
+
+    Args:
+        path: packed directory (with or without ``manifest.json``).
+        config: the ``validate`` config section; defaults when ``None``.
+        atoms_per_chunk: atoms read per step of the streaming pass (memory bound).
+
+    Raises:
+        InputError: only when ``path`` is not a directory; every problem inside it
+        goes into the report.
+    """
+    config = config or cfg.ValidateConfig()
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: packed directory not found")
+    col = _Collector(config.max_reported)
+    checks = ["manifest", "offsets", "files"]
+    skipped: dict[str, str] = {}
+    summary: dict[str, Any] = {
+        "units": {"distance": "Angstrom", "energy": "eV", "forces": "eV/Angstrom"}
+    }
+    manifest = _read_manifest(path, col)
+    summary["has_manifest"] = manifest is not None
+    offsets = _read_offsets(path, col)
+    if offsets is not None:
+        _check_offsets(path, offsets, col)
+        _check_files(path, offsets, manifest, col)
+        summary["n_molecules"] = int(offsets.size - 1)
+        summary["n_atoms_total"] = int(offsets[-1])
+    if manifest is not None and config.checksums:
+        checks.append("checksum")
+        _check_checksums(path, manifest, col)
+    elif config.checksums:
+        skipped["checksum"] = "no manifest.json"
+    else:
+        skipped["checksum"] = "disabled (checksums: false)"
+    content = [
+        "atomic_numbers",
+        "finite",
+        "min_distance",
+        "energy_outlier",
+        "force_outlier",
+    ]
+    if offsets is None or col.has_errors("manifest", "offsets", "files"):
+        for check in content:
+            skipped[check] = "structure errors (see files/offsets/manifest)"
+    else:
+        ds = PackedDataset(path)
+        summary["max_atoms"] = int(np.max(ds.n_atoms))
+        summary["arrays"] = ds.keys
+        state = _content_pass(ds, config, col, atoms_per_chunk)
+        checks += content[:3]
+        summary.update(_outliers(ds, config, col, state, atoms_per_chunk))
+        checks.append("energy_outlier")
+        if ds.F is not None:
+            checks.append("force_outlier")
+        else:
+            skipped["force_outlier"] = "no forces in this dataset"
+    return ValidationReport(
+        path=str(path),
+        errors=tuple(col.listed["error"]),
+        warnings=tuple(col.listed["warning"]),
+        error_counts=dict(col.counts["error"]),
+        warning_counts=dict(col.counts["warning"]),
+        summary=summary,
+        checks=tuple(checks),
+        skipped=skipped,
+        config=config,
+    )
+
+
+def failed_report_path(output: Path) -> Path:
+    """Where the report goes when validation fails (never at ``output`` itself, so
+    that the workflow sees the stage fail): ``validation.json`` →
+    ``validation.failed.json``."""
+    return output.with_name(f"{output.stem}.failed{output.suffix or '.json'}")
+
+
+def write_json_atomic(data: dict[str, Any], path: Path) -> None:
+    """Write ``data`` as JSON to a temporary sibling, then rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_report(report: ValidationReport, output: Path) -> Path:
+    """Write the report to ``output`` when ok, else to :func:`failed_report_path`
+    (removing any stale ``output``); returns the path written."""
+    failed = failed_report_path(output)
+    target = output if report.ok else failed
+    write_json_atomic(report.to_json(), target)
+    (failed if report.ok else output).unlink(missing_ok=True)
+    return target
+
+
+@cli_entry("physpack validate")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="physpack validate",
+        description="Integrity checks of a packed directory; writes a JSON report "
+        "and exits non-zero when there are errors.",
+    )
+    parser.add_argument("packed", type=Path, help="packed directory")
+    parser.add_argument(
+        "--output", type=Path, required=True, help="validation report (JSON)"
+    )
+    cfg.add_section_arguments(parser, cfg.ValidateConfig, "validate")
+    args = parser.parse_args(argv)
+    config = cfg.section_from_args(cfg.ValidateConfig, args, "validate")
+    report = validate_packed(args.packed, config)
+    written = write_report(report, args.output)
+    if not report.ok:
+        raise InputError(f"{report.one_line()} (report: {written})")
+    print(report.one_line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
