@@ -1,14 +1,15 @@
 """Tiny packed datasets and checkpoints for the evaluation and calculator tests.
 
-A checkpoint here is built with :mod:`physpack.checkpoint`'s save API from freshly
-initialised parameters that are then randomised (the output heads start at zero,
+A checkpoint here is built with :mod:`physpack.checkpoint`'s save API from random
+parameters of the model's shapes (a real initialisation zeroes the output heads,
 which would make every force zero), with reference energies fitted on the data as
-training does. Seconds to make, and its energies and forces are smooth, non-trivial
-functions of the positions.
+training does. Seconds to make (shapes are traced, nothing is compiled), and its
+energies and forces are smooth, non-trivial functions of the positions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -18,7 +19,7 @@ from physpack import checkpoint as ckpt_io
 from physpack.config import ModelConfig, SplitConfig
 from physpack.convert import convert_npz
 from physpack.loader import PackedMemmapLoader
-from physpack.model import init_params, model_from_config
+from physpack.model import device_inputs, model_from_config
 from physpack.split import make_split, save_split
 from physpack.synthetic import write_padded_npz
 from physpack.train import fit_energy_constants
@@ -54,6 +55,7 @@ def make_checkpoint(
     seed: int = 0,
     noise: float = 0.3,
     elements: tuple[int, ...] | None = None,
+    scale_factor: float = 1.0,
 ) -> ckpt_io.Checkpoint:
     """Save a checkpoint of :data:`TINY_MODEL` with randomised parameters.
 
@@ -61,25 +63,34 @@ def make_checkpoint(
         path: file to write.
         packed: data for the reference energies (all of it) and the init batch.
         charges: build the model with the charge head (dipole output).
-        noise: standard deviation of the Gaussian noise added to every parameter.
+        noise: standard deviation of vector parameters; matrices get
+            N(0, 1/fan_in) entries.
         elements: override the trained-elements list (to test refusals).
+        scale_factor: multiplies the fitted energy scale (stiffer force fields).
     """
-    cfg = ModelConfig(**{**TINY_MODEL.__dict__, "charges": charges})
+    cfg = dataclasses.replace(TINY_MODEL, charges=charges)
     loader = PackedMemmapLoader(packed, batch_size=8, shuffle=False)
     constants, stats = fit_energy_constants(loader, cfg.max_atomic_number)
-    if elements is not None:
-        constants = type(constants)(
-            reference_energies=constants.reference_energies,
-            scale=constants.scale,
-            elements=elements,
-        )
+    constants = dataclasses.replace(
+        constants,
+        scale=constants.scale * scale_factor,
+        elements=constants.elements if elements is None else tuple(elements),
+    )
     model = model_from_config(cfg)
-    params = init_params(model, jax.random.PRNGKey(seed), loader.assemble(np.arange(2)))
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+    x = device_inputs(loader.assemble(np.arange(2)))
+    shapes = jax.eval_shape(
+        model.init,
+        jax.random.PRNGKey(seed),
+        *(x[k] for k in ("Z", "R", "dst_idx", "src_idx", "batch_segments")),
+        *(x[k] for k in ("atom_mask", "pair_mask", "Qtot")),
+    )["params"]
+    leaves, tree = jax.tree.flatten(shapes)
+    rng = np.random.default_rng(seed)
     leaves = [
-        np.asarray(x + noise * jax.random.normal(k, x.shape, x.dtype))
-        for x, k in zip(leaves, keys)
+        (
+            rng.normal(0.0, s.shape[-2] ** -0.5 if len(s.shape) >= 2 else noise, s.shape)
+        ).astype(s.dtype)
+        for s in leaves
     ]
     ckpt = ckpt_io.Checkpoint(
         params=jax.tree.unflatten(tree, leaves),

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from ase import units as ase_units
 
+from physpack import convert
 from physpack.config import DataConfig
 from physpack.convert import convert_npz, main
 from physpack.packed import PackedDataset
@@ -72,6 +73,16 @@ def test_round_trip_in_small_chunks(tmp_path: Path, compress: bool) -> None:
     assert manifest["optional"] == {"F": True, "D": True}
 
 
+def test_round_trip_as_older_tooling_wrote_it(tmp_path: Path, tiny_npz: Path) -> None:
+    """Without manifest.json and n_atoms.npy (the older layout) the same molecules
+    come back: everything is derived from offsets.npy."""
+    packed = convert_npz(tiny_npz, tmp_path / "packed").path
+    (packed / "manifest.json").unlink()
+    (packed / "n_atoms.npy").unlink()
+    assert PackedDataset(packed).manifest is None
+    assert_round_trip(tiny_npz, packed)
+
+
 def test_chunk_size_does_not_change_output(tmp_path: Path, tiny_npz: Path) -> None:
     convert_npz(tiny_npz, tmp_path / "a", chunk_mb=0.003)
     convert_npz(tiny_npz, tmp_path / "b", chunk_mb=100)
@@ -79,6 +90,24 @@ def test_chunk_size_does_not_change_output(tmp_path: Path, tiny_npz: Path) -> No
         assert (tmp_path / "a" / name).read_bytes() == (
             tmp_path / "b" / name
         ).read_bytes()
+
+
+def test_reads_are_bounded_by_the_chunk(
+    tmp_path: Path, tiny_npz: Path, monkeypatch
+) -> None:
+    """No member is ever read whole: every read is at most one chunk of rows."""
+    reads: list[tuple[str, int]] = []
+    original = convert.NpyRowReader.read
+
+    def spy(self, start: int, rows: int) -> np.ndarray:
+        reads.append((self.key, rows * self.header.row_bytes))
+        return original(self, start, rows)
+
+    monkeypatch.setattr(convert.NpyRowReader, "read", spy)
+    convert_npz(tiny_npz, tmp_path / "p", chunk_mb=0.01)
+    r_reads = [size for key, size in reads if key == "R"]
+    assert len(r_reads) >= 5  # the 60 molecules came in several pieces
+    assert sum(size for _, size in reads[:7]) <= 0.01e6  # one chunk, all keys
 
 
 def test_unit_conversion(tmp_path: Path, tiny_npz: Path) -> None:

@@ -139,33 +139,53 @@ def test_empty_batch_clears_masks_only() -> None:
     assert batch["atom_mask"].any()  # the template is untouched
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
-    n_batches=st.integers(0, 23),
+    n_batches=st.integers(1, 23),
     local_counts=st.lists(st.integers(1, 3), min_size=1, max_size=4),
+    per_device=st.integers(1, 2),
+    skip_others=st.booleans(),
 )
 def test_step_batches_every_batch_exactly_once(
-    n_batches: int, local_counts: list[int]
+    n_batches: int, local_counts: list[int], per_device: int, skip_others: bool
 ) -> None:
-    """Processes with ``local_counts`` devices each, one shared stream: every batch
-    is used by exactly one device once, the rest of the slots are empty batches,
-    and all processes run the same number of steps."""
-    num_devices = sum(local_counts)
+    """Processes with ``local_counts`` devices of ``per_device`` slots each, one
+    shared stream (optionally ``None`` where a process need not read): every batch
+    is used by exactly one slot once, the other slots get empty batches, and all
+    processes run the same number of steps."""
+    per_step = sum(local_counts) * per_device
     stream = [{"i": np.array([i]), "x_mask": np.array([True])} for i in range(n_batches)]
     seen: list[int] = []
     steps = set()
     first = 0
     for count in local_counts:
-        per_step = list(par.step_batches(iter(stream), num_devices, first, count))
-        steps.add(len(per_step))
-        for group in per_step:
-            assert len(group) == count
+        slots = range(first * per_device, (first + count) * per_device)
+        mine = [
+            b if (not skip_others or i % per_step in slots) else None
+            for i, b in enumerate(stream)
+        ]
+        if n_batches < per_step and all(b is None for b in mine):
+            with pytest.raises(ValueError, match="before this process saw a batch"):
+                list(par.step_batches(mine, per_step, slots[0], len(slots)))
+            return
+        groups = list(par.step_batches(iter(mine), per_step, slots[0], len(slots)))
+        steps.add(len(groups))
+        for group in groups:
+            assert len(group) == len(slots)
             for b in group:
                 if b["x_mask"].all():
                     seen.append(int(b["i"][0]))
         first += count
-    assert steps == {par.steps_per_epoch(n_batches, num_devices)}
+    assert steps == {par.steps_per_epoch(n_batches, per_step)}
     assert sorted(seen) == list(range(n_batches))
+
+
+def test_check_batches_per_epoch() -> None:
+    dp = par.select_devices(1, batches_per_device=3)
+    assert dp.batches_per_step == 3 * dp.num_devices
+    par.check_batches_per_epoch(3, dp, "train")
+    with pytest.raises(ConfigError, match="valid: 2 batch"):
+        par.check_batches_per_epoch(2, dp, "valid")
 
 
 # --------------------------------------------------------------------------------
@@ -310,12 +330,16 @@ def _flat(tree: Any) -> np.ndarray:
 
 
 def _setup_model(stream: Sequence[Mapping[str, np.ndarray]]) -> tuple[Any, Any]:
+    """The tiny PhysNet and its initial parameters (``init`` jitted: one compile
+    instead of one per operation)."""
     import jax
 
-    from physpack.model import PhysNet, init_params
+    from physpack.model import MODEL_INPUTS, PhysNet, device_inputs
 
     model = PhysNet(**TINY_MODEL)
-    return model, init_params(model, jax.random.key(0), stream[0])
+    inputs = device_inputs(stream[0])
+    init = jax.jit(lambda key, x: model.init(key, *(x[k] for k in MODEL_INPUTS)))
+    return model, init(jax.random.key(0), inputs)["params"]
 
 
 def worker_step(out: Path) -> None:
@@ -329,13 +353,12 @@ def worker_step(out: Path) -> None:
     partial_fn, combine = _loss_parts(model)
     tx = optax.adam(1e-2)
 
-    def ref(batch: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
-        device_batch = par.stack_batches([batch])
-        device_batch = {k: v[0] for k, v in device_batch.items()}
-        return jax.jit(jax.value_and_grad(lambda p: combine(*partial_fn(p, device_batch))))(
-            params
-        )
+    ref_vg = jax.jit(jax.value_and_grad(lambda p, b: combine(*partial_fn(p, b))))
 
+    def ref(batch: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
+        return ref_vg(params, {k: v[0] for k, v in par.stack_batches([batch]).items()})
+
+    @jax.jit
     def adam_step(p: Any, g: Any) -> Any:
         updates, _ = tx.update(g, tx.init(p), p)
         return optax.apply_updates(p, updates)
@@ -349,7 +372,7 @@ def worker_step(out: Path) -> None:
         p = par.replicate(dp, params)
         (loss, _), grad = vg(p, par.shard_batches(dp, stream[:2]))
         result.update({f"{tag}_loss": par.to_host(loss), f"{tag}_grad": _flat(grad),
-                       f"{tag}_params": _flat(jax.jit(adam_step)(p, grad))})  # fmt: skip
+                       f"{tag}_params": _flat(adam_step(p, grad))})  # fmt: skip
         if tag == "dp":
             result["num_devices"] = dp.num_devices
             (last,) = list(par.step_batches(stream, 2))[-1:]

@@ -14,6 +14,7 @@ from physpack import split
 from physpack.config import SplitConfig
 from physpack.errors import ConfigError
 from physpack.packed import PackedDataset, PackedWriter
+from physpack.synthetic import write_legacy_packed
 
 fractions = st.floats(0.0, 0.45, allow_nan=False)
 
@@ -148,6 +149,14 @@ def test_cli_grouped_split(conformers: Path, tmp_path: Path, capsys) -> None:
     assert split.main([str(conformers), "--output", str(out2), "--config", cfg]) == 0
     with np.load(out2) as f:
         assert all(np.array_equal(f[k], saved[k]) for k in split.SUBSETS)
+
+
+def test_directory_without_manifest(tmp_path: Path) -> None:
+    old = write_legacy_packed(tmp_path / "old", 50, seed=2)
+    (old / "n_atoms.npy").unlink()
+    result = split.make_split(old, SplitConfig(valid=0.2, test=0.2, group_by="formula"))
+    _check(50, (result.train, result.valid, result.test), None)
+    assert result.n_molecules == 50 and result.test.size > 0
 
 
 def test_cli_error_leaves_no_output(tmp_path: Path, capsys) -> None:

@@ -14,6 +14,7 @@ from ase.data import chemical_symbols
 from physpack import stats
 from physpack.config import LoaderConfig
 from physpack.packed import PackedWriter
+from physpack.synthetic import write_legacy_packed
 
 SIZES = [1, 2, 3, 5, 8, 2, 4, 6, 3, 7, 2]
 B = 3  # batch size
@@ -159,6 +160,17 @@ def test_estimate_without_loader(tiny, monkeypatch) -> None:
     assert packed["n_batches"] * d["max_pairs"] >= sum(k * (k - 1) for k in SIZES)
     assert packed["atom_efficiency"] == pytest.approx(
         sum(SIZES) / (packed["n_batches"] * d["max_atoms"])
+    )
+
+
+def test_directory_without_manifest(tmp_path: Path) -> None:
+    old = write_legacy_packed(tmp_path / "old", 30, seed=4)
+    sizes = np.diff(np.load(old / "offsets.npy"))
+    s = stats.packing_stats(old, LoaderConfig(batch_size=4))
+    assert s["n_molecules"] == 30 and s["n_atoms_total"] == int(sizes.sum())
+    assert "D" not in s["arrays"]
+    assert s["padding"]["dense"]["atom_efficiency"] == pytest.approx(
+        sizes.sum() / (8 * 4 * sizes.max())  # 30 molecules: 8 batches of 4 slots
     )
 
 

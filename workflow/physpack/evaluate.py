@@ -588,7 +588,7 @@ def write_figures(
             directory / "energy_parity.png",
             [(n, p.E_true - ref[n], p.E_pred - ref[n]) for n, p in preds.items()],
             quantity="Energy",
-            label="energy − Σ E_ref(Z)",
+            label=r"energy − $\sum_i E_\mathrm{ref}(Z_i)$",
             unit=_E,
             error_unit="meV",
             error_scale=1e3,

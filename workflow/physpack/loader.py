@@ -774,6 +774,11 @@ def greedy_bounds(
                 int(np.searchsorted(cp, base_p + pair_cap, side="right")),
                 j + mol_cap,
             )
+            if k == j:
+                raise ValueError(
+                    f"greedy_bounds: molecule at order position {s + j} does not fit "
+                    "the caps on its own"
+                )
             if k >= w.size and end < L:
                 break  # the open batch may continue in the next window
             k = min(k, w.size)

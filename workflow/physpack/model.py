@@ -279,7 +279,7 @@ def device_inputs(batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
 def init_params(model: PhysNet, rng: jax.Array, batch: Mapping[str, Any]) -> Params:
     """Fresh parameters for ``model``, initialised with ``rng`` on a packed batch."""
     x = device_inputs(batch)
-    variables = model.init(
+    variables = jax.jit(model.init)(  # jitted: op-by-op e3x is slower than compiling
         rng,
         x["Z"],
         x["R"],

@@ -7,9 +7,11 @@ with ``d_p`` selected devices each:
 * the loader yields one deterministic stream of fixed-shape packed batches per
   epoch (identical in every process: same seed, same split);
 * every optimisation step takes ``D`` consecutive batches of that stream, device
-  ``g`` (process-major order) gets batch ``g`` of the group, so each process reads
+  ``g`` (process-major order) gets batch ``g`` of the group, so each process uses
   only its own slice and every molecule is still used exactly once per epoch
   (:func:`step_batches`; a short last group is filled with empty batches);
+  optionally each device sums ``k`` batches (``batches_per_device``), which makes
+  ``k`` devices and 1 device × ``k`` batches the same computation;
 * the ``D`` batches are stacked along a new leading axis, sharded with
   ``NamedSharding(mesh, P("data"))``; parameters and optimiser state are
   replicated (``P()``);
@@ -269,6 +271,9 @@ class DataParallel:
         local_devices: this process's selected devices, in mesh order.
         first_shard: mesh position of ``local_devices[0]``.
         process_index, process_count: this process and how many there are.
+        batches_per_device: ``k``, loader batches each device sums per step
+            (gradient accumulation; 1 unless asked). ``k`` devices × 1 batch and
+            1 device × ``k`` batches compute the same step.
     """
 
     mesh: Mesh
@@ -276,6 +281,7 @@ class DataParallel:
     first_shard: int
     process_index: int
     process_count: int
+    batches_per_device: int = 1
 
     @property
     def num_devices(self) -> int:
@@ -288,6 +294,12 @@ class DataParallel:
         return len(self.local_devices)
 
     @property
+    def batches_per_step(self) -> int:
+        """Loader batches per optimisation step, all processes: ``k·D``. Results
+        depend on the device count only through this number."""
+        return self.num_devices * self.batches_per_device
+
+    @property
     def batch_sharding(self) -> NamedSharding:
         """Leading (device) axis split over the mesh, one block per device."""
         return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
@@ -298,7 +310,9 @@ class DataParallel:
         return NamedSharding(self.mesh, PartitionSpec())
 
 
-def select_devices(devices: int | Literal["all"] = "all") -> DataParallel:
+def select_devices(
+    devices: int | Literal["all"] = "all", *, batches_per_device: int = 1
+) -> DataParallel:
     """Choose ``devices`` per process (``"all"``: every local device) and build the
     mesh over those of all processes.
 
@@ -306,6 +320,8 @@ def select_devices(devices: int | Literal["all"] = "all") -> DataParallel:
         ConfigError: ``devices`` is not ``"all"`` or a positive int, or more devices
             are requested than some process has.
     """
+    if batches_per_device < 1:
+        raise ConfigError(f"batches_per_device: got {batches_per_device}, expected ≥ 1")
     if devices != "all" and (
         isinstance(devices, bool) or not isinstance(devices, int) or devices < 1
     ):
@@ -330,6 +346,7 @@ def select_devices(devices: int | Literal["all"] = "all") -> DataParallel:
         first_shard=chosen.index(local[0]),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        batches_per_device=int(batches_per_device),
     )
 
 
@@ -439,58 +456,116 @@ def empty_batch(template: Batch) -> dict[str, np.ndarray]:
     return out
 
 
-def steps_per_epoch(num_batches: int, num_devices: int) -> int:
-    """Optimisation steps that consume ``num_batches`` batches on ``num_devices``."""
-    return -(-num_batches // num_devices)
+def steps_per_epoch(num_batches: int, batches_per_step: int) -> int:
+    """Optimisation steps that consume ``num_batches`` batches, the last one
+    possibly short (:func:`step_batches`)."""
+    return -(-num_batches // batches_per_step)
 
 
 def step_batches(
-    stream: Iterable[T],
-    num_devices: int,
-    first_shard: int = 0,
-    num_local: int | None = None,
+    stream: Iterable[T | None],
+    batches_per_step: int,
+    first: int = 0,
+    count: int | None = None,
     *,
     empty: Callable[[T], T] = empty_batch,  # type: ignore[assignment]
 ) -> Iterator[list[T]]:
     """Group one epoch's batch stream into steps and yield this process's share.
 
-    Step ``s`` uses stream items ``s·D … s·D + D − 1``; mesh position ``g`` gets item
-    ``s·D + g``, so this process (positions ``first_shard … first_shard + num_local
-    − 1``) yields those items per step. When the stream ends inside a group, the
-    missing items are ``empty(last item)``: all processes run the same number of
-    steps (a collective needs every device), and every item of the stream is
-    yielded by exactly one process exactly once.
+    Step ``s`` uses stream items ``s·B … s·B + B − 1`` (``B = batches_per_step``);
+    slot ``j`` of a step gets item ``s·B + j`` and this process owns slots
+    ``first … first + count − 1`` (mesh position ``g`` holds slots ``g·k … g·k +
+    k − 1``). When the stream ends inside a step, the missing items are
+    ``empty(t)`` for the last real item ``t`` this process saw: all processes run the
+    same number of steps (a collective needs every device), and every item of the
+    stream is yielded by exactly one process exactly once.
 
-    Every process iterates the whole stream (the loader's order must be the same
-    in all of them); items of other processes are skipped, not used.
+    Every process walks the whole stream, whose order must be the same in all of
+    them; items of other processes may be ``None`` (a loader that skips reading
+    them), this process's may not.
 
     Args:
         stream: the epoch's batches, in the loader's deterministic order.
-        num_devices: ``D``, devices of the mesh (all processes).
-        first_shard, num_local: this process's mesh positions (default: all).
+        batches_per_step: ``B``, slots per step over all processes.
+        first, count: this process's slots (default: all).
         empty: builds a no-contribution stand-in from a real item.
+
+    Raises:
+        ValueError: the slots lie outside the step, an own slot is ``None``, or
+            the epoch ended before this process saw a single real batch (fewer
+            batches than slots: see :func:`check_batches_per_epoch`).
     """
-    local = num_devices if num_local is None else num_local
-    if not 0 <= first_shard <= first_shard + local <= num_devices or local < 1:
+    count = batches_per_step if count is None else count
+    if count < 1 or first < 0 or first + count > batches_per_step:
         raise ValueError(
-            f"step_batches: positions {first_shard}..{first_shard + local - 1} "
-            f"outside a mesh of {num_devices}"
+            f"step_batches: slots {first}..{first + count - 1} outside a step of "
+            f"{batches_per_step}"
         )
-    group: list[T] = []
+    template: T | None = None
+    group: list[T | None] = []
     for item in stream:
+        if item is None and first <= len(group) < first + count:
+            raise ValueError(f"step_batches: no batch for own slot {len(group)}")
+        if item is not None:
+            template = item
         group.append(item)
-        if len(group) == num_devices:
-            yield group[first_shard : first_shard + local]
+        if len(group) == batches_per_step:
+            yield group[first : first + count]  # type: ignore[misc]
             group = []
     if group:
-        filler = empty(group[-1])
-        group += [filler] * (num_devices - len(group))
-        yield group[first_shard : first_shard + local]
+        mine = group[first : first + count]
+        if template is None:
+            raise ValueError(
+                "step_batches: the epoch ended before this process saw a batch"
+            )
+        filler = empty(template)
+        yield [b if b is not None else filler for b in mine] + [filler] * (
+            count - len(mine)
+        )
 
 
-def local_step_batches(stream: Iterable[T], dp: DataParallel, **kw: Any) -> Iterator[list[T]]:
+def check_batches_per_epoch(num_batches: int, dp: DataParallel, what: str) -> None:
+    """Refuse an epoch with fewer batches than one step has slots.
+
+    Raises:
+        ConfigError: naming ``what`` (e.g. the subset) and the counts.
+    """
+    if num_batches < dp.batches_per_step:
+        raise ConfigError(
+            f"{what}: {num_batches} batch(es) per epoch for {dp.batches_per_step} "
+            f"per step ({dp.num_devices} device(s)); lower loader.batch_size or "
+            "train.devices"
+        )
+
+
+def local_step_batches(
+    stream: Iterable[T | None], dp: DataParallel, **kw: Any
+) -> Iterator[list[T]]:
     """:func:`step_batches` for this process of ``dp``."""
-    return step_batches(stream, dp.num_devices, dp.first_shard, dp.num_local_devices, **kw)
+    k = dp.batches_per_device
+    return step_batches(
+        stream, dp.batches_per_step, dp.first_shard * k, dp.num_local_devices * k, **kw
+    )
+
+
+def broadcast_from_main(tree: T) -> T:
+    """Process 0's value of ``tree`` (numpy leaves, same shapes everywhere) in every
+    process; the identity when single-process. A collective: all processes call."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.broadcast_one_to_all(tree)
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is true in some process (a collective: all processes call)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.array([bool(flag)]))
+    return bool(np.any(flags))
 
 
 # --------------------------------------------------------------------------------

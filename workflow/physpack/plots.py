@@ -293,7 +293,8 @@ def learning_curves(path: str | os.PathLike, history: Mapping[str, np.ndarray]) 
             x axis is the ``epoch`` column when present, else the row number.
             Columns are assigned to panels by name (``loss``, ``energy``/``e`` and
             ``force``/``f`` with ``mae``/``rmse``, ``dipole``, ``lr``); positive
-            series are drawn on a log scale.
+            positive series spanning more than a decade are drawn on a log
+            scale.
     """
     n = len(next(iter(history.values()))) if history else 0
     x = history.get("epoch", np.arange(1, n + 1, dtype=np.float64))
@@ -315,7 +316,8 @@ def learning_curves(path: str | os.PathLike, history: Mapping[str, np.ndarray]) 
             ax.plot(x, y, marker="o" if n <= 30 else None, ms=3, lw=1.3, label=nm)
         values = np.concatenate([history[nm] for nm in names])
         values = values[np.isfinite(values)]
-        if values.size and (values > 0).all():
+        # log scale only where it helps: positive values spanning a decade or more
+        if values.size and (values > 0).all() and values.max() > 10 * values.min():
             ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("epoch")

@@ -150,7 +150,9 @@ def formula_groups(
     elements = np.flatnonzero(seen)
     column = np.full(119, -1, dtype=np.int64)
     column[elements] = np.arange(elements.size)
-    counts = np.zeros((ds.n_molecules, elements.size), dtype=np.int32)
+    # one row per molecule: the narrowest dtype keeps this small for big datasets
+    small = int(np.max(ds.n_atoms)) < np.iinfo(np.int16).max
+    counts = np.zeros((ds.n_molecules, elements.size), np.int16 if small else np.int32)
     for a, b in ds.chunks(atoms_per_chunk):
         z = np.asarray(ds.Z[offsets[a] : offsets[b]]).clip(0, 118)
         mol = np.repeat(np.arange(b - a), np.diff(offsets[a : b + 1]))

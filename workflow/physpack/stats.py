@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -39,7 +40,6 @@ from matplotlib.figure import Figure
 from . import config as cfg
 from .errors import ConfigError, InputError, cli_entry
 from .packed import ARRAYS, PackedDataset
-from .validate import write_json_atomic
 
 FORCE_SAMPLE = 1 << 22
 HIST_BINS = 50
@@ -441,20 +441,21 @@ def figure(stats: dict[str, Any]) -> Figure:
 def write_outputs(
     stats: dict[str, Any], json_path: Path, md_path: Path, png_path: Path
 ) -> None:
-    """Write the three outputs, each to a temporary sibling renamed at the end."""
-    md_tmp = md_path.with_name(f".{md_path.name}.tmp-{os.getpid()}")
-    png_tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}")
+    """Write the three outputs, each to a temporary sibling; the renames come last,
+    so a failure leaves none of them half-written."""
+    final = (json_path, md_path, png_path)
+    tmps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in final]
     try:
-        for p in (md_path, png_path):
+        for p in final:
             p.parent.mkdir(parents=True, exist_ok=True)
-        md_tmp.write_text(markdown_report(stats))
-        figure(stats).savefig(png_tmp, dpi=110, format="png")
-        write_json_atomic(stats, json_path)
-        os.replace(md_tmp, md_path)
-        os.replace(png_tmp, png_path)
+        tmps[0].write_text(json.dumps(stats, indent=2, allow_nan=False) + "\n")
+        tmps[1].write_text(markdown_report(stats))
+        figure(stats).savefig(tmps[2], dpi=110, format="png")
+        for tmp, p in zip(tmps, final, strict=True):
+            os.replace(tmp, p)
     finally:
-        md_tmp.unlink(missing_ok=True)
-        png_tmp.unlink(missing_ok=True)
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
 
 
 @cli_entry("physpack stats")

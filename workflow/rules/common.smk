@@ -19,6 +19,7 @@ PATHS = {
     "state": "results/model/state",
     "metrics": "results/eval/metrics.json",
     "metrics_md": "results/eval/metrics.md",
+    "metrics_html": "results/eval/metrics.html",
     "predictions": "results/eval/predictions.npz",
     "figures": "results/eval/figures",
     "logs": "results/logs",

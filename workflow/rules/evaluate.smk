@@ -8,16 +8,24 @@ rule evaluate_model:
     output:
         metrics=report(
             PATHS["metrics"],
-            caption="../report/metrics.rst",
+            caption="../report/metrics_json.rst",
             category="3. Evaluation",
+            labels={"result": "metrics (JSON)"},
         ),
         metrics_md=PATHS["metrics_md"],
+        metrics_html=report(
+            PATHS["metrics_html"],
+            caption="../report/metrics.rst",
+            category="3. Evaluation",
+            labels={"result": "metrics table"},
+        ),
         predictions=PATHS["predictions"],
         figures=report(
             directory(PATHS["figures"]),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="3. Evaluation",
+            labels={"result": "{name}"},
         ),
     params:
         loader=section("loader"),
@@ -33,5 +41,6 @@ rule evaluate_model:
         "physpack evaluate {input.packed:q} --split {input.split:q}"
         " --checkpoint {input.best:q} --history {input.history:q}"
         " --metrics {output.metrics:q} --metrics-md {output.metrics_md:q}"
+        " --metrics-html {output.metrics_html:q}"
         " --predictions {output.predictions:q} --figures {output.figures:q}"
         " --loader-config {params.loader:q} > {log:q} 2>&1"

@@ -1,0 +1,165 @@
+"""ASE calculator: agrees with batched predictions, is conservative, refuses bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
+from ase.md.verlet import VelocityVerlet
+
+from physpack.calculator import PhysNetCalculator
+from physpack.errors import InputError
+from physpack.model import molecules_to_batch
+from physpack.packed import PackedDataset
+
+from model_fixtures import make_checkpoint, make_packed
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A packed set, checkpoints of a tiny model with and without charges, and one
+    calculator of each (shared, so that each molecule size compiles once)."""
+    root = tmp_path_factory.mktemp("calc")
+    packed, _ = make_packed(root, n_mol=24)
+    out = {
+        "packed": PackedDataset(packed),
+        "plain": root / "plain.ckpt",
+        "plain_ckpt": make_checkpoint(
+            root / "plain.ckpt", packed, seed=1, scale_factor=5.0
+        ),
+        "charged": root / "charged.ckpt",
+        "charged_ckpt": make_checkpoint(root / "charged.ckpt", packed, charges=True),
+    }
+    out["plain_calc"] = PhysNetCalculator(out["plain"])
+    out["charged_calc"] = PhysNetCalculator(out["charged"])
+    return out
+
+
+def smallest(data: dict) -> Atoms:
+    ds = data["packed"]
+    return atoms_of(ds.molecule(int(np.argmin(ds.n_atoms))))
+
+
+def atoms_of(mol: dict) -> Atoms:
+    return Atoms(numbers=mol["Z"], positions=mol["R"].astype(np.float64))
+
+
+def test_calculator_equals_batched_predictions(data: dict) -> None:
+    ds, ckpt = data["packed"], data["charged_ckpt"]
+    sizes = ds.n_atoms
+    # two molecules of different sizes: one compilation each
+    i = int(np.argmin(sizes))
+    j = int(np.flatnonzero(sizes != sizes[i])[0])
+    mols = [ds.molecule(i), ds.molecule(j)]
+    batched = ckpt.predict(molecules_to_batch(mols))
+    calc = data["charged_calc"]
+    a = 0
+    for k, mol in enumerate(mols):
+        atoms = atoms_of(mol)
+        atoms.calc = calc
+        n = len(atoms)
+        assert atoms.get_potential_energy() == pytest.approx(
+            batched["energy"][k], abs=2e-4
+        )
+        np.testing.assert_allclose(
+            atoms.get_forces(), batched["forces"][a : a + n], atol=2e-4, rtol=1e-4
+        )
+        np.testing.assert_allclose(
+            atoms.get_dipole_moment(), batched["dipole"][k], atol=2e-4, rtol=1e-4
+        )
+        np.testing.assert_allclose(
+            atoms.get_charges(), batched["charges"][a : a + n], atol=2e-5
+        )
+        a += n
+    assert set(calc.compiled_sizes) == {int(sizes[i]), int(sizes[j])}
+    # new positions of an already seen size: no new compilation, new results
+    moved = atoms_of(mols[0])
+    moved.positions[0] += 0.1
+    moved.calc = calc
+    assert moved.get_potential_energy() != pytest.approx(batched["energy"][0], abs=1e-6)
+    assert set(calc.compiled_sizes) == {int(sizes[i]), int(sizes[j])}
+
+
+def test_forces_match_finite_differences(data: dict) -> None:
+    atoms = smallest(data)
+    atoms.calc = data["plain_calc"]
+    forces = atoms.get_forces()
+    assert np.abs(forces).max() > 0.1  # a non-trivial force field (FD tol: 5e-3)
+    h = 1e-3  # Å; energies are float32 residuals of a few eV: noise ≈ 1e-6 eV / h
+    for atom in range(min(len(atoms), 4)):
+        for axis in range(3):
+            e = []
+            for sign in (1, -1):
+                displaced = atoms.copy()
+                displaced.positions[atom, axis] += sign * h
+                displaced.calc = atoms.calc
+                e.append(displaced.get_potential_energy())
+            fd = -(e[0] - e[1]) / (2 * h)
+            assert fd == pytest.approx(forces[atom, axis], abs=5e-3, rel=1e-2)
+
+
+#: NVE tolerance: max |E_total(t) − E_total(0)| per atom over 100 steps of 0.25 fs
+#: [eV/atom]. Velocity Verlet's total energy oscillates with an amplitude ∝ dt²;
+#: for this model (forces up to ~2 eV/Å) it stays below 2e-4 eV/atom.
+NVE_TOLERANCE = 1e-3
+
+
+def test_short_nve_md_conserves_energy(data: dict) -> None:
+    atoms = smallest(data)
+    atoms.calc = data["plain_calc"]
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    Stationary(atoms)
+    totals = []
+    dyn = VelocityVerlet(atoms, timestep=0.25 * units.fs)
+    dyn.attach(lambda: totals.append(atoms.get_total_energy()), interval=1)
+    dyn.run(100)
+    totals = np.asarray(totals)
+    kinetic_scale = 1.5 * units.kB * 300  # eV per atom at 300 K
+    drift = np.abs(totals - totals[0]).max() / len(atoms)
+    assert len(totals) == 101
+    assert drift < NVE_TOLERANCE, f"energy drift {drift:.2e} eV/atom"
+    assert NVE_TOLERANCE < 0.05 * kinetic_scale  # the bound is meaningful
+    assert atoms.calc.compiled_sizes == (len(atoms),)  # compiled once for the run
+
+
+def test_dipole_only_with_charges(data: dict) -> None:
+    atoms = smallest(data)
+    atoms.calc = data["plain_calc"]
+    assert "dipole" not in atoms.calc.implemented_properties
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_dipole_moment()
+
+
+def test_total_charge_is_used(data: dict) -> None:
+    atoms = smallest(data)
+    atoms.calc = data["charged_calc"]
+    assert atoms.get_charges().sum() == pytest.approx(0.0, abs=1e-4)
+    atoms.info["charge"] = 1.0
+    atoms.calc.reset()
+    assert atoms.get_charges().sum() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_unknown_element_is_refused(data: dict) -> None:
+    calc = data["plain_calc"]
+    atoms = Atoms("HCl", positions=[[0, 0, 0], [0, 0, 1.3]])
+    atoms.calc = calc
+    with pytest.raises(InputError, match=r"Cl \(Z=17\) never seen in training"):
+        atoms.get_potential_energy()
+    periodic = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[5] * 3, pbc=True)
+    periodic.calc = calc
+    with pytest.raises(InputError, match="periodic"):
+        periodic.get_potential_energy()
+
+
+def test_bad_checkpoints_are_refused(data: dict, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        PhysNetCalculator(tmp_path / "missing.ckpt")
+    truncated = tmp_path / "truncated.ckpt"
+    blob = Path(data["plain"]).read_bytes()
+    truncated.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(InputError, match="truncated"):
+        PhysNetCalculator(truncated)
