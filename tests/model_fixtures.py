@@ -14,7 +14,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-
 from physpack import checkpoint as ckpt_io
 from physpack.config import ModelConfig, SplitConfig
 from physpack.convert import convert_npz
@@ -88,7 +87,9 @@ def make_checkpoint(
     rng = np.random.default_rng(seed)
     leaves = [
         (
-            rng.normal(0.0, s.shape[-2] ** -0.5 if len(s.shape) >= 2 else noise, s.shape)
+            rng.normal(
+                0.0, s.shape[-2] ** -0.5 if len(s.shape) >= 2 else noise, s.shape
+            )
         ).astype(s.dtype)
         for s in leaves
     ]

@@ -1,4 +1,4 @@
-"""ASE calculator: agrees with batched predictions, is conservative, refuses bad input."""
+"""ASE calculator: matches batched predictions, conserves energy, refuses bad input."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ from ase import Atoms, units
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
-
+from model_fixtures import make_checkpoint, make_packed
 from physpack.calculator import PhysNetCalculator
 from physpack.errors import InputError
 from physpack.model import molecules_to_batch
 from physpack.packed import PackedDataset
-
-from model_fixtures import make_checkpoint, make_packed
 
 
 @pytest.fixture(scope="module")

@@ -435,6 +435,21 @@ def test_prefetch_thread_hook_errors_and_early_stop(packed: Path) -> None:
     def broken(batch: dict) -> dict:
         raise RuntimeError("transfer failed")
 
-    bad = PackedMemmapLoader(packed, 8, prefetch=2, device_put=broken)
+    bad = PackedMemmapLoader(packed, 8, prefetch=2)
+    bad.device_put = broken
     with pytest.raises(RuntimeError, match="transfer failed"):
         next(bad.packed_batches())
+
+
+def test_bucketed_order(packed: Path) -> None:
+    sizes = PackedDataset(packed).n_atoms
+    plain = PackedMemmapLoader(packed, 8, shuffle=False, bucket_size=50, mix_sizes=False)
+    order = real_ids(collect(plain.packed_batches()))
+    for a in range(0, 200, 50):  # sorted by size inside each bucket
+        assert (np.diff(sizes[order[a : a + 50]]) >= 0).all()
+    assert sorted(order[:50]) == list(range(50))  # buckets are kept apart
+    mixed = PackedMemmapLoader(packed, 8, shuffle=False, bucket_size=200)
+    spreads = [np.ptp(sizes[b["mol_index"][b["molecule_mask"]]])
+               for b in mixed.packed_batches()]
+    uniform = [np.ptp(sizes[order[a : a + 8]]) for a in range(0, 200, 8)]
+    assert np.median(spreads) > 2 * np.median(uniform)  # stratified: sizes mixed

@@ -62,6 +62,8 @@ def slurm_node() -> Iterator[dict[str, int]]:
     proc = subprocess.run(
         [SLURM_SCRIPTS / "start_slurm.sh"], capture_output=True, text=True, timeout=300
     )
+    if proc.returncode == 3:  # a SLURM configuration of this machine's own
+        pytest.skip(proc.stderr.strip())
     if proc.returncode != 0:
         pytest.fail(f"tests/slurm/start_slurm.sh failed:\n{proc.stdout}{proc.stderr}")
     started_here = "already running" not in proc.stdout
@@ -167,7 +169,7 @@ def test_cancelled_training_resumes(
     retry submits it again, and that run resumes from results/model/state/
     instead of starting over; the workflow completes."""
     workdir = copy_workdir(slurm_run[0], tmp_path / "wf")
-    epochs = 60
+    epochs = 300  # seconds of training after the first saved state: time to cancel
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     config["train"].update(epochs=epochs, patience=epochs, state_every_steps=5)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -226,5 +228,5 @@ def _cancel_training_after_first_state(
             (job_id,) = running
             subprocess.run(["scancel", job_id], check=True)
             return job_id
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError("training never saved a state")

@@ -49,6 +49,7 @@ FINAL_OUTPUTS = (
     "results/model/history.csv",
     "results/eval/metrics.json",
     "results/eval/metrics.md",
+    "results/eval/metrics.html",
     "results/eval/predictions.npz",
 )
 _COMPLETE = ".physpack-test-complete"
@@ -189,7 +190,7 @@ def test_default_profile_runs_one_gpu_job_per_slot(tmp_path: Path) -> None:
         "rule gpu_job:\n"
         "    output: '{name}.txt'\n"
         "    resources: gpu=1\n"
-        "    shell: 'date +%s.%N > {output}; sleep 1.5; date +%s.%N >> {output}'\n"
+        "    shell: 'date +%s.%N > {output}; sleep 2; date +%s.%N >> {output}'\n"
     )
 
     def overlap(visible: str) -> bool:

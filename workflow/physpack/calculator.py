@@ -23,7 +23,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +66,7 @@ class PhysNetCalculator(Calculator):
             for or periodic boundary conditions.
     """
 
-    default_parameters: dict[str, Any] = {"charge": 0.0}
+    default_parameters: ClassVar[dict[str, Any]] = {"charge": 0.0}
 
     def __init__(
         self, checkpoint: str | os.PathLike | Checkpoint, charge: float = 0.0, **kwargs
@@ -130,7 +130,8 @@ class PhysNetCalculator(Calculator):
         unknown = sorted(set(z.tolist()) - set(self._known.tolist()))
         if unknown:
             names = ", ".join(
-                f"{chemical_symbols[u]} (Z={u})" if 0 < u < len(chemical_symbols)
+                f"{chemical_symbols[u]} (Z={u})"
+                if 0 < u < len(chemical_symbols)
                 else f"Z={u}"
                 for u in unknown
             )

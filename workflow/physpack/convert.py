@@ -310,26 +310,32 @@ def _atom_counts(
 
 def _scaled(values: np.ndarray, factor: float, dtype: str) -> np.ndarray:
     """``values`` × ``factor`` computed in float64, stored as ``dtype``."""
+    if factor == 1.0:  # same result as the float64 round trip, without it
+        return np.asarray(values, dtype=dtype)
     out = values.astype(np.float64)
-    if factor != 1.0:
-        out *= factor
+    out *= factor
     return out.astype(dtype)
 
 
 def _check_finite(
-    npz: Path, key: str, values: np.ndarray, molecule_of_row: np.ndarray, start: int
+    npz: Path, key: str, values: np.ndarray, counts: np.ndarray | None, start: int
 ) -> None:
-    """Raise on the first non-finite row of ``values`` (rows or atoms, ...);
-    ``molecule_of_row`` maps rows to chunk-local molecules."""
-    finite = np.isfinite(values)
-    if values.ndim > 1:
-        finite = finite.reshape(len(values), -1).all(axis=1)
-    if not finite.all():
-        row = int(np.argmin(finite))
-        raise InputError(
-            f"{npz}: key {key!r}, molecule {start + int(molecule_of_row[row])}: "
-            "non-finite value (NaN or inf, after unit conversion)"
-        )
+    """Raise on the first non-finite row of ``values``: per-molecule rows, or
+    per-atom rows of molecules with ``counts`` atoms each."""
+    # one cheap pass in the common case: a finite sum means every value is finite
+    # (an overflowing sum of finite values falls through to the exact check)
+    if np.isfinite(np.sum(values, dtype=np.float64)):
+        return
+    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if finite.all():
+        return
+    row = int(np.argmin(finite))
+    if counts is not None:  # atom row -> molecule
+        row = int(np.searchsorted(np.cumsum(counts), row, side="right"))
+    raise InputError(
+        f"{npz}: key {key!r}, molecule {start + row}: "
+        "non-finite value (NaN or inf, after unit conversion)"
+    )
 
 
 def _chunk(
@@ -345,25 +351,28 @@ def _chunk(
     z = _atomic_numbers(npz, raw["Z"], start)
     n_given = raw["N"].reshape(rows) if "N" in raw else None
     counts = _atom_counts(npz, z, n_given, start)
-    real = np.arange(z.shape[1]) < counts[:, None]
-    atom_mol = np.repeat(np.arange(rows), counts)
-    mol = np.arange(rows)
-    out: dict[str, np.ndarray] = {"n_atoms": counts, "Z": z[real]}
-    out["R"] = _scaled(raw["R"][real], units.length, "<f4")
-    _check_finite(npz, "R", out["R"], atom_mol, start)
+    # flat indices of the real atoms, computed once for Z, R and F (np.take is
+    # cheaper than a boolean mask applied three times)
+    real = np.flatnonzero(np.arange(z.shape[1]) < counts[:, None])
+    out: dict[str, np.ndarray] = {"n_atoms": counts, "Z": z.reshape(-1)[real]}
+    out["R"] = _scaled(
+        np.take(raw["R"].reshape(-1, 3), real, axis=0), units.length, "<f4"
+    )
+    _check_finite(npz, "R", out["R"], counts, start)
     if "F" in raw:
-        out["F"] = _scaled(raw["F"][real], units.forces, "<f4")
-        _check_finite(npz, "F", out["F"], atom_mol, start)
+        f = np.take(raw["F"].reshape(-1, 3), real, axis=0)
+        out["F"] = _scaled(f, units.forces, "<f4")
+        _check_finite(npz, "F", out["F"], counts, start)
     out["E"] = _scaled(raw["E"].reshape(rows), units.energy, "<f8")
-    _check_finite(npz, "E", out["E"], mol, start)
+    _check_finite(npz, "E", out["E"], None, start)
     if charge_key is not None:
         out["Qtot"] = _scaled(raw[charge_key].reshape(rows), 1.0, "<f8")
-        _check_finite(npz, charge_key, out["Qtot"], mol, start)
+        _check_finite(npz, charge_key, out["Qtot"], None, start)
     else:
         out["Qtot"] = np.zeros(rows, "<f8")
     if "D" in raw:
         out["D"] = _scaled(raw["D"], units.dipole, "<f8")
-        _check_finite(npz, "D", out["D"], mol, start)
+        _check_finite(npz, "D", out["D"], None, start)
     return out
 
 

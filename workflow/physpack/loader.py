@@ -56,7 +56,7 @@ from .packed import PackedDataset
 
 Batch = dict[str, np.ndarray]
 #: molecules whose sizes are read from ``offsets`` per chunk (bounds transient memory)
-_CHUNK = 1 << 16
+_CHUNK = 1 << 15
 _BUDGET_KEYS = ("max_atoms", "max_pairs", "max_molecules")
 
 
@@ -90,6 +90,15 @@ class _Plan:
     def positions(self, b: int) -> np.ndarray:
         k = int(self.batches[b])
         return self.order[self.bounds[k] : self.bounds[k + 1]]
+
+
+def _repeated(values: np.ndarray) -> np.ndarray:
+    """bool (n,): entries equal to an earlier entry of ``values``."""
+    order = np.argsort(values, kind="stable")
+    s = values[order]
+    out = np.zeros(values.size, dtype=bool)
+    out[order[1:]] = s[1:] == s[:-1]
+    return out
 
 
 class _Failure:
@@ -199,7 +208,12 @@ class PackedMemmapLoader:
         )
         if self.n_molecules == 0:
             raise InputError(f"{self.path}: empty subset, no molecules to load")
-        self._sizes = self._read_sizes()
+        self._sizes, self._size_hist = self._read_sizes()
+        counts = np.arange(self._size_hist.size, dtype=np.float64)
+        self._mean_atoms = float(counts @ self._size_hist) / self.n_molecules
+        self._mean_pairs = (
+            float((counts * (counts - 1)) @ self._size_hist) / self.n_molecules
+        )
         self.budget = self._derive_budget(max_atoms, max_pairs, max_molecules)
         self._check_fits(self.budget)
         self.has_forces = self.dataset.has("F")
@@ -208,6 +222,9 @@ class PackedMemmapLoader:
         self._data = {k: self.dataset.array(k).view(np.ndarray) for k in self.dataset.keys}
         self._offsets = self.dataset.offsets.view(np.ndarray)
         self._templates = self._build_templates()
+        b = self.budget
+        self._arange = np.arange(max(b.max_atoms, b.max_pairs), dtype=np.int64)
+        self._arange32 = np.arange(max(b.max_atoms, b.max_molecules), dtype=np.int32)
         self.epoch = 0
         self.position = 0
         self._plan_cache: tuple[int, _Plan] | None = None
@@ -235,46 +252,53 @@ class PackedMemmapLoader:
                 f"{idx.dtype} with shape {idx.shape}"
             )
         n = self.dataset.n_molecules
-        if idx.size:
-            lo, hi = int(idx.min()), int(idx.max())
+        seen = np.zeros(n, dtype=bool)  # 1 byte per dataset molecule, transient
+        for a in range(0, idx.size, _CHUNK):
+            part = idx[a : a + _CHUNK]
+            lo, hi = int(part.min()), int(part.max())
             if lo < 0 or hi >= n:
                 bad = lo if lo < 0 else hi
                 raise InputError(
                     f"{self.path}: subset index {bad} out of range for {n} molecules"
                 )
-            s = np.sort(idx)
-            dup = np.flatnonzero(s[1:] == s[:-1])
-            if dup.size:
+            twice = seen[part] | _repeated(part)
+            if twice.any():
                 raise InputError(
-                    f"{self.path}: molecule {int(s[dup[0]])} appears twice in the subset"
+                    f"{self.path}: molecule {int(part[np.argmax(twice)])} appears "
+                    "twice in the subset"
                 )
+            seen[part] = True
         return idx.astype(np.int32 if n < 2**31 else np.int64)
 
-    def _read_sizes(self) -> np.ndarray:
-        """Atoms per subset molecule, smallest unsigned dtype, read from ``offsets``
-        in chunks (``n_atoms.npy`` may be absent in older directories)."""
-        off = self.dataset.offsets
+    def _read_sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Atoms per subset molecule (smallest unsigned dtype) and the size histogram
+        int64 (max_size + 1,), read from ``offsets`` chunk by chunk so that no
+        transient array grows with the dataset (``n_atoms.npy`` may be absent)."""
+        off = self.dataset.offsets.view(np.ndarray)
         n = self.n_molecules
-        parts = []
-        for a in range(0, n, _CHUNK):
+
+        def chunk(a: int) -> np.ndarray:
             if self._indices is None:
-                parts.append(np.diff(np.asarray(off[a : min(n, a + _CHUNK) + 1])))
-            else:
-                ids = self._indices[a : a + _CHUNK]
-                parts.append(np.asarray(off[ids + 1]) - np.asarray(off[ids]))
-        biggest = max(int(p.max()) for p in parts)
-        dtype = np.min_scalar_type(biggest)
-        return np.concatenate([p.astype(dtype) for p in parts])
+                return np.diff(off[a : min(n, a + _CHUNK) + 1])
+            ids = self._indices[a : a + _CHUNK].astype(np.int64)
+            return off[ids + 1] - off[ids]
+
+        biggest = max(int(chunk(a).max()) for a in range(0, n, _CHUNK))
+        sizes = np.empty(n, dtype=np.min_scalar_type(biggest))
+        hist = np.zeros(biggest + 1, dtype=np.int64)
+        for a in range(0, n, _CHUNK):
+            part = chunk(a)
+            sizes[a : a + part.size] = part
+            hist += np.bincount(part, minlength=biggest + 1)
+        return sizes, hist
 
     def _derive_budget(
         self, max_atoms: int | None, max_pairs: int | None, max_molecules: int | None
     ) -> Budget:
-        n = self._sizes.astype(np.float64)
-        mean_n = float(n.mean())
+        mean_n, mean_p = self._mean_atoms, self._mean_pairs
         if mean_n == 0:
             raise InputError(f"{self.path}: every molecule of the subset has 0 atoms")
-        mean_p = float((n * (n - 1)).mean())
-        big = int(self._sizes.max())
+        big = self._size_hist.size - 1
         atoms = _round_friendly(self.batch_size * mean_n + 1, 256)
         atoms = max(atoms, _round_friendly(big + 1, 256))
         atoms = int(max_atoms) if max_atoms is not None else atoms
@@ -293,33 +317,31 @@ class PackedMemmapLoader:
         return Budget(atoms, pairs, mols)
 
     def _check_fits(self, budget: Budget) -> None:
-        sizes = self._sizes.astype(np.int64)
-        too_big = (sizes > budget.max_atoms - 1) | (
-            sizes * (sizes - 1) > budget.max_pairs
+        n = np.arange(self._size_hist.size)
+        fits = (n <= budget.max_atoms - 1) & (n * (n - 1) <= budget.max_pairs)
+        if (self._size_hist[~fits] == 0).all():
+            return
+        limit = int(np.argmin(fits)) - 1  # the largest size that fits
+        pos = int(np.argmax(self._sizes > limit))
+        i = int(pos if self._indices is None else self._indices[pos])
+        n_i = int(self._sizes[pos])
+        raise InputError(
+            f"{self.path}: molecule {i} has {n_i} atoms and {n_i * (n_i - 1)} pairs, "
+            f"more than the budget max_atoms={budget.max_atoms} (one slot reserved "
+            f"for padding) / max_pairs={budget.max_pairs}; raise the budget"
         )
-        if too_big.any():
-            pos = int(np.argmax(too_big))
-            i = int(pos if self._indices is None else self._indices[pos])
-            n = int(sizes[pos])
-            raise InputError(
-                f"{self.path}: molecule {i} has {n} atoms and {n * (n - 1)} pairs, "
-                f"more than the budget max_atoms={budget.max_atoms} (one slot reserved "
-                f"for padding) / max_pairs={budget.max_pairs}; raise the budget"
-            )
 
-    def _build_templates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Pair templates of every size present, concatenated: ``dst``, ``src`` int32
-        and ``start`` int64 (max_size + 1,), the template of size n at ``start[n]``."""
-        present = np.flatnonzero(np.bincount(self._sizes))
-        start = np.zeros(int(present[-1]) + 1, dtype=np.int64)
-        dst, src, at = [], [], 0
-        for n in present:
-            d, s = pair_template(int(n))
+    def _build_templates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Source-atom templates (:func:`pair_template`) of every size present,
+        concatenated: ``src`` int32 and ``start`` int64 (max_size + 1,), the template
+        of size n at ``start[n]``. Memory: sum of n·(n-1) over the distinct sizes."""
+        start = np.zeros(self._size_hist.size, dtype=np.int64)
+        parts, at = [], 0
+        for n in np.flatnonzero(self._size_hist):
             start[n] = at
-            dst.append(d)
-            src.append(s)
-            at += d.size
-        return np.concatenate(dst), np.concatenate(src), start
+            parts.append(pair_template(int(n))[1])
+            at += parts[-1].size
+        return np.concatenate(parts), start
 
     # -- public properties ------------------------------------------------------
     @property
@@ -346,6 +368,19 @@ class PackedMemmapLoader:
             f"batch_size={self.batch_size}, budget=(A={b.max_atoms}, "
             f"P={b.max_pairs}, M={b.max_molecules}), shuffle={self.shuffle})"
         )
+
+    @property
+    def device_put(self) -> bool | Callable[[Batch], Any]:
+        """Transfer applied to each batch in the prefetch thread: ``False`` (none),
+        ``True`` (``jax.device_put``) or a callable on the batch dict. Settable
+        between epochs."""
+        return self._device_put
+
+    @device_put.setter
+    def device_put(self, value: bool | Callable[[Batch], Any]) -> None:
+        if not (isinstance(value, bool) or callable(value)):
+            raise ConfigError(f"loader.device_put: got {value!r}, expected bool or callable")
+        self._device_put = value
 
     def batch_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Shape and dtype of every key of a packed batch (for model initialisation
@@ -399,11 +434,9 @@ class PackedMemmapLoader:
         if self._plan_cache is not None and self._plan_cache[0] == key:
             return self._plan_cache[1]
         b = self.budget
-        mean_n = float(self._sizes.mean())
         rng = self._rng(key, 0)
-        order = self._bucketed_order(
-            rng, self.mix_sizes, min(b.max_molecules - 1, (b.max_atoms - 1) / mean_n)
-        )
+        per_batch = min(b.max_molecules - 1, (b.max_atoms - 1) / self._mean_atoms)
+        order = self._bucketed_order(rng, self.mix_sizes, per_batch)
         bounds = greedy_bounds(
             self._sizes, order, b.max_atoms - 1, b.max_pairs, b.max_molecules - 1
         )
@@ -425,9 +458,9 @@ class PackedMemmapLoader:
             self.epoch, self.position = self.epoch + 1, 0
 
     def _fingerprint(self) -> int:
-        crc = zlib.crc32(self._sizes.tobytes())
+        crc = zlib.crc32(memoryview(self._sizes))
         if self._indices is not None:
-            crc = zlib.crc32(self._indices.astype("<i8").tobytes(), crc)
+            crc = zlib.crc32(memoryview(self._indices), crc)
         return crc
 
     def state_dict(self) -> dict[str, Any]:
@@ -523,7 +556,7 @@ class PackedMemmapLoader:
         starts = np.zeros(k, dtype=np.int32)
         np.cumsum(ns[:-1], out=starts[1:])
         atom_src = np.repeat(self._offsets[ids] - starts, ns)
-        atom_src += np.arange(t, dtype=np.int64)
+        atom_src += self._arange[:t]
 
         out: Batch = {}
         for key in ("Z", "R", "F"):
@@ -544,20 +577,22 @@ class PackedMemmapLoader:
         N[:k] = ns
         out["N"] = N
 
-        tdst, tsrc, tstart = self._templates
+        # dst: atom a repeated n-1 times; src: the size-n template, shifted by the
+        # molecule's first atom, gathered at each molecule's template position
+        tsrc, tstart = self._templates
         npair = ns * (ns - 1)
-        n_pairs = int(npair.sum())
         pstart = np.zeros(k, dtype=np.int64)
         np.cumsum(npair[:-1], out=pstart[1:])
+        n_pairs = int(pstart[-1] + npair[-1])
         pair_src = np.repeat(tstart[ns] - pstart, npair)
-        pair_src += np.arange(n_pairs, dtype=np.int64)
-        shift = np.repeat(starts, npair)
-        dst = np.full(P, A - 1, dtype=np.int32)
-        src_ = np.full(P, A - 1, dtype=np.int32)
-        np.take(tdst, pair_src, out=dst[:n_pairs], mode="clip")
+        pair_src += self._arange[:n_pairs]
+        dst = np.empty(P, dtype=np.int32)
+        src_ = np.empty(P, dtype=np.int32)
+        dst[n_pairs:] = A - 1
+        src_[n_pairs:] = A - 1
+        dst[:n_pairs] = np.repeat(self._arange32[:t], np.repeat(ns - 1, ns))
         np.take(tsrc, pair_src, out=src_[:n_pairs], mode="clip")
-        dst[:n_pairs] += shift
-        src_[:n_pairs] += shift
+        src_[:n_pairs] += np.repeat(starts, npair)
 
         atom_mask = np.zeros(A, dtype=bool)
         atom_mask[:t] = True
@@ -566,7 +601,7 @@ class PackedMemmapLoader:
         pair_mask = np.zeros(P, dtype=bool)
         pair_mask[:n_pairs] = True
         segments = np.full(A, M - 1, dtype=np.int32)
-        segments[:t] = np.repeat(np.arange(k, dtype=np.int32), ns)
+        segments[:t] = np.repeat(self._arange32[:k], ns)
         mol_index = np.full(M, -1, dtype=np.int64)
         mol_index[:k] = ids
         out |= {
@@ -613,9 +648,8 @@ class PackedMemmapLoader:
         """
         width = self.num_atoms if num_atoms is None else num_atoms
         if width is not None:
-            pos = np.flatnonzero(self._sizes > width)
-            if pos.size:
-                p = int(pos[0])
+            if self._size_hist[width + 1 :].any():
+                p = int(np.argmax(self._sizes > width))
                 i = p if self._indices is None else int(self._indices[p])
                 raise InputError(
                     f"{self.path}: molecule {i} has {int(self._sizes[p])} atoms, more "
@@ -760,9 +794,10 @@ def greedy_bounds(
     """
     window = max(window, 2 * mol_cap + 2)
     L = order.size
-    bounds = [0]
+    parts = [np.zeros(1, dtype=np.int64)]
     s = 0
     while s < L:
+        ends: list[int] = []
         end = min(L, s + window)
         w = sizes[order[s:end]].astype(np.int64)
         ca = np.cumsum(w)
@@ -782,13 +817,14 @@ def greedy_bounds(
             if k >= w.size and end < L:
                 break  # the open batch may continue in the next window
             k = min(k, w.size)
-            bounds.append(s + k)
+            ends.append(s + k)
             j = k
             if k >= w.size:
                 break
             base_a, base_p = int(ca[k - 1]), int(cp[k - 1])
+        parts.append(np.asarray(ends, dtype=np.int64))
         s += j
-    return np.asarray(bounds, dtype=np.int64)
+    return np.concatenate(parts)
 
 
 def read_split(split_path: str | os.PathLike, split_name: str) -> np.ndarray:

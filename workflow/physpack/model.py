@@ -276,10 +276,17 @@ def device_inputs(batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     return {k: jnp.asarray(np.asarray(batch[k]), dt) for k, dt in MODEL_INPUTS.items()}
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model: PhysNet, rng: jax.Array, *inputs: jax.Array) -> Any:
+    # jitted: e3x executed op by op is slower than compiling, and cached per model
+    return model.init(rng, *inputs)
+
+
 def init_params(model: PhysNet, rng: jax.Array, batch: Mapping[str, Any]) -> Params:
     """Fresh parameters for ``model``, initialised with ``rng`` on a packed batch."""
     x = device_inputs(batch)
-    variables = jax.jit(model.init)(  # jitted: op-by-op e3x is slower than compiling
+    variables = _init(
+        model,
         rng,
         x["Z"],
         x["R"],

@@ -588,6 +588,13 @@ class _SigtermFlag:
 # The run
 
 
+def _new_epoch_acc() -> dict[str, float]:
+    """Running sums of the epoch in progress (saved with the state): loss × molecules
+    and molecules of accepted steps, molecules and seconds of timed steps (all but
+    the one that compiled)."""
+    return {"loss_sum": 0.0, "n_mol": 0.0, "timed_mol": 0.0, "time": 0.0}
+
+
 def _host(tree: Any) -> Any:
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
@@ -708,7 +715,7 @@ def train(
     best: dict[str, Any] = {"epoch": 0, "metrics": {}, "ema": None, "loss": math.inf}
     bad_epochs = 0
     elapsed_before = 0.0
-    epoch_acc = {"loss_sum": 0.0, "n_mol": 0.0, "time": 0.0}
+    epoch_acc = _new_epoch_acc()
     finished = False
     stop_reason = "epochs"
     if saved is not None:
@@ -790,12 +797,14 @@ def train(
 
     consecutive_bad = 0
 
-    def account(info: Mapping[str, jax.Array], step: int) -> None:
+    def account(info: Mapping[str, jax.Array], step: int, timed: bool) -> None:
         nonlocal consecutive_bad
         loss, ok = float(info["loss"]), bool(info["finite"])
+        n = float(info["n_mol"])
+        if timed:
+            epoch_acc["timed_mol"] += n
         if ok:
             consecutive_bad = 0
-            n = float(info["n_mol"])
             epoch_acc["loss_sum"] += loss * n
             epoch_acc["n_mol"] += n
             return
@@ -827,17 +836,22 @@ def train(
             )
             t0 = time.monotonic()
             time_before = epoch_acc["time"]
-            pending: tuple[dict[str, jax.Array], int] | None = None
+            pending: tuple[dict[str, jax.Array], int, bool] | None = None
             step = int(state["step"])
             for batch in train_loader.packed_batches():
+                compiling = steps.compilations["train_step"] == 0
                 state, info = steps.train(state, batch, scale)
                 step += 1
+                if compiling:  # keep compilation out of the throughput figures
+                    jax.block_until_ready(info)
+                    log(f"train step compiled and run in {time.monotonic() - t0:.1f} s")
+                    t0 = time.monotonic()
                 if pending is not None:  # read the previous step: keeps dispatch async
                     account(*pending)
-                pending = (info, step)
+                pending = (info, step, not compiling)
                 bar.update(1)
                 if progress and step % 10 == 0:
-                    rate = epoch_acc["n_mol"] / max(
+                    rate = epoch_acc["timed_mol"] / max(
                         time_before + time.monotonic() - t0, 1e-9
                     )
                     bar.set_postfix(
@@ -868,7 +882,7 @@ def train(
                 "train_loss": epoch_acc["loss_sum"] / max(epoch_acc["n_mol"], 1.0),
                 **metrics,
                 "lr": current_learning_rate(schedule, state["opt_state"], train_cfg),
-                "molecules_per_s": epoch_acc["n_mol"] / max(epoch_acc["time"], 1e-9),
+                "molecules_per_s": epoch_acc["timed_mol"] / max(epoch_acc["time"], 1e-9),
                 "wall_time_s": elapsed(),
             }
             rows.append(row)
@@ -883,7 +897,7 @@ def train(
                 bad_epochs += 1
             write_history(history, rows)
             log(_summary(row, train_cfg.epochs, improved, data_stats))
-            epoch_acc = {"loss_sum": 0.0, "n_mol": 0.0, "time": 0.0}
+            epoch_acc = _new_epoch_acc()
             epoch_time = time.monotonic() - t0
             if epoch + 1 >= train_cfg.epochs:
                 finished, stop_reason = True, "epochs"

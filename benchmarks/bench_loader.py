@@ -1,0 +1,363 @@
+"""Benchmark: physpack.loader against the previous loader's approach, side by side.
+
+The previous approach (re-implemented here from the older packed-memmap loader,
+numpy output): molecules shuffled, sorted by size inside buckets of 8192, cut into
+chunks of ``batch_size`` per bucket (so each bucket ends with a shorter batch), each
+molecule copied into arrays padded to ``num_atoms`` = 60 in a Python loop, and the
+pair indices of all ``60·59`` pairs per molecule slot rebuilt for every batch (here
+with the per-molecule offsets a correct version needs, in numpy rather than JAX,
+which only makes the baseline faster).
+
+Measured on a synthetic QM9-like packed set (and ``data/demo.npz`` when present),
+batch_size 64:
+
+* throughput of batch assembly, molecules/s, single-threaded (``prefetch=0``), over
+  a whole epoch (including its planning), wall-clock and process CPU time;
+* padding efficiency: real atoms / atom slots, real pairs / pair slots;
+* distinct batch shapes over an epoch;
+* resident memory of a loader over a 10k- and a ≥2M-molecule packed set (each in a
+  fresh subprocess): anonymous RSS (memory the process owns) and file-backed RSS
+  (pages of memory-mapped files; page cache, shared and reclaimable), after
+  construction and epoch planning, and anonymous RSS after a whole epoch.
+
+Usage::
+
+    python benchmarks/bench_loader.py            # 100k QM9-like + 10k/2M RSS
+    python benchmarks/bench_loader.py --n-mol 20000 --big 200000   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from physpack.loader import PackedMemmapLoader, epoch_padding_stats
+from physpack.packed import PackedDataset, PackedWriter
+from physpack.synthetic import qm9_like_sizes
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 64
+OLD_WIDTH = 60
+
+
+# -- data ------------------------------------------------------------------------
+def write_qm9_like(path: Path, n_mol: int, seed: int = 0, chunk: int = 250_000) -> Path:
+    """A packed directory of ``n_mol`` molecules with QM9-like sizes and random
+    contents, written chunk by chunk (fast; the loader does not look at values)."""
+    rng = np.random.default_rng(seed)
+    with PackedWriter(path, has_forces=True, has_dipoles=True) as w:
+        for a in range(0, n_mol, chunk):
+            n = qm9_like_sizes(min(chunk, n_mol - a), rng)
+            t = int(n.sum())
+            w.append(
+                n_atoms=n,
+                Z=rng.integers(1, 10, t, dtype=np.int32),
+                R=rng.standard_normal((t, 3), dtype=np.float32),
+                F=rng.standard_normal((t, 3), dtype=np.float32),
+                E=rng.standard_normal(n.size),
+                Qtot=np.zeros(n.size),
+                D=rng.standard_normal((n.size, 3)),
+            )
+    return path
+
+
+def demo_packed(tmp: Path) -> Path | None:
+    """``data/demo.npz`` converted to a packed directory, or None when absent."""
+    npz = ROOT / "data" / "demo.npz"
+    if not npz.exists():
+        return None
+    out = tmp / "demo_packed"
+    try:
+        from physpack.convert import convert_npz
+
+        convert_npz(npz, out)
+        return out
+    except ImportError:
+        pass
+    with np.load(npz) as d:  # fallback: unpad directly (demo data are small)
+        z = d["Z"]
+        n = d["N"] if "N" in d.files else (z > 0).sum(1)
+        mask = np.arange(z.shape[1])[None, :] < n[:, None]
+        has_f, has_d = "F" in d.files, "D" in d.files
+        q = d["Q"] if "Q" in d.files else d.get("Qtot", np.zeros(len(n)))
+        with PackedWriter(out, has_forces=has_f, has_dipoles=has_d) as w:
+            arrays = {"Z": z[mask], "R": d["R"][mask], "E": d["E"], "Qtot": q}
+            if has_f:
+                arrays["F"] = d["F"][mask]
+            if has_d:
+                arrays["D"] = d["D"]
+            w.append(n_atoms=n, **arrays)
+    return out
+
+
+# -- the previous approach -------------------------------------------------------------
+class OldLoader:
+    """The previous loader's algorithm (see the module docstring)."""
+
+    def __init__(self, path: Path, batch_size: int, bucket_size: int = 8192, seed=0):
+        self.offsets = np.load(path / "offsets.npy")  # index arrays loaded into RAM
+        self.n_atoms = np.load(path / "n_atoms.npy")
+        self.N = int(self.n_atoms.size)
+        ds = PackedDataset(path)
+        self.Z, self.R, self.F, self.E, self.Q = ds.Z, ds.R, ds.F, ds.E, ds.Qtot
+        self.batch_size, self.bucket_size = batch_size, bucket_size
+        self.rng = np.random.default_rng(seed)
+        self.indices = np.arange(self.N, dtype=np.int64)
+
+    def index_batches(self) -> list[np.ndarray]:
+        order = self.indices.copy()
+        self.rng.shuffle(order)
+        out = []
+        for a in range(0, self.N, self.bucket_size):
+            chunk = order[a : a + self.bucket_size]
+            chunk = chunk[np.argsort(self.n_atoms[chunk], kind="mergesort")]
+            out += [chunk[b : b + self.batch_size] for b in range(0, chunk.size, self.batch_size)]
+        return out
+
+    def assemble(self, idx: np.ndarray, width: int) -> dict[str, np.ndarray]:
+        B = idx.size
+        Z = np.zeros((B, width), np.int32)
+        R = np.zeros((B, width, 3), np.float32)
+        F = np.zeros((B, width, 3), np.float32)
+        N = np.zeros(B, np.int32)
+        E = np.zeros(B)
+        Q = np.zeros(B)
+        for j, k in enumerate(idx):
+            a0, a1 = int(self.offsets[k]), int(self.offsets[k + 1])
+            n = a1 - a0
+            Z[j, :n] = self.Z[a0:a1]
+            R[j, :n] = self.R[a0:a1]
+            F[j, :n] = self.F[a0:a1]
+            N[j], E[j], Q[j] = n, self.E[k], self.Q[k]
+        # pair indices rebuilt per batch (e3x.ops.sparse_pairwise_indices' recipe)
+        dst = np.repeat(np.arange(width), width)
+        src = np.tile(np.arange(width), width)
+        diag = slice(0, width * width, width + 1)
+        dst, src = np.delete(dst, diag), np.delete(src, diag)
+        shift = (np.arange(B) * width)[:, None]
+        mask = np.arange(width)[None, :] < N[:, None]
+        return {
+            "Z": Z, "R": R, "F": F, "N": N, "E": E, "Qtot": Q,
+            "dst_idx": (dst[None] + shift).ravel(),
+            "src_idx": (src[None] + shift).ravel(),
+            "batch_segments": np.repeat(np.arange(B), width),
+            "mask": mask,
+        }
+
+
+# -- measurements -----------------------------------------------------------------------
+def timed(batches, n_mol_of) -> tuple[float, float, int, int, set]:
+    """Iterate; returns (wall s, cpu s, molecules, batches, distinct shapes)."""
+    shapes: set = set()
+    n = nb = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for b in batches:
+        n += n_mol_of(b)
+        nb += 1
+        shapes.add(tuple((k, v.shape) for k, v in sorted(b.items())))
+    return time.perf_counter() - t0, time.process_time() - c0, n, nb, shapes
+
+
+def bench_dataset(name: str, path: Path, max_old_batches: int) -> dict:
+    ds = PackedDataset(path)
+    sizes = np.asarray(ds.n_atoms, dtype=np.int64)
+    real_atoms, real_pairs = int(sizes.sum()), int((sizes * (sizes - 1)).sum())
+    res: dict = {"dataset": name, "n_molecules": int(sizes.size),
+                 "mean_atoms": float(sizes.mean()), "max_atoms_mol": int(sizes.max())}
+
+    loader = PackedMemmapLoader(path, BATCH, prefetch=0)
+    for _ in loader.packed_batches():  # warm the page cache (epoch 0)
+        pass
+    mols = lambda b: int(b["molecule_mask"].sum())  # noqa: E731
+    wall, cpu, n, nb, shapes = timed(loader.packed_batches(), mols)  # epoch 1
+    b = loader.budget
+    res["new"] = {
+        "budget": [b.max_atoms, b.max_pairs, b.max_molecules],
+        "mol_per_s_wall": n / wall, "mol_per_s_cpu": n / cpu, "n_batches": nb,
+        "atom_eff": real_atoms / (nb * b.max_atoms),
+        "pair_eff": real_pairs / (nb * b.max_pairs),
+        "mol_eff": n / (nb * b.max_molecules),
+        "shapes": len(shapes),
+    }
+    pre = PackedMemmapLoader(path, BATCH, prefetch=2)
+    wall_p, _, n_p, _, _ = timed(pre.packed_batches(epoch=1), mols)
+    res["new"]["mol_per_s_wall_prefetch2"] = n_p / wall_p
+    sorted_runs = epoch_padding_stats(path, batch_size=BATCH, mix_sizes=False)
+    res["new_sorted_runs"] = {
+        "atom_eff": sorted_runs["atom_efficiency"],
+        "pair_eff": sorted_runs["pair_efficiency"],
+    }
+    dense_w = max(OLD_WIDTH, int(sizes.max()))
+    wall_d, cpu_d, n_d, nb_d, shapes_d = timed(
+        loader.batches(num_atoms=dense_w), mols
+    )
+    res["new_dense"] = {"mol_per_s_wall": n_d / wall_d, "mol_per_s_cpu": n_d / cpu_d,
+                        "shapes": len(shapes_d), "width": dense_w}
+
+    old = OldLoader(path, BATCH)
+    index_batches = old.index_batches()
+    counts = np.array([i.size for i in index_batches])
+    subset = index_batches[:max_old_batches]
+    wall_o, cpu_o, n_o, _, _ = timed(
+        (old.assemble(i, dense_w) for i in subset), lambda b: int(b["N"].size)
+    )
+    slots = int(counts.sum())
+    res["old"] = {
+        "mol_per_s_wall": n_o / wall_o, "mol_per_s_cpu": n_o / cpu_o,
+        "timed_batches": len(subset), "n_batches": len(index_batches),
+        "atom_eff": real_atoms / (slots * dense_w),
+        "pair_eff": real_pairs / (slots * dense_w * (dense_w - 1)),
+        "shapes": len(set(counts.tolist())), "width": dense_w,
+    }
+    res["speedup_wall"] = res["new"]["mol_per_s_wall"] / res["old"]["mol_per_s_wall"]
+    res["speedup_cpu"] = res["new"]["mol_per_s_cpu"] / res["old"]["mol_per_s_cpu"]
+    return res
+
+
+def _rss() -> dict[str, int]:
+    """RssAnon / RssFile of this process [bytes], from /proc/self/status."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def rss_child(path: str, which: str) -> None:
+    """Run in a fresh process: RSS deltas of one loader over ``path`` (JSON)."""
+    base = _rss()
+    if which == "new":
+        loader = PackedMemmapLoader(path, BATCH, prefetch=0)
+        loader.num_batches()
+        planned = _rss()
+        for _ in loader.packed_batches():
+            pass
+        n = loader.n_molecules
+    else:
+        old = OldLoader(Path(path), BATCH)
+        batches = old.index_batches()
+        planned = _rss()
+        for i in batches[:200]:
+            old.assemble(i, OLD_WIDTH)
+        n = old.N
+    after = _rss()
+    print(json.dumps({
+        "n": n,
+        "planned_anon": planned["RssAnon"] - base["RssAnon"],
+        "planned_file": planned["RssFile"] - base["RssFile"],
+        "epoch_anon": after["RssAnon"] - base["RssAnon"],
+        "epoch_file": after["RssFile"] - base["RssFile"],
+    }))
+
+
+def measure_rss(path: Path, which: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--rss-child", str(path), which],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- report ----------------------------------------------------------------------------
+def report(results: list[dict], rss: dict | None) -> None:
+    print(f"# physpack.loader benchmark (batch_size {BATCH}); load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+    for r in results:
+        new, old, srt, den = r["new"], r["old"], r["new_sorted_runs"], r["new_dense"]
+        print(f"## {r['dataset']}: {r['n_molecules']} molecules, mean "
+              f"{r['mean_atoms']:.1f} atoms, max {r['max_atoms_mol']}; packed budget "
+              f"A={new['budget'][0]} P={new['budget'][1]} M={new['budget'][2]}")
+        old_label = f"old (dense {old['width']})"
+        print(f"{'':34}{'packed (new)':>16}{old_label:>18}{'target':>12}")
+        rows = [
+            ("throughput mol/s, wall", new["mol_per_s_wall"], old["mol_per_s_wall"],
+             ">=200000"),
+            ("throughput mol/s, CPU time", new["mol_per_s_cpu"], old["mol_per_s_cpu"], ""),
+            ("speed-up (wall / CPU)", r["speedup_wall"], r["speedup_cpu"], ">=20x"),
+            ("atom efficiency", new["atom_eff"], old["atom_eff"], ">=0.95"),
+            ("pair efficiency", new["pair_eff"], old["pair_eff"], ">=0.90"),
+            ("distinct batch shapes / epoch", new["shapes"], old["shapes"], "1"),
+            ("batches / epoch", new["n_batches"], old["n_batches"], ""),
+        ]
+        for label, a, b, target in rows:
+            fa = f"{a:,.0f}" if a > 100 else f"{a:.3f}" if a < 2 else f"{a:.1f}"
+            fb = f"{b:,.0f}" if b > 100 else f"{b:.3f}" if b < 2 else f"{b:.1f}"
+            if label.startswith("speed-up"):
+                fa, fb = f"wall {a:.1f}x", f"CPU {b:.1f}x"
+            print(f"{label:34}{fa:>16}{fb:>18}{target:>12}")
+        print(f"(packed with prefetch=2: {new['mol_per_s_wall_prefetch2']:,.0f} mol/s "
+              f"wall; contiguous sorted runs instead of stratified: atoms "
+              f"{srt['atom_eff']:.3f}, pairs {srt['pair_eff']:.3f}; fixed dense form "
+              f"batches(num_atoms={den['width']}): {den['mol_per_s_wall']:,.0f} mol/s "
+              f"wall, {den['shapes']} shape; old timed over {old['timed_batches']} "
+              "batches)\n")
+    if rss:
+        print("## resident memory (fresh process per row; bytes per molecule)")
+        print(f"{'':22}{'n molecules':>12}{'anon, planned':>15}{'file, planned':>15}"
+              f"{'anon, epoch':>13}")
+        for label, m in rss.items():
+            if not isinstance(m, dict):
+                continue
+            n = m["n"]
+            print(f"{label:22}{n:>12,}{m['planned_anon'] / n:>15.2f}"
+                  f"{m['planned_file'] / n:>15.2f}{m['epoch_anon'] / n:>13.2f}")
+        for who in ("new", "old"):
+            small, big = rss.get(f"{who} small"), rss.get(f"{who} big")
+            if small and big:
+                dn = big["n"] - small["n"]
+                tot = lambda m: m["planned_anon"] + m["planned_file"]  # noqa: E731
+                print(f"{who}: difference big - small per molecule: anon+file after "
+                      f"planning {(tot(big) - tot(small)) / dn:.2f} B, anon after an "
+                      f"epoch {(big['epoch_anon'] - small['epoch_anon']) / dn:.2f} B"
+                      + ("   (target <= 16)" if who == "new" else ""))
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--rss-child":
+        rss_child(sys.argv[2], sys.argv[3])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-mol", type=int, default=100_000,
+                        help="molecules of the QM9-like throughput set")
+    parser.add_argument("--small", type=int, default=10_000, help="small RSS set")
+    parser.add_argument("--big", type=int, default=2_000_000, help="big RSS set")
+    parser.add_argument("--old-batches", type=int, default=300,
+                        help="batches of the old approach to time")
+    parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
+        tmp = Path(tmp)
+        results = [bench_dataset(
+            "QM9-like synthetic", write_qm9_like(tmp / "qm9", args.n_mol),
+            args.old_batches)]
+        demo = demo_packed(tmp)
+        if demo is not None:
+            results.append(bench_dataset("data/demo.npz", demo, args.old_batches))
+        rss = None
+        if not args.skip_rss:
+            rss = {}
+            for label, n in (("small", args.small), ("big", args.big)):
+                path = write_qm9_like(tmp / f"rss_{label}", n, seed=1)
+                for who in ("new", "old"):
+                    rss[f"{who} {label}"] = measure_rss(path, who)
+                if label == "big":
+                    rss["big_dataset_bytes"] = sum(
+                        f.stat().st_size for f in path.iterdir())
+        report(results, rss)
+        if args.json:
+            args.json.write_text(json.dumps({"results": results, "rss": rss}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

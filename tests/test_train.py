@@ -1,0 +1,308 @@
+"""Training: reference fit, loss decrease, one compilation, exact resume, NaN guard,
+refusal of foreign states, SIGTERM, and the command line of the Snakemake rule."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import signal
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from physpack import checkpoint as ckpt_io
+from physpack import train as train_mod
+from physpack.config import LoaderConfig, ModelConfig, TrainConfig, section_to_json
+from physpack.errors import ConfigError
+from physpack.loader import PackedMemmapLoader
+from physpack.model import EnergyConstants, init_params, model_from_config
+from physpack.packed import PackedWriter
+from physpack.synthetic import molecules
+
+MODEL = ModelConfig(
+    features=8, max_degree=0, num_iterations=1, num_basis_functions=8, cutoff=4.0,
+    max_atomic_number=9, n_res=1,
+)
+LOADER = LoaderConfig(batch_size=8, bucket_size=64, prefetch=1)
+TRAIN = TrainConfig(
+    epochs=3, warmup_steps=3, learning_rate=2e-2, state_every_steps=4, patience=10,
+    ema_decay=0.9, forces_weight=10.0,
+)
+REFERENCE = {1: -13.6, 6: -1030.0, 7: -1480.0, 8: -2040.0, 9: -2710.0}
+
+
+def morse(Z: np.ndarray, R: np.ndarray) -> tuple[float, np.ndarray]:
+    """A Morse pair potential (eV, Å): energies whose forces a model can learn."""
+    d = R[:, None, :] - R[None, :, :]
+    r = np.sqrt((d**2).sum(-1)) + np.eye(len(Z))
+    eps = 0.3 + 0.02 * (Z[:, None] + Z[None, :])
+    x = np.exp(-1.6 * (r - 1.5))
+    e = eps * (x**2 - 2 * x)
+    dedr = eps * 3.2 * (x - x**2)
+    np.fill_diagonal(e, 0.0)
+    np.fill_diagonal(dedr, 0.0)
+    return 0.5 * e.sum(), -((dedr / r)[:, :, None] * d).sum(1)
+
+
+def write_toy(root: Path, n_mol: int = 90, seed: int = 0) -> tuple[Path, Path]:
+    """A packed directory of small molecules (3–8 atoms) with Morse energies on top
+    of per-element reference energies, and a split file (60/15/15 %)."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(3, 9, n_mol)
+    packed = root / "packed"
+    with PackedWriter(packed, has_forces=True, has_dipoles=False) as w:
+        for m in molecules(sizes, rng, with_dipoles=False):
+            e, F = morse(m["Z"], m["R"].astype(np.float64))
+            E = e + sum(REFERENCE[int(z)] for z in m["Z"])
+            w.append(
+                np.array([len(m["Z"])]), Z=m["Z"], R=m["R"], F=F.astype(np.float32),
+                E=np.array([E]), Qtot=np.zeros(1),
+            )
+    order = rng.permutation(n_mol)
+    k = int(0.15 * n_mol)
+    split = root / "split.npz"
+    np.savez(split, valid=np.sort(order[:k]), test=np.sort(order[k : 2 * k]),
+             train=np.sort(order[2 * k :]))
+    return packed, split
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> tuple[Path, Path]:
+    return write_toy(tmp_path_factory.mktemp("toy"))
+
+
+def run(out: Path, toy, train_cfg: TrainConfig = TRAIN, **kw) -> train_mod.TrainResult:
+    packed, split = toy
+    return train_mod.train(
+        packed, split, out / "best.ckpt", out / "history.csv", out / "state",
+        kw.pop("model_cfg", MODEL), train_cfg, kw.pop("loader_cfg", LOADER),
+        progress=False, log=kw.pop("log", lambda msg: None), **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(toy, tmp_path_factory):
+    """An uninterrupted run, and what it logged."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    lines: list[str] = []
+    return run(out, toy, log=lines.append), out, lines
+
+
+def leaves(tree) -> list[np.ndarray]:
+    """Host copies (the train step donates its state's buffers)."""
+    return [np.array(x, copy=True) for x in jax.tree.leaves(tree)]
+
+
+class Killed(Exception):
+    """Stands in for a crash or SIGKILL between two steps."""
+
+
+def crash_at(n: int):
+    def hook(step: int) -> None:
+        if step == n:
+            raise Killed(f"killed at step {n}")
+
+    return hook
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Runs of one config compile the same programs: let XLA reuse them (tracing,
+    which the compilation counters see, still happens in every run)."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    options = {
+        "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla-cache")),
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_persistent_cache_min_entry_size_bytes": -1,
+    }
+    before = {k: getattr(jax.config, k) for k in options}
+    for k, v in options.items():
+        jax.config.update(k, v)
+    cc.reset_cache()
+    yield
+    for k, v in before.items():
+        jax.config.update(k, v)
+    cc.reset_cache()
+
+
+def test_reference_energies_are_the_least_squares_fit(toy):
+    packed, split = toy
+    idx = np.load(split)["train"]
+    loader = PackedMemmapLoader(packed, 7, shuffle=False, indices=idx)
+    constants, stats = train_mod.fit_energy_constants(loader, 9)
+    # the same fit, written out directly on the full composition matrix
+    from physpack.packed import PackedDataset
+
+    ds = PackedDataset(packed)
+    C = np.zeros((idx.size, 10))
+    for row, i in enumerate(idx):
+        np.add.at(C[row], ds.molecule(int(i))["Z"], 1.0)
+    E = np.asarray(ds.E)[idx]
+    expected = np.linalg.lstsq(C[:, [1, 6, 7, 8, 9]], E, rcond=None)[0]
+    np.testing.assert_allclose(constants.reference_energies[[1, 6, 7, 8, 9]], expected, atol=1e-6)
+    assert constants.reference_energies[[0, 2, 3, 4, 5]].tolist() == [0.0] * 5
+    assert constants.elements == (1, 6, 7, 8, 9)
+    residual = (E - C @ constants.reference_energies) / C.sum(1)
+    assert stats["energy_residual_std_eV_per_atom"] == pytest.approx(residual.std(), rel=1e-6)
+    F = np.concatenate([ds.molecule(int(i))["F"] for i in idx]).astype(np.float64)
+    assert stats["forces_std_eV_per_A"] == pytest.approx(F.std(), rel=1e-5)
+    assert constants.scale == pytest.approx(max(residual.std(), np.sqrt((F**2).mean())), rel=1e-5)
+
+
+def test_atomic_number_above_the_model_is_named(toy):
+    loader = PackedMemmapLoader(toy[0], 8, shuffle=False)
+    with pytest.raises(Exception, match="above model.max_atomic_number=7"):
+        train_mod.fit_energy_constants(loader, 7)
+
+
+def test_loss_decreases_and_each_step_compiles_once(reference_run):
+    result, out, lines = reference_run
+    assert result.compilations == {"train_step": 1, "eval_step": 1}
+    assert any("compilations: train_step=1 eval_step=1" in line for line in lines)
+    with open(out / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    for col in ("valid_energy_mae_eV_per_atom", "valid_forces_rmse_eV_per_A", "lr",
+                "molecules_per_s", "wall_time_s"):
+        assert float(rows[-1][col]) > 0
+    first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
+    assert last < 0.7 * first
+    assert float(rows[-1]["valid_loss"]) < float(rows[0]["valid_loss"])
+    assert sum("epoch " in line and "of force std" in line for line in lines) == 3
+
+
+def test_best_checkpoint_is_complete(reference_run):
+    result, out, _ = reference_run
+    ckpt = ckpt_io.load(out / "best.ckpt")
+    assert ckpt.model_config == MODEL
+    assert ckpt.training["epoch"] == result.best_epoch
+    assert ckpt.metrics == pytest.approx(result.best_metrics)
+    assert ckpt.constants.reference_energies[6] == pytest.approx(REFERENCE[6], abs=2.0)
+    state = ckpt_io.load_state(out / "state")
+    assert state["finished"] and state["stop_reason"] == "epochs"
+    for a, b in zip(leaves(ckpt.params), leaves(state["best"]["ema"])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(reference_run, toy, tmp_path):
+    expected = reference_run[0]
+
+    # ~8 batches per epoch: step 14 is in epoch 2, the last state from step 12
+    with pytest.raises(Killed):
+        run(tmp_path, toy, on_step=crash_at(14))
+    saved = ckpt_io.load_state(tmp_path / "state")
+    assert not saved["finished"] and int(saved["train_state"]["step"]) == 12
+    assert saved["loader"]["epoch"] == 1 and saved["loader"]["position"] > 0
+    lines: list[str] = []
+    resumed = run(tmp_path, toy, log=lines.append)
+    assert any(line.startswith("resuming from") for line in lines)
+    assert resumed.steps == expected.steps
+    for a, b in zip(leaves(resumed.params), leaves(expected.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(leaves(resumed.ema), leaves(expected.ema)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    hist = lambda p: [r["train_loss"] for r in csv.DictReader(open(p / "history.csv"))]  # noqa: E731
+    np.testing.assert_allclose(
+        np.array(hist(tmp_path), float), np.array(hist(reference_run[1]), float), rtol=1e-5
+    )
+
+
+def test_sigterm_saves_state_and_rerun_finishes(reference_run, toy, tmp_path):
+    def preempt(step: int) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(train_mod.Preempted, match="state saved"):
+        run(tmp_path, toy, on_step=preempt)
+    assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
+    assert int(ckpt_io.load_state(tmp_path / "state")["train_state"]["step"]) == 3
+    resumed = run(tmp_path, toy)
+    for a, b in zip(leaves(resumed.params), leaves(reference_run[0].params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_state_from_another_config_is_refused(toy, tmp_path):
+    with pytest.raises(Killed):
+        run(tmp_path, toy, on_step=crash_at(5))
+    other = dataclasses.replace(TRAIN, learning_rate=1e-4)
+    with pytest.raises(ConfigError, match="different config.*delete"):
+        run(tmp_path, toy, train_cfg=other)
+    # fields that do not change the result may differ
+    lenient = dataclasses.replace(TRAIN, max_minutes=30.0, state_every_steps=100)
+    assert run(tmp_path, toy, train_cfg=lenient).epochs == 3
+
+
+def test_nonfinite_steps_are_rejected(toy):
+    packed, split = toy
+    model = model_from_config(MODEL)
+    loader = PackedMemmapLoader(packed, 16, shuffle=False)
+    batch = loader.assemble(np.arange(6))
+    constants = EnergyConstants(np.zeros(10), 1.0, (1, 6, 7, 8, 9))
+    tx, _ = train_mod.make_optimizer(TRAIN, 5)
+    params = init_params(model, jax.random.PRNGKey(0), batch)
+    steps = train_mod.build_steps(model, tx, TRAIN, train_mod.LossWeights(1.0, 1.0, 0.0))
+    state = {"params": params, "opt_state": tx.init(params),
+             "ema": jax.tree.map(jnp.copy, params), "step": jnp.zeros((), jnp.int32)}
+    good = train_mod.prepare_batch(batch, constants)
+    bad = {**good, "E_res": good["E_res"].copy()}
+    bad["E_res"][0] = np.nan
+    initial = leaves(params)
+    before = {k: leaves(state[k]) for k in ("params", "opt_state", "ema")}
+    state, info = steps.train(state, bad, jnp.float32(1.0))
+    assert not bool(info["finite"]) and int(state["step"]) == 1
+    for key, values in before.items():
+        for a, b in zip(leaves(state[key]), values):
+            np.testing.assert_array_equal(a, b)
+    state, info = steps.train(state, good, jnp.float32(1.0))
+    assert bool(info["finite"])
+    assert any(not np.array_equal(a, b) for a, b in zip(leaves(state["params"]), initial))
+    assert steps.compilations["train_step"] == 1
+
+
+def test_repeated_nonfinite_steps_stop_with_best_checkpoint_intact(toy, tmp_path, monkeypatch):
+    poisoned = {"on": False, "best": b""}
+    prepare = train_mod.prepare_batch
+
+    def maybe_nan(batch, constants):
+        out = prepare(batch, constants)
+        if poisoned["on"]:
+            out["R"] = np.full_like(out["R"], np.nan)
+        return out
+
+    def poison_after_first_epoch(step: int) -> None:
+        if step == 10 and not poisoned["on"]:  # after epoch 1 wrote best.ckpt
+            poisoned["best"] = (tmp_path / "best.ckpt").read_bytes()
+            poisoned["on"] = True
+
+    monkeypatch.setattr(train_mod, "prepare_batch", maybe_nan)
+    cfg = dataclasses.replace(TRAIN, epochs=5, max_nonfinite_steps=4)
+    with pytest.raises(train_mod.TrainingDiverged, match="4 consecutive steps"):
+        run(tmp_path, toy, train_cfg=cfg, on_step=poison_after_first_epoch)
+    assert poisoned["best"] and (tmp_path / "best.ckpt").read_bytes() == poisoned["best"]
+    ckpt = ckpt_io.load(tmp_path / "best.ckpt")
+    assert all(np.all(np.isfinite(x)) for x in leaves(ckpt.params))
+
+
+def test_command_line_as_the_snakemake_rule_calls_it(toy, tmp_path, capsys):
+    packed, split = toy
+    fast = dataclasses.replace(TRAIN, epochs=1)
+    argv = [
+        str(packed), "--split", str(split), "--output", str(tmp_path / "m" / "best.ckpt"),
+        "--history", str(tmp_path / "m" / "history.csv"),
+        "--state-dir", str(tmp_path / "m" / "state"),
+        "--model-config", section_to_json(MODEL), "--train-config", section_to_json(fast),
+        "--loader-config", json.dumps(dataclasses.asdict(LOADER)), "--no-progress",
+    ]
+    assert train_mod.main(argv) == 0
+    assert (tmp_path / "m" / "best.ckpt").is_file() and (tmp_path / "m" / "history.csv").is_file()
+    assert "compilations: train_step=1 eval_step=1" in capsys.readouterr().out
+    bad = argv[:-7] + ["--train-config", '{"learning_rate": "fast"}', "--no-progress"]
+    assert train_mod.main(bad) == 2
+    assert "train.learning_rate" in capsys.readouterr().err
