@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from physpack.loader import PackedMemmapLoader, epoch_padding_stats
 from physpack.packed import PackedDataset, PackedWriter
 from physpack.synthetic import qm9_like_sizes
@@ -122,7 +121,10 @@ class OldLoader:
         for a in range(0, self.N, self.bucket_size):
             chunk = order[a : a + self.bucket_size]
             chunk = chunk[np.argsort(self.n_atoms[chunk], kind="mergesort")]
-            out += [chunk[b : b + self.batch_size] for b in range(0, chunk.size, self.batch_size)]
+            out += [
+                chunk[b : b + self.batch_size]
+                for b in range(0, chunk.size, self.batch_size)
+            ]
         return out
 
     def assemble_as_written(self, idx: np.ndarray, width: int) -> dict:
@@ -144,11 +146,16 @@ class OldLoader:
             R[j, :n] = self.R[a0:a1]
             F[j, :n] = self.F[a0:a1]
             N[j], E[j], Q[j] = n, self.E[k], self.Q[k]
-        batch = {k: jnp.array(v) for k, v in
-                 {"Z": Z, "R": R, "F": F, "N": N, "E": E, "Qtot": Q}.items()}
+        batch = {
+            k: jnp.array(v)
+            for k, v in {"Z": Z, "R": R, "F": F, "N": N, "E": E, "Qtot": Q}.items()
+        }
         dst, src = e3x.ops.sparse_pairwise_indices(width)
-        batch |= {"dst_idx": dst, "src_idx": src,
-                  "batch_segments": np.repeat(np.arange(B), width).astype(np.int32)}
+        batch |= {
+            "dst_idx": dst,
+            "src_idx": src,
+            "batch_segments": np.repeat(np.arange(B), width).astype(np.int32),
+        }
         return batch
 
     def assemble(self, idx: np.ndarray, width: int) -> dict[str, np.ndarray]:
@@ -174,7 +181,12 @@ class OldLoader:
         shift = (np.arange(B) * width)[:, None]
         mask = np.arange(width)[None, :] < N[:, None]
         return {
-            "Z": Z, "R": R, "F": F, "N": N, "E": E, "Qtot": Q,
+            "Z": Z,
+            "R": R,
+            "F": F,
+            "N": N,
+            "E": E,
+            "Qtot": Q,
             "dst_idx": (dst[None] + shift).ravel(),
             "src_idx": (src[None] + shift).ravel(),
             "batch_segments": np.repeat(np.arange(B), width),
@@ -182,7 +194,7 @@ class OldLoader:
         }
 
 
-# -- measurements -----------------------------------------------------------------------
+# -- measurements ------------------------------------------------------------------
 def timed(batches, n_mol_of) -> tuple[float, float, int, int, set]:
     """Iterate; returns (wall s, cpu s, molecules, batches, distinct shapes)."""
     shapes: set = set()
@@ -199,18 +211,24 @@ def bench_dataset(name: str, path: Path, max_old_batches: int) -> dict:
     ds = PackedDataset(path)
     sizes = np.asarray(ds.n_atoms, dtype=np.int64)
     real_atoms, real_pairs = int(sizes.sum()), int((sizes * (sizes - 1)).sum())
-    res: dict = {"dataset": name, "n_molecules": int(sizes.size),
-                 "mean_atoms": float(sizes.mean()), "max_atoms_mol": int(sizes.max())}
+    res: dict = {
+        "dataset": name,
+        "n_molecules": int(sizes.size),
+        "mean_atoms": float(sizes.mean()),
+        "max_atoms_mol": int(sizes.max()),
+    }
 
     loader = PackedMemmapLoader(path, BATCH, prefetch=0)
     for _ in loader.packed_batches():  # warm the page cache (epoch 0)
         pass
-    mols = lambda b: int(b["molecule_mask"].sum())  # noqa: E731
+    mols = lambda b: int(b["molecule_mask"].sum())
     wall, cpu, n, nb, shapes = timed(loader.packed_batches(), mols)  # epoch 1
     b = loader.budget
     res["new"] = {
         "budget": [b.max_atoms, b.max_pairs, b.max_molecules],
-        "mol_per_s_wall": n / wall, "mol_per_s_cpu": n / cpu, "n_batches": nb,
+        "mol_per_s_wall": n / wall,
+        "mol_per_s_cpu": n / cpu,
+        "n_batches": nb,
         "atom_eff": real_atoms / (nb * b.max_atoms),
         "pair_eff": real_pairs / (nb * b.max_pairs),
         "mol_eff": n / (nb * b.max_molecules),
@@ -225,11 +243,13 @@ def bench_dataset(name: str, path: Path, max_old_batches: int) -> dict:
         "pair_eff": sorted_runs["pair_efficiency"],
     }
     dense_w = max(OLD_WIDTH, int(sizes.max()))
-    wall_d, cpu_d, n_d, nb_d, shapes_d = timed(
-        loader.batches(num_atoms=dense_w), mols
-    )
-    res["new_dense"] = {"mol_per_s_wall": n_d / wall_d, "mol_per_s_cpu": n_d / cpu_d,
-                        "shapes": len(shapes_d), "width": dense_w}
+    wall_d, cpu_d, n_d, _, shapes_d = timed(loader.batches(num_atoms=dense_w), mols)
+    res["new_dense"] = {
+        "mol_per_s_wall": n_d / wall_d,
+        "mol_per_s_cpu": n_d / cpu_d,
+        "shapes": len(shapes_d),
+        "width": dense_w,
+    }
 
     import jax
 
@@ -238,8 +258,10 @@ def bench_dataset(name: str, path: Path, max_old_batches: int) -> dict:
         put.packed_batches(epoch=1), lambda b: int(b["molecule_mask"].sum())
     )
     jax.block_until_ready(jax.numpy.zeros(1))
-    res["new"] |= {"mol_per_s_wall_device_put": n_j / wall_j,
-                   "mol_per_s_cpu_device_put": n_j / cpu_j}
+    res["new"] |= {
+        "mol_per_s_wall_device_put": n_j / wall_j,
+        "mol_per_s_cpu_device_put": n_j / cpu_j,
+    }
 
     old = OldLoader(path, BATCH)
     index_batches = old.index_batches()
@@ -256,19 +278,24 @@ def bench_dataset(name: str, path: Path, max_old_batches: int) -> dict:
     )
     slots = int(counts.sum())
     res["old"] = {
-        "mol_per_s_wall": n_w / wall_w, "mol_per_s_cpu": n_w / cpu_w,
-        "numpy_mol_per_s_wall": n_o / wall_o, "numpy_mol_per_s_cpu": n_o / cpu_o,
-        "timed_batches": len(subset), "n_batches": len(index_batches),
+        "mol_per_s_wall": n_w / wall_w,
+        "mol_per_s_cpu": n_w / cpu_w,
+        "numpy_mol_per_s_wall": n_o / wall_o,
+        "numpy_mol_per_s_cpu": n_o / cpu_o,
+        "timed_batches": len(subset),
+        "n_batches": len(index_batches),
         "atom_eff": real_atoms / (slots * dense_w),
         "pair_eff": real_pairs / (slots * dense_w * (dense_w - 1)),
-        "shapes": len(set(counts.tolist())), "width": dense_w,
+        "shapes": len(set(counts.tolist())),
+        "width": dense_w,
     }
     new, old_ = res["new"], res["old"]
     res["speedup"] = {
         "wall_vs_as_written": new["mol_per_s_wall"] / old_["mol_per_s_wall"],
         "cpu_vs_as_written": new["mol_per_s_cpu"] / old_["mol_per_s_cpu"],
         "device_put_wall_vs_as_written": (
-            new["mol_per_s_wall_device_put"] / old_["mol_per_s_wall"]),
+            new["mol_per_s_wall_device_put"] / old_["mol_per_s_wall"]
+        ),
         "wall_vs_numpy": new["mol_per_s_wall"] / old_["numpy_mol_per_s_wall"],
         "cpu_vs_numpy": new["mol_per_s_cpu"] / old_["numpy_mol_per_s_cpu"],
     }
@@ -303,51 +330,104 @@ def rss_child(path: str, which: str) -> None:
             old.assemble(i, OLD_WIDTH)
         n = old.N
     after = _rss()
-    print(json.dumps({
-        "n": n,
-        "planned_anon": planned["RssAnon"] - base["RssAnon"],
-        "planned_file": planned["RssFile"] - base["RssFile"],
-        "epoch_anon": after["RssAnon"] - base["RssAnon"],
-        "epoch_file": after["RssFile"] - base["RssFile"],
-    }))
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "planned_anon": planned["RssAnon"] - base["RssAnon"],
+                "planned_file": planned["RssFile"] - base["RssFile"],
+                "epoch_anon": after["RssAnon"] - base["RssAnon"],
+                "epoch_file": after["RssFile"] - base["RssFile"],
+            }
+        )
+    )
 
 
 def measure_rss(path: Path, which: str) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--rss-child", str(path), which],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # -- report ----------------------------------------------------------------------------
 def report(results: list[dict], rss: dict | None) -> None:
-    print(f"# physpack.loader benchmark (batch_size {BATCH}); load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+    print(
+        f"# physpack.loader benchmark (batch_size {BATCH}); load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n"
+    )
     for r in results:
         new, old, srt, den = r["new"], r["old"], r["new_sorted_runs"], r["new_dense"]
         up = r["speedup"]
-        print(f"## {r['dataset']}: {r['n_molecules']} molecules, mean "
-              f"{r['mean_atoms']:.1f} atoms, max {r['max_atoms_mol']}; packed budget "
-              f"A={new['budget'][0]} P={new['budget'][1]} M={new['budget'][2]}")
-        print(f"{'':30}{'packed (new)':>14}{'old as written':>16}{'old numpy':>12}"
-              f"{'target':>10}")
+        print(
+            f"## {r['dataset']}: {r['n_molecules']} molecules, mean "
+            f"{r['mean_atoms']:.1f} atoms, max {r['max_atoms_mol']}; packed budget "
+            f"A={new['budget'][0]} P={new['budget'][1]} M={new['budget'][2]}"
+        )
+        print(
+            f"{'':30}{'packed (new)':>14}{'old as written':>16}{'old numpy':>12}"
+            f"{'target':>10}"
+        )
         rows = [
-            ("throughput mol/s, wall", new["mol_per_s_wall"], old["mol_per_s_wall"],
-             old["numpy_mol_per_s_wall"], ">=200000"),
-            ("throughput mol/s, CPU time", new["mol_per_s_cpu"], old["mol_per_s_cpu"],
-             old["numpy_mol_per_s_cpu"], ""),
-            ("speed-up of new, wall", None, up["wall_vs_as_written"],
-             up["wall_vs_numpy"], ">=20x"),
-            ("speed-up of new, CPU time", None, up["cpu_vs_as_written"],
-             up["cpu_vs_numpy"], ">=20x"),
-            ("atom efficiency", new["atom_eff"], old["atom_eff"], old["atom_eff"],
-             ">=0.95"),
-            ("pair efficiency", new["pair_eff"], old["pair_eff"], old["pair_eff"],
-             ">=0.90"),
-            ("distinct batch shapes/epoch", new["shapes"], old["shapes"], old["shapes"],
-             "1"),
-            ("batches / epoch", new["n_batches"], old["n_batches"], old["n_batches"], ""),
+            (
+                "throughput mol/s, wall",
+                new["mol_per_s_wall"],
+                old["mol_per_s_wall"],
+                old["numpy_mol_per_s_wall"],
+                ">=200000",
+            ),
+            (
+                "throughput mol/s, CPU time",
+                new["mol_per_s_cpu"],
+                old["mol_per_s_cpu"],
+                old["numpy_mol_per_s_cpu"],
+                "",
+            ),
+            (
+                "speed-up of new, wall",
+                None,
+                up["wall_vs_as_written"],
+                up["wall_vs_numpy"],
+                ">=20x",
+            ),
+            (
+                "speed-up of new, CPU time",
+                None,
+                up["cpu_vs_as_written"],
+                up["cpu_vs_numpy"],
+                ">=20x",
+            ),
+            (
+                "atom efficiency",
+                new["atom_eff"],
+                old["atom_eff"],
+                old["atom_eff"],
+                ">=0.95",
+            ),
+            (
+                "pair efficiency",
+                new["pair_eff"],
+                old["pair_eff"],
+                old["pair_eff"],
+                ">=0.90",
+            ),
+            (
+                "distinct batch shapes/epoch",
+                new["shapes"],
+                old["shapes"],
+                old["shapes"],
+                "1",
+            ),
+            (
+                "batches / epoch",
+                new["n_batches"],
+                old["n_batches"],
+                old["n_batches"],
+                "",
+            ),
         ]
         for label, *values, target in rows:
             cells = []
@@ -361,35 +441,49 @@ def report(results: list[dict], rss: dict | None) -> None:
                 else:
                     cells.append(f"{v:.3f}")
             print(f"{label:30}{cells[0]:>14}{cells[1]:>16}{cells[2]:>12}{target:>10}")
-        print(f"- packed + jax.device_put per batch (comparable with 'as written', "
-              f"which returns JAX arrays): {new['mol_per_s_wall_device_put']:,.0f} "
-              f"mol/s wall, {up['device_put_wall_vs_as_written']:.1f}x")
-        print(f"- packed with prefetch=2: {new['mol_per_s_wall_prefetch2']:,.0f} mol/s "
-              "wall")
-        print(f"- contiguous sorted runs instead of stratified (mix_sizes=False): "
-              f"atoms {srt['atom_eff']:.3f}, pairs {srt['pair_eff']:.3f}")
-        print(f"- fixed dense form batches(num_atoms={den['width']}): "
-              f"{den['mol_per_s_wall']:,.0f} mol/s wall, {den['shapes']} shape")
+        print(
+            f"- packed + jax.device_put per batch (comparable with 'as written', "
+            f"which returns JAX arrays): {new['mol_per_s_wall_device_put']:,.0f} "
+            f"mol/s wall, {up['device_put_wall_vs_as_written']:.1f}x"
+        )
+        print(
+            f"- packed with prefetch=2: {new['mol_per_s_wall_prefetch2']:,.0f} mol/s "
+            "wall"
+        )
+        print(
+            f"- contiguous sorted runs instead of stratified (mix_sizes=False): "
+            f"atoms {srt['atom_eff']:.3f}, pairs {srt['pair_eff']:.3f}"
+        )
+        print(
+            f"- fixed dense form batches(num_atoms={den['width']}): "
+            f"{den['mol_per_s_wall']:,.0f} mol/s wall, {den['shapes']} shape"
+        )
         print(f"- old timed over {old['timed_batches']} batches\n")
     if rss:
         print("## resident memory (fresh process per row; bytes per molecule)")
-        print(f"{'':22}{'n molecules':>12}{'anon, planned':>15}{'file, planned':>15}"
-              f"{'anon, epoch':>13}")
+        print(
+            f"{'':22}{'n molecules':>12}{'anon, planned':>15}{'file, planned':>15}"
+            f"{'anon, epoch':>13}"
+        )
         for label, m in rss.items():
             if not isinstance(m, dict):
                 continue
             n = m["n"]
-            print(f"{label:22}{n:>12,}{m['planned_anon'] / n:>15.2f}"
-                  f"{m['planned_file'] / n:>15.2f}{m['epoch_anon'] / n:>13.2f}")
+            print(
+                f"{label:22}{n:>12,}{m['planned_anon'] / n:>15.2f}"
+                f"{m['planned_file'] / n:>15.2f}{m['epoch_anon'] / n:>13.2f}"
+            )
         for who in ("new", "old"):
             small, big = rss.get(f"{who} small"), rss.get(f"{who} big")
             if small and big:
                 dn = big["n"] - small["n"]
-                tot = lambda m: m["planned_anon"] + m["planned_file"]  # noqa: E731
-                print(f"{who}: difference big - small per molecule: anon+file after "
-                      f"planning {(tot(big) - tot(small)) / dn:.2f} B, anon after an "
-                      f"epoch {(big['epoch_anon'] - small['epoch_anon']) / dn:.2f} B"
-                      + ("   (target <= 16)" if who == "new" else ""))
+                tot = lambda m: m["planned_anon"] + m["planned_file"]
+                print(
+                    f"{who}: difference big - small per molecule: anon+file after "
+                    f"planning {(tot(big) - tot(small)) / dn:.2f} B, anon after an "
+                    f"epoch {(big['epoch_anon'] - small['epoch_anon']) / dn:.2f} B"
+                    + ("   (target <= 16)" if who == "new" else "")
+                )
 
 
 def main() -> int:
@@ -397,20 +491,32 @@ def main() -> int:
         rss_child(sys.argv[2], sys.argv[3])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-mol", type=int, default=100_000,
-                        help="molecules of the QM9-like throughput set")
+    parser.add_argument(
+        "--n-mol",
+        type=int,
+        default=100_000,
+        help="molecules of the QM9-like throughput set",
+    )
     parser.add_argument("--small", type=int, default=10_000, help="small RSS set")
     parser.add_argument("--big", type=int, default=2_000_000, help="big RSS set")
-    parser.add_argument("--old-batches", type=int, default=300,
-                        help="batches of the old approach to time")
+    parser.add_argument(
+        "--old-batches",
+        type=int,
+        default=300,
+        help="batches of the old approach to time",
+    )
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         tmp = Path(tmp)
-        results = [bench_dataset(
-            "QM9-like synthetic", write_qm9_like(tmp / "qm9", args.n_mol),
-            args.old_batches)]
+        results = [
+            bench_dataset(
+                "QM9-like synthetic",
+                write_qm9_like(tmp / "qm9", args.n_mol),
+                args.old_batches,
+            )
+        ]
         demo = demo_packed(tmp)
         if demo is not None:
             results.append(bench_dataset("data/demo.npz", demo, args.old_batches))
@@ -423,7 +529,8 @@ def main() -> int:
                     rss[f"{who} {label}"] = measure_rss(path, who)
                 if label == "big":
                     rss["big_dataset_bytes"] = sum(
-                        f.stat().st_size for f in path.iterdir())
+                        f.stat().st_size for f in path.iterdir()
+                    )
         report(results, rss)
         if args.json:
             args.json.write_text(json.dumps({"results": results, "rss": rss}, indent=1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 import threading
@@ -12,7 +13,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from physpack.config import LoaderConfig
 from physpack.errors import InputError
 from physpack.loader import (
@@ -87,8 +87,11 @@ def real_ids(batches: list[dict]) -> np.ndarray:
 
 def check_packed_invariants(batch: dict, loader: PackedMemmapLoader) -> None:
     """Everything the batch contract promises, checked from the batch alone."""
-    A, P, M = (loader.budget.max_atoms, loader.budget.max_pairs,
-               loader.budget.max_molecules)
+    A, P, M = (
+        loader.budget.max_atoms,
+        loader.budget.max_pairs,
+        loader.budget.max_molecules,
+    )
     for key, (shape, dtype) in loader.batch_shapes().items():
         assert batch[key].shape == shape and batch[key].dtype == dtype, key
     am, mm, pm = batch["atom_mask"], batch["molecule_mask"], batch["pair_mask"]
@@ -141,14 +144,17 @@ def test_greedy_bounds_is_greedy(sizes: list[int], window: int) -> None:
     with pytest.raises(ValueError, match="does not fit"):
         greedy_bounds(np.append(n, 9), np.arange(n.size + 1), *caps, window=window)
     assert bounds[0] == 0 and bounds[-1] == n.size and (np.diff(bounds) > 0).all()
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         w = n[order[a:b]]
         assert w.sum() <= caps[0] and (w * (w - 1)).sum() <= caps[1]
         assert b - a <= caps[2]
         if b < n.size:  # closed only because the next molecule would overflow
             w2 = n[order[a : b + 1]]
-            assert (w2.sum() > caps[0] or (w2 * (w2 - 1)).sum() > caps[1]
-                    or b + 1 - a > caps[2])
+            assert (
+                w2.sum() > caps[0]
+                or (w2 * (w2 - 1)).sum() > caps[1]
+                or b + 1 - a > caps[2]
+            )
 
 
 # -- packed batches -----------------------------------------------------------------
@@ -172,8 +178,14 @@ def test_exactly_once_and_contract(
             rng = np.random.default_rng(subset_seed)
             indices = rng.permutation(len(sizes))[: rng.integers(1, len(sizes) + 1)]
         loader = PackedMemmapLoader(
-            path, batch_size, shuffle=shuffle, bucket_size=bucket_size, seed=seed,
-            indices=indices, prefetch=1, mix_sizes=mix,
+            path,
+            batch_size,
+            shuffle=shuffle,
+            bucket_size=bucket_size,
+            seed=seed,
+            indices=indices,
+            prefetch=1,
+            mix_sizes=mix,
         )
         want = np.sort(np.arange(len(sizes)) if indices is None else indices)
         for epoch in range(2):
@@ -301,23 +313,30 @@ def test_padding_stats_agree_with_batches(packed: Path) -> None:
     batches = collect(loader.packed_batches())
     A, P, M = (stats["max_atoms"], stats["max_pairs"], stats["max_molecules"])
     assert (A, P, M) == (
-        loader.budget.max_atoms, loader.budget.max_pairs, loader.budget.max_molecules
+        loader.budget.max_atoms,
+        loader.budget.max_pairs,
+        loader.budget.max_molecules,
     )
     assert stats["n_batches"] == len(batches)
     slots = len(batches)
     assert stats["atom_efficiency"] == pytest.approx(
-        sum(b["atom_mask"].sum() for b in batches) / (slots * A))
+        sum(b["atom_mask"].sum() for b in batches) / (slots * A)
+    )
     assert stats["pair_efficiency"] == pytest.approx(
-        sum(b["pair_mask"].sum() for b in batches) / (slots * P))
+        sum(b["pair_mask"].sum() for b in batches) / (slots * P)
+    )
     assert stats["molecule_efficiency"] == pytest.approx(
-        sum(b["molecule_mask"].sum() for b in batches) / (slots * M))
+        sum(b["molecule_mask"].sum() for b in batches) / (slots * M)
+    )
     dense = collect(loader.batches(num_atoms=stats["dense_num_atoms"]))
     assert stats["dense_atom_efficiency"] == pytest.approx(
-        sum(b["atom_mask"].sum() for b in dense) / sum(b["atom_mask"].size
-                                                       for b in dense))
+        sum(b["atom_mask"].sum() for b in dense)
+        / sum(b["atom_mask"].size for b in dense)
+    )
     assert stats["dense_pair_efficiency"] == pytest.approx(
-        sum(b["pair_mask"].sum() for b in dense) / sum(b["pair_mask"].size
-                                                       for b in dense))
+        sum(b["pair_mask"].sum() for b in dense)
+        / sum(b["pair_mask"].size for b in dense)
+    )
 
 
 # -- dense batches ------------------------------------------------------------------
@@ -331,8 +350,10 @@ def test_dense_equals_packed_molecule_by_molecule(packed: Path, num_atoms) -> No
             pm = np.isin(b["dst_idx"], atoms) & b["pair_mask"]
             mol = {k: b[k][atoms] for k in PER_ATOM}
             mol |= {k: b[k][slot] for k in (*PER_MOL, "N")}
-            mol["pairs"] = {(d - atoms[0], s - atoms[0]) for d, s in
-                            zip(b["dst_idx"][pm].tolist(), b["src_idx"][pm].tolist())}
+            mol["pairs"] = {
+                (d - atoms[0], s - atoms[0])
+                for d, s in zip(b["dst_idx"][pm].tolist(), b["src_idx"][pm].tolist())
+            }
             by_id[int(b["mol_index"][slot])] = mol
     n_dense = 0
     for b in loader.batches(num_atoms=num_atoms):
@@ -351,8 +372,10 @@ def test_dense_equals_packed_molecule_by_molecule(packed: Path, num_atoms) -> No
                 np.testing.assert_array_equal(b[key][slot], mol[key])
             lo = slot * W
             sel = b["pair_mask"] & (b["dst_idx"] >= lo) & (b["dst_idx"] < lo + W)
-            pairs = {(d - lo, s - lo) for d, s in
-                     zip(b["dst_idx"][sel].tolist(), b["src_idx"][sel].tolist())}
+            pairs = {
+                (d - lo, s - lo)
+                for d, s in zip(b["dst_idx"][sel].tolist(), b["src_idx"][sel].tolist())
+            }
             assert pairs == mol["pairs"]
             assert (b["batch_segments"][lo : lo + W] == slot).all()
             n_dense += 1
@@ -381,8 +404,11 @@ def test_subsets_from_split_file(packed: Path, tmp_path: Path) -> None:
     split = tmp_path / "split.npz"
     np.savez(split, train=perm[:150], valid=perm[150:180], test=perm[180:])
     seen = []
-    for name, want in (("train", perm[:150]), ("valid", perm[150:180]),
-                       ("test", perm[180:])):
+    for name, want in (
+        ("train", perm[:150]),
+        ("valid", perm[150:180]),
+        ("test", perm[180:]),
+    ):
         loader = PackedMemmapLoader.from_split(packed, split, name, batch_size=8)
         ids = real_ids(collect(loader.packed_batches()))
         assert np.array_equal(np.sort(ids), np.sort(want))
@@ -405,7 +431,8 @@ def test_molecule_over_budget(tmp_path: Path) -> None:
     loader = PackedMemmapLoader(path, 1)
     assert loader.budget.max_atoms >= 26 and loader.budget.max_pairs >= 600
     assert np.array_equal(
-        np.sort(real_ids(collect(loader.packed_batches()))), np.arange(4))
+        np.sort(real_ids(collect(loader.packed_batches()))), np.arange(4)
+    )
 
 
 def test_empty_and_bad_subsets(packed: Path) -> None:
@@ -432,6 +459,10 @@ def test_prefetch_thread_hook_errors_and_early_stop(packed: Path) -> None:
     assert threading.active_count() == before
     assert loader.position == 1 and "physpack-prefetch" in calls
 
+    jax = pytest.importorskip("jax")
+    on_device = next(PackedMemmapLoader(packed, 8, device_put=True).packed_batches())
+    assert isinstance(on_device["R"], jax.Array)
+
     def broken(batch: dict) -> dict:
         raise RuntimeError("transfer failed")
 
@@ -443,13 +474,17 @@ def test_prefetch_thread_hook_errors_and_early_stop(packed: Path) -> None:
 
 def test_bucketed_order(packed: Path) -> None:
     sizes = PackedDataset(packed).n_atoms
-    plain = PackedMemmapLoader(packed, 8, shuffle=False, bucket_size=50, mix_sizes=False)
+    plain = PackedMemmapLoader(
+        packed, 8, shuffle=False, bucket_size=50, mix_sizes=False
+    )
     order = real_ids(collect(plain.packed_batches()))
     for a in range(0, 200, 50):  # sorted by size inside each bucket
         assert (np.diff(sizes[order[a : a + 50]]) >= 0).all()
     assert sorted(order[:50]) == list(range(50))  # buckets are kept apart
     mixed = PackedMemmapLoader(packed, 8, shuffle=False, bucket_size=200)
-    spreads = [np.ptp(sizes[b["mol_index"][b["molecule_mask"]]])
-               for b in mixed.packed_batches()]
+    spreads = [
+        np.ptp(sizes[b["mol_index"][b["molecule_mask"]]])
+        for b in mixed.packed_batches()
+    ]
     uniform = [np.ptp(sizes[order[a : a + 8]]) for a in range(0, 200, 8)]
     assert np.median(spreads) > 2 * np.median(uniform)  # stratified: sizes mixed

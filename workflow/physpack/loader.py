@@ -14,9 +14,12 @@ Two batch forms are offered by :class:`PackedMemmapLoader`:
   training loops: a fixed number of molecules per batch, each padded to
   ``num_atoms``.
 
-Only index arrays live in RAM (subset indices, molecule sizes and the epoch's
-order: at most 4 + 4 + 4 bytes per molecule, fewer for the whole dataset); the
-atom and molecule data stay memory-mapped and are read batch by batch.
+Only index arrays live in RAM: the molecule sizes (1 byte per molecule while
+sizes fit uint8), the epoch's order (4 bytes) and, for a subset, its indices (4
+bytes); ``offsets.npy`` is read through its memory map (8 bytes per molecule of
+page cache). No transient array grows with the dataset beyond 1 byte per molecule
+(subset checks), and the atom and molecule data stay memory-mapped, read batch by
+batch.
 
 Packed batch contract (numpy arrays; shapes fixed for the run)::
 
@@ -104,7 +107,7 @@ def _repeated(values: np.ndarray) -> np.ndarray:
 class _Failure:
     """An exception raised in the prefetch thread, handed to the consumer."""
 
-    def __init__(self, exc: BaseException):
+    def __init__(self, exc: Exception):
         self.exc = exc
 
 
@@ -161,11 +164,22 @@ class PackedMemmapLoader:
         num_atoms: default padded width of :meth:`batches` (``None``: batch maximum).
         mix_sizes: stratify sizes inside each batch (see above).
 
+    Budgets (:attr:`budget`): ``A`` = batch_size × mean atoms + 1, ``P`` = (A - 1) ×
+    the subset's mean pairs per atom, ``M`` = 1.25 × the mean molecules per batch +
+    1, rounded up to multiples of 8 (64 for large ``A`` and ``P``); derived budgets
+    grow to hold the largest molecule, overridden ones are checked against it.
+
+    Attributes:
+        budget: the :class:`Budget` of every packed batch.
+        epoch, position: the iteration state (see :meth:`state_dict`).
+        n_molecules: molecules in the subset.
+        has_forces, has_dipoles: whether batches carry ``F`` / ``D``.
+
     Raises:
         ConfigError: a non-positive batch/bucket size, negative prefetch or a budget
             override below 2 molecules.
-        InputError: an unreadable directory, an empty or out-of-range subset, or a
-            molecule that does not fit an overridden budget (named).
+        InputError: an unreadable directory, an empty, duplicated or out-of-range
+            subset, or a molecule that does not fit an overridden budget (named).
     """
 
     def __init__(
@@ -191,7 +205,9 @@ class PackedMemmapLoader:
             ("prefetch", prefetch, 0),
         ):
             if not isinstance(value, (int, np.integer)) or value < low:
-                raise ConfigError(f"loader.{name}: got {value!r}, expected int >= {low}")
+                raise ConfigError(
+                    f"loader.{name}: got {value!r}, expected int >= {low}"
+                )
         self.dataset = path if isinstance(path, PackedDataset) else PackedDataset(path)
         self.path = self.dataset.path
         self.batch_size = int(batch_size)
@@ -219,7 +235,9 @@ class PackedMemmapLoader:
         self.has_forces = self.dataset.has("F")
         self.has_dipoles = self.dataset.has("D")
         # plain ndarray views: np.memmap's subclass hooks cost more than the copies
-        self._data = {k: self.dataset.array(k).view(np.ndarray) for k in self.dataset.keys}
+        self._data = {
+            k: self.dataset.array(k).view(np.ndarray) for k in self.dataset.keys
+        }
         self._offsets = self.dataset.offsets.view(np.ndarray)
         self._templates = self._build_templates()
         b = self.budget
@@ -379,13 +397,19 @@ class PackedMemmapLoader:
     @device_put.setter
     def device_put(self, value: bool | Callable[[Batch], Any]) -> None:
         if not (isinstance(value, bool) or callable(value)):
-            raise ConfigError(f"loader.device_put: got {value!r}, expected bool or callable")
+            raise ConfigError(
+                f"loader.device_put: got {value!r}, expected bool or callable"
+            )
         self._device_put = value
 
     def batch_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Shape and dtype of every key of a packed batch (for model initialisation
         without reading data)."""
-        A, P, M = self.budget.max_atoms, self.budget.max_pairs, self.budget.max_molecules
+        A, P, M = (
+            self.budget.max_atoms,
+            self.budget.max_pairs,
+            self.budget.max_molecules,
+        )
         spec: dict[str, tuple[tuple[int, ...], Any]] = {
             "Z": ((A,), np.int32),
             "R": ((A, 3), np.float32),
@@ -493,7 +517,13 @@ class PackedMemmapLoader:
             InputError: the state belongs to another subset, budget or ordering.
         """
         mine = self.state_dict()
-        for key in ("shuffle", "bucket_size", "mix_sizes", "n_molecules", "subset_crc32"):
+        for key in (
+            "shuffle",
+            "bucket_size",
+            "mix_sizes",
+            "n_molecules",
+            "subset_crc32",
+        ):
             if key in state and state[key] != mine[key]:
                 raise InputError(
                     f"loader state: {key}={state[key]!r} but this loader has "
@@ -506,7 +536,9 @@ class PackedMemmapLoader:
             )
         epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or position < 0:
-            raise InputError(f"loader state: negative epoch/position {epoch}/{position}")
+            raise InputError(
+                f"loader state: negative epoch/position {epoch}/{position}"
+            )
         self.seed = int(state.get("seed", self.seed))
         self._plan_cache = None
         self.epoch, self.position = epoch, position
@@ -548,7 +580,11 @@ class PackedMemmapLoader:
     def assemble(self, positions: np.ndarray) -> Batch:
         """One packed batch of the subset molecules at ``positions`` (int (k,)),
         which must fit the budget. Vectorised: a few gathers per key."""
-        A, P, M = self.budget.max_atoms, self.budget.max_pairs, self.budget.max_molecules
+        A, P, M = (
+            self.budget.max_atoms,
+            self.budget.max_pairs,
+            self.budget.max_molecules,
+        )
         ids = positions if self._indices is None else self._indices[positions]
         ns = self._sizes[positions].astype(np.int32)
         k = ids.size
@@ -647,14 +683,13 @@ class PackedMemmapLoader:
             InputError: a molecule larger than ``num_atoms`` (named).
         """
         width = self.num_atoms if num_atoms is None else num_atoms
-        if width is not None:
-            if self._size_hist[width + 1 :].any():
-                p = int(np.argmax(self._sizes > width))
-                i = p if self._indices is None else int(self._indices[p])
-                raise InputError(
-                    f"{self.path}: molecule {i} has {int(self._sizes[p])} atoms, more "
-                    f"than num_atoms={width}"
-                )
+        if width is not None and self._size_hist[width + 1 :].any():
+            p = int(np.argmax(self._sizes > width))
+            i = p if self._indices is None else int(self._indices[p])
+            raise InputError(
+                f"{self.path}: molecule {i} has {int(self._sizes[p])} atoms, more "
+                f"than num_atoms={width}"
+            )
         use_state = epoch is None
         e = self.epoch if use_state else int(epoch)
         rng = self._rng(e if self.shuffle else 0, 1)
@@ -663,7 +698,8 @@ class PackedMemmapLoader:
         n_batches = -(-order.size // B)
         visit = rng.permutation(n_batches) if self.shuffle else np.arange(n_batches)
         produced = (
-            self._dense(order[b * B : (b + 1) * B], width, physnet_format) for b in visit
+            self._dense(order[b * B : (b + 1) * B], width, physnet_format)
+            for b in visit
         )
         yield from self._ahead(produced)
         if use_state and self.epoch == e:
@@ -755,7 +791,7 @@ class PackedMemmapLoader:
                     if not put(item):
                         return
                 put(_END)
-            except BaseException as exc:  # handed to the consumer, re-raised there
+            except Exception as exc:  # noqa: BLE001 (re-raised in the consumer)
                 put(_Failure(exc))
 
         worker = threading.Thread(target=work, name="physpack-prefetch", daemon=True)
@@ -863,21 +899,24 @@ def from_config(
     """A loader configured by the ``loader`` section, optionally over one subset of
     a split file (both ``split_path`` and ``split_name`` given)."""
     if (split_path is None) != (split_name is None):
-        raise ConfigError("from_config: give both split_path and split_name, or neither")
-    options = dict(
-        batch_size=cfg.batch_size,
-        shuffle=shuffle,
-        bucket_size=cfg.bucket_size,
-        seed=seed,
-        max_atoms=cfg.max_atoms,
-        max_pairs=cfg.max_pairs,
-        max_molecules=cfg.max_molecules,
-        prefetch=cfg.prefetch,
-        num_atoms=cfg.num_atoms,
-    )
-    options |= kwargs
+        raise ConfigError(
+            "from_config: give both split_path and split_name, or neither"
+        )
+    options: dict[str, Any] = {
+        "batch_size": cfg.batch_size,
+        "shuffle": shuffle,
+        "bucket_size": cfg.bucket_size,
+        "seed": seed,
+        "max_atoms": cfg.max_atoms,
+        "max_pairs": cfg.max_pairs,
+        "max_molecules": cfg.max_molecules,
+        "prefetch": cfg.prefetch,
+        "num_atoms": cfg.num_atoms,
+    } | kwargs
     if split_path is not None:
-        return PackedMemmapLoader.from_split(path, split_path, str(split_name), **options)
+        return PackedMemmapLoader.from_split(
+            path, split_path, str(split_name), **options
+        )
     return PackedMemmapLoader(path, **options)
 
 
