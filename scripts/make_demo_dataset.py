@@ -1,15 +1,16 @@
-"""Generate the committed demo dataset ``data/demo.npz``: GFN2-xTB on thermal conformers.
+"""Make the committed demo dataset ``data/demo.npz``: GFN2-xTB on thermal conformers.
 
 Method
     35 neutral, closed-shell organic molecules (3-29 atoms; elements H C N O F S):
     23 from ASE's g2 collection, 6 monomers cut out of the S22 complexes (uracil,
     2-pyridone, 2-aminopyridine, adenine, thymine, indole), biphenyl from ASE's extra
     molecules, and 5 sp3 chains built here (1-hexanol, hexylamine, n-octane,
-    1,2-diethoxyethane, n-nonane). Each molecule is relaxed with GFN2-xTB (BFGS, fmax 0.01 eV/Å),
-    then, for each temperature, run with Langevin molecular dynamics (ASE; 0.5 fs time
-    step, friction 0.01/fs, Maxwell-Boltzmann start): after an equilibration of
-    ``--equilibration-steps`` steps a configuration is kept every ``--stride`` steps
-    until ``--samples-per-temperature`` are kept. A configuration whose bond graph
+    1,2-diethoxyethane, n-nonane). Each molecule is relaxed with GFN2-xTB (BFGS,
+    fmax 0.01 eV/Å), then, for each temperature, run with Langevin molecular
+    dynamics (ASE; 0.5 fs time step, friction 0.01/fs, Maxwell-Boltzmann start,
+    centre of mass fixed): after ``--equilibration-steps`` steps (600 = 300 fs) a
+    configuration is kept every ``--stride`` steps (40 = 20 fs) until
+    ``--samples-per-temperature`` are kept. A configuration whose bond graph
     differs from the relaxed molecule's (a bond stretched past 1.6x or a new contact
     under 1.05x the sum of covalent radii) or whose SCF fails is dropped, and the
     trajectory restarts from the relaxed geometry and re-equilibrates.
@@ -62,24 +63,23 @@ from pathlib import Path
 # the run reproducible. Must be set before tblite's shared library is loaded.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import ase  # noqa: E402
-import numpy as np  # noqa: E402
-from ase import Atoms, units  # noqa: E402
-from ase.build import molecule  # noqa: E402
-from ase.calculators.calculator import CalculationFailed  # noqa: E402
-from ase.constraints import FixCom  # noqa: E402
-from ase.data import covalent_radii  # noqa: E402
-from ase.data.s22 import create_s22_system  # noqa: E402
-from ase.data.s22 import data as s22_data  # noqa: E402
-from ase.md.langevin import Langevin  # noqa: E402
-from ase.md.velocitydistribution import (  # noqa: E402
+import ase
+import numpy as np
+from ase import Atoms, units
+from ase.build import molecule
+from ase.calculators.calculator import CalculationFailed
+from ase.constraints import FixCom
+from ase.data import covalent_radii
+from ase.data.s22 import create_s22_system
+from ase.data.s22 import data as s22_data
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import (
     Stationary,
     ZeroRotation,
     thermalize_momenta,
 )
-from ase.optimize import BFGS  # noqa: E402
-
-from physpack.errors import ConfigError, cli_entry  # noqa: E402
+from ase.optimize import BFGS
+from physpack.errors import ConfigError, cli_entry
 
 log = logging.getLogger("make_demo_dataset")
 
@@ -243,7 +243,7 @@ def bond_graph(atoms: Atoms, factor: float) -> np.ndarray:
 
 
 def same_topology(atoms: Atoms, reference: np.ndarray) -> bool:
-    """Whether no bond of ``reference`` broke and no new bond formed (with hysteresis)."""
+    """Whether no bond of ``reference`` broke and no new bond formed (hysteresis)."""
     broken = reference & ~bond_graph(atoms, _BROKEN)
     formed = ~reference & bond_graph(atoms, _FORMED)
     np.fill_diagonal(formed, False)
@@ -296,7 +296,7 @@ def sample_trajectory(
     # the stream depends on the molecule's name, not its position, so a subset run
     # (--molecules) reproduces the same trajectories as the full run
     rng = np.random.default_rng(
-        np.random.SeedSequence([sampling.seed, stream, int(round(temperature))])
+        np.random.SeedSequence([sampling.seed, stream, round(temperature)])
     )
     reference = bond_graph(relaxed, _BOND)
     samples: list[Sample] = []

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, make_workdir
 from test_workflow import RULES, check_final_outputs, copy_workdir
 
@@ -60,7 +59,11 @@ def slurm_node() -> Iterator[dict[str, int]]:
     if os.geteuid() != 0:
         pytest.skip("starting munged, slurmctld and slurmd for the test needs root")
     proc = subprocess.run(
-        [SLURM_SCRIPTS / "start_slurm.sh"], capture_output=True, text=True, timeout=300
+        [SLURM_SCRIPTS / "start_slurm.sh"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if proc.returncode == 3:  # a SLURM configuration of this machine's own
         pytest.skip(proc.stderr.strip())
@@ -77,7 +80,9 @@ def slurm_node() -> Iterator[dict[str, int]]:
     }
     yield node
     if started_here:
-        subprocess.run([SLURM_SCRIPTS / "stop_slurm.sh"], capture_output=True)
+        subprocess.run(
+            [SLURM_SCRIPTS / "stop_slurm.sh"], check=False, capture_output=True
+        )
 
 
 def write_test_profile(workdir: Path, node: dict[str, int]) -> Path:
@@ -136,8 +141,8 @@ def slurm_run(
     workdir = make_workdir(tmp_path_factory.mktemp("slurm") / "wf")
     write_test_profile(workdir, slurm_node)
     proc = subprocess.run(
-        slurm_snakemake(workdir), cwd=workdir, capture_output=True, text=True,
-        timeout=RUN_TIMEOUT_S,
+        slurm_snakemake(workdir), check=False, cwd=workdir, capture_output=True,
+        text=True, timeout=RUN_TIMEOUT_S,
     )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
@@ -183,7 +188,9 @@ def test_cancelled_training_resumes(
             cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            cancelled = _cancel_training_after_first_state(state_file, state_before, proc)
+            cancelled = _cancel_training_after_first_state(
+                state_file, state_before, proc
+            )
             proc.wait(timeout=RUN_TIMEOUT_S)
         finally:
             if proc.poll() is None:
@@ -202,7 +209,7 @@ def test_cancelled_training_resumes(
 
     log = (workdir / "results/logs/train_model.log").read_text()
     assert re.search(r"resuming from .*state\.msgpack: epoch \d+", log), log
-    epoch_lines = re.findall(rf"^epoch (\d+)/{epochs}\b", log, re.M)
+    epoch_lines = re.findall(rf"^epoch (\d+)/{epochs}\b", log, re.MULTILINE)
     assert epoch_lines and int(epoch_lines[0]) > 1, log  # continued, not restarted
     with open(workdir / "results/model/history.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -18,10 +18,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, TINY_N_MOL
 from physpack.synthetic import write_padded_npz
-from test_workflow import RULES, completed_workdir, copy_workdir, planned_jobs, snakemake
+from test_workflow import (
+    RULES,
+    completed_workdir,
+    copy_workdir,
+    planned_jobs,
+    snakemake,
+)
 
 ALL = sorted(RULES)
 AFTER_TRAIN = sorted(["train_model", "evaluate_model"])
@@ -55,7 +60,9 @@ def test_a_nothing_changed(run: Path) -> None:
     ("section", "key", "value"),
     [("train", "learning_rate", 0.002), ("model", "features", 16)],
 )
-def test_b_train_or_model_changed(run: Path, section: str, key: str, value: object) -> None:
+def test_b_train_or_model_changed(
+    run: Path, section: str, key: str, value: object
+) -> None:
     edit_config(run, lambda c: c.setdefault(section, {}).__setitem__(key, value))
     assert planned_jobs(run) == AFTER_TRAIN
 
@@ -98,12 +105,14 @@ def test_e_every_imported_module_is_a_declared_input(completed: Path) -> None:
     blocks = re.findall(
         r"^rule (\w+):\n    input: (.*)\n(?:.*\n)*?Shell command: physpack (\w+) ",
         text,
-        re.M,
+        re.MULTILINE,
     )
     assert sorted(rule for rule, _, _ in blocks) == ALL, text
     for rule, inputs, step in blocks:
         declared = {
-            Path(p).name for p in inputs.split(", ") if p.startswith("workflow/physpack/")
+            Path(p).name
+            for p in inputs.split(", ")
+            if p.startswith("workflow/physpack/")
         }
         imported = {f"{name}.py" for name in _imported_modules(step)}
         assert imported <= declared, (rule, sorted(imported - declared))
@@ -128,7 +137,9 @@ def _imported_modules(module: str, seen: set[str] | None = None) -> set[str]:
                 names.append(parts[1])
         elif isinstance(node, ast.Import):
             names.extend(
-                a.name.split(".")[1] for a in node.names if a.name.startswith("physpack.")
+                a.name.split(".")[1]
+                for a in node.names
+                if a.name.startswith("physpack.")
             )
         for name in names:
             if (PACKAGE / f"{name}.py").exists():
@@ -142,7 +153,9 @@ def test_f_no_effective_change(run: Path) -> None:
     path = run / "config.yaml"
     config = yaml.safe_load(path.read_text())
     config["validate"] = {"checksums": True, "max_reported": 50}
-    reordered = {name: dict(reversed(config[name].items())) for name in reversed(config)}
+    reordered = {
+        name: dict(reversed(config[name].items())) for name in reversed(config)
+    }
     text = "# a comment\n" + yaml.safe_dump(reordered, sort_keys=False)
     path.write_text(text.replace("seed: 1\n", "seed: 1  # the same seed\n"))
     assert "# the same seed" in path.read_text()

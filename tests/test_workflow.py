@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from snakemake.profiles import ProfileConfigFileParser
-
 from conftest import ROOT, TINY_N_MOL, make_workdir, snakemake
+from snakemake.profiles import ProfileConfigFileParser
 
 #: Every rule that does work, in pipeline order (``all`` only collects).
 RULES = (
@@ -199,7 +198,10 @@ def test_default_profile_runs_one_gpu_job_per_slot(tmp_path: Path) -> None:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible}
         subprocess.run(
             [sys.executable, "-m", "snakemake", "--cores", "2"],
-            cwd=tmp_path, env=env, check=True, capture_output=True,
+            cwd=tmp_path,
+            env=env,
+            check=True,
+            capture_output=True,
         )
         (a0, a1), (b0, b1) = (
             [float(x) for x in (tmp_path / n).read_text().split()]
@@ -219,7 +221,9 @@ def test_slurm_profile_resources(tmp_path: Path) -> None:
     workdir = make_workdir(tmp_path / "wf")
     proc = snakemake(workdir, "--dry-run", "--profile", "profiles/slurm")
     text = proc.stdout + proc.stderr
-    found = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", text, re.M)
+    found = re.findall(
+        r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", text, re.MULTILINE
+    )
     blocks = {rule: line for rule, line in found if rule != "all"}
     assert set(blocks) == set(RULES), text
     resources = {
@@ -233,7 +237,9 @@ def test_slurm_profile_resources(tmp_path: Path) -> None:
         assert resources[rule]["slurm_partition"] == "gpu"
         assert resources[rule]["gpu"] == "1"
     for rule in RULES:
-        assert int(resources[rule]["runtime"]) > 0 and int(resources[rule]["mem_mb"]) > 0
+        assert (
+            int(resources[rule]["runtime"]) > 0 and int(resources[rule]["mem_mb"]) > 0
+        )
     profile = _profile(ROOT / "profiles/slurm/config.yaml")
     assert profile["executor"] == "slurm"
     assert profile["slurm-requeue"] == "True"
