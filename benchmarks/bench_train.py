@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
-
 from physpack.config import LoaderConfig, ModelConfig, TrainConfig, section_from_mapping
 from physpack.convert import convert_npz
 from physpack.loader import PackedMemmapLoader
@@ -159,12 +158,18 @@ def bench_dataset(
         return jax.device_put(prepare_batch(dense_as_model_input(b), constants))
 
     packed_loader = PackedMemmapLoader(
-        packed, loader_cfg.batch_size, bucket_size=loader_cfg.bucket_size,
-        prefetch=max(loader_cfg.prefetch, 1), device_put=put,
+        packed,
+        loader_cfg.batch_size,
+        bucket_size=loader_cfg.bucket_size,
+        prefetch=max(loader_cfg.prefetch, 1),
+        device_put=put,
     )
     dense_loader = PackedMemmapLoader(
-        packed, loader_cfg.batch_size, bucket_size=loader_cfg.bucket_size,
-        prefetch=max(loader_cfg.prefetch, 1), device_put=put_dense,
+        packed,
+        loader_cfg.batch_size,
+        bucket_size=loader_cfg.bucket_size,
+        prefetch=max(loader_cfg.prefetch, 1),
+        device_put=put_dense,
     )
     rows = []
     for form, loader, make in (
@@ -172,12 +177,18 @@ def bench_dataset(
         ("dense", dense_loader, lambda: dense_loader.batches(num_atoms=width)),
     ):
         steps = build_steps(model, tx, train_cfg, weights)
-        row = measure(f"{label} {form}", endless(make), steps.train, fresh_state(), scale, seconds)
+        row = measure(
+            f"{label} {form}", endless(make), steps.train, fresh_state(), scale, seconds
+        )
         row["compilations"] = steps.compilations["train_step"]
         rows.append(row)
     raw = raw_loader_ms(
-        PackedMemmapLoader(packed, loader_cfg.batch_size, bucket_size=loader_cfg.bucket_size,
-                           prefetch=0),
+        PackedMemmapLoader(
+            packed,
+            loader_cfg.batch_size,
+            bucket_size=loader_cfg.bucket_size,
+            prefetch=0,
+        ),
         lambda b: prepare_batch(b, constants),
     )
     rows[0]["raw_loader_share"] = raw / rows[0]["step_ms"]
@@ -192,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "config.yaml"))
     parser.add_argument("--demo", default=str(ROOT / "data" / "demo.npz"))
-    parser.add_argument("--synthetic", type=int, default=3000, help="QM9-like molecules")
+    parser.add_argument(
+        "--synthetic", type=int, default=3000, help="QM9-like molecules"
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="timed per form")
     parser.add_argument("--features", type=int, help="override model.features")
     parser.add_argument("--batch-size", type=int, help="override loader.batch_size")
@@ -206,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         model_cfg = dataclasses.replace(model_cfg, features=args.features)
     if args.batch_size:
         loader_cfg = dataclasses.replace(loader_cfg, batch_size=args.batch_size)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {model_cfg}; "
-          f"batch_size={loader_cfg.batch_size}", flush=True)
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; {model_cfg}; "
+        f"batch_size={loader_cfg.batch_size}",
+        flush=True,
+    )
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,17 +237,27 @@ def main(argv: list[str] | None = None) -> int:
         convert_npz(npz, Path(tmp) / "qm9like")
         sets.append(("qm9-like", Path(tmp) / "qm9like"))
         for label, path in sets:
-            rows += bench_dataset(label, path, model_cfg, loader_cfg, train_cfg, args.seconds)
+            rows += bench_dataset(
+                label, path, model_cfg, loader_cfg, train_cfg, args.seconds
+            )
 
-    print(f"\n{'form':<18}{'shape':<24}{'mol/s':>9}{'step ms':>9}{'speedup':>9}"
-          f"{'loader exposed':>16}{'loader raw':>12}{'compiles':>10}")
+    print(
+        f"\n{'form':<18}{'shape':<24}{'mol/s':>9}{'step ms':>9}{'speedup':>9}"
+        f"{'loader exposed':>16}{'loader raw':>12}{'compiles':>10}"
+    )
     for packed_row, dense_row in zip(rows[::2], rows[1::2]):
         for r in (packed_row, dense_row):
             speed = r["mol_per_s"] / dense_row["mol_per_s"]
-            raw = f"{100 * r['raw_loader_share']:.1f}%" if "raw_loader_share" in r else "-"
-            print(f"{r['name']:<18}{r['shape']:<24}{r['mol_per_s']:>9.0f}{r['step_ms']:>9.1f}"
-                  f"{speed:>8.2f}x{100 * r['exposed_loader_share']:>15.1f}%{raw:>12}"
-                  f"{r['compilations']:>10}")
+            raw = (
+                f"{100 * r['raw_loader_share']:.1f}%"
+                if "raw_loader_share" in r
+                else "-"
+            )
+            print(
+                f"{r['name']:<18}{r['shape']:<24}{r['mol_per_s']:>9.0f}{r['step_ms']:>9.1f}"
+                f"{speed:>8.2f}x{100 * r['exposed_loader_share']:>15.1f}%{raw:>12}"
+                f"{r['compilations']:>10}"
+            )
     return 0
 
 

@@ -9,14 +9,22 @@ import numpy as np
 import optax
 import pytest
 from flax import serialization
-
 from physpack import checkpoint as ckpt_io
 from physpack.config import ModelConfig
 from physpack.errors import InputError
-from physpack.model import EnergyConstants, init_params, model_from_config, molecules_to_batch
+from physpack.model import (
+    EnergyConstants,
+    init_params,
+    model_from_config,
+    molecules_to_batch,
+)
 
 CONFIG = ModelConfig(
-    features=8, max_degree=0, num_iterations=1, num_basis_functions=4, max_atomic_number=9,
+    features=8,
+    max_degree=0,
+    num_iterations=1,
+    num_basis_functions=4,
+    max_atomic_number=9,
     n_res=1,
 )
 
@@ -26,7 +34,10 @@ def trained():
     """A checkpoint with non-trivial parameters and constants, and a batch."""
     rng = np.random.default_rng(0)
     mols = [
-        {"Z": np.array(z, np.int32), "R": rng.normal(size=(len(z), 3)).astype(np.float32) * 1.5}
+        {
+            "Z": np.array(z, np.int32),
+            "R": rng.normal(size=(len(z), 3)).astype(np.float32) * 1.5,
+        }
         for z in ([6, 1, 1, 1, 1], [8, 1, 1])
     ]
     batch = molecules_to_batch(mols, max_atoms=16, max_pairs=40, max_molecules=4)
@@ -53,13 +64,18 @@ def test_round_trip_is_exact(tmp_path, trained):
     back = ckpt_io.load(path)
     assert back.model_config == CONFIG
     assert back.constants.elements == (1, 6, 8) and back.constants.scale == 0.37
-    np.testing.assert_array_equal(back.constants.reference_energies, ckpt.constants.reference_energies)
+    np.testing.assert_array_equal(
+        back.constants.reference_energies, ckpt.constants.reference_energies
+    )
     assert back.constants.reference_energies.dtype == np.float64
     for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(ckpt.params)):
         np.testing.assert_array_equal(a, b)
     assert jax.tree.structure(back.params) == jax.tree.structure(ckpt.params)
     assert back.metrics == {"valid_forces_mae_eV_per_A": 0.05}
-    assert back.training["epoch"] == 3 and back.training["train_config"]["max_minutes"] is None
+    assert (
+        back.training["epoch"] == 3
+        and back.training["train_config"]["max_minutes"] is None
+    )
     assert back.units["forces"] == "eV/Angstrom"
     assert back.format_version == ckpt_io.FORMAT_VERSION and back.created_utc
     out_a, out_b = ckpt.predict(batch), back.predict(batch)
@@ -71,12 +87,14 @@ def test_round_trip_is_exact(tmp_path, trained):
 def test_failed_save_leaves_nothing(tmp_path, trained):
     ckpt, _ = trained
     bad = ckpt_io.Checkpoint(**{**ckpt.__dict__, "params": {"w": object()}})
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError):
         ckpt_io.save(tmp_path / "best.ckpt", bad)
     assert os.listdir(tmp_path) == []
 
 
-def test_existing_checkpoint_replaced_only_when_complete(tmp_path, trained, monkeypatch):
+def test_existing_checkpoint_replaced_only_when_complete(
+    tmp_path, trained, monkeypatch
+):
     ckpt, _ = trained
     path = ckpt_io.save(tmp_path / "best.ckpt", ckpt)
     before = path.read_bytes()
@@ -95,7 +113,10 @@ def test_existing_checkpoint_replaced_only_when_complete(tmp_path, trained, monk
     "damage, message",
     [
         (lambda b: b[: len(b) // 2], "unreadable checkpoint"),
-        (lambda b: b"not a checkpoint at all", "unreadable checkpoint|not a checkpoint"),
+        (
+            lambda b: b"not a checkpoint at all",
+            "unreadable checkpoint|not a checkpoint",
+        ),
         (
             lambda b: serialization.msgpack_serialize(
                 {**serialization.msgpack_restore(b), "format_version": 99}
@@ -126,9 +147,7 @@ def test_missing_file_and_incomplete_payload(tmp_path, trained):
     path.write_bytes(serialization.msgpack_serialize(payload))
     with pytest.raises(InputError, match="incomplete checkpoint"):
         ckpt_io.load(path)
-    payload = serialization.msgpack_restore(
-        ckpt_io.save(path, trained[0]).read_bytes()
-    )
+    payload = serialization.msgpack_restore(ckpt_io.save(path, trained[0]).read_bytes())
     payload["model_config"]["features"] = "many"
     path.write_bytes(serialization.msgpack_serialize(payload))
     with pytest.raises(InputError, match="features"):
@@ -139,7 +158,9 @@ def test_state_round_trip_with_optimizer_state(tmp_path, trained):
     params = trained[0].params
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_amsgrad())
     opt_state = tx.init(params)
-    _, opt_state = jax.jit(tx.update)(jax.tree.map(np.ones_like, params), opt_state, params)
+    _, opt_state = jax.jit(tx.update)(
+        jax.tree.map(np.ones_like, params), opt_state, params
+    )
     state = {
         "train_state": serialization.to_state_dict(
             {"params": params, "opt_state": jax.device_get(opt_state)}

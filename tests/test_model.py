@@ -1,4 +1,5 @@
-"""PhysNet model: forces are −∇E, symmetries hold, padding and packing change nothing."""
+"""PhysNet model: forces are −∇E, symmetries hold, padding and packing change
+nothing."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.spatial.transform import Rotation
-
 from physpack.config import ModelConfig
 from physpack.errors import InputError
 from physpack.model import (
@@ -23,6 +22,7 @@ from physpack.model import (
     molecules_to_batch,
     predict,
 )
+from scipy.spatial.transform import Rotation
 
 # One budget for every batch of this module: one compilation per model.
 BUDGET = {"max_atoms": 48, "max_pairs": 600, "max_molecules": 6}
@@ -42,7 +42,9 @@ TINY = ModelConfig(
 def random_molecule(rng: np.random.Generator, n: int, charge: float = 0.0) -> dict:
     """Atoms on a jittered lattice (≥ 1 Å apart) with random H/C/N/O/F."""
     grid = np.stack(np.meshgrid(*(np.arange(3),) * 3, indexing="ij"), -1).reshape(-1, 3)
-    R = grid[rng.choice(len(grid), n, replace=False)] * 1.4 + rng.uniform(-0.2, 0.2, (n, 3))
+    R = grid[rng.choice(len(grid), n, replace=False)] * 1.4 + rng.uniform(
+        -0.2, 0.2, (n, 3)
+    )
     return {
         "Z": rng.choice([1, 6, 7, 8, 9], n).astype(np.int32),
         "R": R.astype(np.float32),
@@ -64,7 +66,9 @@ def setup():
     rng = np.random.default_rng(0)
     mols = [random_molecule(rng, n, q) for n, q in ((5, 0.0), (9, 1.0), (3, -1.0))]
     model = model_from_config(TINY)
-    params = randomised(init_params(model, jax.random.PRNGKey(0), molecules_to_batch(mols, **BUDGET)))
+    params = randomised(
+        init_params(model, jax.random.PRNGKey(0), molecules_to_batch(mols, **BUDGET))
+    )
     ref = np.zeros(TINY.max_atomic_number + 1)
     ref[[1, 6, 7, 8, 9]] = [-13.6, -1030.0, -1480.0, -2040.0, -2710.0]
     constants = EnergyConstants(ref, 0.7, (1, 6, 7, 8, 9))
@@ -73,7 +77,9 @@ def setup():
 
 def run(setup, mols, **budget):
     model, params, constants, _ = setup
-    return predict(params, molecules_to_batch(mols, **(budget or BUDGET)), model, constants)
+    return predict(
+        params, molecules_to_batch(mols, **(budget or BUDGET)), model, constants
+    )
 
 
 def test_alias_and_outputs(setup):
@@ -87,7 +93,9 @@ def test_alias_and_outputs(setup):
     assert np.all(out["energy"][3:] == 0)
     # energy = float64 reference + residual, the reference summed on the host
     ref = [constants.reference_energies[m["Z"]].sum() for m in mols]
-    np.testing.assert_allclose(out["energy"][:3] - ref, out["energy_residual"][:3], atol=1e-9)
+    np.testing.assert_allclose(
+        out["energy"][:3] - ref, out["energy_residual"][:3], atol=1e-9
+    )
     assert np.ptp(out["forces"][:5]) > 1e-3  # a non-trivial force field
 
 
@@ -121,7 +129,9 @@ def test_forces_are_minus_gradient_finite_differences(setup):
                 e_plus = float(jnp.sum(f(inputs["R"] + dR)["energy_residual"]))
                 e_minus = float(jnp.sum(f(inputs["R"] - dR)["energy_residual"]))
                 numeric = -(e_plus - e_minus) / (2 * h)
-                assert float(out["forces"][a, c]) == pytest.approx(numeric, abs=1e-6, rel=1e-5)
+                assert float(out["forces"][a, c]) == pytest.approx(
+                    numeric, abs=1e-6, rel=1e-5
+                )
 
 
 @settings(max_examples=8, deadline=None)
@@ -165,8 +175,12 @@ def test_padding_and_batch_placement_change_nothing(setup):
             (reordered, order[i], ostarts[order[i]]),
         ):
             assert out["energy"][slot] == pytest.approx(alone[i]["energy"][0], abs=1e-4)
-            np.testing.assert_allclose(out["forces"][s : s + n], alone[i]["forces"][:n], atol=1e-5)
-            np.testing.assert_allclose(out["dipole"][slot], alone[i]["dipole"][0], atol=1e-5)
+            np.testing.assert_allclose(
+                out["forces"][s : s + n], alone[i]["forces"][:n], atol=1e-5
+            )
+            np.testing.assert_allclose(
+                out["dipole"][slot], alone[i]["dipole"][0], atol=1e-5
+            )
 
 
 def test_padding_gets_no_gradient_and_no_nan(setup):
@@ -188,12 +202,17 @@ def test_zbl_repels_at_short_range(setup):
     model, _, constants, _ = setup
     energies = []
     for d in (0.3, 0.6, 2.5):
-        mol = {"Z": np.array([6, 6], np.int32), "R": np.array([[0, 0, 0], [d, 0, 0]], np.float32)}
+        mol = {
+            "Z": np.array([6, 6], np.int32),
+            "R": np.array([[0, 0, 0], [d, 0, 0]], np.float32),
+        }
         batch = molecules_to_batch([mol], **BUDGET)
         params = init_params(model, jax.random.PRNGKey(0), batch)
         energies.append(predict(params, batch, model, constants)["energy_residual"][0])
     # zero-initialised heads, neutral molecule: the energy is the ZBL term alone
-    assert energies[0] > energies[1] > 1.0 and energies[2] == pytest.approx(0.0, abs=1e-6)
+    assert energies[0] > energies[1] > 1.0 and energies[2] == pytest.approx(
+        0.0, abs=1e-6
+    )
 
 
 def test_batch_over_budget_is_refused():
@@ -205,7 +224,10 @@ def test_batch_over_budget_is_refused():
 def test_reference_sum_and_unknown_elements():
     c = EnergyConstants(np.arange(10, dtype=np.float64), 1.0, (1, 6))
     batch = molecules_to_batch(
-        [{"Z": np.array([1, 6]), "R": np.eye(2, 3)}, {"Z": np.array([6, 6, 1]), "R": np.eye(3)}]
+        [
+            {"Z": np.array([1, 6]), "R": np.eye(2, 3)},
+            {"Z": np.array([6, 6, 1]), "R": np.eye(3)},
+        ]
     )
     np.testing.assert_array_equal(c.reference_sum(batch), [7.0, 13.0, 0.0])
     with pytest.raises(InputError, match=r"element\(s\) \[8\]"):

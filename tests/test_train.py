@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from physpack import checkpoint as ckpt_io
 from physpack import train as train_mod
 from physpack.config import LoaderConfig, ModelConfig, TrainConfig, section_to_json
@@ -25,13 +24,23 @@ from physpack.packed import PackedWriter
 from physpack.synthetic import molecules
 
 MODEL = ModelConfig(
-    features=8, max_degree=0, num_iterations=1, num_basis_functions=8, cutoff=4.0,
-    max_atomic_number=9, n_res=1,
+    features=8,
+    max_degree=0,
+    num_iterations=1,
+    num_basis_functions=8,
+    cutoff=4.0,
+    max_atomic_number=9,
+    n_res=1,
 )
 LOADER = LoaderConfig(batch_size=8, bucket_size=64, prefetch=1)
 TRAIN = TrainConfig(
-    epochs=3, warmup_steps=3, learning_rate=2e-2, state_every_steps=4, patience=10,
-    ema_decay=0.9, forces_weight=10.0,
+    epochs=3,
+    warmup_steps=3,
+    learning_rate=2e-2,
+    state_every_steps=4,
+    patience=10,
+    ema_decay=0.9,
+    forces_weight=10.0,
 )
 REFERENCE = {1: -13.6, 6: -1030.0, 7: -1480.0, 8: -2040.0, 9: -2710.0}
 
@@ -60,14 +69,22 @@ def write_toy(root: Path, n_mol: int = 90, seed: int = 0) -> tuple[Path, Path]:
             e, F = morse(m["Z"], m["R"].astype(np.float64))
             E = e + sum(REFERENCE[int(z)] for z in m["Z"])
             w.append(
-                np.array([len(m["Z"])]), Z=m["Z"], R=m["R"], F=F.astype(np.float32),
-                E=np.array([E]), Qtot=np.zeros(1),
+                np.array([len(m["Z"])]),
+                Z=m["Z"],
+                R=m["R"],
+                F=F.astype(np.float32),
+                E=np.array([E]),
+                Qtot=np.zeros(1),
             )
     order = rng.permutation(n_mol)
     k = int(0.15 * n_mol)
     split = root / "split.npz"
-    np.savez(split, valid=np.sort(order[:k]), test=np.sort(order[k : 2 * k]),
-             train=np.sort(order[2 * k :]))
+    np.savez(
+        split,
+        valid=np.sort(order[:k]),
+        test=np.sort(order[k : 2 * k]),
+        train=np.sort(order[2 * k :]),
+    )
     return packed, split
 
 
@@ -79,9 +96,17 @@ def toy(tmp_path_factory) -> tuple[Path, Path]:
 def run(out: Path, toy, train_cfg: TrainConfig = TRAIN, **kw) -> train_mod.TrainResult:
     packed, split = toy
     return train_mod.train(
-        packed, split, out / "best.ckpt", out / "history.csv", out / "state",
-        kw.pop("model_cfg", MODEL), train_cfg, kw.pop("loader_cfg", LOADER),
-        progress=False, log=kw.pop("log", lambda msg: None), **kw,
+        packed,
+        split,
+        out / "best.ckpt",
+        out / "history.csv",
+        out / "state",
+        kw.pop("model_cfg", MODEL),
+        train_cfg,
+        kw.pop("loader_cfg", LOADER),
+        progress=False,
+        log=kw.pop("log", lambda msg: None),
+        **kw,
     )
 
 
@@ -91,6 +116,11 @@ def reference_run(toy, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
     lines: list[str] = []
     return run(out, toy, log=lines.append), out, lines
+
+
+def train_losses(out: Path) -> np.ndarray:
+    with open(out / "history.csv") as fh:
+        return np.array([float(r["train_loss"]) for r in csv.DictReader(fh)])
 
 
 def leaves(tree) -> list[np.ndarray]:
@@ -145,14 +175,20 @@ def test_reference_energies_are_the_least_squares_fit(toy):
         np.add.at(C[row], ds.molecule(int(i))["Z"], 1.0)
     E = np.asarray(ds.E)[idx]
     expected = np.linalg.lstsq(C[:, [1, 6, 7, 8, 9]], E, rcond=None)[0]
-    np.testing.assert_allclose(constants.reference_energies[[1, 6, 7, 8, 9]], expected, atol=1e-6)
+    np.testing.assert_allclose(
+        constants.reference_energies[[1, 6, 7, 8, 9]], expected, atol=1e-6
+    )
     assert constants.reference_energies[[0, 2, 3, 4, 5]].tolist() == [0.0] * 5
     assert constants.elements == (1, 6, 7, 8, 9)
     residual = (E - C @ constants.reference_energies) / C.sum(1)
-    assert stats["energy_residual_std_eV_per_atom"] == pytest.approx(residual.std(), rel=1e-6)
+    assert stats["energy_residual_std_eV_per_atom"] == pytest.approx(
+        residual.std(), rel=1e-6
+    )
     F = np.concatenate([ds.molecule(int(i))["F"] for i in idx]).astype(np.float64)
     assert stats["forces_std_eV_per_A"] == pytest.approx(F.std(), rel=1e-5)
-    assert constants.scale == pytest.approx(max(residual.std(), np.sqrt((F**2).mean())), rel=1e-5)
+    assert constants.scale == pytest.approx(
+        max(residual.std(), np.sqrt((F**2).mean())), rel=1e-5
+    )
 
 
 def test_atomic_number_above_the_model_is_named(toy):
@@ -168,8 +204,13 @@ def test_loss_decreases_and_each_step_compiles_once(reference_run):
     with open(out / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    for col in ("valid_energy_mae_eV_per_atom", "valid_forces_rmse_eV_per_A", "lr",
-                "molecules_per_s", "wall_time_s"):
+    for col in (
+        "valid_energy_mae_eV_per_atom",
+        "valid_forces_rmse_eV_per_A",
+        "lr",
+        "molecules_per_s",
+        "wall_time_s",
+    ):
         assert float(rows[-1][col]) > 0
     first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
     assert last < 0.7 * first
@@ -185,19 +226,23 @@ def test_best_checkpoint_is_complete(reference_run):
     assert ckpt.metrics == pytest.approx(result.best_metrics)
     assert ckpt.constants.reference_energies[6] == pytest.approx(REFERENCE[6], abs=2.0)
     state = ckpt_io.load_state(out / "state")
-    assert state["finished"] and state["stop_reason"] == "epochs"
-    for a, b in zip(leaves(ckpt.params), leaves(state["best"]["ema"])):
+    assert (
+        state["progress"]["finished"] and state["progress"]["stop_reason"] == "epochs"
+    )
+    for a, b in zip(leaves(ckpt.params), leaves(state["progress"]["best_ema"])):
         np.testing.assert_array_equal(a, b)
 
 
-def test_resume_after_a_crash_reproduces_the_uninterrupted_run(reference_run, toy, tmp_path):
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(
+    reference_run, toy, tmp_path
+):
     expected = reference_run[0]
 
     # ~8 batches per epoch: step 14 is in epoch 2, the last state from step 12
     with pytest.raises(Killed):
         run(tmp_path, toy, on_step=crash_at(14))
     saved = ckpt_io.load_state(tmp_path / "state")
-    assert not saved["finished"] and int(saved["train_state"]["step"]) == 12
+    assert not saved["progress"]["finished"] and int(saved["train_state"]["step"]) == 12
     assert saved["loader"]["epoch"] == 1 and saved["loader"]["position"] > 0
     lines: list[str] = []
     resumed = run(tmp_path, toy, log=lines.append)
@@ -207,9 +252,10 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(reference_run, to
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     for a, b in zip(leaves(resumed.ema), leaves(expected.ema)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    hist = lambda p: [r["train_loss"] for r in csv.DictReader(open(p / "history.csv"))]  # noqa: E731
     np.testing.assert_allclose(
-        np.array(hist(tmp_path), float), np.array(hist(reference_run[1]), float), rtol=1e-5
+        train_losses(tmp_path),
+        train_losses(reference_run[1]),
+        rtol=1e-5,
     )
 
 
@@ -247,9 +293,15 @@ def test_nonfinite_steps_are_rejected(toy):
     constants = EnergyConstants(np.zeros(10), 1.0, (1, 6, 7, 8, 9))
     tx, _ = train_mod.make_optimizer(TRAIN, 5)
     params = init_params(model, jax.random.PRNGKey(0), batch)
-    steps = train_mod.build_steps(model, tx, TRAIN, train_mod.LossWeights(1.0, 1.0, 0.0))
-    state = {"params": params, "opt_state": tx.init(params),
-             "ema": jax.tree.map(jnp.copy, params), "step": jnp.zeros((), jnp.int32)}
+    steps = train_mod.build_steps(
+        model, tx, TRAIN, train_mod.LossWeights(1.0, 1.0, 0.0)
+    )
+    state = {
+        "params": params,
+        "opt_state": tx.init(params),
+        "ema": jax.tree.map(jnp.copy, params),
+        "step": jnp.zeros((), jnp.int32),
+    }
     good = train_mod.prepare_batch(batch, constants)
     bad = {**good, "E_res": good["E_res"].copy()}
     bad["E_res"][0] = np.nan
@@ -263,11 +315,15 @@ def test_nonfinite_steps_are_rejected(toy):
     for _ in range(2):  # the warm-up's first learning rate is 0
         state, info = steps.train(state, good, jnp.float32(1.0))
         assert bool(info["finite"])
-    assert any(not np.array_equal(a, b) for a, b in zip(leaves(state["params"]), initial))
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(leaves(state["params"]), initial)
+    )
     assert steps.compilations["train_step"] == 1
 
 
-def test_repeated_nonfinite_steps_stop_with_best_checkpoint_intact(toy, tmp_path, monkeypatch):
+def test_repeated_nonfinite_steps_stop_with_best_checkpoint_intact(
+    toy, tmp_path, monkeypatch
+):
     poisoned = {"on": False, "best": b""}
     prepare = train_mod.prepare_batch
 
@@ -286,7 +342,9 @@ def test_repeated_nonfinite_steps_stop_with_best_checkpoint_intact(toy, tmp_path
     cfg = dataclasses.replace(TRAIN, epochs=5, max_nonfinite_steps=4)
     with pytest.raises(train_mod.TrainingDiverged, match="4 consecutive steps"):
         run(tmp_path, toy, train_cfg=cfg, on_step=poison_after_first_epoch)
-    assert poisoned["best"] and (tmp_path / "best.ckpt").read_bytes() == poisoned["best"]
+    assert (
+        poisoned["best"] and (tmp_path / "best.ckpt").read_bytes() == poisoned["best"]
+    )
     ckpt = ckpt_io.load(tmp_path / "best.ckpt")
     assert all(np.all(np.isfinite(x)) for x in leaves(ckpt.params))
 
@@ -295,14 +353,27 @@ def test_command_line_as_the_snakemake_rule_calls_it(toy, tmp_path, capsys):
     packed, split = toy
     fast = dataclasses.replace(TRAIN, epochs=1)
     argv = [
-        str(packed), "--split", str(split), "--output", str(tmp_path / "m" / "best.ckpt"),
-        "--history", str(tmp_path / "m" / "history.csv"),
-        "--state-dir", str(tmp_path / "m" / "state"),
-        "--model-config", section_to_json(MODEL), "--train-config", section_to_json(fast),
-        "--loader-config", json.dumps(dataclasses.asdict(LOADER)), "--no-progress",
+        str(packed),
+        "--split",
+        str(split),
+        "--output",
+        str(tmp_path / "m" / "best.ckpt"),
+        "--history",
+        str(tmp_path / "m" / "history.csv"),
+        "--state-dir",
+        str(tmp_path / "m" / "state"),
+        "--model-config",
+        section_to_json(MODEL),
+        "--train-config",
+        section_to_json(fast),
+        "--loader-config",
+        json.dumps(dataclasses.asdict(LOADER)),
+        "--no-progress",
     ]
     assert train_mod.main(argv) == 0
-    assert (tmp_path / "m" / "best.ckpt").is_file() and (tmp_path / "m" / "history.csv").is_file()
+    assert (tmp_path / "m" / "best.ckpt").is_file() and (
+        tmp_path / "m" / "history.csv"
+    ).is_file()
     assert "compilations: train_step=1 eval_step=1" in capsys.readouterr().out
     bad = argv[:-7] + ["--train-config", '{"learning_rate": "fast"}', "--no-progress"]
     assert train_mod.main(bad) == 2

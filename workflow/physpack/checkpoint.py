@@ -163,7 +163,9 @@ def load_state(state_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(state_dir) / STATE_FILE
     if not path.exists():
         return None
-    return _read_msgpack(path, STATE_FORMAT_NAME, STATE_FORMAT_VERSION, "training state")
+    return _read_msgpack(
+        path, STATE_FORMAT_NAME, STATE_FORMAT_VERSION, "training state"
+    )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -189,7 +191,9 @@ def _read_msgpack(path: Path, name: str, version: int, what: str) -> dict[str, A
     try:
         payload = serialization.msgpack_restore(path.read_bytes())
     except Exception as exc:  # msgpack raises a variety of errors on bad bytes
-        raise InputError(f"{path}: unreadable {what} (truncated or not msgpack: {exc})") from exc
+        raise InputError(
+            f"{path}: unreadable {what} (truncated or not msgpack: {exc})"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != name:
         raise InputError(f"{path}: not a {what} (no format {name!r})")
     found = payload.get("format_version")
@@ -221,4 +225,4 @@ def _plain(value: Any) -> Any:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -115,13 +115,17 @@ class PhysNet(nn.Module):
         # an infinite derivative. Replace it before any norm (first where) and zero
         # everything derived from it (second where / masks), so that gradients of
         # padding stay exactly zero instead of 0·inf = NaN.
-        displacements = e3x.ops.gather_src(positions, src_idx=src_idx) - e3x.ops.gather_dst(
-            positions, dst_idx=dst_idx
-        )
+        displacements = e3x.ops.gather_src(
+            positions, src_idx=src_idx
+        ) - e3x.ops.gather_dst(positions, dst_idx=dst_idx)
         safe = jnp.where(
-            pair_mask[:, None], displacements, jnp.array([1.0, 0.0, 0.0], positions.dtype)
+            pair_mask[:, None],
+            displacements,
+            jnp.array([1.0, 0.0, 0.0], positions.dtype),
         )
-        distances = jnp.sqrt(jnp.sum(safe**2, axis=-1))  # (P,) Å, ≥ 0 only on real pairs
+        distances = jnp.sqrt(
+            jnp.sum(safe**2, axis=-1)
+        )  # (P,) Å, ≥ 0 only on real pairs
         basis = e3x.nn.basis(
             safe,
             num=self.num_basis_functions,
@@ -163,7 +167,9 @@ class PhysNet(nn.Module):
         if self.charges:
             raw = outputs[:, 1]
             n_mol = jax.ops.segment_sum(atom_w, batch_segments, num_molecules)
-            excess = jax.ops.segment_sum(raw, batch_segments, num_molecules) - total_charge
+            excess = (
+                jax.ops.segment_sum(raw, batch_segments, num_molecules) - total_charge
+            )
             per_atom = excess / jnp.where(n_mol > 0, n_mol, 1.0)
             charges = (raw - per_atom[batch_segments]) * atom_w
             q_dst = e3x.ops.gather_dst(charges, dst_idx=dst_idx)

@@ -46,9 +46,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import jax
 import jax.numpy as jnp
@@ -301,7 +301,9 @@ def eval_sums(
     return sums
 
 
-def metrics_from_sums(sums: Mapping[str, float], weights: LossWeights) -> dict[str, float]:
+def metrics_from_sums(
+    sums: Mapping[str, float], weights: LossWeights
+) -> dict[str, float]:
     """Validation metrics (units in the names) from accumulated :func:`eval_sums`."""
     n = max(sums["n_mol"], 1.0)
     m = {
@@ -353,7 +355,9 @@ def make_optimizer(
     style, any optimizer when ``weight_decay`` > 0) → learning rate schedule
     (→ reduce-on-plateau of the epoch-mean training loss for ``plateau``)."""
     schedule = make_schedule(cfg, cfg.epochs * steps_per_epoch)
-    parts: list[optax.GradientTransformation] = [optax.clip_by_global_norm(cfg.clip_norm)]
+    parts: list[optax.GradientTransformation] = [
+        optax.clip_by_global_norm(cfg.clip_norm)
+    ]
     if cfg.optimizer == "amsgrad":
         parts.append(optax.scale_by_amsgrad())
     else:
@@ -432,18 +436,22 @@ def build_steps(
             state["params"]
         )
         extra = {"value": loss} if plateau else {}
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"], **extra)
+        updates, opt_state = tx.update(
+            grads, state["opt_state"], state["params"], **extra
+        )
         params = optax.apply_updates(state["params"], updates)
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         )
-        keep = lambda new, old: jax.tree.map(  # noqa: E731
+        keep = lambda new, old: jax.tree.map(
             lambda a, b: jnp.where(finite, a, b), new, old
         )
         t = state["step"].astype(jnp.float32)
         # EMA warm-up: early averages would otherwise be dominated by the init.
         decay = jnp.minimum(cfg.ema_decay, (1.0 + t) / (10.0 + t))
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema"], params)
+        ema = jax.tree.map(
+            lambda e, p: decay * e + (1.0 - decay) * p, state["ema"], params
+        )
         new_state = {
             "params": keep(params, state["params"]),
             "opt_state": keep(opt_state, state["opt_state"]),
@@ -492,7 +500,11 @@ def dataset_fingerprint(
     h = hashlib.sha256()
     arrays = (dataset.manifest or {}).get("arrays")
     if arrays and all("sha256" in v for v in arrays.values()):
-        h.update(json.dumps({k: v["sha256"] for k, v in arrays.items()}, sort_keys=True).encode())
+        h.update(
+            json.dumps(
+                {k: v["sha256"] for k, v in arrays.items()}, sort_keys=True
+            ).encode()
+        )
     else:
         for name in ("offsets", "E"):
             h.update(sha256_file(dataset.file_paths()[name]).encode())
@@ -571,7 +583,7 @@ class _SigtermFlag:
         self.raised = False
         self._previous: Any = None
 
-    def __enter__(self) -> _SigtermFlag:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
@@ -579,7 +591,7 @@ class _SigtermFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         self.raised = True
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
@@ -640,305 +652,399 @@ def train(
 
     Raises:
         ConfigError: a state from another config/dataset, bad settings.
-        InputError: unreadable inputs.
+        InputError: unreadable inputs, elements in ``valid`` absent from ``train``.
         TrainingDiverged: ``max_nonfinite_steps`` consecutive non-finite steps (the
             best checkpoint written so far stays).
         Preempted: SIGTERM (state saved first).
     """
-    t_process = time.monotonic()
-    output, history, state_dir = Path(output), Path(history), Path(state_dir)
-    split = Path(split)
-    dataset = PackedDataset(packed)
-    train_idx, valid_idx = _subset(split, "train"), _subset(split, "valid")
-    fingerprint = dataset_fingerprint(dataset, train_idx, valid_idx)
-    chash = config_hash(model_cfg, train_cfg, loader_cfg)
-    if train_cfg.devices not in ("all", 1):
-        log(
-            f"note: train.devices={train_cfg.devices!r}: this trainer uses one device "
-            f"({jax.devices()[0].platform})"
-        )
+    run = _Run(
+        Path(packed),
+        Path(split),
+        Path(output),
+        Path(history),
+        Path(state_dir),
+        model_cfg,
+        train_cfg,
+        loader_cfg,
+        progress=progress,
+        log=log,
+        on_step=on_step,
+    )
+    return run.run()
 
-    saved = ckpt_io.load_state(state_dir)
-    if saved is not None and (
-        saved.get("config_hash") != chash or saved.get("dataset") != fingerprint
+
+@dataclasses.dataclass
+class _Progress:
+    """Bookkeeping of a run, saved with the resumable state (plain values)."""
+
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    best_epoch: int = 0  # 1-based; 0: none yet
+    best_loss: float = math.inf
+    best_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    best_ema: Any = None
+    bad_epochs: int = 0  # epochs since the last improvement
+    elapsed_s: float = 0.0  # training time of earlier processes of this run
+    epoch_acc: dict[str, float] = dataclasses.field(
+        default_factory=lambda: _new_epoch_acc()
+    )
+    finished: bool = False
+    stop_reason: str = "epochs"
+
+
+class _Run:
+    """One call of :func:`train`: inputs, loaders, compiled steps and bookkeeping."""
+
+    def __init__(
+        self,
+        packed: Path,
+        split: Path,
+        output: Path,
+        history: Path,
+        state_dir: Path,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        loader_cfg: LoaderConfig,
+        *,
+        progress: bool,
+        log: Callable[[str], None],
+        on_step: Callable[[int], None] | None,
     ):
-        what = "config" if saved.get("config_hash") != chash else "dataset or split"
-        if not saved.get("finished", False):
-            raise ConfigError(
-                f"{state_dir / ckpt_io.STATE_FILE}: unfinished training state from a "
-                f"different {what}; restore the settings it was made with to resume, "
-                f"or delete {state_dir} to start over"
+        self.t_start = time.monotonic()
+        self.output, self.history, self.state_dir = output, history, state_dir
+        self.model_cfg, self.cfg, self.loader_cfg = model_cfg, train_cfg, loader_cfg
+        self.show_progress, self.log, self.on_step = progress, log, on_step
+        self.dataset = PackedDataset(packed)
+        train_idx, valid_idx = _subset(split, "train"), _subset(split, "valid")
+        self.fingerprint = dataset_fingerprint(self.dataset, train_idx, valid_idx)
+        self.config_hash = config_hash(model_cfg, train_cfg, loader_cfg)
+        if train_cfg.devices not in ("all", 1):
+            log(
+                f"note: train.devices={train_cfg.devices!r}: this trainer uses one "
+                f"device ({jax.devices()[0].platform})"
             )
-        saved = None  # a finished run of other settings: nothing to resume
+        saved = self._resumable_state()
 
-    train_loader = from_config(
-        dataset, loader_cfg, shuffle=True, seed=train_cfg.seed, indices=train_idx
-    )
-    valid_loader = from_config(
-        dataset, loader_cfg, shuffle=False, seed=train_cfg.seed, indices=valid_idx
-    )
-    has_forces = dataset.has("F")
-    weights = LossWeights(
-        energy=train_cfg.energy_weight,
-        forces=train_cfg.forces_weight if has_forces else 0.0,
-        dipole=train_cfg.dipole_weight if (dataset.has("D") and model_cfg.charges) else 0.0,
-    )
-
-    if saved is not None:
-        constants = EnergyConstants.from_dict(saved["constants"])
-        data_stats = dict(saved["data_stats"])
-    else:
-        fit_loader = from_config(
-            dataset, loader_cfg, shuffle=False, seed=0, indices=train_idx
+        self.train_loader = from_config(
+            self.dataset,
+            loader_cfg,
+            shuffle=True,
+            seed=train_cfg.seed,
+            indices=train_idx,
         )
-        constants, data_stats = fit_energy_constants(fit_loader, model_cfg.max_atomic_number)
-    log(
-        f"data: {len(train_idx)} train / {len(valid_idx)} valid molecules, elements "
-        f"{list(constants.elements)}, energy scale {constants.scale:.4g} eV, force std "
-        f"{data_stats['forces_std_eV_per_A']:.4g} eV/Å; batches: budget "
-        f"{dataclasses.astuple(train_loader.budget)} (atoms, pairs, molecules), "
-        f"{train_loader.num_batches()} per epoch; device: {jax.devices()[0].platform}"
-    )
-
-    model = model_from_config(model_cfg)
-    steps_per_epoch = train_loader.num_batches(0)
-    tx, schedule = make_optimizer(train_cfg, steps_per_epoch)
-    sample = train_loader.assemble(np.arange(1))
-    params = init_params(model, jax.random.PRNGKey(train_cfg.seed), sample)
-    state: dict[str, Any] = {
-        "params": params,
-        "opt_state": tx.init(params),
-        "ema": jax.tree.map(jnp.copy, params),  # own buffers: the state is donated
-        "step": jnp.zeros((), jnp.int32),
-    }
-    rows: list[dict[str, float]] = []
-    best: dict[str, Any] = {"epoch": 0, "metrics": {}, "ema": None, "loss": math.inf}
-    bad_epochs = 0
-    elapsed_before = 0.0
-    epoch_acc = _new_epoch_acc()
-    finished = False
-    stop_reason = "epochs"
-    if saved is not None:
-        state = serialization.from_state_dict(_host(state), saved["train_state"])
-        train_loader.load_state_dict(saved["loader"])
-        rows = [dict(r) for r in saved["history"]]
-        best = dict(saved["best"])
-        bad_epochs = int(saved["bad_epochs"])
-        elapsed_before = float(saved["elapsed_s"])
-        epoch_acc = dict(saved["epoch_acc"])
-        finished = bool(saved.get("finished", False))
-        stop_reason = str(saved.get("stop_reason", stop_reason))
+        self.valid_loader = from_config(
+            self.dataset,
+            loader_cfg,
+            shuffle=False,
+            seed=train_cfg.seed,
+            indices=valid_idx,
+        )
+        has_dipole_loss = self.dataset.has("D") and model_cfg.charges
+        self.weights = LossWeights(
+            energy=train_cfg.energy_weight,
+            forces=train_cfg.forces_weight if self.dataset.has("F") else 0.0,
+            dipole=train_cfg.dipole_weight if has_dipole_loss else 0.0,
+        )
+        if saved is not None:
+            self.constants = EnergyConstants.from_dict(saved["constants"])
+            self.data_stats = dict(saved["data_stats"])
+        else:
+            fit_loader = from_config(
+                self.dataset, loader_cfg, shuffle=False, seed=0, indices=train_idx
+            )
+            self.constants, self.data_stats = fit_energy_constants(
+                fit_loader, model_cfg.max_atomic_number
+            )
         log(
-            f"resuming from {state_dir / ckpt_io.STATE_FILE}: epoch "
-            f"{train_loader.epoch + 1}, batch {train_loader.position}, step "
-            f"{int(saved['train_state']['step'])}"
+            f"data: {len(train_idx)} train / {len(valid_idx)} valid molecules, "
+            f"elements {list(self.constants.elements)}, energy scale {self.constants.scale:.4g} "
+            f"eV, force std {self.data_stats['forces_std_eV_per_A']:.4g} eV/Å; batch "
+            f"budget {dataclasses.astuple(self.train_loader.budget)} (atoms, pairs, "
+            f"molecules), {self.train_loader.num_batches()} batches per epoch; device: "
+            f"{jax.devices()[0].platform}"
         )
-    state = jax.device_put(state)
-    scale = jnp.float32(constants.scale)
-    steps = build_steps(model, tx, train_cfg, weights)
 
-    def put(batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-        return jax.device_put(prepare_batch(batch, constants))
+        self.model = model_from_config(model_cfg)
+        self.tx, self.schedule = make_optimizer(
+            train_cfg, self.train_loader.num_batches(0)
+        )
+        params = init_params(
+            self.model,
+            jax.random.PRNGKey(train_cfg.seed),
+            self.train_loader.assemble(np.arange(1)),
+        )
+        state: dict[str, Any] = {
+            "params": params,
+            "opt_state": self.tx.init(params),
+            "ema": jax.tree.map(jnp.copy, params),  # own buffers: the state is donated
+            "step": jnp.zeros((), jnp.int32),
+        }
+        self.progress = _Progress()
+        if saved is not None:
+            state = serialization.from_state_dict(_host(state), saved["train_state"])
+            self.train_loader.load_state_dict(saved["loader"])
+            self.progress = _Progress(**saved["progress"])
+            log(
+                f"resuming from {state_dir / ckpt_io.STATE_FILE}: epoch "
+                f"{self.train_loader.epoch + 1}, batch {self.train_loader.position}, "
+                f"step {int(saved['train_state']['step'])}"
+            )
+        self.state = jax.device_put(state)
+        self.scale = jnp.float32(self.constants.scale)
+        self.steps = build_steps(self.model, self.tx, train_cfg, self.weights)
+        self.consecutive_bad = 0
+        # The prefetch threads prepare the batches (float64 residuals) and transfer
+        # them to the device while the previous step runs.
+        self.train_loader._device_put = self._put
+        self.valid_loader._device_put = self._put_checked
+        self._known = np.zeros(model_cfg.max_atomic_number + 1, dtype=bool)
+        self._known[list(self.constants.elements)] = True
 
-    train_loader._device_put = put  # prefetch thread prepares and transfers
-    valid_loader._device_put = put
+    # -- setup helpers ------------------------------------------------------------
+    def _resumable_state(self) -> dict[str, Any] | None:
+        saved = ckpt_io.load_state(self.state_dir)
+        if saved is None:
+            return None
+        same_config = saved.get("config_hash") == self.config_hash
+        if same_config and saved.get("dataset") == self.fingerprint:
+            return saved
+        if saved.get("progress", {}).get("finished", False):
+            return None  # a finished run of other settings: nothing to resume
+        what = "config" if not same_config else "dataset or split"
+        raise ConfigError(
+            f"{self.state_dir / ckpt_io.STATE_FILE}: unfinished training state from a "
+            f"different {what}; restore the settings it was made with to resume, or "
+            f"delete {self.state_dir} to start over"
+        )
 
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - t_process
+    def _put(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        return jax.device_put(prepare_batch(batch, self.constants))
 
-    def save_state() -> None:
+    def _put_checked(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """:meth:`_put`, refusing elements without a fitted reference energy."""
+        z = batch["Z"]
+        K = self._known.size
+        unknown = batch["atom_mask"] & ((z >= K) | ~self._known[np.minimum(z, K - 1)])
+        if unknown.any():
+            a = int(np.argmax(unknown))
+            mol = int(batch["mol_index"][batch["batch_segments"][a]])
+            raise InputError(
+                f"{self.dataset.path}: valid molecule {mol} has element "
+                f"{int(batch['Z'][a])}, absent from the training subset (trained elements: "
+                f"{list(self.constants.elements)}); re-split the data"
+            )
+        return self._put(batch)
+
+    # -- the loop -------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        p = self.progress
+        with _SigtermFlag() as sigterm:
+            while not p.finished:
+                epoch = self.train_loader.epoch  # 0-based epoch in progress
+                if epoch >= self.cfg.epochs:
+                    p.finished, p.stop_reason = True, "epochs"
+                    break
+                t0 = time.monotonic()
+                self._train_epoch(epoch, sigterm)
+                self._end_epoch(epoch, time.monotonic() - t0)
+                if not p.finished and sigterm.raised:
+                    raise Preempted(
+                        f"SIGTERM after epoch {epoch + 1}: state saved in "
+                        f"{self.state_dir}; rerun the same command to continue"
+                    )
+        if p.best_ema is None:  # cannot happen with epochs ≥ 1; never write nothing
+            raise TrainingDiverged("no epoch completed; no checkpoint written")
+        # Rewritten at the end: a resumed run, whose earlier best.ckpt a workflow
+        # manager may have deleted, still ends with it in place.
+        self._write_best(p.best_ema, p.best_epoch, p.best_metrics)
+        write_history(self.history, p.history)
+        c = self.steps.compilations
+        self.log(
+            f"done: {p.stop_reason}; best epoch {p.best_epoch} "
+            f"({_metric_text(p.best_metrics)}); compilations: train_step="
+            f"{c['train_step']} eval_step={c['eval_step']}; "
+            f"{self._elapsed() / 60:.1f} min"
+        )
+        return TrainResult(
+            checkpoint=self.output,
+            history=self.history,
+            best_epoch=p.best_epoch,
+            best_metrics=dict(p.best_metrics),
+            epochs=len(p.history),
+            steps=int(self.state["step"]),
+            stop_reason=p.stop_reason,
+            compilations=dict(c),
+            params=_host(self.state["params"]),
+            ema=_host(self.state["ema"]),
+        )
+
+    def _train_epoch(self, epoch: int, sigterm: _SigtermFlag) -> None:
+        """The rest of the epoch in progress; saves the state every
+        ``state_every_steps`` steps and on SIGTERM (then raises :class:`Preempted`)."""
+        acc = self.progress.epoch_acc
+        bar = tqdm(
+            total=self.train_loader.num_batches(),
+            initial=self.train_loader.position,
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            unit="batch",
+            disable=not self.show_progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        t0 = time.monotonic()
+        time_before = acc["time"]
+        pending: tuple[dict[str, jax.Array], int, bool] | None = None
+        step = int(self.state["step"])
+        for batch in self.train_loader.packed_batches():
+            compiling = self.steps.compilations["train_step"] == 0
+            self.state, info = self.steps.train(self.state, batch, self.scale)
+            step += 1
+            if compiling:  # keep compilation out of the throughput figures
+                jax.block_until_ready(info)
+                self.log(
+                    f"train step compiled and run in {time.monotonic() - t0:.1f} s"
+                )
+                t0 = time.monotonic()
+            if (
+                pending is not None
+            ):  # read the previous step's loss: dispatch stays async
+                self._account(*pending)
+            pending = (info, step, not compiling)
+            bar.update(1)
+            if self.show_progress and step % 10 == 0:
+                rate = acc["timed_mol"] / max(time_before + time.monotonic() - t0, 1e-9)
+                bar.set_postfix(
+                    loss=f"{acc['loss_sum'] / max(acc['n_mol'], 1):.4g}",
+                    mol_s=f"{rate:.0f}",
+                )
+            if step % self.cfg.state_every_steps == 0 or sigterm.raised:
+                self._account(*pending)
+                pending = None
+                acc["time"] = time_before + time.monotonic() - t0
+                self._save_state()
+            if sigterm.raised:
+                bar.close()
+                raise Preempted(
+                    f"SIGTERM at step {step}: state saved in {self.state_dir}; rerun "
+                    "the same command to continue"
+                )
+            if self.on_step is not None:
+                self.on_step(step)
+        if pending is not None:
+            self._account(*pending)
+        bar.close()
+        acc["time"] = time_before + time.monotonic() - t0
+
+    def _account(self, info: Mapping[str, jax.Array], step: int, timed: bool) -> None:
+        """Add a step's loss to the epoch's; count consecutive rejected steps."""
+        acc = self.progress.epoch_acc
+        loss, ok, n = float(info["loss"]), bool(info["finite"]), float(info["n_mol"])
+        if timed:
+            acc["timed_mol"] += n
+        if ok:
+            self.consecutive_bad = 0
+            acc["loss_sum"] += loss * n
+            acc["n_mol"] += n
+            return
+        self.consecutive_bad += 1
+        if self.consecutive_bad >= self.cfg.max_nonfinite_steps:
+            best = self.progress.best_epoch
+            kept = f"{self.output} (epoch {best}) kept" if best else "none written"
+            raise TrainingDiverged(
+                f"training stopped at step {step}: {self.consecutive_bad} consecutive "
+                "steps with a non-finite loss or gradient (train.max_nonfinite_steps="
+                f"{self.cfg.max_nonfinite_steps}); best checkpoint {kept}; lower "
+                "train.learning_rate or check the data (physpack validate)"
+            )
+
+    def _end_epoch(self, epoch: int, epoch_time: float) -> None:
+        """Validate the EMA parameters, record the epoch, keep the best, decide
+        whether to stop, save the state."""
+        p, acc = self.progress, self.progress.epoch_acc
+        metrics = self._validate(self.state["ema"])
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": acc["loss_sum"] / max(acc["n_mol"], 1.0),
+            **metrics,
+            "lr": current_learning_rate(
+                self.schedule, self.state["opt_state"], self.cfg
+            ),
+            "molecules_per_s": acc["timed_mol"] / max(acc["time"], 1e-9),
+            "wall_time_s": self._elapsed(),
+        }
+        p.history.append(row)
+        improved = metrics["valid_loss"] < p.best_loss  # False for NaN
+        if improved:
+            p.best_epoch, p.best_loss = epoch + 1, metrics["valid_loss"]
+            p.best_metrics, p.best_ema = metrics, _host(self.state["ema"])
+            self._write_best(p.best_ema, p.best_epoch, metrics)
+            p.bad_epochs = 0
+        else:
+            p.bad_epochs += 1
+        write_history(self.history, p.history)
+        self.log(_summary(row, self.cfg.epochs, improved, self.data_stats))
+        p.epoch_acc = _new_epoch_acc()
+        budget = self.cfg.max_minutes
+        if epoch + 1 >= self.cfg.epochs:
+            p.finished, p.stop_reason = True, "epochs"
+        elif p.bad_epochs >= self.cfg.patience:
+            p.finished, p.stop_reason = True, "patience"
+        elif budget is not None and self._elapsed() + epoch_time > 60.0 * budget:
+            # another epoch would overrun the budget: stop at this boundary
+            p.finished, p.stop_reason = True, "max_minutes"
+        self._save_state()
+
+    def _validate(self, params: Params) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for batch in self.valid_loader.packed_batches():
+            for k, v in self.steps.eval(params, batch, self.scale).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        return metrics_from_sums(totals, self.weights)
+
+    # -- files ----------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        return self.progress.elapsed_s + time.monotonic() - self.t_start
+
+    def _save_state(self) -> None:
+        progress = dataclasses.asdict(self.progress)
+        progress["elapsed_s"] = self._elapsed()
         ckpt_io.save_state(
-            state_dir,
+            self.state_dir,
             {
-                "config_hash": chash,
-                "dataset": fingerprint,
-                "constants": constants.to_dict(),
-                "data_stats": data_stats,
-                "train_state": serialization.to_state_dict(_host(state)),
-                "loader": train_loader.state_dict(),
-                "rng": np.asarray(jax.random.PRNGKey(train_cfg.seed)),
-                "history": rows,
-                "best": best,
-                "bad_epochs": bad_epochs,
-                "elapsed_s": elapsed(),
-                "epoch_acc": epoch_acc,
-                "finished": finished,
-                "stop_reason": stop_reason,
+                "config_hash": self.config_hash,
+                "dataset": self.fingerprint,
+                "constants": self.constants.to_dict(),
+                "data_stats": self.data_stats,
+                "train_state": serialization.to_state_dict(_host(self.state)),
+                "loader": self.train_loader.state_dict(),
+                # the only randomness is the init (seeded) and the loader order
+                # (its state above): kept for completeness
+                "rng": np.asarray(jax.random.PRNGKey(self.cfg.seed)),
+                "progress": progress,
             },
         )
 
-    def write_best(ema: Params, epoch: int, metrics: Mapping[str, float]) -> None:
+    def _write_best(
+        self, ema: Params, epoch: int, metrics: Mapping[str, float]
+    ) -> None:
         ckpt_io.save(
-            output,
+            self.output,
             ckpt_io.Checkpoint(
                 params=ema,
-                model_config=model_cfg,
-                constants=constants,
+                model_config=self.model_cfg,
+                constants=self.constants,
                 metrics=dict(metrics),
                 units=dict(CANONICAL_UNITS),
                 training={
                     "epoch": epoch,
-                    "step": int(state["step"]),
-                    "train_config": dataclasses.asdict(train_cfg),
-                    "loader_config": dataclasses.asdict(loader_cfg),
-                    "dataset": fingerprint,
-                    "data_stats": data_stats,
-                    "packed": str(dataset.path),
+                    "step": int(self.state["step"]),
+                    "train_config": dataclasses.asdict(self.cfg),
+                    "loader_config": dataclasses.asdict(self.loader_cfg),
+                    "dataset": self.fingerprint,
+                    "data_stats": self.data_stats,
+                    "packed": str(self.dataset.path),
                 },
             ),
         )
-
-    def validate(params: Params) -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for batch in valid_loader.packed_batches():
-            for k, v in steps.eval(params, batch, scale).items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-        return metrics_from_sums(totals, weights)
-
-    consecutive_bad = 0
-
-    def account(info: Mapping[str, jax.Array], step: int, timed: bool) -> None:
-        nonlocal consecutive_bad
-        loss, ok = float(info["loss"]), bool(info["finite"])
-        n = float(info["n_mol"])
-        if timed:
-            epoch_acc["timed_mol"] += n
-        if ok:
-            consecutive_bad = 0
-            epoch_acc["loss_sum"] += loss * n
-            epoch_acc["n_mol"] += n
-            return
-        consecutive_bad += 1
-        if consecutive_bad >= train_cfg.max_nonfinite_steps:
-            kept = f"{output} (epoch {best['epoch']}) kept" if best["epoch"] else "none written"
-            raise TrainingDiverged(
-                f"training stopped at step {step}: {consecutive_bad} consecutive steps "
-                f"with a non-finite loss or gradient (train.max_nonfinite_steps="
-                f"{train_cfg.max_nonfinite_steps}); best checkpoint {kept}; lower "
-                "train.learning_rate or check the data (physpack validate)"
-            )
-
-    with _SigtermFlag() as sigterm:
-        while not finished:
-            epoch = train_loader.epoch  # 0-based epoch in progress
-            if epoch >= train_cfg.epochs:
-                finished, stop_reason = True, "epochs"
-                break
-            n_batches = train_loader.num_batches()
-            bar = tqdm(
-                total=n_batches,
-                initial=train_loader.position,
-                desc=f"epoch {epoch + 1}/{train_cfg.epochs}",
-                unit="batch",
-                disable=not progress,
-                leave=False,
-                dynamic_ncols=True,
-            )
-            t0 = time.monotonic()
-            time_before = epoch_acc["time"]
-            pending: tuple[dict[str, jax.Array], int, bool] | None = None
-            step = int(state["step"])
-            for batch in train_loader.packed_batches():
-                compiling = steps.compilations["train_step"] == 0
-                state, info = steps.train(state, batch, scale)
-                step += 1
-                if compiling:  # keep compilation out of the throughput figures
-                    jax.block_until_ready(info)
-                    log(f"train step compiled and run in {time.monotonic() - t0:.1f} s")
-                    t0 = time.monotonic()
-                if pending is not None:  # read the previous step: keeps dispatch async
-                    account(*pending)
-                pending = (info, step, not compiling)
-                bar.update(1)
-                if progress and step % 10 == 0:
-                    rate = epoch_acc["timed_mol"] / max(
-                        time_before + time.monotonic() - t0, 1e-9
-                    )
-                    bar.set_postfix(
-                        loss=f"{epoch_acc['loss_sum'] / max(epoch_acc['n_mol'], 1):.4g}",
-                        mol_s=f"{rate:.0f}",
-                    )
-                if step % train_cfg.state_every_steps == 0 or sigterm.raised:
-                    account(*pending)
-                    pending = None
-                    epoch_acc["time"] = time_before + time.monotonic() - t0
-                    save_state()
-                if sigterm.raised:
-                    bar.close()
-                    raise Preempted(
-                        f"SIGTERM at step {step}: state saved in {state_dir}; rerun the "
-                        "same command to continue"
-                    )
-                if on_step is not None:
-                    on_step(step)
-            if pending is not None:
-                account(*pending)
-            bar.close()
-            epoch_acc["time"] = time_before + time.monotonic() - t0
-
-            metrics = validate(state["ema"])
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": epoch_acc["loss_sum"] / max(epoch_acc["n_mol"], 1.0),
-                **metrics,
-                "lr": current_learning_rate(schedule, state["opt_state"], train_cfg),
-                "molecules_per_s": epoch_acc["timed_mol"] / max(epoch_acc["time"], 1e-9),
-                "wall_time_s": elapsed(),
-            }
-            rows.append(row)
-            improved = metrics["valid_loss"] < best["loss"]
-            if improved:
-                ema = _host(state["ema"])
-                best = {"epoch": epoch + 1, "metrics": metrics, "ema": ema,
-                        "loss": metrics["valid_loss"]}
-                write_best(ema, epoch + 1, metrics)
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-            write_history(history, rows)
-            log(_summary(row, train_cfg.epochs, improved, data_stats))
-            epoch_acc = _new_epoch_acc()
-            epoch_time = time.monotonic() - t0
-            if epoch + 1 >= train_cfg.epochs:
-                finished, stop_reason = True, "epochs"
-            elif bad_epochs >= train_cfg.patience:
-                finished, stop_reason = True, "patience"
-            elif (
-                train_cfg.max_minutes is not None
-                and elapsed() + epoch_time > 60.0 * train_cfg.max_minutes
-            ):
-                finished, stop_reason = True, "max_minutes"
-            save_state()
-            if not finished and sigterm.raised:
-                raise Preempted(
-                    f"SIGTERM after epoch {epoch + 1}: state saved in {state_dir}; "
-                    "rerun the same command to continue"
-                )
-
-    if best["ema"] is None:  # cannot happen with epochs ≥ 1, but never write nothing
-        raise TrainingDiverged("no epoch completed; no checkpoint written")
-    # Rewritten at the end too: a resumed run (whose earlier best.ckpt a workflow
-    # manager may have deleted) still ends with it in place.
-    write_best(best["ema"], int(best["epoch"]), best["metrics"])
-    write_history(history, rows)
-    log(
-        f"done: {stop_reason}; best epoch {best['epoch']} "
-        f"({_metric_text(best['metrics'])}); compilations: train_step="
-        f"{steps.compilations['train_step']} eval_step={steps.compilations['eval_step']}; "
-        f"{elapsed() / 60:.1f} min"
-    )
-    return TrainResult(
-        checkpoint=output,
-        history=history,
-        best_epoch=int(best["epoch"]),
-        best_metrics=dict(best["metrics"]),
-        epochs=len(rows),
-        steps=int(state["step"]),
-        stop_reason=stop_reason,
-        compilations=dict(steps.compilations),
-        params=_host(state["params"]),
-        ema=_host(state["ema"]),
-    )
 
 
 def _metric_text(m: Mapping[str, float]) -> str:
@@ -1027,7 +1133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_cfg = section_from_args(TrainConfig, args, "train")
     loader_cfg = section_from_args(LoaderConfig, args, "loader")
     state_dir = args.state_dir or str(Path(args.output).parent / "state")
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, flush=True)
     log(f"physpack {__version__} train: jax {jax.__version__}, devices {jax.devices()}")
     try:
         train(
