@@ -56,6 +56,7 @@ def _slurm_env(**extra: str) -> dict[str, str]:
     env = {
         "SLURM_JOB_ID": "4101",
         "SLURM_NTASKS": "4",
+        "SLURM_STEP_NUM_TASKS": "4",
         "SLURM_PROCID": "3",
         "SLURM_LOCALID": "1",
         "SLURM_NODEID": "1",
@@ -86,8 +87,12 @@ def test_slurm_setup_one_task_per_node_uses_all_devices() -> None:
 
 
 def test_slurm_setup_single_task_or_no_slurm() -> None:
-    assert par.slurm_setup(_slurm_env(SLURM_NTASKS="1")) is None
+    assert par.slurm_setup(_slurm_env(SLURM_STEP_NUM_TASKS="1")) is None
     assert par.slurm_setup({}) is None
+    # the batch script of a 4-task job (no srun step): one process, not 4
+    batch = _slurm_env()
+    del batch["SLURM_STEP_NUM_TASKS"], batch["SLURM_STEP_NODELIST"]
+    assert par.slurm_setup(batch) is None
     with pytest.raises(ConfigError, match="NODELIST"):
         env = _slurm_env()
         del env["SLURM_STEP_NODELIST"]
@@ -99,8 +104,7 @@ def test_initialize_distributed_arguments(monkeypatch: pytest.MonkeyPatch) -> No
         par.initialize_distributed("127.0.0.1:1234", num_processes=2)
     with pytest.raises(ConfigError, match="not in"):
         par.initialize_distributed("127.0.0.1:1234", 2, 2)
-    for key in ("SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID"):
-        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS", raising=False)
     setup = par.initialize_distributed()
     assert setup.source == "single" and setup.num_processes == 1
 

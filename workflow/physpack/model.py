@@ -141,9 +141,16 @@ class PhysNet(nn.Module):
         for i in range(self.num_iterations):
             last = i == self.num_iterations - 1
             # Only scalars are read after the final pass: skip the higher degrees.
-            x = e3x.nn.MessagePass(
+            messages = e3x.nn.MessagePass(
                 max_degree=0 if last else None, include_pseudotensors=False
             )(x, basis, dst_idx=dst_idx, src_idx=src_idx, num_segments=num_atoms)
+            if last:
+                x = e3x.nn.change_max_degree_or_type(
+                    x, max_degree=0, include_pseudotensors=False
+                )
+            # MessagePass returns the neighbours' sum only; PhysNet's interaction
+            # keeps each atom's own features next to it.
+            x = e3x.nn.add(x, messages)
             for _ in range(self.n_res):
                 y = e3x.nn.silu(x)
                 y = e3x.nn.Dense(self.features)(y)

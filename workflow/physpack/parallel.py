@@ -143,7 +143,10 @@ def slurm_setup(environ: Mapping[str, str] | None = None) -> DistributedSetup | 
     """The multi-process setup that a SLURM job step describes, or ``None``.
 
     ``None`` unless this process is one of several tasks of an ``srun`` step
-    (``SLURM_STEP_NUM_TASKS`` or ``SLURM_NTASKS`` > 1 with ``SLURM_PROCID`` set).
+    (``SLURM_STEP_NUM_TASKS`` > 1). The batch script of a multi-task job has
+    ``SLURM_NTASKS`` > 1 and ``SLURM_PROCID`` = 0 too, but it is one process: only
+    ``srun`` starts the tasks, and a process that waited there for the others would
+    wait forever.
     The coordinator is the step's first node on port ``JAX_COORDINATOR_PORT`` or
     ``61440 + SLURM_JOB_ID mod 4096``. Devices: one task on a node uses all of the
     node's visible accelerators (the recommended layout, ``tasks == nodes``);
@@ -152,8 +155,8 @@ def slurm_setup(environ: Mapping[str, str] | None = None) -> DistributedSetup | 
     ``JAX_LOCAL_DEVICE_IDS`` says otherwise (jax reads it itself).
     """
     env = os.environ if environ is None else environ
-    tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")
-    if not tasks or "SLURM_PROCID" not in env or int(tasks) <= 1:
+    tasks = env.get("SLURM_STEP_NUM_TASKS")
+    if not tasks or int(tasks) <= 1:
         return None
     nodelist = (
         env.get("SLURM_STEP_NODELIST")
@@ -162,7 +165,7 @@ def slurm_setup(environ: Mapping[str, str] | None = None) -> DistributedSetup | 
     )
     if not nodelist:
         raise ConfigError(
-            "SLURM_NTASKS > 1 but no SLURM_STEP_NODELIST/SLURM_NODELIST is set"
+            "SLURM_STEP_NUM_TASKS > 1 but no SLURM_STEP_NODELIST/SLURM_NODELIST is set"
         )
     if env.get("JAX_COORDINATOR_PORT"):
         port = int(env["JAX_COORDINATOR_PORT"])
@@ -175,7 +178,7 @@ def slurm_setup(environ: Mapping[str, str] | None = None) -> DistributedSetup | 
     host = _expand_first_host(nodelist)
     return DistributedSetup(
         num_processes=int(tasks),
-        process_id=int(env["SLURM_PROCID"]),
+        process_id=int(env.get("SLURM_PROCID", "0")),
         coordinator_address=f"{host}:{port}",
         local_device_ids=local_ids,
         source="slurm",
