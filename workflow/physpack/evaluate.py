@@ -26,24 +26,23 @@ import dataclasses
 import html
 import json
 import os
-import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 from ase.data import chemical_symbols
 
 from . import __version__, plots
+from .atomic import StagedOutputs
 from .checkpoint import Checkpoint
 from .checkpoint import load as load_checkpoint
 from .config import LoaderConfig, section_from_mapping
 from .errors import ConfigError, InputError, cli_entry
 from .loader import PackedMemmapLoader, from_config, read_split
 from .model import EnergyConstants
-from .packed import PackedDataset, replace_dir
+from .packed import PackedDataset
 from .units import CANONICAL_UNITS, DIPOLE_TO_E_ANGSTROM, EV_TO_KCAL_MOL
 
 METRICS_FORMAT = "physpack-metrics"
@@ -508,65 +507,8 @@ def _shared_budget_loaders(
 
 
 # --------------------------------------------------------------------------------
-# Outputs: figures, files written under temporary names and renamed together
+# Outputs: figures (files are staged with physpack.atomic.StagedOutputs)
 # --------------------------------------------------------------------------------
-class StagedOutputs:
-    """Temporary siblings of a set of outputs, renamed into place together.
-
-    Use as a context manager: :meth:`file`/:meth:`directory` hand out temporary
-    paths; a clean exit renames every one onto its final path (directories via
-    :func:`physpack.packed.replace_dir`), an exception removes them all and leaves
-    the final paths untouched.
-    """
-
-    def __init__(self) -> None:
-        self._staged: list[tuple[Path, Path]] = []
-
-    def _tmp(self, final: str | os.PathLike) -> tuple[Path, Path]:
-        final = Path(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-        self._remove(tmp)
-        self._staged.append((tmp, final))
-        return tmp, final
-
-    def file(self, final: str | os.PathLike) -> Path:
-        """A temporary path to write ``final``'s content to."""
-        return self._tmp(final)[0]
-
-    def directory(self, final: str | os.PathLike) -> Path:
-        """A fresh temporary directory to fill in place of ``final``."""
-        tmp = self._tmp(final)[0]
-        tmp.mkdir()
-        return tmp
-
-    @staticmethod
-    def _remove(path: Path) -> None:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is not None:
-            for tmp, _ in self._staged:
-                self._remove(tmp)
-            return
-        for tmp, final in self._staged:
-            if tmp.is_dir():
-                replace_dir(tmp, final)
-            else:
-                os.replace(tmp, final)
-
-
 def write_figures(
     directory: Path,
     preds: Mapping[str, SplitPredictions],

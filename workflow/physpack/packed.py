@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .atomic import replace_dir, temporary_sibling
 from .errors import InputError
 from .units import CANONICAL_UNITS
 
@@ -316,7 +317,7 @@ class PackedWriter:
             if s.required or (k == "F" and has_forces) or (k == "D" and has_dipoles)
         ]
         self.overwrite = overwrite
-        self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
+        self.tmp = temporary_sibling(self.path)
         self.source: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}
         self._counts: list[np.ndarray] = []
@@ -416,15 +417,3 @@ class PackedWriter:
         }
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         replace_dir(self.tmp, self.path)
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move directory ``src`` to ``dst``; an existing ``dst`` is replaced only after
-    ``src`` is complete (old one moved aside first, removed last)."""
-    backup = None
-    if dst.exists():
-        backup = dst.parent / f".{dst.name}.old-{os.getpid()}"
-        os.replace(dst, backup)
-    os.replace(src, dst)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)

@@ -33,6 +33,7 @@ from ase.formula import Formula
 
 from . import __version__
 from . import config as cfg
+from .atomic import StagedOutputs
 from .errors import ConfigError, InputError, cli_entry
 from .packed import PackedDataset
 
@@ -206,26 +207,21 @@ def save_split(split: Split, output: str | os.PathLike) -> Path:
     """Write ``split`` as an NPZ (layout in the module docstring), atomically."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                train=split.train,
-                valid=split.valid,
-                test=split.test,
-                seed=np.int64(split.config.seed),
-                valid_fraction=np.float64(split.config.valid),
-                test_fraction=np.float64(split.config.test),
-                group_by=np.str_(split.config.group_by),
-                n_molecules=np.int64(split.n_molecules),
-                n_groups=np.int64(split.n_groups),
-                offsets_sha256=np.str_(split.offsets_sha256),
-                created_by=np.str_(f"physpack {__version__}"),
-            )
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with StagedOutputs() as staged, open(staged.file(output), "wb") as fh:
+        np.savez(
+            fh,
+            train=split.train,
+            valid=split.valid,
+            test=split.test,
+            seed=np.int64(split.config.seed),
+            valid_fraction=np.float64(split.config.valid),
+            test_fraction=np.float64(split.config.test),
+            group_by=np.str_(split.config.group_by),
+            n_molecules=np.int64(split.n_molecules),
+            n_groups=np.int64(split.n_groups),
+            offsets_sha256=np.str_(split.offsets_sha256),
+            created_by=np.str_(f"physpack {__version__}"),
+        )
     return output
 
 

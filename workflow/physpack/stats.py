@@ -38,6 +38,7 @@ from ase.data import chemical_symbols
 from matplotlib.figure import Figure
 
 from . import config as cfg
+from .atomic import StagedOutputs
 from .errors import ConfigError, InputError, cli_entry
 from .packed import ARRAYS, PackedDataset
 
@@ -443,19 +444,11 @@ def write_outputs(
 ) -> None:
     """Write the three outputs, each to a temporary sibling; the renames come last,
     so a failure leaves none of them half-written."""
-    final = (json_path, md_path, png_path)
-    tmps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in final]
-    try:
-        for p in final:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        tmps[0].write_text(json.dumps(stats, indent=2, allow_nan=False) + "\n")
-        tmps[1].write_text(markdown_report(stats))
-        figure(stats).savefig(tmps[2], dpi=110, format="png")
-        for tmp, p in zip(tmps, final, strict=True):
-            os.replace(tmp, p)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+    with StagedOutputs() as staged:
+        json_tmp, md_tmp, png_tmp = map(staged.file, (json_path, md_path, png_path))
+        json_tmp.write_text(json.dumps(stats, indent=2, allow_nan=False) + "\n")
+        md_tmp.write_text(markdown_report(stats))
+        figure(stats).savefig(png_tmp, dpi=110, format="png")
 
 
 @cli_entry("physpack stats")

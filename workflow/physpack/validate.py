@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ from ase.data import chemical_symbols
 from scipy.spatial import cKDTree
 
 from . import config as cfg
+from .atomic import StagedOutputs
 from .errors import InputError, cli_entry
 from .packed import (
     ARRAYS,
@@ -681,13 +681,8 @@ def failed_report_path(output: Path) -> Path:
 
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:
     """Write ``data`` as JSON to a temporary sibling, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with StagedOutputs() as staged:
+        staged.file(path).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def write_report(report: ValidationReport, output: Path) -> Path:
