@@ -72,6 +72,7 @@ from .model import (
     model_from_config,
 )
 from .packed import PackedDataset, sha256_file
+from .parallel import DataParallel, data_parallel_sums, data_parallel_value_and_grad
 from .units import CANONICAL_UNITS
 
 #: Train-config fields that do not change the trained parameters: a state saved
@@ -412,29 +413,49 @@ def build_steps(
     tx: optax.GradientTransformationExtraArgs,
     cfg: TrainConfig,
     weights: LossWeights,
+    dp: DataParallel | None = None,
 ) -> Steps:
     """``train(state, batch, scale) -> (state, info)`` and
     ``eval(params, batch, scale) -> sums`` for one run.
 
     ``state`` is ``{"params", "opt_state", "ema", "step"}``. A step whose loss or
     gradient is not finite leaves params, optimiser state and EMA unchanged
-    (``info["finite"]`` is False); ``step`` counts every batch.
+    (``info["finite"]`` is False); ``step`` counts every step.
+
+    With ``dp`` (:mod:`physpack.parallel`) ``batch`` is the stack of one packed
+    batch per device, sharded over ``dp.mesh`` (:func:`parallel.shard_batches`),
+    ``state`` and ``scale`` replicated; loss sums and counts are added over the
+    devices before normalising, so the step equals the single-device step on the
+    concatenated batches.
     """
     compilations = {"train_step": 0, "eval_step": 0}
     plateau = cfg.schedule == "plateau"
+
+    def loss_and_grad(
+        params: Params, batch: Mapping[str, jax.Array], scale: jax.Array
+    ) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Params]:
+        def partial_fn(p: Params, b: Mapping[str, jax.Array]) -> Any:
+            return loss_partials(p, model, b, scale, weights)
+
+        def combine(sums: Any, counts: Any) -> jax.Array:
+            return combine_loss(sums, counts, weights)
+
+        if dp is not None:
+            vg = data_parallel_value_and_grad(partial_fn, combine, dp.mesh)
+            (loss, (_, counts)), grads = vg(params, batch)
+            return (loss, counts), grads
+
+        def loss_fn(p: Params) -> tuple[jax.Array, Any]:
+            sums, counts = partial_fn(p, batch)
+            return combine(sums, counts), counts
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
     def train_step(
         state: dict[str, Any], batch: Mapping[str, jax.Array], scale: jax.Array
     ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
         compilations["train_step"] += 1  # runs at trace time only
-
-        def loss_fn(p: Params) -> tuple[jax.Array, Any]:
-            sums, counts = loss_partials(p, model, batch, scale, weights)
-            return combine_loss(sums, counts, weights), counts
-
-        (loss, counts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"]
-        )
+        (loss, counts), grads = loss_and_grad(state["params"], batch, scale)
         extra = {"value": loss} if plateau else {}
         updates, opt_state = tx.update(
             grads, state["opt_state"], state["params"], **extra
@@ -464,7 +485,13 @@ def build_steps(
         params: Params, batch: Mapping[str, jax.Array], scale: jax.Array
     ) -> dict[str, jax.Array]:
         compilations["eval_step"] += 1
-        return eval_sums(params, model, batch, scale)
+        if dp is None:
+            return eval_sums(params, model, batch, scale)
+
+        def partial_fn(p: Params, b: Mapping[str, jax.Array]) -> Any:
+            return eval_sums(p, model, b, scale), {}
+
+        return data_parallel_sums(partial_fn, dp.mesh)(params, batch)[0]
 
     return Steps(
         train=jax.jit(train_step, donate_argnums=(0,)),
@@ -490,6 +517,21 @@ def config_hash(model: ModelConfig, train: TrainConfig, loader: LoaderConfig) ->
             sections[name].pop(key, None)
     text = json.dumps(sections, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def code_fingerprint() -> str:
+    """sha256 of the sources that decide the trained parameters (model, training
+    loop, batch order) and of the versions of the numerical libraries: a state
+    written by other code is not resumed (results would silently mix)."""
+    import e3x
+    import flax
+
+    h = hashlib.sha256()
+    for name in ("model.py", "train.py", "loader.py"):
+        h.update((Path(__file__).parent / name).read_bytes())
+    for mod in (jax, flax, e3x, optax, np):
+        h.update(f"{mod.__name__} {mod.__version__};".encode())
+    return h.hexdigest()
 
 
 def dataset_fingerprint(
@@ -717,6 +759,7 @@ class _Run:
         train_idx, valid_idx = _subset(split, "train"), _subset(split, "valid")
         self.fingerprint = dataset_fingerprint(self.dataset, train_idx, valid_idx)
         self.config_hash = config_hash(model_cfg, train_cfg, loader_cfg)
+        self.code = code_fingerprint()
         if train_cfg.devices not in ("all", 1):
             log(
                 f"note: train.devices={train_cfg.devices!r}: this trainer uses one "
@@ -804,12 +847,20 @@ class _Run:
         saved = ckpt_io.load_state(self.state_dir)
         if saved is None:
             return None
-        same_config = saved.get("config_hash") == self.config_hash
-        if same_config and saved.get("dataset") == self.fingerprint:
+        mismatch = [
+            what
+            for what, key, mine in (
+                ("config", "config_hash", self.config_hash),
+                ("dataset or split", "dataset", self.fingerprint),
+                ("code (physpack or JAX library versions)", "code", self.code),
+            )
+            if saved.get(key) != mine
+        ]
+        if not mismatch:
             return saved
         if saved.get("progress", {}).get("finished", False):
-            return None  # a finished run of other settings: nothing to resume
-        what = "config" if not same_config else "dataset or split"
+            return None  # a finished run of other settings: start a new one
+        what = mismatch[0]
         raise ConfigError(
             f"{self.state_dir / ckpt_io.STATE_FILE}: unfinished training state from a "
             f"different {what}; restore the settings it was made with to resume, or "
@@ -1012,6 +1063,7 @@ class _Run:
             {
                 "config_hash": self.config_hash,
                 "dataset": self.fingerprint,
+                "code": self.code,
                 "constants": self.constants.to_dict(),
                 "data_stats": self.data_stats,
                 "train_state": serialization.to_state_dict(_host(self.state)),
