@@ -83,7 +83,7 @@ def run(setup, mols, **budget):
 
 
 def test_alias_and_outputs(setup):
-    model, params, constants, mols = setup
+    _, _, constants, mols = setup
     assert EF is PhysNet
     out = run(setup, mols)
     assert out["energy"].dtype == np.float64 and out["energy"].shape == (6,)
@@ -111,7 +111,7 @@ def test_charges_sum_to_total_charge_and_give_the_dipole(setup):
 
 
 def test_forces_are_minus_gradient_finite_differences(setup):
-    model, params, constants, mols = setup
+    model, params, _, mols = setup
     batch = molecules_to_batch(mols[:2], **BUDGET)
     with jax.enable_x64(True):  # float64 context (jax.experimental's in older JAX)
         p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
@@ -184,7 +184,7 @@ def test_padding_and_batch_placement_change_nothing(setup):
 
 
 def test_padding_gets_no_gradient_and_no_nan(setup):
-    model, params, constants, mols = setup
+    model, params, _, mols = setup
     batch = molecules_to_batch(mols, **BUDGET)
     inputs = device_inputs(batch)
 

@@ -295,7 +295,7 @@ def test_state_from_another_config_is_refused(toy, tmp_path, monkeypatch):
 
 
 def test_nonfinite_steps_are_rejected(toy):
-    packed, split = toy
+    packed, _ = toy
     model = model_from_config(MODEL)
     loader = PackedMemmapLoader(packed, 16, shuffle=False)
     batch = loader.assemble(np.arange(6))

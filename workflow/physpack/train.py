@@ -760,10 +760,12 @@ class _Run:
         self.fingerprint = dataset_fingerprint(self.dataset, train_idx, valid_idx)
         self.config_hash = config_hash(model_cfg, train_cfg, loader_cfg)
         self.code = code_fingerprint()
-        if train_cfg.devices not in ("all", 1):
+        if train_cfg.devices not in ("all", 1) or jax.local_device_count() > 1:
+            # build_steps(..., dp) is the data-parallel step; the loop is one device's
             log(
-                f"note: train.devices={train_cfg.devices!r}: this trainer uses one "
-                f"device ({jax.devices()[0].platform})"
+                f"note: train.devices={train_cfg.devices!r}, "
+                f"{jax.local_device_count()} local device(s): this loop trains on "
+                f"one ({jax.devices()[0]})"
             )
         saved = self._resumable_state()
 
@@ -799,8 +801,9 @@ class _Run:
             )
         log(
             f"data: {len(train_idx)} train / {len(valid_idx)} valid molecules, "
-            f"elements {list(self.constants.elements)}, energy scale {self.constants.scale:.4g} "
-            f"eV, force std {self.data_stats['forces_std_eV_per_A']:.4g} eV/Å; batch "
+            f"elements {list(self.constants.elements)}, energy scale "
+            f"{self.constants.scale:.4g} eV, force std "
+            f"{self.data_stats['forces_std_eV_per_A']:.4g} eV/Å; batch "
             f"budget {dataclasses.astuple(self.train_loader.budget)} (atoms, pairs, "
             f"molecules), {self.train_loader.num_batches()} batches per epoch; device: "
             f"{jax.devices()[0].platform}"
@@ -880,8 +883,8 @@ class _Run:
             mol = int(batch["mol_index"][batch["batch_segments"][a]])
             raise InputError(
                 f"{self.dataset.path}: valid molecule {mol} has element "
-                f"{int(batch['Z'][a])}, absent from the training subset (trained elements: "
-                f"{list(self.constants.elements)}); re-split the data"
+                f"{int(batch['Z'][a])}, absent from the training subset (trained "
+                f"elements: {list(self.constants.elements)}); re-split the data"
             )
         return self._put(batch)
 
