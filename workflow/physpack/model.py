@@ -115,17 +115,11 @@ class PhysNet(nn.Module):
         # an infinite derivative. Replace it before any norm (first where) and zero
         # everything derived from it (second where / masks), so that gradients of
         # padding stay exactly zero instead of 0·inf = NaN.
-        displacements = e3x.ops.gather_src(
-            positions, src_idx=src_idx
-        ) - e3x.ops.gather_dst(positions, dst_idx=dst_idx)
-        safe = jnp.where(
-            pair_mask[:, None],
-            displacements,
-            jnp.array([1.0, 0.0, 0.0], positions.dtype),
-        )
-        distances = jnp.sqrt(
-            jnp.sum(safe**2, axis=-1)
-        )  # (P,) Å, ≥ 0 only on real pairs
+        r_src = e3x.ops.gather_src(positions, src_idx=src_idx)
+        r_dst = e3x.ops.gather_dst(positions, dst_idx=dst_idx)
+        unit_x = jnp.array([1.0, 0.0, 0.0], positions.dtype)
+        safe = jnp.where(pair_mask[:, None], r_src - r_dst, unit_x)  # (P, 3) Å
+        distances = jnp.sqrt(jnp.sum(safe**2, axis=-1))  # (P,) Å, 1 on padding
         basis = e3x.nn.basis(
             safe,
             num=self.num_basis_functions,
