@@ -74,7 +74,7 @@ class ModelConfig:
     """PhysNet hyperparameters (cutoff in Å)."""
 
     features: int = 64
-    max_degree: int = 1
+    max_degree: int = 0
     num_iterations: int = 3
     num_basis_functions: int = 32
     cutoff: float = 5.0
@@ -101,7 +101,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_norm: float = 10.0
     ema_decay: float = 0.99
-    energy_weight: float = 1.0
+    energy_weight: float = 100.0
     forces_weight: float = 50.0
     dipole_weight: float = 1.0
     seed: int = 0
