@@ -168,11 +168,15 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: got {value!r}, expected {' or '.join(errors)}")
 
 
-def add_section_arguments(parser: argparse.ArgumentParser, cls: type, name: str) -> None:
-    """Add ``--config JSON`` for the whole section and ``--<field>`` per field."""
+def add_section_arguments(
+    parser: argparse.ArgumentParser, cls: type, name: str, option: str = "--config"
+) -> None:
+    """Add ``option`` (``--config JSON``) for the whole section and ``--<field>`` per
+    field. A command that takes several sections gives each its own ``option``
+    (e.g. ``--train-config``); their field names must then be distinct."""
     group = parser.add_argument_group(f"{name} settings (config.yaml section '{name}')")
     group.add_argument(
-        "--config",
+        option,
         dest=f"_{name}_json",
         metavar="JSON",
         help=f"the '{name}' section as a JSON object; single flags override it",
