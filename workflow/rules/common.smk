@@ -30,7 +30,14 @@ PACKAGE = "workflow/physpack"
 
 # The modules each stage runs, beyond the shared ones: a stage whose code changes
 # reruns, and so does everything downstream of it (issue: rerun only what is stale).
-SHARED_MODULES = ["__init__.py", "errors.py", "config.py", "units.py", "packed.py"]
+SHARED_MODULES = [
+    "__init__.py",
+    "errors.py",
+    "config.py",
+    "units.py",
+    "packed.py",
+    "atomic.py",
+]
 STAGE_MODULES = {
     "convert": ["convert.py"],
     "validate": ["validate.py"],
