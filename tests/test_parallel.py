@@ -11,7 +11,10 @@ comparisons are made here.
 from __future__ import annotations
 
 import argparse
+import csv
+import itertools
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,21 +26,27 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
+from physpack import checkpoint as ckpt_io
 from physpack import parallel as par
 from physpack.errors import ConfigError
+from test_slurm import slurm_node  # noqa: F401  (fixture: the local test cluster)
 
 HERE = Path(__file__).resolve()
 
 #: Tiny PhysNet for the subprocess checks (seconds to compile on 2 cores).
-TINY_MODEL = dict(
-    features=8, max_degree=0, num_iterations=1, num_basis_functions=4, cutoff=4.0,
-    max_atomic_number=9, n_res=1,
-)  # fmt: skip
+TINY_MODEL = {
+    "features": 8,
+    "max_degree": 0,
+    "num_iterations": 1,
+    "num_basis_functions": 4,
+    "cutoff": 4.0,
+    "max_atomic_number": 9,
+    "n_res": 1,
+}
 #: Molecules per batch of the test stream: unequal, so global and per-device
 #: normalisation differ; 5 batches on 2 devices leave a short last step.
 BATCH_SIZES = (3, 1, 4, 2, 3)
-BUDGETS = dict(max_atoms=30, max_pairs=160, max_molecules=5)
+BUDGETS = {"max_atoms": 30, "max_pairs": 160, "max_molecules": 5}
 FORCES_WEIGHT = 10.0
 
 
@@ -119,7 +128,9 @@ def test_select_devices_more_than_available() -> None:
     import jax
 
     n = len(jax.local_devices())
-    with pytest.raises(ConfigError, match=f"{n + 1} requested but this process has {n}"):
+    with pytest.raises(
+        ConfigError, match=f"{n + 1} requested but this process has {n}"
+    ):
         par.select_devices(n + 1)
     dp = par.select_devices("all")
     assert dp.num_devices == dp.num_local_devices == n and dp.first_shard == 0
@@ -158,7 +169,9 @@ def test_step_batches_every_batch_exactly_once(
     is used by exactly one slot once, the other slots get empty batches, and all
     processes run the same number of steps."""
     per_step = sum(local_counts) * per_device
-    stream = [{"i": np.array([i]), "x_mask": np.array([True])} for i in range(n_batches)]
+    stream = [
+        {"i": np.array([i]), "x_mask": np.array([True])} for i in range(n_batches)
+    ]
     seen: list[int] = []
     steps = set()
     first = 0
@@ -208,6 +221,7 @@ def _run_worker(
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
     )
 
 
@@ -225,7 +239,10 @@ def test_data_parallel_step_equals_single_device_step(tmp_path: Path) -> None:
     for tag in ("dp", "accum"):
         np.testing.assert_allclose(r[f"{tag}_loss"], r["ref_loss"], rtol=2e-5)
         np.testing.assert_allclose(
-            r[f"{tag}_grad"], r["ref_grad"], rtol=2e-4, atol=1e-6 * abs(r["ref_grad"]).max()
+            r[f"{tag}_grad"],
+            r["ref_grad"],
+            rtol=2e-4,
+            atol=1e-6 * abs(r["ref_grad"]).max(),
         )
         np.testing.assert_allclose(
             r[f"{tag}_params"], r["ref_params"], rtol=1e-4, atol=1e-7
@@ -236,7 +253,10 @@ def test_data_parallel_step_equals_single_device_step(tmp_path: Path) -> None:
     # a short last step: batch 4 with an empty batch equals batch 4 alone
     np.testing.assert_allclose(r["tail_loss"], r["tail_ref_loss"], rtol=2e-5)
     np.testing.assert_allclose(
-        r["tail_grad"], r["tail_ref_grad"], rtol=2e-4, atol=1e-6 * abs(r["tail_ref_grad"]).max()
+        r["tail_grad"],
+        r["tail_ref_grad"],
+        rtol=2e-4,
+        atol=1e-6 * abs(r["tail_ref_grad"]).max(),
     )
 
 
@@ -246,33 +266,167 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_two_processes_agree_on_parameters(tmp_path: Path) -> None:
-    """Two processes (one CPU device each) on localhost, gloo collectives: after a
-    few steps both hold the same parameters, and those equal a single process
-    with two devices on the same stream."""
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """40 synthetic molecules, packed, and a 60/20/20 split."""
+    from model_fixtures import make_packed
+
+    return make_packed(tmp_path_factory.mktemp("toy"), n_mol=40)
+
+
+@pytest.fixture(scope="module")
+def single_process_runs(
+    toy_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """``physpack.train.train`` in one process with 2 forced CPU devices, twice:
+    ``train.devices = 2`` (one batch per device and step), and one device summing
+    two batches per step (the same global batch)."""
+    out = tmp_path_factory.mktemp("fit")
+    _check(_run_worker("fit", str(out), *map(str, toy_data), "--runs", "2x1,1x2"))
+    return out
+
+
+def _history(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def test_two_devices_train_like_one_device_at_the_same_global_batch(
+    single_process_runs: Path,
+) -> None:
+    """A short training run (2 epochs, the last step of each epoch short) on 2
+    devices has the loss curve and final parameters of 1 device with the same
+    batches per step, and the same config hash (it would resume the other's
+    state): results depend on the device count only through the global batch."""
+    two, one = (np.load(single_process_runs / f"{r}.npz") for r in ("2x1", "1x2"))
+    assert (int(two["devices"]), int(one["devices"])) == (2, 1)
+    assert int(two["steps"]) == int(one["steps"]) > 2 * 2
+    h2, h1 = (_history(single_process_runs / r / "history.csv") for r in ("2x1", "1x2"))
+    assert h2["epoch"].tolist() == h1["epoch"].tolist() == [1.0, 2.0]
+    for column in ("train_loss", "valid_loss", "valid_forces_mae_eV_per_A"):
+        np.testing.assert_allclose(h2[column], h1[column], rtol=1e-4)
+    assert h2["train_loss"][1] < h2["train_loss"][0]  # it did train
+    np.testing.assert_allclose(two["params"], one["params"], rtol=1e-4, atol=1e-6)
+    states = [
+        ckpt_io.load_state(single_process_runs / r / "state") for r in ("2x1", "1x2")
+    ]
+    assert states[0]["config_hash"] == states[1]["config_hash"]
+    best = ckpt_io.load(single_process_runs / "2x1" / "best.ckpt")
+    assert best.training["devices"] == 2 and best.training["batches_per_step"] == 2
+
+
+def test_two_processes_train_alike_and_only_process_0_writes(
+    toy_data: tuple[Path, Path], single_process_runs: Path, tmp_path: Path
+) -> None:
+    """``train`` in two processes (one CPU device each) on localhost, gloo
+    collectives: both end with the same parameters, equal to one process with
+    two devices; only process 0 wrote a checkpoint, history and state."""
     address = f"127.0.0.1:{_free_port()}"
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     procs = [
         subprocess.Popen(
-            [sys.executable, str(HERE), "train", str(tmp_path / f"p{i}.npz"),
-             "--coordinator", address, "--num-processes", "2", "--process-id", str(i)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                str(HERE),
+                "fit",
+                str(tmp_path / f"p{i}"),
+                *map(str, toy_data),
+                "--runs",
+                "1x1",
+                "--coordinator",
+                address,
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(2)
     ]
-    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     for p, text in zip(procs, outputs):
         assert p.returncode == 0, f"process failed:\n{text}"
-    _check(_run_worker("train", str(tmp_path / "single.npz")))
-    p0, p1, single = (np.load(tmp_path / f) for f in ("p0.npz", "p1.npz", "single.npz"))
-    assert (p0["process_count"], p1["process_count"], single["process_count"]) == (2, 2, 1)
-    assert p0["main"] and not p1["main"]
-    assert p0["num_devices"] == p1["num_devices"] == single["num_devices"] == 2
+    p0, p1 = (np.load(tmp_path / f"p{i}" / "1x1.npz") for i in range(2))
+    single = np.load(single_process_runs / "2x1.npz")
+    assert (int(p0["processes"]), int(p0["devices"])) == (2, 2)
     np.testing.assert_array_equal(p0["params"], p1["params"])
-    np.testing.assert_array_equal(p0["losses"], p1["losses"])
     np.testing.assert_allclose(p0["params"], single["params"], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(p0["losses"], single["losses"], rtol=1e-5)
-    assert not np.allclose(p0["params"], p0["initial"])  # it did train
+    assert int(p0["steps"]) == int(single["steps"])
+    written = {"best.ckpt", "history.csv", "state"}
+    assert written <= {f.name for f in (tmp_path / "p0" / "1x1").iterdir()}
+    assert not any((tmp_path / "p1" / "1x1").iterdir())
+    assert "epoch 2/2" in outputs[0] and "epoch 2/2" not in outputs[1]
+    for p in (p0, p1):  # the collectives behind the run's agreement checks
+        assert p["agree_same"] and not p["agree_different"] and p["any_process"]
+        assert p["broadcast"].tolist() == [0.5, 1e-300]  # bit-exact float64
+
+
+#: What profiles/slurm needs on train_model for one process per task: ``tasks``
+#: sizes the allocation (sbatch --ntasks) and ``mpi`` is the launcher that the rule
+#: puts before ``physpack train`` (its presence also stops the plugin from wrapping
+#: the job in a single-task srun). The plugin clears SLURM_NTASKS & co. before the
+#: job runs, so the launcher states the task geometry itself. On the 2-CPU test
+#: node: 1 CPU a task.
+TWO_TASKS = {
+    "tasks": 2,
+    "cpus_per_task": 1,
+    "mpi": "srun --ntasks=2 --cpus-per-task=1",
+}
+
+
+@pytest.mark.slurm
+def test_train_rule_runs_as_a_two_task_slurm_job(
+    slurm_node: dict[str, int],  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """The train rule as a SLURM job of 2 tasks on the local test cluster: both
+    tasks train as one 2-process run (one CPU device each), process 0 alone logs
+    and writes the outputs."""
+    import yaml
+    from conftest import make_workdir
+    from test_slurm import (
+        slurm_jobs,
+        slurm_snakemake,
+        submitted_jobs,
+        write_test_profile,
+    )
+
+    workdir = make_workdir(tmp_path / "wf")
+    profile = write_test_profile(workdir, slurm_node) / "config.yaml"
+    settings = yaml.safe_load(profile.read_text())
+    settings["set-resources"]["train_model"].update(TWO_TASKS)
+    profile.write_text(yaml.safe_dump(settings, sort_keys=False))
+    proc = subprocess.run(
+        slurm_snakemake(workdir, "results/model/best.ckpt"),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    (job_id,) = submitted_jobs(output)["train_model"]
+    assert slurm_jobs()[job_id]["state"] == "COMPLETED"
+    shown = subprocess.run(
+        ["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True
+    ).stdout
+    assert re.search(r"\bNumTasks=2\b", shown), shown
+    log = (workdir / "results/logs/train_model.log").read_text()
+    assert "2 processes" in log and "devices: 2 × cpu in 2 process(es)" in log, log
+    assert len(re.findall(r"^epoch 1/2 ", log, re.MULTILINE)) == 1, log  # rank 0 only
+    best = ckpt_io.load(workdir / "results/model/best.ckpt")
+    assert best.training["processes"] == 2 and best.training["devices"] == 2
 
 
 # --------------------------------------------------------------------------------
@@ -290,7 +444,7 @@ def _stream(seed: int = 0) -> list[dict[str, np.ndarray]]:
         m["E"] = np.float64(rng.normal())  # small energies: no reference needed
     bounds = np.cumsum((0,) + BATCH_SIZES)
     return [
-        molecules_to_batch(mols[a:b], **BUDGETS) for a, b in zip(bounds[:-1], bounds[1:])
+        molecules_to_batch(mols[a:b], **BUDGETS) for a, b in itertools.pairwise(bounds)
     ]
 
 
@@ -302,15 +456,21 @@ def _concatenate(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nd
     for b in batches:
         for j in np.flatnonzero(b["molecule_mask"]):
             atoms = b["batch_segments"] == j
-            mols.append({"Z": b["Z"][atoms], "R": b["R"][atoms], "F": b["F"][atoms],
-                         "E": b["E"][j], "Qtot": b["Qtot"][j]})  # fmt: skip
+            mols.append(
+                {
+                    "Z": b["Z"][atoms],
+                    "R": b["R"][atoms],
+                    "F": b["F"][atoms],
+                    "E": b["E"][j],
+                    "Qtot": b["Qtot"][j],
+                }
+            )
     return molecules_to_batch(mols)
 
 
 def _loss_parts(model: Any) -> tuple[Any, Any]:
     """A per-batch (sums, counts) energy+forces loss of ``model`` and its combine."""
     import jax.numpy as jnp
-
     from physpack.model import energy_and_forces
 
     def partial_fn(params: Any, b: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -322,7 +482,9 @@ def _loss_parts(model: Any) -> tuple[Any, Any]:
         return sums, counts
 
     def combine(sums: dict, counts: dict) -> Any:
-        return sums["E"] / counts["mol"] + FORCES_WEIGHT * sums["F"] / (3 * counts["atoms"])
+        return sums["E"] / counts["mol"] + FORCES_WEIGHT * sums["F"] / (
+            3 * counts["atoms"]
+        )
 
     return partial_fn, combine
 
@@ -337,7 +499,6 @@ def _setup_model(stream: Sequence[Mapping[str, np.ndarray]]) -> tuple[Any, Any]:
     """The tiny PhysNet and its initial parameters (``init`` jitted: one compile
     instead of one per operation)."""
     import jax
-
     from physpack.model import MODEL_INPUTS, PhysNet, device_inputs
 
     model = PhysNet(**TINY_MODEL)
@@ -369,62 +530,97 @@ def worker_step(out: Path) -> None:
 
     result: dict[str, Any] = {}
     ref_loss, ref_grad = ref(_concatenate(stream[:2]))
-    result.update(ref_loss=ref_loss, ref_grad=_flat(ref_grad),
-                  ref_params=_flat(adam_step(params, ref_grad)))  # fmt: skip
+    result.update(
+        ref_loss=ref_loss,
+        ref_grad=_flat(ref_grad),
+        ref_params=_flat(adam_step(params, ref_grad)),
+    )
     for tag, dp in (("dp", par.select_devices(2)), ("accum", par.select_devices(1))):
         vg = jax.jit(par.data_parallel_value_and_grad(partial_fn, combine, dp.mesh))
         p = par.replicate(dp, params)
         (loss, _), grad = vg(p, par.shard_batches(dp, stream[:2]))
-        result.update({f"{tag}_loss": par.to_host(loss), f"{tag}_grad": _flat(grad),
-                       f"{tag}_params": _flat(adam_step(p, grad))})  # fmt: skip
+        result.update(
+            {
+                f"{tag}_loss": par.to_host(loss),
+                f"{tag}_grad": _flat(grad),
+                f"{tag}_params": _flat(adam_step(p, grad)),
+            }
+        )
         if tag == "dp":
             result["num_devices"] = dp.num_devices
             (last,) = list(par.step_batches(stream, 2))[-1:]
             (tail_loss, _), tail_grad = vg(p, par.shard_batches(dp, last))
             tail_ref_loss, tail_ref_grad = ref(stream[4])
-            result.update(tail_loss=par.to_host(tail_loss), tail_grad=_flat(tail_grad),
-                          tail_ref_loss=tail_ref_loss, tail_ref_grad=_flat(tail_ref_grad))  # fmt: skip
+            result.update(
+                tail_loss=par.to_host(tail_loss),
+                tail_grad=_flat(tail_grad),
+                tail_ref_loss=tail_ref_loss,
+                tail_ref_grad=_flat(tail_ref_grad),
+            )
     result["mean_of_means"] = np.mean([ref(b)[0] for b in stream[:2]])
     np.savez(out, **{k: np.asarray(v) for k, v in result.items()})
 
 
-def worker_train(out: Path, args: argparse.Namespace) -> None:
-    """Three Adam steps over the 5-batch stream on every device of every process."""
-    setup = par.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    import jax
-    import optax
+def worker_fit(out: Path, args: argparse.Namespace) -> None:
+    """``physpack.train.train`` on the toy data for each ``DxK`` of ``--runs``
+    (``D`` devices per process, ``K`` batches per device and step); results in
+    ``out/DxK.npz``, the run's files in ``out/DxK/``."""
+    setup = par.initialize_distributed(
+        args.coordinator, args.num_processes, args.process_id
+    )
+    from physpack.config import LoaderConfig, ModelConfig, TrainConfig
+    from physpack.train import train
 
-    dp = par.select_devices("all")
-    stream = _stream()
-    model, params = _setup_model(stream)
-    partial_fn, combine = _loss_parts(model)
-    vg = par.data_parallel_value_and_grad(partial_fn, combine, dp.mesh)
-    tx = optax.adam(1e-2)
-
-    @jax.jit
-    def step(p: Any, opt: Any, batch: Any) -> tuple[Any, Any, Any]:
-        (loss, _), grad = vg(p, batch)
-        updates, opt = tx.update(grad, opt, p)
-        return optax.apply_updates(p, updates), opt, loss
-
-    initial = _flat(params)
-    p = par.replicate(dp, params)
-    opt = par.replicate(dp, tx.init(params))
-    losses = []
-    for local in par.local_step_batches(stream, dp):
-        p, opt, loss = step(p, opt, par.shard_batches(dp, local))
-        losses.append(par.to_host(loss))
-    np.savez(
-        out, params=_flat(p), initial=initial, losses=np.array(losses),
-        num_devices=dp.num_devices, process_count=setup.num_processes,
-        main=par.is_main_process(),
-    )  # fmt: skip
+    model_cfg = ModelConfig(**TINY_MODEL)
+    loader_cfg = LoaderConfig(batch_size=4, bucket_size=64, prefetch=1)
+    for run in args.runs.split(","):
+        devices, per_device = map(int, run.split("x"))
+        train_cfg = TrainConfig(
+            epochs=2,
+            warmup_steps=2,
+            learning_rate=1e-2,
+            state_every_steps=3,
+            patience=5,
+            forces_weight=FORCES_WEIGHT,
+            devices=devices,
+        )
+        dp = par.select_devices(devices, batches_per_device=per_device)
+        files = out / run
+        files.mkdir(parents=True)
+        result = train(
+            args.packed,
+            args.split,
+            files / "best.ckpt",
+            files / "history.csv",
+            files / "state",
+            model_cfg,
+            train_cfg,
+            loader_cfg,
+            progress=False,
+            log=lambda msg: print(msg, flush=True),
+            data_parallel=None if per_device == 1 else dp,
+        )
+        me = setup.process_id
+        np.savez(
+            out / f"{run}.npz",
+            params=_flat(result.params),
+            steps=result.steps,
+            devices=dp.num_devices,
+            processes=setup.num_processes,
+            agree_same=par.all_processes_agree("same"),
+            agree_different=par.all_processes_agree(f"process {me}"),
+            any_process=par.any_process(me == setup.num_processes - 1),
+            broadcast=par.broadcast_from_main(np.array([me + 0.5, 1e-300 * (me + 1)])),
+        )
 
 
 def _worker_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="subprocess side of test_parallel")
-    parser.add_argument("mode", choices=["step", "train"])
+    parser.add_argument("mode", choices=["step", "fit"])
     parser.add_argument("out", type=Path)
+    parser.add_argument("packed", nargs="?", type=Path)
+    parser.add_argument("split", nargs="?", type=Path)
+    parser.add_argument("--runs", default="2x1")
     parser.add_argument("--coordinator")
     parser.add_argument("--num-processes", type=int)
     parser.add_argument("--process-id", type=int)
@@ -432,7 +628,7 @@ def _worker_main(argv: Sequence[str] | None = None) -> int:
     if args.mode == "step":
         worker_step(args.out)
     else:
-        worker_train(args.out, args)
+        worker_fit(args.out, args)
     return 0
 
 

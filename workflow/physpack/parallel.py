@@ -7,9 +7,11 @@ with ``d_p`` selected devices each:
 * the loader yields one deterministic stream of fixed-shape packed batches per
   epoch (identical in every process: same seed, same split);
 * every optimisation step takes ``D`` consecutive batches of that stream, device
-  ``g`` (process-major order) gets batch ``g`` of the group, so each process uses
-  only its own slice and every molecule is still used exactly once per epoch
-  (:func:`step_batches`; a short last group is filled with empty batches);
+  ``g`` (process-major order) gets batch ``g`` of the group, so each process
+  trains on its own slice and every molecule is still used exactly once per epoch
+  (:func:`step_batches`; a short last group is filled with empty batches). Each
+  process walks the whole stream; with a loader that yields ``None`` for the
+  batches of other processes it would read only its own;
   optionally each device sums ``k`` batches (``batches_per_device``), which makes
   ``k`` devices and 1 device × ``k`` batches the same computation;
 * the ``D`` batches are stacked along a new leading axis, sharded with
@@ -248,7 +250,9 @@ def initialize_distributed(
         coordinator_address=setup.coordinator_address,
         num_processes=setup.num_processes,
         process_id=setup.process_id,
-        local_device_ids=list(setup.local_device_ids) if setup.local_device_ids else None,
+        local_device_ids=list(setup.local_device_ids)
+        if setup.local_device_ids
+        else None,
         cluster_detection_method="deactivate",
         initialization_timeout=timeout_s,
     )
@@ -328,7 +332,9 @@ def select_devices(
     if devices != "all" and (
         isinstance(devices, bool) or not isinstance(devices, int) or devices < 1
     ):
-        raise ConfigError(f"train.devices: got {devices!r}, expected 'all' or an int ≥ 1")
+        raise ConfigError(
+            f"train.devices: got {devices!r}, expected 'all' or an int ≥ 1"
+        )
     per_process: dict[int, list[jax.Device]] = {}
     for d in jax.devices():
         per_process.setdefault(d.process_index, []).append(d)
@@ -374,9 +380,10 @@ def stack_batches(batches: Sequence[Batch]) -> dict[str, np.ndarray]:
                 f"stack_batches: batch {i} has keys {sorted(b)}, batch 0 {sorted(first)}"
             )
         for k, v in b.items():
-            if np.shape(v) != np.shape(first[k]) or np.asarray(v).dtype != np.asarray(
-                first[k]
-            ).dtype:
+            if (
+                np.shape(v) != np.shape(first[k])
+                or np.asarray(v).dtype != np.asarray(first[k]).dtype
+            ):
                 raise ValueError(
                     f"stack_batches: key {k!r} of batch {i} is "
                     f"{np.asarray(v).dtype}{np.shape(v)}, batch 0 "
@@ -435,8 +442,8 @@ def to_host(tree: T) -> T:
                     "to_host: array sharded across processes; only replicated "
                     "arrays can be read back on one process"
                 )
-            return np.asarray(x.addressable_data(0))
-        return np.asarray(x)
+            return np.asarray(jax.device_get(x.addressable_data(0)))
+        return np.asarray(jax.device_get(x))
 
     return jax.tree.map(get, tree)
 
@@ -552,23 +559,48 @@ def local_step_batches(
 
 
 def broadcast_from_main(tree: T) -> T:
-    """Process 0's value of ``tree`` (numpy leaves, same shapes everywhere) in every
-    process; the identity when single-process. A collective: all processes call."""
+    """Process 0's value of ``tree`` (numpy-convertible leaves of the same shape and
+    dtype in every process) in every process, bit for bit: leaves travel as bytes,
+    so float64 survives even where JAX computes in float32. The identity when
+    single-process; otherwise a collective that every process must call."""
     if jax.process_count() == 1:
         return tree
     from jax.experimental import multihost_utils
 
-    return multihost_utils.broadcast_one_to_all(tree)
+    leaves, treedef = jax.tree.flatten(tree)
+    arrays = [np.asarray(x) for x in leaves]
+    raw = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
+    got = multihost_utils.broadcast_one_to_all(raw)
+    out = [
+        np.asarray(g, np.uint8).view(a.dtype).reshape(a.shape)
+        for g, a in zip(got, arrays)
+    ]
+    return jax.tree.unflatten(treedef, out)
+
+
+def _gather_rows(row: np.ndarray) -> np.ndarray:
+    """Every process's ``row`` (same shape everywhere), stacked by process."""
+    if jax.process_count() == 1:
+        return row[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(row))
 
 
 def any_process(flag: bool) -> bool:
     """Whether ``flag`` is true in some process (a collective: all processes call)."""
-    if jax.process_count() == 1:
-        return bool(flag)
-    from jax.experimental import multihost_utils
+    return bool(_gather_rows(np.array([bool(flag)], np.int32)).any())
 
-    flags = multihost_utils.process_allgather(np.array([bool(flag)]))
-    return bool(np.any(flags))
+
+def all_processes_agree(value: bytes | str) -> bool:
+    """Whether every process passed the same ``value`` (compared by sha256; a
+    collective: all processes call)."""
+    import hashlib
+
+    data = value.encode() if isinstance(value, str) else value
+    digest = np.frombuffer(hashlib.sha256(data).digest(), np.uint8).astype(np.int32)
+    rows = _gather_rows(digest)
+    return bool((rows == rows[0]).all())
 
 
 # --------------------------------------------------------------------------------
@@ -645,7 +677,9 @@ def data_parallel_sums(
 ) -> Callable[[Params, Mapping[str, jax.Array]], tuple[Sums, Counts]]:
     """Global ``(sums, counts)`` of a sharded step without gradients (validation)."""
 
-    def per_device(params: Params, block: Mapping[str, jax.Array]) -> tuple[Sums, Counts]:
+    def per_device(
+        params: Params, block: Mapping[str, jax.Array]
+    ) -> tuple[Sums, Counts]:
         return jax.lax.psum(_block_partials(partial_fn, params, block), DATA_AXIS)
 
     return jax.shard_map(

@@ -26,6 +26,18 @@ What happens (:func:`train`):
    ``--state-dir``; rerunning the same command continues from it and ends with the
    same parameters as an uninterrupted run. A state written with another config
    or dataset is refused.
+6. Data parallel (:mod:`physpack.parallel`): ``train.devices`` devices per process
+   (``all``: every local one), and several processes when started as the tasks
+   of an ``srun`` step. Every step takes one packed batch per device from the one
+   loader stream (each molecule still once per epoch), parameters are replicated
+   and the loss is normalised by the step's global molecule/atom counts, so a
+   step equals the single-device step on the concatenated batches. A step on
+   ``D`` devices trains on ``D`` batches: the device count changes the results
+   (as a larger batch would), so it is part of the config hash of the resumable
+   state, as the number of batches per step — ``devices: all`` and ``devices: 2``
+   on a 2-device machine hash alike. Only process 0 writes checkpoints, history,
+   state and log lines; all processes read the state to resume (``--state-dir``
+   on a shared file system).
 
 Loss (per batch, masked): ``energy_weight · mean((ΔE/N)²) + forces_weight ·
 mean(ΔF²) + dipole_weight · mean(ΔD²)`` in eV², (eV/Å)², (e·Å)²; the dipole term
@@ -57,7 +69,7 @@ import optax
 from flax import serialization
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, parallel
 from . import checkpoint as ckpt_io
 from .config import LoaderConfig, ModelConfig, TrainConfig, section_from_args
 from .errors import ConfigError, InputError, PhyspackError, cli_entry
@@ -83,6 +95,9 @@ RESUMABLE_ACROSS = {
 }
 #: Exit status after SIGTERM (the shell's 128 + 15): the state is saved, rerun.
 EXIT_PREEMPTED = 143
+#: Batch key of the per-device SIGTERM flag: summed inside the train step, so that
+#: all processes learn of a signal that reached any of them at the same step.
+STOP_KEY = "stop_request"
 
 
 class TrainingDiverged(PhyspackError):
@@ -426,7 +441,8 @@ def build_steps(
     batch per device, sharded over ``dp.mesh`` (:func:`parallel.shard_batches`),
     ``state`` and ``scale`` replicated; loss sums and counts are added over the
     devices before normalising, so the step equals the single-device step on the
-    concatenated batches.
+    concatenated batches. A batch key :data:`STOP_KEY` (float32 () per batch) is
+    summed over the devices into ``info["stop"]``.
     """
     compilations = {"train_step": 0, "eval_step": 0}
     plateau = cfg.schedule == "plateau"
@@ -435,7 +451,10 @@ def build_steps(
         params: Params, batch: Mapping[str, jax.Array], scale: jax.Array
     ) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Params]:
         def partial_fn(p: Params, b: Mapping[str, jax.Array]) -> Any:
-            return loss_partials(p, model, b, scale, weights)
+            sums, counts = loss_partials(p, model, b, scale, weights)
+            if STOP_KEY in b:  # summed like a count; combine_loss ignores it
+                counts = {**counts, STOP_KEY: b[STOP_KEY]}
+            return sums, counts
 
         def combine(sums: Any, counts: Any) -> jax.Array:
             return combine_loss(sums, counts, weights)
@@ -479,7 +498,9 @@ def build_steps(
             "ema": keep(ema, state["ema"]),
             "step": state["step"] + 1,
         }
-        return new_state, {"loss": loss, "finite": finite, "n_mol": counts["energy"]}
+        info = {"loss": loss, "finite": finite, "n_mol": counts["energy"]}
+        info["stop"] = counts.get(STOP_KEY, jnp.zeros(())) > 0
+        return new_state, info
 
     def eval_step(
         params: Params, batch: Mapping[str, jax.Array], scale: jax.Array
@@ -527,7 +548,7 @@ def code_fingerprint() -> str:
     import flax
 
     h = hashlib.sha256()
-    for name in ("model.py", "train.py", "loader.py"):
+    for name in ("model.py", "train.py", "loader.py", "parallel.py"):
         h.update((Path(__file__).parent / name).read_bytes())
     for mod in (jax, flax, e3x, optax, np):
         h.update(f"{mod.__name__} {mod.__version__};".encode())
@@ -650,7 +671,12 @@ def _new_epoch_acc() -> dict[str, float]:
 
 
 def _host(tree: Any) -> Any:
-    return jax.tree.map(np.asarray, jax.device_get(tree))
+    """Numpy copies of (replicated) device arrays, in any process."""
+    return parallel.to_host(tree)
+
+
+def _quiet(message: str) -> None:
+    """The log of processes other than 0: they train, process 0 reports."""
 
 
 def _subset(split: Path, name: str) -> np.ndarray:
@@ -676,6 +702,7 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_step: Callable[[int], None] | None = None,
+    data_parallel: DataParallel | None = None,
 ) -> TrainResult:
     """Train PhysNet on the ``train`` subset of ``split``, validate on ``valid``.
 
@@ -691,6 +718,9 @@ def train(
         log: receives the one-line messages (epoch summaries, compilations).
         on_step: called with the global step number after every step (monitoring,
             tests: raising in it simulates a crash).
+        data_parallel: the devices to use (default:
+            ``parallel.select_devices(train_cfg.devices)``); e.g. one device summing
+            two batches per step computes what two devices do.
 
     Raises:
         ConfigError: a state from another config/dataset, bad settings.
@@ -711,6 +741,7 @@ def train(
         progress=progress,
         log=log,
         on_step=on_step,
+        data_parallel=data_parallel,
     )
     return run.run()
 
@@ -750,24 +781,40 @@ class _Run:
         progress: bool,
         log: Callable[[str], None],
         on_step: Callable[[int], None] | None,
+        data_parallel: DataParallel | None = None,
     ):
         self.t_start = time.monotonic()
         self.output, self.history, self.state_dir = output, history, state_dir
         self.model_cfg, self.cfg, self.loader_cfg = model_cfg, train_cfg, loader_cfg
-        self.show_progress, self.log, self.on_step = progress, log, on_step
+        self.dp = data_parallel or parallel.select_devices(train_cfg.devices)
+        self.main = self.dp.process_index == 0
+        self.show_progress = progress and self.main
+        self.log = log if self.main else _quiet
+        self.on_step = on_step
         self.dataset = PackedDataset(packed)
         train_idx, valid_idx = _subset(split, "train"), _subset(split, "valid")
         self.fingerprint = dataset_fingerprint(self.dataset, train_idx, valid_idx)
-        self.config_hash = config_hash(model_cfg, train_cfg, loader_cfg)
+        # Results depend on the devices only through the batches per step: hash
+        # that number, not the config's "all" (which resolves per machine).
+        self.config_hash = config_hash(
+            model_cfg,
+            dataclasses.replace(train_cfg, devices=self.dp.batches_per_step),
+            loader_cfg,
+        )
         self.code = code_fingerprint()
-        if train_cfg.devices not in ("all", 1) or jax.local_device_count() > 1:
-            # build_steps(..., dp) is the data-parallel step; the loop is one device's
-            log(
-                f"note: train.devices={train_cfg.devices!r}, "
-                f"{jax.local_device_count()} local device(s): this loop trains on "
-                f"one ({jax.devices()[0]})"
-            )
+        dp = self.dp
+        self.log(
+            f"devices: {dp.num_devices} × {dp.local_devices[0].platform} in "
+            f"{dp.process_count} process(es), {dp.batches_per_step} batch(es) per step"
+        )
         saved = self._resumable_state()
+        saved_step = -1 if saved is None else int(saved["train_state"]["step"])
+        if not parallel.all_processes_agree(str(saved_step)):
+            raise ConfigError(
+                f"{self.state_dir}: the processes found different resumable states "
+                f"(this one: step {saved_step}); --state-dir must be on a file system "
+                "that all nodes share"
+            )
 
         self.train_loader = from_config(
             self.dataset,
@@ -799,25 +846,38 @@ class _Run:
             self.constants, self.data_stats = fit_energy_constants(
                 fit_loader, model_cfg.max_atomic_number
             )
-        log(
+            # identical data give identical fits; process 0's is made exact
+            ref, scale = parallel.broadcast_from_main(
+                (self.constants.reference_energies, np.float64(self.constants.scale))
+            )
+            self.constants = dataclasses.replace(
+                self.constants, reference_energies=ref, scale=float(scale)
+            )
+        parallel.check_batches_per_epoch(
+            self.train_loader.num_batches(), dp, f"{self.dataset.path} (train subset)"
+        )
+        self.log(
             f"data: {len(train_idx)} train / {len(valid_idx)} valid molecules, "
             f"elements {list(self.constants.elements)}, energy scale "
             f"{self.constants.scale:.4g} eV, force std "
             f"{self.data_stats['forces_std_eV_per_A']:.4g} eV/Å; batch "
             f"budget {dataclasses.astuple(self.train_loader.budget)} (atoms, pairs, "
-            f"molecules), {self.train_loader.num_batches()} batches per epoch; device: "
-            f"{jax.devices()[0].platform}"
+            f"molecules), {self.train_loader.num_batches()} batches per epoch"
         )
 
         self.model = model_from_config(model_cfg)
         self.tx, self.schedule = make_optimizer(
-            train_cfg, self.train_loader.num_batches(0)
+            train_cfg,
+            parallel.steps_per_epoch(
+                self.train_loader.num_batches(0), dp.batches_per_step
+            ),
         )
         params = init_params(
             self.model,
             jax.random.PRNGKey(train_cfg.seed),
             self.train_loader.assemble(np.arange(1)),
         )
+        params = parallel.broadcast_from_main(params)  # seeded alike; made exact
         state: dict[str, Any] = {
             "params": params,
             "opt_state": self.tx.init(params),
@@ -829,19 +889,19 @@ class _Run:
             state = serialization.from_state_dict(_host(state), saved["train_state"])
             self.train_loader.load_state_dict(saved["loader"])
             self.progress = _Progress(**saved["progress"])
-            log(
+            self.log(
                 f"resuming from {state_dir / ckpt_io.STATE_FILE}: epoch "
                 f"{self.train_loader.epoch + 1}, batch {self.train_loader.position}, "
                 f"step {int(saved['train_state']['step'])}"
             )
-        self.state = jax.device_put(state)
-        self.scale = jnp.float32(self.constants.scale)
-        self.steps = build_steps(self.model, self.tx, train_cfg, self.weights)
+        self.state = parallel.replicate(dp, state)
+        self.scale = parallel.replicate(dp, np.float32(self.constants.scale))
+        self.steps = build_steps(self.model, self.tx, train_cfg, self.weights, dp)
         self.consecutive_bad = 0
-        # The prefetch threads prepare the batches (float64 residuals) and transfer
-        # them to the device while the previous step runs.
-        self.train_loader._device_put = self._put
-        self.valid_loader._device_put = self._put_checked
+        # The prefetch threads prepare the batches (float64 residuals) while the
+        # previous step runs; the main thread stacks one per device and places them.
+        self.train_loader._device_put = self._prepare
+        self.valid_loader._device_put = self._prepare_checked
         self._known = np.zeros(model_cfg.max_atomic_number + 1, dtype=bool)
         self._known[list(self.constants.elements)] = True
 
@@ -870,11 +930,13 @@ class _Run:
             f"delete {self.state_dir} to start over"
         )
 
-    def _put(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-        return jax.device_put(prepare_batch(batch, self.constants))
+    def _prepare(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return prepare_batch(batch, self.constants)
 
-    def _put_checked(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-        """:meth:`_put`, refusing elements without a fitted reference energy."""
+    def _prepare_checked(
+        self, batch: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """:meth:`_prepare`, refusing elements without a fitted reference energy."""
         z = batch["Z"]
         K = self._known.size
         unknown = batch["atom_mask"] & ((z >= K) | ~self._known[np.minimum(z, K - 1)])
@@ -886,7 +948,15 @@ class _Run:
                 f"{int(batch['Z'][a])}, absent from the training subset (trained "
                 f"elements: {list(self.constants.elements)}); re-split the data"
             )
-        return self._put(batch)
+        return self._prepare(batch)
+
+    def _place(
+        self, group: Sequence[Mapping[str, np.ndarray]], stop: bool = False
+    ) -> dict[str, jax.Array]:
+        """This process's batches of one step, stacked and sharded over the mesh;
+        ``stop`` (this process got SIGTERM) rides along as :data:`STOP_KEY`."""
+        flag = np.float32(stop)
+        return parallel.shard_batches(self.dp, [{**b, STOP_KEY: flag} for b in group])
 
     # -- the loop -------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -900,7 +970,7 @@ class _Run:
                 t0 = time.monotonic()
                 self._train_epoch(epoch, sigterm)
                 self._end_epoch(epoch, time.monotonic() - t0)
-                if not p.finished and sigterm.raised:
+                if not p.finished and parallel.any_process(sigterm.raised):
                     raise Preempted(
                         f"SIGTERM after epoch {epoch + 1}: state saved in "
                         f"{self.state_dir}; rerun the same command to continue"
@@ -909,8 +979,9 @@ class _Run:
             raise TrainingDiverged("no epoch completed; no checkpoint written")
         # Rewritten at the end: a resumed run, whose earlier best.ckpt a workflow
         # manager may have deleted, still ends with it in place.
-        self._write_best(p.best_ema, p.best_epoch, p.best_metrics)
-        write_history(self.history, p.history)
+        if self.main:
+            self._write_best(p.best_ema, p.best_epoch, p.best_metrics)
+            write_history(self.history, p.history)
         c = self.steps.compilations
         self.log(
             f"done: {p.stop_reason}; best epoch {p.best_epoch} "
@@ -924,7 +995,7 @@ class _Run:
             best_epoch=p.best_epoch,
             best_metrics=dict(p.best_metrics),
             epochs=len(p.history),
-            steps=int(self.state["step"]),
+            steps=int(_host(self.state["step"])),
             stop_reason=p.stop_reason,
             compilations=dict(c),
             params=_host(self.state["params"]),
@@ -933,23 +1004,33 @@ class _Run:
 
     def _train_epoch(self, epoch: int, sigterm: _SigtermFlag) -> None:
         """The rest of the epoch in progress; saves the state every
-        ``state_every_steps`` steps and on SIGTERM (then raises :class:`Preempted`)."""
+        ``state_every_steps`` steps and on SIGTERM (then raises :class:`Preempted`).
+
+        Several processes must stop after the same step: a SIGTERM is passed into
+        the next step (:data:`STOP_KEY`), and every process acts on the summed
+        flag when it reads that step's result, which happens at the same point of
+        the loop in all of them. A single process acts on its own flag at once.
+        """
         acc = self.progress.epoch_acc
+        per_step = self.dp.batches_per_step
         bar = tqdm(
-            total=self.train_loader.num_batches(),
-            initial=self.train_loader.position,
+            total=parallel.steps_per_epoch(self.train_loader.num_batches(), per_step),
+            initial=self.train_loader.position // per_step,
             desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-            unit="batch",
+            unit="step",
             disable=not self.show_progress,
             leave=False,
             dynamic_ncols=True,
         )
+        alone = self.dp.process_count == 1
         t0 = time.monotonic()
         time_before = acc["time"]
         pending: tuple[dict[str, jax.Array], int, bool] | None = None
-        step = int(self.state["step"])
-        for batch in self.train_loader.packed_batches():
+        step = int(_host(self.state["step"]))
+        batches = self.train_loader.packed_batches()
+        for group in parallel.local_step_batches(batches, self.dp):
             compiling = self.steps.compilations["train_step"] == 0
+            batch = self._place(group, sigterm.raised)
             self.state, info = self.steps.train(self.state, batch, self.scale)
             step += 1
             if compiling:  # keep compilation out of the throughput figures
@@ -958,10 +1039,9 @@ class _Run:
                     f"train step compiled and run in {time.monotonic() - t0:.1f} s"
                 )
                 t0 = time.monotonic()
-            if (
-                pending is not None
-            ):  # read the previous step's loss: dispatch stays async
-                self._account(*pending)
+            stop = alone and sigterm.raised
+            if pending is not None:  # read the previous step: dispatch stays async
+                stop |= self._account(*pending)
             pending = (info, step, not compiling)
             bar.update(1)
             if self.show_progress and step % 10 == 0:
@@ -970,12 +1050,12 @@ class _Run:
                     loss=f"{acc['loss_sum'] / max(acc['n_mol'], 1):.4g}",
                     mol_s=f"{rate:.0f}",
                 )
-            if step % self.cfg.state_every_steps == 0 or sigterm.raised:
-                self._account(*pending)
+            if step % self.cfg.state_every_steps == 0 or stop:
+                stop |= self._account(*pending)
                 pending = None
                 acc["time"] = time_before + time.monotonic() - t0
                 self._save_state()
-            if sigterm.raised:
+            if stop:
                 bar.close()
                 raise Preempted(
                     f"SIGTERM at step {step}: state saved in {self.state_dir}; rerun "
@@ -988,9 +1068,11 @@ class _Run:
         bar.close()
         acc["time"] = time_before + time.monotonic() - t0
 
-    def _account(self, info: Mapping[str, jax.Array], step: int, timed: bool) -> None:
-        """Add a step's loss to the epoch's; count consecutive rejected steps."""
+    def _account(self, info: Mapping[str, jax.Array], step: int, timed: bool) -> bool:
+        """Add a step's loss to the epoch's; count consecutive rejected steps.
+        Returns whether some process had SIGTERM before that step."""
         acc = self.progress.epoch_acc
+        info = _host(info)
         loss, ok, n = float(info["loss"]), bool(info["finite"]), float(info["n_mol"])
         if timed:
             acc["timed_mol"] += n
@@ -998,7 +1080,7 @@ class _Run:
             self.consecutive_bad = 0
             acc["loss_sum"] += loss * n
             acc["n_mol"] += n
-            return
+            return bool(info["stop"])
         self.consecutive_bad += 1
         if self.consecutive_bad >= self.cfg.max_nonfinite_steps:
             best = self.progress.best_epoch
@@ -1009,6 +1091,7 @@ class _Run:
                 f"{self.cfg.max_nonfinite_steps}); best checkpoint {kept}; lower "
                 "train.learning_rate or check the data (physpack validate)"
             )
+        return bool(info["stop"])
 
     def _end_epoch(self, epoch: int, epoch_time: float) -> None:
         """Validate the EMA parameters, record the epoch, keep the best, decide
@@ -1020,7 +1103,7 @@ class _Run:
             "train_loss": acc["loss_sum"] / max(acc["n_mol"], 1.0),
             **metrics,
             "lr": current_learning_rate(
-                self.schedule, self.state["opt_state"], self.cfg
+                self.schedule, _host(self.state["opt_state"]), self.cfg
             ),
             "molecules_per_s": acc["timed_mol"] / max(acc["time"], 1e-9),
             "wall_time_s": self._elapsed(),
@@ -1030,11 +1113,13 @@ class _Run:
         if improved:
             p.best_epoch, p.best_loss = epoch + 1, metrics["valid_loss"]
             p.best_metrics, p.best_ema = metrics, _host(self.state["ema"])
-            self._write_best(p.best_ema, p.best_epoch, metrics)
+            if self.main:
+                self._write_best(p.best_ema, p.best_epoch, metrics)
             p.bad_epochs = 0
         else:
             p.bad_epochs += 1
-        write_history(self.history, p.history)
+        if self.main:
+            write_history(self.history, p.history)
         self.log(_summary(row, self.cfg.epochs, improved, self.data_stats))
         p.epoch_acc = _new_epoch_acc()
         budget = self.cfg.max_minutes
@@ -1045,12 +1130,20 @@ class _Run:
         elif budget is not None and self._elapsed() + epoch_time > 60.0 * budget:
             # another epoch would overrun the budget: stop at this boundary
             p.finished, p.stop_reason = True, "max_minutes"
+        # Clocks differ between processes: process 0's decision holds for all.
+        reasons = ("", "epochs", "patience", "max_minutes")
+        code = reasons.index(p.stop_reason) if p.finished else 0
+        code = int(parallel.broadcast_from_main(np.int32(code)))
+        p.finished, p.stop_reason = code > 0, reasons[code] or p.stop_reason
         self._save_state()
 
     def _validate(self, params: Params) -> dict[str, float]:
+        """Validation metrics; every process gets the totals over all devices."""
         totals: dict[str, float] = {}
-        for batch in self.valid_loader.packed_batches():
-            for k, v in self.steps.eval(params, batch, self.scale).items():
+        batches = self.valid_loader.packed_batches()
+        for group in parallel.local_step_batches(batches, self.dp):
+            sums = _host(self.steps.eval(params, self._place(group), self.scale))
+            for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         return metrics_from_sums(totals, self.weights)
 
@@ -1059,6 +1152,8 @@ class _Run:
         return self.progress.elapsed_s + time.monotonic() - self.t_start
 
     def _save_state(self) -> None:
+        if not self.main:
+            return
         progress = dataclasses.asdict(self.progress)
         progress["elapsed_s"] = self._elapsed()
         ckpt_io.save_state(
@@ -1091,7 +1186,10 @@ class _Run:
                 units=dict(CANONICAL_UNITS),
                 training={
                     "epoch": epoch,
-                    "step": int(self.state["step"]),
+                    "step": int(_host(self.state["step"])),
+                    "devices": self.dp.num_devices,
+                    "processes": self.dp.process_count,
+                    "batches_per_step": self.dp.batches_per_step,
                     "train_config": dataclasses.asdict(self.cfg),
                     "loader_config": dataclasses.asdict(self.loader_cfg),
                     "dataset": self.fingerprint,
@@ -1188,8 +1286,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_cfg = section_from_args(TrainConfig, args, "train")
     loader_cfg = section_from_args(LoaderConfig, args, "loader")
     state_dir = args.state_dir or str(Path(args.output).parent / "state")
-    log = lambda msg: print(msg, flush=True)
-    log(f"physpack {__version__} train: jax {jax.__version__}, devices {jax.devices()}")
+    # before any other JAX call: several srun tasks become one multi-process run
+    setup = parallel.initialize_distributed()
+    log = (lambda msg: print(msg, flush=True)) if parallel.is_main_process() else _quiet
+    processes = f", {setup.num_processes} processes" if setup.num_processes > 1 else ""
+    log(
+        f"physpack {__version__} train: jax {jax.__version__}, devices "
+        f"{jax.devices()}{processes}"
+    )
     try:
         train(
             args.packed,

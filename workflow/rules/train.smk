@@ -20,8 +20,9 @@ rule train_model:
         "../../envs/physpack-cuda.yaml"
     resources:
         gpu=1,
+        mpi="",
     shell:
-        "physpack train {input.packed:q} --split {input.split:q}"
+        "{resources.mpi} physpack train {input.packed:q} --split {input.split:q}"
         " --output {output.best:q} --history {output.history:q}"
         " --state-dir {params.state:q} --model-config {params.model:q}"
         " --train-config {params.train:q} --loader-config {params.loader:q}"
