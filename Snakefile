@@ -20,9 +20,9 @@ report: "workflow/report/workflow.rst"
 
 
 rule all:
+    default_target: True
     input:
         PATHS["validation"],
         PATHS["stats_json"],
         PATHS["best"],
         PATHS["metrics"],
-    default_target: True

@@ -4,14 +4,14 @@ rule convert_npz:
         code=stage_code("convert"),
     output:
         directory(PATHS["packed"]),
-    params:
-        data=section("data"),
     log:
         log_path("convert_npz"),
     benchmark:
         benchmark_path("convert_npz")
     conda:
         "../../envs/physpack.yaml"
+    params:
+        data=section("data"),
     shell:
         "physpack convert {input.npz:q} {output:q} --config {params.data:q}"
         " --no-progress > {log:q} 2>&1"
@@ -23,14 +23,14 @@ rule validate_packed:
         code=stage_code("validate"),
     output:
         PATHS["validation"],
-    params:
-        validate=section("validate"),
     log:
         log_path("validate_packed"),
     benchmark:
         benchmark_path("validate_packed")
     conda:
         "../../envs/physpack.yaml"
+    params:
+        validate=section("validate"),
     shell:
         "physpack validate {input.packed:q} --output {output:q}"
         " --config {params.validate:q} > {log:q} 2>&1"
@@ -48,14 +48,14 @@ rule packing_stats:
             caption="../report/packing_stats.rst",
             category="1. Data",
         ),
-    params:
-        loader=section("loader"),
     log:
         log_path("packing_stats"),
     benchmark:
         benchmark_path("packing_stats")
     conda:
         "../../envs/physpack.yaml"
+    params:
+        loader=section("loader"),
     shell:
         "physpack stats {input.packed:q} --json {output.json:q} --markdown {output.md:q}"
         " --figure {output.png:q} --config {params.loader:q} > {log:q} 2>&1"
@@ -67,14 +67,14 @@ rule split_dataset:
         code=stage_code("split"),
     output:
         PATHS["split"],
-    params:
-        split=section("split"),
     log:
         log_path("split_dataset"),
     benchmark:
         benchmark_path("split_dataset")
     conda:
         "../../envs/physpack.yaml"
+    params:
+        split=section("split"),
     shell:
         "physpack split {input.packed:q} --output {output:q}"
         " --config {params.split:q} > {log:q} 2>&1"

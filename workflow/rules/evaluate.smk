@@ -27,8 +27,6 @@ rule evaluate_model:
             category="3. Evaluation",
             labels={"result": "{name}"},
         ),
-    params:
-        loader=section("loader"),
     log:
         log_path("evaluate_model"),
     benchmark:
@@ -37,6 +35,8 @@ rule evaluate_model:
         "../../envs/physpack-cuda.yaml"
     resources:
         gpu=1,
+    params:
+        loader=section("loader"),
     shell:
         "physpack evaluate {input.packed:q} --split {input.split:q}"
         " --checkpoint {input.best:q} --history {input.history:q}"
