@@ -88,3 +88,14 @@ class StagedOutputs:
                 replace_dir(tmp, final)
             else:
                 os.replace(tmp, final)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary sibling, fsync and rename: after a
+    crash at any point ``path`` holds either its old content or all of ``data``."""
+    path = Path(path)
+    with StagedOutputs() as staged, open(staged.file(path), "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path

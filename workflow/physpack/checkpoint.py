@@ -37,6 +37,7 @@ import numpy as np
 from flax import serialization
 
 from . import __version__
+from .atomic import atomic_write_bytes
 from .config import ModelConfig, section_from_mapping
 from .errors import ConfigError, InputError
 from .model import EnergyConstants, Params, PhysNet, model_from_config, predict
@@ -166,23 +167,6 @@ def load_state(state_dir: str | os.PathLike) -> dict[str, Any] | None:
     return _read_msgpack(
         path, STATE_FORMAT_NAME, STATE_FORMAT_VERSION, "training state"
     )
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary sibling, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def _read_msgpack(path: Path, name: str, version: int, what: str) -> dict[str, Any]:
