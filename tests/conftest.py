@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from physpack.synthetic import write_padded_npz
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,10 +45,12 @@ def workdir(tmp_path: Path) -> Path:
     return make_workdir(tmp_path / "wf")
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run snakemake in ``workdir``; output captured; raises with the log on failure."""
     cmd = [sys.executable, "-m", "snakemake", "--directory", str(workdir), *args]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"

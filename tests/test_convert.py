@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase import units as ase_units
-
 from physpack import convert
 from physpack.config import DataConfig
 from physpack.convert import convert_npz, main

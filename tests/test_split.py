@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from physpack import split
 from physpack.config import SplitConfig
 from physpack.errors import ConfigError

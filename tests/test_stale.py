@@ -103,7 +103,7 @@ def test_e_every_imported_module_is_a_declared_input(completed: Path) -> None:
     proc = snakemake(completed, "--dry-run", "--forceall", "--printshellcmds")
     text = proc.stdout + proc.stderr
     blocks = re.findall(
-        r"^rule (\w+):\n    input: (.*)\n(?:.*\n)*?Shell command: physpack (\w+) ",
+        r"^rule (\w+):\n    input: (.*)\n(?:.*\n)*?Shell command: +physpack (\w+) ",
         text,
         re.MULTILINE,
     )

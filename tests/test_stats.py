@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.data import chemical_symbols
-
 from physpack import stats
 from physpack.config import LoaderConfig
 from physpack.packed import PackedWriter

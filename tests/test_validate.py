@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.spatial.distance import pdist
-
 from physpack import validate
 from physpack.config import ValidateConfig
 from physpack.convert import convert_npz
 from physpack.synthetic import write_legacy_packed
+from scipy.spatial.distance import pdist
 
 BAD = 11  # molecule that gets the defect
 

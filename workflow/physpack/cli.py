@@ -24,7 +24,11 @@ STEPS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = [f"usage: physpack <step> [options]   (physpack {__version__})", "", "steps:"]
+    lines = [
+        f"usage: physpack <step> [options]   (physpack {__version__})",
+        "",
+        "steps:",
+    ]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in STEPS.items()]
     lines += ["", "physpack <step> --help shows a step's options."]
     return "\n".join(lines)

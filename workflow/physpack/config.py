@@ -122,7 +122,9 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def section_from_mapping(cls: type[Section], mapping: dict[str, Any] | None, name: str) -> Section:
+def section_from_mapping(
+    cls: type[Section], mapping: dict[str, Any] | None, name: str
+) -> Section:
     """Build section ``cls`` from a mapping, refusing unknown keys and wrong types."""
     mapping = dict(mapping or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -199,7 +201,9 @@ def _parse_flag(text: str) -> Any:
         return text
 
 
-def section_from_args(cls: type[Section], args: argparse.Namespace, name: str) -> Section:
+def section_from_args(
+    cls: type[Section], args: argparse.Namespace, name: str
+) -> Section:
     """The section built from ``--config`` and per-field flags added by
     :func:`add_section_arguments`."""
     raw = getattr(args, f"_{name}_json", None)

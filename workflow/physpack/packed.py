@@ -68,7 +68,9 @@ class ArraySpec:
 
     @property
     def itemsize(self) -> int:
-        return int(np.dtype(self.dtype).itemsize * int(np.prod(self.trailing, dtype=int)))
+        return int(
+            np.dtype(self.dtype).itemsize * int(np.prod(self.trailing, dtype=int))
+        )
 
 
 ARRAYS: dict[str, ArraySpec] = {

@@ -64,7 +64,11 @@ def _npy_member(zf: zipfile.ZipFile, name: str, dtype, shape, chunks) -> None:
         header = io.BytesIO()
         npformat.write_array_header_1_0(
             header,
-            {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": tuple(shape)},
+            {
+                "descr": np.dtype(dtype).str,
+                "fortran_order": False,
+                "shape": tuple(shape),
+            },
         )
         fh.write(header.getvalue())
         for chunk in chunks:
@@ -113,7 +117,12 @@ def write_padded_npz(
                     out[j] = m["Qtot" if key == "Q" else key]
             yield out
 
-    keys = {"R": ("<f4", (n_mol, amax, 3)), "Z": ("<i4", (n_mol, amax)), "E": ("<f8", (n_mol,)), "Q": ("<f8", (n_mol,))}
+    keys = {
+        "R": ("<f4", (n_mol, amax, 3)),
+        "Z": ("<i4", (n_mol, amax)),
+        "E": ("<f8", (n_mol,)),
+        "Q": ("<f8", (n_mol,)),
+    }
     if with_forces:
         keys["F"] = ("<f4", (n_mol, amax, 3))
     if with_dipoles:
@@ -137,7 +146,7 @@ def write_legacy_packed(path: str | os.PathLike, n_mol: int, *, seed: int = 0) -
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     np.save(path / "offsets.npy", offsets)
     np.save(path / "n_atoms.npy", sizes.astype(np.int32))
-    cat = lambda k, dt: np.concatenate([m[k] for m in mols]).astype(dt)  # noqa: E731
+    cat = lambda k, dt: np.concatenate([m[k] for m in mols]).astype(dt)
     cat("Z", "<i4").tofile(path / "Z_pack.int32")
     cat("R", "<f4").tofile(path / "R_pack.f32")
     cat("F", "<f4").tofile(path / "F_pack.f32")

@@ -71,7 +71,13 @@ from tqdm import tqdm
 
 from . import __version__, parallel
 from . import checkpoint as ckpt_io
-from .config import LoaderConfig, ModelConfig, TrainConfig, section_from_args
+from .config import (
+    LoaderConfig,
+    ModelConfig,
+    TrainConfig,
+    add_section_arguments,
+    section_from_args,
+)
 from .errors import ConfigError, InputError, PhyspackError, cli_entry
 from .loader import PackedMemmapLoader, from_config, read_split
 from .model import (
@@ -1235,34 +1241,6 @@ def _summary(
 # Command line
 
 
-def _add_section(parser: argparse.ArgumentParser, cls: type, name: str) -> None:
-    """``--<name>-config JSON`` plus one ``--<field>`` flag per field (the field
-    names of the three sections are distinct), stored where
-    :func:`physpack.config.section_from_args` reads them."""
-    group = parser.add_argument_group(f"{name} settings (config.yaml section '{name}')")
-    group.add_argument(
-        f"--{name}-config",
-        dest=f"_{name}_json",
-        metavar="JSON",
-        help=f"the '{name}' section as a JSON object; single flags override it",
-    )
-    for f in dataclasses.fields(cls):
-        group.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            dest=f"_{name}__{f.name}",
-            metavar="VALUE",
-            type=_parse_flag,
-            help=f"default: {f.default!r}",
-        )
-
-
-def _parse_flag(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 @cli_entry("physpack train")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -1278,9 +1256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="resumable state directory (default: 'state' next to --output)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_section(parser, ModelConfig, "model")
-    _add_section(parser, TrainConfig, "train")
-    _add_section(parser, LoaderConfig, "loader")
+    add_section_arguments(parser, ModelConfig, "model", option="--model-config")
+    add_section_arguments(parser, TrainConfig, "train", option="--train-config")
+    add_section_arguments(parser, LoaderConfig, "loader", option="--loader-config")
     args = parser.parse_args(argv)
     model_cfg = section_from_args(ModelConfig, args, "model")
     train_cfg = section_from_args(TrainConfig, args, "train")

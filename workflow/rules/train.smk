@@ -7,11 +7,6 @@ rule train_model:
     output:
         best=PATHS["best"],
         history=PATHS["history"],
-    params:
-        model=section("model"),
-        train=section("train"),
-        loader=section("loader"),
-        state=PATHS["state"],
     log:
         log_path("train_model"),
     benchmark:
@@ -21,6 +16,11 @@ rule train_model:
     resources:
         gpu=1,
         mpi="",
+    params:
+        model=section("model"),
+        train=section("train"),
+        loader=section("loader"),
+        state=PATHS["state"],
     shell:
         "{resources.mpi} physpack train {input.packed:q} --split {input.split:q}"
         " --output {output.best:q} --history {output.history:q}"
