@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -9,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 from flax import serialization
+from model_fixtures import TINY_MODEL
 from physpack import checkpoint as ckpt_io
-from physpack.config import ModelConfig
 from physpack.errors import InputError
 from physpack.model import (
     EnergyConstants,
@@ -19,13 +20,8 @@ from physpack.model import (
     molecules_to_batch,
 )
 
-CONFIG = ModelConfig(
-    features=8,
-    max_degree=0,
-    num_iterations=1,
-    num_basis_functions=4,
-    max_atomic_number=9,
-    n_res=1,
+CONFIG = dataclasses.replace(
+    TINY_MODEL, max_degree=0, num_basis_functions=4, cutoff=5.0
 )
 
 

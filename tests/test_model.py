@@ -3,13 +3,15 @@ nothing."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from physpack.config import ModelConfig
+from model_fixtures import TINY_MODEL
 from physpack.errors import InputError
 from physpack.model import (
     EF,
@@ -26,17 +28,7 @@ from scipy.spatial.transform import Rotation
 
 # One budget for every batch of this module: one compilation per model.
 BUDGET = {"max_atoms": 48, "max_pairs": 600, "max_molecules": 6}
-TINY = ModelConfig(
-    features=8,
-    max_degree=1,
-    num_iterations=1,
-    num_basis_functions=8,
-    cutoff=4.0,
-    max_atomic_number=9,
-    n_res=1,
-    zbl=True,
-    charges=True,
-)
+TINY = dataclasses.replace(TINY_MODEL, zbl=True, charges=True)
 
 
 def random_molecule(rng: np.random.Generator, n: int, charge: float = 0.0) -> dict:

@@ -14,24 +14,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_fixtures import TINY_MODEL
 from physpack import checkpoint as ckpt_io
 from physpack import train as train_mod
-from physpack.config import LoaderConfig, ModelConfig, TrainConfig, section_to_json
+from physpack.config import LoaderConfig, TrainConfig, section_to_json
 from physpack.errors import ConfigError
 from physpack.loader import PackedMemmapLoader
 from physpack.model import EnergyConstants, init_params, model_from_config
 from physpack.packed import PackedWriter
 from physpack.synthetic import molecules
 
-MODEL = ModelConfig(
-    features=8,
-    max_degree=0,
-    num_iterations=1,
-    num_basis_functions=8,
-    cutoff=4.0,
-    max_atomic_number=9,
-    n_res=1,
-)
+MODEL = dataclasses.replace(TINY_MODEL, max_degree=0)
 LOADER = LoaderConfig(batch_size=8, bucket_size=64, prefetch=1)
 TRAIN = TrainConfig(
     epochs=3,
