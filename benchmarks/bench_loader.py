@@ -127,11 +127,9 @@ class OldLoader:
             ]
         return out
 
-    def assemble_as_written(self, idx: np.ndarray, width: int) -> dict:
-        """The older loader's batch, as it was written (JAX arrays out)."""
-        import e3x
-        import jax.numpy as jnp
-
+    def pad(self, idx: np.ndarray, width: int) -> tuple[np.ndarray, ...]:
+        """Molecules ``idx`` padded to ``width`` atoms, one Python loop iteration
+        per molecule, as the older loader did: Z, R, F, N, E, Qtot."""
         B = idx.size
         Z = np.zeros((B, width), np.int32)
         R = np.zeros((B, width, 3), np.float32)
@@ -146,6 +144,15 @@ class OldLoader:
             R[j, :n] = self.R[a0:a1]
             F[j, :n] = self.F[a0:a1]
             N[j], E[j], Q[j] = n, self.E[k], self.Q[k]
+        return Z, R, F, N, E, Q
+
+    def assemble_as_written(self, idx: np.ndarray, width: int) -> dict:
+        """The older loader's batch, as it was written (JAX arrays out)."""
+        import e3x
+        import jax.numpy as jnp
+
+        B = idx.size
+        Z, R, F, N, E, Q = self.pad(idx, width)
         batch = {
             k: jnp.array(v)
             for k, v in {"Z": Z, "R": R, "F": F, "N": N, "E": E, "Qtot": Q}.items()
@@ -160,19 +167,7 @@ class OldLoader:
 
     def assemble(self, idx: np.ndarray, width: int) -> dict[str, np.ndarray]:
         B = idx.size
-        Z = np.zeros((B, width), np.int32)
-        R = np.zeros((B, width, 3), np.float32)
-        F = np.zeros((B, width, 3), np.float32)
-        N = np.zeros(B, np.int32)
-        E = np.zeros(B)
-        Q = np.zeros(B)
-        for j, k in enumerate(idx):
-            a0, a1 = int(self.offsets[k]), int(self.offsets[k + 1])
-            n = a1 - a0
-            Z[j, :n] = self.Z[a0:a1]
-            R[j, :n] = self.R[a0:a1]
-            F[j, :n] = self.F[a0:a1]
-            N[j], E[j], Q[j] = n, self.E[k], self.Q[k]
+        Z, R, F, N, E, Q = self.pad(idx, width)
         # pair indices rebuilt per batch (e3x.ops.sparse_pairwise_indices' recipe)
         dst = np.repeat(np.arange(width), width)
         src = np.tile(np.arange(width), width)

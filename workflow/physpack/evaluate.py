@@ -370,34 +370,6 @@ def metrics_html_page(metrics: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------
 # Prediction of a split through the packed loader
 # --------------------------------------------------------------------------------
-def check_elements(
-    batch: Mapping[str, np.ndarray], known: Sequence[int], where: str
-) -> None:
-    """Refuse a batch holding an element the model was not trained for.
-
-    Args:
-        batch: a packed batch (``Z``, ``atom_mask``, ``batch_segments``,
-            ``mol_index``).
-        known: atomic numbers the model was trained for.
-        where: the data's name for the message (path and split).
-
-    Raises:
-        InputError: naming the first such molecule (dataset index), its element and
-        the model's elements.
-    """
-    z = np.asarray(batch["Z"])
-    ok = np.isin(z, np.asarray(known)) | ~np.asarray(batch["atom_mask"], bool)
-    if ok.all():
-        return
-    a = int(np.argmin(ok))
-    mol = int(batch["mol_index"][batch["batch_segments"][a]])
-    raise InputError(
-        f"{where}: molecule {mol} contains element {chemical_symbols[int(z[a])]} "
-        f"(Z={int(z[a])}), which the model was not trained for (trained elements: "
-        f"{', '.join(chemical_symbols[int(e)] for e in sorted(known))})"
-    )
-
-
 def predict_split(
     ckpt: Checkpoint, loader: PackedMemmapLoader, *, with_dipoles: bool, where: str
 ) -> SplitPredictions:
@@ -419,7 +391,7 @@ def predict_split(
     }
     has_f = loader.has_forces
     for batch in loader.packed_batches(epoch=0):
-        check_elements(batch, ckpt.constants.elements, where)
+        ckpt.constants.check_batch(batch, where)
         out = ckpt.predict(batch)
         slots = np.flatnonzero(batch["molecule_mask"])
         # atoms grouped by molecule slot; stable, so in-molecule order is kept

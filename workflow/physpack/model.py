@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase.data import covalent_radii
+from ase.data import chemical_symbols, covalent_radii
 from ase.units import Bohr
 
 from .config import ModelConfig
@@ -261,6 +261,25 @@ class EnergyConstants:
                 f"{where}: element(s) {unknown} never seen in training "
                 f"(model knows {list(self.elements)})"
             )
+
+    def check_batch(self, batch: Mapping[str, np.ndarray], where: str) -> None:
+        """Refuse a packed batch holding an element absent from training.
+
+        Raises:
+            InputError: naming the first such molecule (dataset index), its element
+            and the trained elements.
+        """
+        z = np.asarray(batch["Z"])
+        ok = np.isin(z, self.elements) | ~np.asarray(batch["atom_mask"], bool)
+        if ok.all():
+            return
+        a = int(np.argmin(ok))
+        mol = int(batch["mol_index"][batch["batch_segments"][a]])
+        raise InputError(
+            f"{where}: molecule {mol} contains element {chemical_symbols[int(z[a])]} "
+            f"(Z={int(z[a])}), which the model was not trained for (trained "
+            f"elements: {', '.join(chemical_symbols[e] for e in self.elements)})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

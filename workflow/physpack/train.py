@@ -908,8 +908,6 @@ class _Run:
         # previous step runs; the main thread stacks one per device and places them.
         self.train_loader._device_put = self._prepare
         self.valid_loader._device_put = self._prepare_checked
-        self._known = np.zeros(model_cfg.max_atomic_number + 1, dtype=bool)
-        self._known[list(self.constants.elements)] = True
 
     # -- setup helpers ------------------------------------------------------------
     def _resumable_state(self) -> dict[str, Any] | None:
@@ -943,17 +941,7 @@ class _Run:
         self, batch: Mapping[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
         """:meth:`_prepare`, refusing elements without a fitted reference energy."""
-        z = batch["Z"]
-        K = self._known.size
-        unknown = batch["atom_mask"] & ((z >= K) | ~self._known[np.minimum(z, K - 1)])
-        if unknown.any():
-            a = int(np.argmax(unknown))
-            mol = int(batch["mol_index"][batch["batch_segments"][a]])
-            raise InputError(
-                f"{self.dataset.path}: valid molecule {mol} has element "
-                f"{int(batch['Z'][a])}, absent from the training subset (trained "
-                f"elements: {list(self.constants.elements)}); re-split the data"
-            )
+        self.constants.check_batch(batch, f"{self.dataset.path} (valid split)")
         return self._prepare(batch)
 
     def _place(
