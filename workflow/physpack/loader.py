@@ -595,20 +595,16 @@ class PackedMemmapLoader:
         atom_src += self._arange[:t]
 
         out: Batch = {}
-        for key in ("Z", "R", "F"):
-            if key not in self._data:
-                continue
-            src = self._data[key]
-            arr = np.zeros((A, *src.shape[1:]), dtype=src.dtype)
-            np.take(src, atom_src, axis=0, out=arr[:t], mode="clip")
-            out[key] = arr
-        for key in ("E", "Qtot", "D"):
-            if key not in self._data:
-                continue
-            src = self._data[key]
-            arr = np.zeros((M, *src.shape[1:]), dtype=src.dtype)
-            np.take(src, ids, axis=0, out=arr[:k], mode="clip")
-            out[key] = arr
+        # per-atom arrays gather atom rows, per-molecule arrays molecule rows
+        gathers = ((("Z", "R", "F"), A, atom_src, t), (("E", "Qtot", "D"), M, ids, k))
+        for keys, slots, rows, used in gathers:
+            for key in keys:
+                if key not in self._data:
+                    continue
+                src = self._data[key]
+                arr = np.zeros((slots, *src.shape[1:]), dtype=src.dtype)
+                np.take(src, rows, axis=0, out=arr[:used], mode="clip")
+                out[key] = arr
         N = np.zeros(M, dtype=np.int32)
         N[:k] = ns
         out["N"] = N
