@@ -1,16 +1,16 @@
 """Benchmark: streaming NPZ → packed conversion against the naive load-everything way.
 
 Makes a multi-GB synthetic padded NPZ in a temporary directory: a base of
-``--base-molecules`` molecules from :func:`physpack.synthetic.write_padded_npz`
+``--base-molecules`` molecules from :func:`physpack.data.synthetic.write_padded_npz`
 (pure Python per molecule, about 0.4 ms each), tiled member by member, streamed,
 up to ``--size-gb`` (the converter's work does not depend on molecules being
 distinct). Then runs, each in its own subprocess:
 
-* ``streaming``: ``python -m physpack.convert`` (chunked reads from the zip,
+* ``streaming``: ``python -m physpack.data.convert`` (chunked reads from the zip,
   validation, unit conversion, sha256 of the input, atomic write);
 * ``naive``: the baseline, ``np.load`` of every array fully into memory, then
   unpadding with a boolean mask and writing the same raw files;
-* ``floor``: ``import physpack.convert`` alone (interpreter + numpy baseline RSS).
+* ``floor``: ``import physpack.data.convert`` alone (interpreter + numpy baseline RSS).
 
 Peak RSS of each comes from ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` read
 by a small wrapper process that has exactly that one child. Throughput is NPZ bytes
@@ -110,7 +110,7 @@ def _dir_bytes(path: Path) -> int:
 def run(
     size_gb: float, workdir: Path | None, keep: bool, chunk_mb: float, n_base: int
 ) -> None:
-    from physpack.synthetic import write_padded_npz
+    from physpack.data.synthetic import write_padded_npz
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_convert_", dir=workdir))
     try:
@@ -128,12 +128,12 @@ def run(
             f"(made in {make_s:.0f} s)"
         )
 
-        floor = measure([sys.executable, "-c", "import physpack.convert"])
+        floor = measure([sys.executable, "-c", "import physpack.data.convert"])
         streaming = measure(
             [
                 sys.executable,
                 "-m",
-                "physpack.convert",
+                "physpack.data.convert",
                 str(npz),
                 str(tmp / "packed"),
                 "--no-progress",

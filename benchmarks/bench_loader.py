@@ -1,4 +1,4 @@
-"""Benchmark: physpack.loader against the previous loader's approach, side by side.
+"""Benchmark: physpack.data.loader against the previous loader's approach, side by side.
 
 The previous approach (the older packed-memmap loader): molecules shuffled, sorted
 by size inside buckets of 8192, cut into chunks of ``batch_size`` per bucket (so each
@@ -41,9 +41,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from physpack.loader import PackedMemmapLoader, epoch_padding_stats
-from physpack.packed import PackedDataset, PackedWriter
-from physpack.synthetic import qm9_like_sizes
+from physpack.data.loader import PackedMemmapLoader, epoch_padding_stats
+from physpack.data.packed import PackedDataset, PackedWriter
+from physpack.data.synthetic import qm9_like_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -78,7 +78,7 @@ def demo_packed(tmp: Path) -> Path | None:
         return None
     out = tmp / "demo_packed"
     try:
-        from physpack.convert import convert_npz
+        from physpack.data.convert import convert_npz
 
         convert_npz(npz, out)
         return out
@@ -351,7 +351,7 @@ def measure_rss(path: Path, which: str) -> dict:
 # -- report ----------------------------------------------------------------------------
 def report(results: list[dict], rss: dict | None) -> None:
     print(
-        f"# physpack.loader benchmark (batch_size {BATCH}); load average "
+        f"# physpack.data.loader benchmark (batch_size {BATCH}); load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n"
     )
     for r in results:

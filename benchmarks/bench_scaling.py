@@ -11,8 +11,8 @@ of ``--batch-size`` molecules (on average) from one loader stream, so a step on
   ``psum`` of sums and gradients, stacking), not a speed-up;
 * on a multi-GPU node the same command uses ``N`` GPUs (``train.devices = N``).
 
-The step is the training step of :mod:`physpack.train` (loss, gradient, AMSGrad,
-EMA) on PhysNet, fed by :class:`physpack.loader.PackedMemmapLoader` over a
+The step is the training step of :mod:`physpack.training.train` (loss, gradient, AMSGrad,
+EMA) on PhysNet, fed by :class:`physpack.data.loader.PackedMemmapLoader` over a
 synthetic QM9-like packed directory (host preparation of the next batches
 overlaps the step, as in training). After ``--warmup`` steps (compilation) the
 next ``--steps`` are timed; molecules are the real (unpadded) ones.
@@ -47,11 +47,11 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     the device by the loader's prefetch thread)."""
     import jax
     import numpy as np
-    from physpack import parallel
     from physpack.config import ModelConfig, TrainConfig
-    from physpack.loader import PackedMemmapLoader
-    from physpack.model import init_params, model_from_config
-    from physpack.train import (
+    from physpack.data.loader import PackedMemmapLoader
+    from physpack.model.physnet import init_params, model_from_config
+    from physpack.training import parallel
+    from physpack.training.train import (
         LossWeights,
         build_steps,
         fit_energy_constants,
@@ -190,7 +190,7 @@ def main() -> int:
         print(json.dumps(_child(args)))
         return 0
 
-    from physpack.synthetic import write_legacy_packed
+    from physpack.data.synthetic import write_legacy_packed
 
     counts = [0] + [int(c) for c in args.devices.split(",")]
     best: dict[int, dict[str, Any]] = {}

@@ -35,11 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 from physpack.config import LoaderConfig, ModelConfig, TrainConfig, section_from_mapping
-from physpack.convert import convert_npz
-from physpack.loader import PackedMemmapLoader
-from physpack.model import init_params, model_from_config
-from physpack.synthetic import write_padded_npz
-from physpack.train import (
+from physpack.data.convert import convert_npz
+from physpack.data.loader import PackedMemmapLoader
+from physpack.data.synthetic import write_padded_npz
+from physpack.model.physnet import init_params, model_from_config
+from physpack.training.train import (
     LossWeights,
     build_steps,
     fit_energy_constants,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from physpack.synthetic import write_padded_npz
+from physpack.data.synthetic import write_padded_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "tests" / "tiny_config.yaml"

@@ -1,6 +1,6 @@
 """Tiny packed datasets and checkpoints for the evaluation and calculator tests.
 
-A checkpoint here is built with :mod:`physpack.checkpoint`'s save API from random
+A checkpoint here is built with :mod:`physpack.model.checkpoint`'s save API from random
 parameters of the model's shapes (a real initialisation zeroes the output heads,
 which would make every force zero), with reference energies fitted on the data as
 training does. Seconds to make (shapes are traced, nothing is compiled), and its
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from physpack import checkpoint as ckpt_io
 from physpack.config import ModelConfig, SplitConfig
-from physpack.convert import convert_npz
-from physpack.loader import PackedMemmapLoader
-from physpack.model import device_inputs, model_from_config
-from physpack.split import make_split, save_split
-from physpack.synthetic import write_padded_npz
-from physpack.train import fit_energy_constants
+from physpack.data.convert import convert_npz
+from physpack.data.loader import PackedMemmapLoader
+from physpack.data.split import make_split, save_split
+from physpack.data.synthetic import write_padded_npz
+from physpack.model import checkpoint as ckpt_io
+from physpack.model.physnet import device_inputs, model_from_config
+from physpack.training.train import fit_energy_constants
 
 TINY_MODEL = ModelConfig(
     features=8,

@@ -11,10 +11,10 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from model_fixtures import make_checkpoint, make_packed
-from physpack.calculator import PhysNetCalculator
+from physpack.data.packed import PackedDataset
 from physpack.errors import InputError
-from physpack.model import molecules_to_batch
-from physpack.packed import PackedDataset
+from physpack.model.calculator import PhysNetCalculator
+from physpack.model.physnet import molecules_to_batch
 
 
 @pytest.fixture(scope="module")

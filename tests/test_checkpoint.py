@@ -11,9 +11,9 @@ import optax
 import pytest
 from flax import serialization
 from model_fixtures import TINY_MODEL
-from physpack import checkpoint as ckpt_io
 from physpack.errors import InputError
-from physpack.model import (
+from physpack.model import checkpoint as ckpt_io
+from physpack.model.physnet import (
     EnergyConstants,
     init_params,
     model_from_config,

@@ -1,4 +1,4 @@
-"""physpack.convert: padded NPZ → packed directory (round trips, units, bad input)."""
+"""physpack.data.convert: padded NPZ → packed directory (round trips, units, bad input)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase import units as ase_units
-from physpack import convert
 from physpack.config import DataConfig
-from physpack.convert import convert_npz, main
-from physpack.packed import PackedDataset
-from physpack.synthetic import write_padded_npz
+from physpack.data import convert
+from physpack.data.convert import convert_npz, main
+from physpack.data.packed import PackedDataset
+from physpack.data.synthetic import write_padded_npz
 
 
 def unpadded(arrays: dict[str, np.ndarray], i: int) -> int:

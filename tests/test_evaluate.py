@@ -12,10 +12,10 @@ import pytest
 from ase import units as ase_units
 from flax import serialization
 from model_fixtures import make_checkpoint, make_packed
-from physpack import evaluate, plots
-from physpack.checkpoint import load as load_checkpoint
 from physpack.errors import InputError
-from physpack.model import molecules_to_batch
+from physpack.evaluation import evaluate, plots
+from physpack.model.checkpoint import load as load_checkpoint
+from physpack.model.physnet import molecules_to_batch
 
 KCAL_MOL = ase_units.kcal / ase_units.mol  # eV per kcal/mol
 DEBYE = ase_units.Debye  # e·Å per Debye

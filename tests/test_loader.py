@@ -1,4 +1,4 @@
-"""physpack.loader: packed and dense batches, epochs, resume, subsets, errors."""
+"""physpack.data.loader: packed and dense batches, epochs, resume, subsets, errors."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from physpack.config import LoaderConfig
-from physpack.errors import InputError
-from physpack.loader import (
+from physpack.data.loader import (
     PackedMemmapLoader,
     epoch_padding_stats,
     from_config,
     greedy_bounds,
     pair_template,
 )
-from physpack.packed import PackedDataset, PackedWriter
-from physpack.synthetic import write_legacy_packed, write_padded_npz
+from physpack.data.packed import PackedDataset, PackedWriter
+from physpack.data.synthetic import write_legacy_packed, write_padded_npz
+from physpack.errors import InputError
 
 PER_ATOM = ("Z", "R", "F")
 PER_MOL = ("E", "Qtot", "D")
@@ -295,7 +295,7 @@ def test_legacy_directory_without_dipoles(tmp_path: Path) -> None:
 
 
 def test_budget_derivation_and_efficiency(tmp_path: Path) -> None:
-    from physpack.synthetic import qm9_like_sizes
+    from physpack.data.synthetic import qm9_like_sizes
 
     sizes = qm9_like_sizes(6000, np.random.default_rng(0))
     path = write_packed_sizes(tmp_path / "q", sizes.tolist())

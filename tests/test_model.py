@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_fixtures import TINY_MODEL
 from physpack.errors import InputError
-from physpack.model import (
+from physpack.model.physnet import (
     EF,
     EnergyConstants,
     PhysNet,

@@ -1,4 +1,4 @@
-"""physpack.packed: writer/reader round trip, older directories, damaged files."""
+"""physpack.data.packed: writer/reader round trip, older directories, damaged files."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from physpack.errors import InputError
-from physpack.packed import (
+from physpack.data.packed import (
     ARRAYS,
     PackedDataset,
     PackedWriter,
     molecule_chunks,
     sha256_file,
 )
-from physpack.synthetic import molecules, qm9_like_sizes, write_legacy_packed
+from physpack.data.synthetic import molecules, qm9_like_sizes, write_legacy_packed
+from physpack.errors import InputError
 
 
 def _mols(n: int, seed: int, with_dipoles: bool = True) -> list[dict[str, np.ndarray]]:

@@ -1,4 +1,4 @@
-"""Data-parallel training (physpack.parallel): layout, equality with one device,
+"""Data-parallel training (physpack.training.parallel): layout, equality with one device,
 several processes.
 
 Tests that need two devices run this file as a script in a subprocess with
@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from physpack import checkpoint as ckpt_io
-from physpack import parallel as par
 from physpack.errors import ConfigError
+from physpack.model import checkpoint as ckpt_io
+from physpack.training import parallel as par
 from test_slurm import slurm_node  # noqa: F401  (fixture: the local test cluster)
 
 HERE = Path(__file__).resolve()
@@ -278,7 +278,7 @@ def toy_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def single_process_runs(
     toy_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """``physpack.train.train`` in one process with 2 forced CPU devices, twice:
+    """``physpack.training.train.train`` in one process with 2 forced CPU devices, twice:
     ``train.devices = 2`` (one batch per device and step), and one device summing
     two batches per step (the same global batch)."""
     out = tmp_path_factory.mktemp("fit")
@@ -435,8 +435,8 @@ def test_train_rule_runs_as_a_two_task_slurm_job(
 
 def _stream(seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Fixed-budget packed batches of small synthetic molecules (sizes 3–6)."""
-    from physpack.model import molecules_to_batch
-    from physpack.synthetic import molecules
+    from physpack.data.synthetic import molecules
+    from physpack.model.physnet import molecules_to_batch
 
     rng = np.random.default_rng(seed)
     mols = list(molecules(rng.integers(3, 7, size=sum(BATCH_SIZES)), rng))
@@ -450,7 +450,7 @@ def _stream(seed: int = 0) -> list[dict[str, np.ndarray]]:
 
 def _concatenate(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """One packed batch holding the real molecules of ``batches`` (built anew)."""
-    from physpack.model import molecules_to_batch
+    from physpack.model.physnet import molecules_to_batch
 
     mols = []
     for b in batches:
@@ -471,7 +471,7 @@ def _concatenate(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nd
 def _loss_parts(model: Any) -> tuple[Any, Any]:
     """A per-batch (sums, counts) energy+forces loss of ``model`` and its combine."""
     import jax.numpy as jnp
-    from physpack.model import energy_and_forces
+    from physpack.model.physnet import energy_and_forces
 
     def partial_fn(params: Any, b: Mapping[str, Any]) -> tuple[dict, dict]:
         out = energy_and_forces(params, model, b, jnp.float32(1.0))
@@ -499,7 +499,7 @@ def _setup_model(stream: Sequence[Mapping[str, np.ndarray]]) -> tuple[Any, Any]:
     """The tiny PhysNet and its initial parameters (``init`` jitted: one compile
     instead of one per operation)."""
     import jax
-    from physpack.model import MODEL_INPUTS, PhysNet, device_inputs
+    from physpack.model.physnet import MODEL_INPUTS, PhysNet, device_inputs
 
     model = PhysNet(**TINY_MODEL)
     inputs = device_inputs(stream[0])
@@ -562,14 +562,14 @@ def worker_step(out: Path) -> None:
 
 
 def worker_fit(out: Path, args: argparse.Namespace) -> None:
-    """``physpack.train.train`` on the toy data for each ``DxK`` of ``--runs``
+    """``physpack.training.train.train`` on the toy data for each ``DxK`` of ``--runs``
     (``D`` devices per process, ``K`` batches per device and step); results in
     ``out/DxK.npz``, the run's files in ``out/DxK/``."""
     setup = par.initialize_distributed(
         args.coordinator, args.num_processes, args.process_id
     )
     from physpack.config import LoaderConfig, ModelConfig, TrainConfig
-    from physpack.train import train
+    from physpack.training.train import train
 
     model_cfg = ModelConfig(**TINY_MODEL)
     loader_cfg = LoaderConfig(batch_size=4, bucket_size=64, prefetch=1)

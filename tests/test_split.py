@@ -1,4 +1,4 @@
-"""physpack.split: disjoint, complete, deterministic, grouped by formula."""
+"""physpack.data.split: disjoint, complete, deterministic, grouped by formula."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from physpack import split
 from physpack.config import SplitConfig
+from physpack.data import split
+from physpack.data.packed import PackedDataset, PackedWriter
+from physpack.data.synthetic import write_legacy_packed
 from physpack.errors import ConfigError
-from physpack.packed import PackedDataset, PackedWriter
-from physpack.synthetic import write_legacy_packed
 
 fractions = st.floats(0.0, 0.45, allow_nan=False)
 

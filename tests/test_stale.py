@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, TINY_N_MOL
-from physpack.synthetic import write_padded_npz
+from physpack.cli import STEPS
+from physpack.data.synthetic import write_padded_npz
 from test_workflow import (
     RULES,
     completed_workdir,
@@ -83,12 +84,12 @@ def test_d_input_npz_contents_changed(run: Path) -> None:
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
-        ("packed.py", ALL),  # shared by every stage
-        ("convert.py", ALL),
-        ("stats.py", ["packing_stats"]),
-        ("split.py", AFTER_SPLIT),
-        ("model.py", AFTER_TRAIN),
-        ("evaluate.py", ["evaluate_model"]),
+        ("data/packed.py", ALL),  # shared by every stage
+        ("data/convert.py", ALL),
+        ("data/stats.py", ["packing_stats"]),
+        ("data/split.py", AFTER_SPLIT),
+        ("model/physnet.py", AFTER_TRAIN),
+        ("evaluation/evaluate.py", ["evaluate_model"]),
     ],
 )
 def test_e_stage_code_changed(run: Path, module: str, expected: list[str]) -> None:
@@ -110,41 +111,51 @@ def test_e_every_imported_module_is_a_declared_input(completed: Path) -> None:
     assert sorted(rule for rule, _, _ in blocks) == ALL, text
     for rule, inputs, step in blocks:
         declared = {
-            Path(p).name
+            p.removeprefix("workflow/physpack/")
             for p in inputs.split(", ")
             if p.startswith("workflow/physpack/")
         }
-        imported = {f"{name}.py" for name in _imported_modules(step)}
+        imported = _imported_modules(STEPS[step][0])
         assert imported <= declared, (rule, sorted(imported - declared))
 
 
+def _module_file(module: str) -> str | None:
+    """``physpack.a.b`` -> ``a/b.py`` (or ``a/b/__init__.py``), None if not ours."""
+    parts = module.split(".")
+    if parts[0] != "physpack":
+        return None
+    rel = "/".join(parts[1:])
+    if (PACKAGE / f"{rel}.py").is_file():
+        return f"{rel}.py"
+    if (PACKAGE / rel / "__init__.py").is_file():
+        return f"{rel}/__init__.py" if rel else "__init__.py"
+    return None
+
+
 def _imported_modules(module: str, seen: set[str] | None = None) -> set[str]:
-    """``module`` and the physpack modules it imports, transitively (static)."""
+    """Files of ``module`` (dotted) and the physpack modules it imports,
+    transitively (static), with the ``__init__.py`` of every package on the way."""
     seen = set() if seen is None else seen
-    if module in seen:
+    path = _module_file(module)
+    if path is None or path in seen:
         return seen
-    seen.add(module)
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    seen.add(path)
+    parts = module.split(".")
+    for i in range(1, len(parts)):
+        init = _module_file(".".join(parts[:i]))
+        if init is not None and init.endswith("__init__.py"):
+            seen.add(init)
+    tree = ast.parse((PACKAGE / path).read_text())
     for node in ast.walk(tree):
         names: list[str] = []
-        if isinstance(node, ast.ImportFrom):
-            parts = (node.module or "").split(".")
-            if node.level == 1 and node.module:
-                names.append(parts[0])
-            elif node.level == 1 or node.module == "physpack":
-                names.extend(alias.name for alias in node.names)
-            elif parts[0] == "physpack":
-                names.append(parts[1])
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+            names.extend(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
-            names.extend(
-                a.name.split(".")[1]
-                for a in node.names
-                if a.name.startswith("physpack.")
-            )
+            names.extend(alias.name for alias in node.names)
         for name in names:
-            if (PACKAGE / f"{name}.py").exists():
-                _imported_modules(name, seen)
-    return seen | {"__init__"}
+            _imported_modules(name, seen)
+    return seen
 
 
 def test_f_no_effective_change(run: Path) -> None:

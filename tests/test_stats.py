@@ -1,4 +1,4 @@
-"""physpack.stats: every number checked against a brute-force count on a tiny set."""
+"""physpack.data.stats: every number checked against a brute-force count on a tiny set."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.data import chemical_symbols
-from physpack import stats
 from physpack.config import LoaderConfig
-from physpack.packed import PackedWriter
-from physpack.synthetic import write_legacy_packed
+from physpack.data import stats
+from physpack.data.packed import PackedWriter
+from physpack.data.synthetic import write_legacy_packed
 
 SIZES = [1, 2, 3, 5, 8, 2, 4, 6, 3, 7, 2]
 B = 3  # batch size
@@ -148,7 +148,7 @@ def test_small_buckets_and_fixed_width(tiny) -> None:
 
 def test_estimate_without_loader(tiny, monkeypatch) -> None:
     path, _ = tiny
-    monkeypatch.setitem(sys.modules, "physpack.loader", None)  # import fails
+    monkeypatch.setitem(sys.modules, "physpack.data.loader", None)  # import fails
     s = stats.packing_stats(path, LoaderConfig(batch_size=B))
     packed = s["padding"]["packed"]
     assert packed["source"] == "estimate"

@@ -15,14 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from model_fixtures import TINY_MODEL
-from physpack import checkpoint as ckpt_io
-from physpack import train as train_mod
 from physpack.config import LoaderConfig, TrainConfig, section_to_json
+from physpack.data.loader import PackedMemmapLoader
+from physpack.data.packed import PackedWriter
+from physpack.data.synthetic import molecules
 from physpack.errors import ConfigError
-from physpack.loader import PackedMemmapLoader
-from physpack.model import EnergyConstants, init_params, model_from_config
-from physpack.packed import PackedWriter
-from physpack.synthetic import molecules
+from physpack.model import checkpoint as ckpt_io
+from physpack.model.physnet import EnergyConstants, init_params, model_from_config
+from physpack.training import train as train_mod
 
 MODEL = dataclasses.replace(TINY_MODEL, max_degree=0)
 LOADER = LoaderConfig(batch_size=8, bucket_size=64, prefetch=1)
@@ -160,7 +160,7 @@ def test_reference_energies_are_the_least_squares_fit(toy):
     loader = PackedMemmapLoader(packed, 7, shuffle=False, indices=idx)
     constants, stats = train_mod.fit_energy_constants(loader, 9)
     # the same fit, written out directly on the full composition matrix
-    from physpack.packed import PackedDataset
+    from physpack.data.packed import PackedDataset
 
     ds = PackedDataset(packed)
     C = np.zeros((idx.size, 10))

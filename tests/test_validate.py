@@ -1,4 +1,4 @@
-"""physpack.validate: clean data passes; every injected defect is caught and named."""
+"""physpack.data.validate: clean data passes; every injected defect is caught and named."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from physpack import validate
 from physpack.config import ValidateConfig
-from physpack.convert import convert_npz
-from physpack.synthetic import write_legacy_packed
+from physpack.data import validate
+from physpack.data.convert import convert_npz
+from physpack.data.synthetic import write_legacy_packed
 from scipy.spatial.distance import pdist
 
 BAD = 11  # molecule that gets the defect

@@ -1,7 +1,7 @@
 """``physpack <step> ...``: one subcommand per pipeline stage.
 
 Each subcommand is the ``main(argv)`` of its module, so ``physpack convert ...`` and
-``python -m physpack.convert ...`` are the same program.
+``python -m physpack.data.convert ...`` are the same program.
 """
 
 from __future__ import annotations
@@ -10,16 +10,22 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from physpack import __version__
 
 #: subcommand -> (module, one-line help)
 STEPS: dict[str, tuple[str, str]] = {
-    "convert": ("physpack.convert", "padded NPZ -> packed memory-mapped directory"),
-    "validate": ("physpack.validate", "integrity checks of a packed directory"),
-    "stats": ("physpack.stats", "packing-statistics report (JSON, Markdown, PNG)"),
-    "split": ("physpack.split", "train/valid/test index split"),
-    "train": ("physpack.train", "train a PhysNet model"),
-    "evaluate": ("physpack.evaluate", "test-set metrics, predictions and figures"),
+    "convert": (
+        "physpack.data.convert",
+        "padded NPZ -> packed memory-mapped directory",
+    ),
+    "validate": ("physpack.data.validate", "integrity checks of a packed directory"),
+    "stats": ("physpack.data.stats", "packing-statistics report (JSON, Markdown, PNG)"),
+    "split": ("physpack.data.split", "train/valid/test index split"),
+    "train": ("physpack.training.train", "train a PhysNet model"),
+    "evaluate": (
+        "physpack.evaluation.evaluate",
+        "test-set metrics, predictions and figures",
+    ),
 }
 
 

@@ -18,7 +18,7 @@ import types
 import typing
 from typing import Any, Literal, TypeVar
 
-from .errors import ConfigError
+from physpack.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

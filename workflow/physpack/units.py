@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ase import units as _ase
 
-from .errors import ConfigError
+from physpack.errors import ConfigError
 
 #: Multiply an energy in the given unit by this factor to get eV.
 ENERGY_TO_EV: dict[str, float] = {

@@ -34,16 +34,33 @@ SHARED_MODULES = [
     "errors.py",
     "config.py",
     "units.py",
-    "packed.py",
     "atomic.py",
+    "data/__init__.py",
+    "data/packed.py",
 ]
 STAGE_MODULES = {
-    "convert": ["convert.py"],
-    "validate": ["validate.py"],
-    "stats": ["stats.py", "loader.py"],
-    "split": ["split.py"],
-    "train": ["train.py", "model.py", "loader.py", "checkpoint.py", "parallel.py"],
-    "evaluate": ["evaluate.py", "model.py", "loader.py", "checkpoint.py", "plots.py"],
+    "convert": ["data/convert.py"],
+    "validate": ["data/validate.py"],
+    "stats": ["data/stats.py", "data/loader.py"],
+    "split": ["data/split.py"],
+    "train": [
+        "training/__init__.py",
+        "training/train.py",
+        "training/parallel.py",
+        "model/__init__.py",
+        "model/physnet.py",
+        "model/checkpoint.py",
+        "data/loader.py",
+    ],
+    "evaluate": [
+        "evaluation/__init__.py",
+        "evaluation/evaluate.py",
+        "evaluation/plots.py",
+        "model/__init__.py",
+        "model/physnet.py",
+        "model/checkpoint.py",
+        "data/loader.py",
+    ],
 }
 
 

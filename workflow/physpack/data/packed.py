@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .atomic import replace_dir, temporary_sibling
-from .errors import InputError
-from .units import CANONICAL_UNITS
+from physpack import __version__
+from physpack.atomic import replace_dir, temporary_sibling
+from physpack.errors import InputError
+from physpack.units import CANONICAL_UNITS
 
 FORMAT_NAME = "physpack-packed"
 FORMAT_VERSION = 1

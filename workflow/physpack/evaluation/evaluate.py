@@ -34,16 +34,17 @@ from typing import Any
 import numpy as np
 from ase.data import chemical_symbols
 
-from . import __version__, plots
-from .atomic import StagedOutputs
-from .checkpoint import Checkpoint
-from .checkpoint import load as load_checkpoint
-from .config import LoaderConfig, section_from_mapping
-from .errors import ConfigError, InputError, cli_entry
-from .loader import PackedMemmapLoader, from_config, read_split
-from .model import EnergyConstants
-from .packed import PackedDataset
-from .units import CANONICAL_UNITS, DIPOLE_TO_E_ANGSTROM, EV_TO_KCAL_MOL
+from physpack import __version__
+from physpack.atomic import StagedOutputs
+from physpack.config import LoaderConfig, section_from_mapping
+from physpack.data.loader import PackedMemmapLoader, from_config, read_split
+from physpack.data.packed import PackedDataset
+from physpack.errors import ConfigError, InputError, cli_entry
+from physpack.evaluation import plots
+from physpack.model.checkpoint import Checkpoint
+from physpack.model.checkpoint import load as load_checkpoint
+from physpack.model.physnet import EnergyConstants
+from physpack.units import CANONICAL_UNITS, DIPOLE_TO_E_ANGSTROM, EV_TO_KCAL_MOL
 
 METRICS_FORMAT = "physpack-metrics"
 METRICS_VERSION = 1

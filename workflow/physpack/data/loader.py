@@ -53,9 +53,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import LoaderConfig
-from .errors import ConfigError, InputError
-from .packed import PackedDataset
+from physpack.config import LoaderConfig
+from physpack.data.packed import PackedDataset
+from physpack.errors import ConfigError, InputError
 
 Batch = dict[str, np.ndarray]
 #: molecules whose sizes are read from ``offsets`` per chunk (bounds transient memory)
@@ -149,7 +149,7 @@ class PackedMemmapLoader:
     shuffles (same order every epoch).
 
     Args:
-        path: packed directory, or an open :class:`~physpack.packed.PackedDataset`.
+        path: packed directory, or an open :class:`~physpack.data.packed.PackedDataset`.
         batch_size: molecules per batch; for packed batches the mean, from which the
             budgets are derived; for dense batches the exact count.
         shuffle: shuffle molecules and batches every epoch.

@@ -53,7 +53,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .errors import ConfigError
+from physpack.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

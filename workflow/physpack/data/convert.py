@@ -18,7 +18,7 @@ Input keys (``n`` molecules padded to ``A`` atoms, any numeric dtypes):
 Values are converted to eV, Å, eV/Å, e·Å in float64 and stored at the format's
 dtypes (positions and forces float32). Every inconsistency stops the conversion
 with an :class:`~physpack.errors.InputError` naming the file, key and molecule, and
-nothing is left at the output path (see :class:`~physpack.packed.PackedWriter`).
+nothing is left at the output path (see :class:`~physpack.data.packed.PackedWriter`).
 """
 
 from __future__ import annotations
@@ -36,10 +36,15 @@ import numpy as np
 from numpy.lib import format as npformat
 from tqdm import tqdm
 
-from . import config as cfg
-from .errors import ConfigError, InputError, cli_entry
-from .packed import PackedDataset, PackedWriter, sha256_file
-from .units import canonical_unit_name, dipole_factor, energy_factor, length_factor
+from physpack import config as cfg
+from physpack.data.packed import PackedDataset, PackedWriter, sha256_file
+from physpack.errors import ConfigError, InputError, cli_entry
+from physpack.units import (
+    canonical_unit_name,
+    dipole_factor,
+    energy_factor,
+    length_factor,
+)
 
 MAX_Z = 118
 REQUIRED_KEYS = ("R", "Z", "E")

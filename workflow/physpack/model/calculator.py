@@ -1,7 +1,7 @@
 """An ASE calculator for a trained PhysNet checkpoint.
 
     from ase.build import molecule
-    from physpack.calculator import PhysNetCalculator
+    from physpack.model.calculator import PhysNetCalculator
 
     atoms = molecule("CH3OH")
     atoms.calc = PhysNetCalculator("results/model/best.ckpt")
@@ -32,11 +32,11 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
-from .checkpoint import Checkpoint
-from .checkpoint import load as load_checkpoint
-from .errors import InputError
-from .model import device_inputs, energy_and_forces, molecules_to_batch
-from .units import CANONICAL_UNITS
+from physpack.errors import InputError
+from physpack.model.checkpoint import Checkpoint
+from physpack.model.checkpoint import load as load_checkpoint
+from physpack.model.physnet import device_inputs, energy_and_forces, molecules_to_batch
+from physpack.units import CANONICAL_UNITS
 
 #: units ASE expects, which the checkpoint must declare
 _ASE_UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"}
@@ -55,7 +55,7 @@ class PhysNetCalculator(Calculator):
 
     Args:
         checkpoint: path of a ``best.ckpt`` (or an already loaded
-            :class:`~physpack.checkpoint.Checkpoint`).
+            :class:`~physpack.model.checkpoint.Checkpoint`).
         charge: total charge of the molecule in e, used by models with charges;
             ``atoms.info["charge"]`` overrides it per structure.
         **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.

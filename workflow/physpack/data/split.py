@@ -31,11 +31,11 @@ import numpy as np
 from ase.data import chemical_symbols
 from ase.formula import Formula
 
-from . import __version__
-from . import config as cfg
-from .atomic import StagedOutputs
-from .errors import ConfigError, InputError, cli_entry
-from .packed import PackedDataset
+from physpack import __version__
+from physpack import config as cfg
+from physpack.atomic import StagedOutputs
+from physpack.data.packed import PackedDataset
+from physpack.errors import ConfigError, InputError, cli_entry
 
 SUBSETS = ("train", "valid", "test")
 

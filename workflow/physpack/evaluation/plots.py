@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .errors import InputError
+from physpack.errors import InputError
 
 #: above this many points a parity panel is a hexbin density, not a scatter
 SCATTER_LIMIT = 20_000

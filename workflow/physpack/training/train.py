@@ -20,13 +20,13 @@ What happens (:func:`train`):
    compiled exactly once thanks to the loader's fixed batch shapes; the number of
    compilations is counted and printed.
 4. After every epoch the EMA parameters are validated; the best epoch is written
-   to ``best.ckpt`` (:mod:`physpack.checkpoint`) and a row to ``history.csv``.
+   to ``best.ckpt`` (:mod:`physpack.model.checkpoint`) and a row to ``history.csv``.
 5. A resumable state (optimiser, EMA, loader position, history, best model) is
    saved every ``state_every_steps`` steps, at every epoch end and on SIGTERM, in
    ``--state-dir``; rerunning the same command continues from it and ends with the
    same parameters as an uninterrupted run. A state written with another config
    or dataset is refused.
-6. Data parallel (:mod:`physpack.parallel`): ``train.devices`` devices per process
+6. Data parallel (:mod:`physpack.training.parallel`): ``train.devices`` devices per process
    (``all``: every local one), and several processes when started as the tasks
    of an ``srun`` step. Every step takes one packed batch per device from the one
    loader stream (each molecule still once per epoch), parameters are replicated
@@ -69,18 +69,19 @@ import optax
 from flax import serialization
 from tqdm import tqdm
 
-from . import __version__, parallel
-from . import checkpoint as ckpt_io
-from .config import (
+from physpack import __version__
+from physpack.config import (
     LoaderConfig,
     ModelConfig,
     TrainConfig,
     add_section_arguments,
     section_from_args,
 )
-from .errors import ConfigError, InputError, PhyspackError, cli_entry
-from .loader import PackedMemmapLoader, from_config, read_split
-from .model import (
+from physpack.data.loader import PackedMemmapLoader, from_config, read_split
+from physpack.data.packed import PackedDataset, sha256_file
+from physpack.errors import ConfigError, InputError, PhyspackError, cli_entry
+from physpack.model import checkpoint as ckpt_io
+from physpack.model.physnet import (
     MODEL_INPUTS,
     EnergyConstants,
     Params,
@@ -89,9 +90,13 @@ from .model import (
     init_params,
     model_from_config,
 )
-from .packed import PackedDataset, sha256_file
-from .parallel import DataParallel, data_parallel_sums, data_parallel_value_and_grad
-from .units import CANONICAL_UNITS
+from physpack.training import parallel
+from physpack.training.parallel import (
+    DataParallel,
+    data_parallel_sums,
+    data_parallel_value_and_grad,
+)
+from physpack.units import CANONICAL_UNITS
 
 #: Train-config fields that do not change the trained parameters: a state saved
 #: with other values of these may be resumed.
@@ -443,7 +448,7 @@ def build_steps(
     gradient is not finite leaves params, optimiser state and EMA unchanged
     (``info["finite"]`` is False); ``step`` counts every step.
 
-    With ``dp`` (:mod:`physpack.parallel`) ``batch`` is the stack of one packed
+    With ``dp`` (:mod:`physpack.training.parallel`) ``batch`` is the stack of one packed
     batch per device, sharded over ``dp.mesh`` (:func:`parallel.shard_batches`),
     ``state`` and ``scale`` replicated; loss sums and counts are added over the
     devices before normalising, so the step equals the single-device step on the
@@ -554,8 +559,14 @@ def code_fingerprint() -> str:
     import flax
 
     h = hashlib.sha256()
-    for name in ("model.py", "train.py", "loader.py", "parallel.py"):
-        h.update((Path(__file__).parent / name).read_bytes())
+    package = Path(__file__).parent.parent
+    for name in (
+        "model/physnet.py",
+        "training/train.py",
+        "data/loader.py",
+        "training/parallel.py",
+    ):
+        h.update((package / name).read_bytes())
     for mod in (jax, flax, e3x, optax, np):
         h.update(f"{mod.__name__} {mod.__version__};".encode())
     return h.hexdigest()
@@ -1233,7 +1244,7 @@ def _summary(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="physpack train",
-        description="Train a PhysNet model on a packed dataset (see physpack.train).",
+        description="Train a PhysNet model on a packed dataset (see physpack.training.train).",
     )
     parser.add_argument("packed", help="packed dataset directory")
     parser.add_argument("--split", required=True, help="split NPZ (train/valid/test)")

@@ -39,10 +39,9 @@ import numpy as np
 from ase.data import chemical_symbols
 from scipy.spatial import cKDTree
 
-from . import config as cfg
-from .atomic import StagedOutputs
-from .errors import InputError, cli_entry
-from .packed import (
+from physpack import config as cfg
+from physpack.atomic import StagedOutputs
+from physpack.data.packed import (
     ARRAYS,
     MANIFEST,
     N_ATOMS,
@@ -50,6 +49,7 @@ from .packed import (
     PackedDataset,
     sha256_file,
 )
+from physpack.errors import InputError, cli_entry
 
 MAX_Z = 118
 #: molecules larger than this get a k-d tree instead of a dense distance matrix

@@ -36,12 +36,18 @@ import jax
 import numpy as np
 from flax import serialization
 
-from . import __version__
-from .atomic import atomic_write_bytes
-from .config import ModelConfig, section_from_mapping
-from .errors import ConfigError, InputError
-from .model import EnergyConstants, Params, PhysNet, model_from_config, predict
-from .units import CANONICAL_UNITS
+from physpack import __version__
+from physpack.atomic import atomic_write_bytes
+from physpack.config import ModelConfig, section_from_mapping
+from physpack.errors import ConfigError, InputError
+from physpack.model.physnet import (
+    EnergyConstants,
+    Params,
+    PhysNet,
+    model_from_config,
+    predict,
+)
+from physpack.units import CANONICAL_UNITS
 
 FORMAT_NAME = "physpack-checkpoint"
 FORMAT_VERSION = 1
@@ -83,7 +89,7 @@ class Checkpoint:
         return model_from_config(self.model_config)
 
     def predict(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """:func:`physpack.model.predict` with this checkpoint's model and params."""
+        """:func:`physpack.model.physnet.predict` with this checkpoint's model and params."""
         return predict(self.params, batch, self.model, self.constants)
 
 

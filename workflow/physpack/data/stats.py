@@ -11,7 +11,7 @@ three batching strategies at the configured ``batch_size``:
               ``bucket_size``, cut into batches of ``batch_size``; each batch padded
               to its largest molecule (batch dimension padded to ``batch_size``).
 ``packed``    the loader's fixed-budget packed batches, epoch 0
-              (:func:`physpack.loader.epoch_padding_stats`); ``source: "estimate"``
+              (:func:`physpack.data.loader.epoch_padding_stats`); ``source: "estimate"``
               marks a lower-bound estimate used when the loader is unavailable.
 
 Efficiency = real atoms / atom slots and real pairs / pair slots, where pairs are
@@ -37,10 +37,10 @@ import numpy as np
 from ase.data import chemical_symbols
 from matplotlib.figure import Figure
 
-from . import config as cfg
-from .atomic import StagedOutputs
-from .errors import ConfigError, InputError, cli_entry
-from .packed import ARRAYS, PackedDataset
+from physpack import config as cfg
+from physpack.atomic import StagedOutputs
+from physpack.data.packed import ARRAYS, PackedDataset
+from physpack.errors import ConfigError, InputError, cli_entry
 
 FORCE_SAMPLE = 1 << 22
 HIST_BINS = 50
@@ -138,9 +138,9 @@ def bucketed_padding(
 def packed_padding(ds: PackedDataset, loader: cfg.LoaderConfig) -> StrategyPadding:
     """The loader's fixed-budget packed batches (epoch 0, seed 0); falls back to a
     lower-bound estimate (ideal packing into the same kind of budgets) when
-    :mod:`physpack.loader` or its ``epoch_padding_stats`` is unavailable."""
+    :mod:`physpack.data.loader` or its ``epoch_padding_stats`` is unavailable."""
     try:
-        from .loader import epoch_padding_stats
+        from physpack.data.loader import epoch_padding_stats
     except ImportError:
         return _packed_estimate(np.asarray(ds.n_atoms, dtype=np.int64), loader)
     got = epoch_padding_stats(

@@ -20,7 +20,7 @@ Energies are split so that float32 on the device only sees small numbers::
 checkpoint. Forces are −∂E/∂R of the residual (the reference does not depend on
 positions).
 
-Batches follow the loader's packed contract (``physpack.loader``): per-atom arrays
+Batches follow the loader's packed contract (``physpack.data.loader``): per-atom arrays
 of length ``A``, pair arrays of length ``P`` and per-molecule arrays of length
 ``M``, with atom slot ``A-1`` and molecule slot ``M-1`` always padding; padding
 pairs point at atom ``A-1``. :func:`molecules_to_batch` builds such a batch from
@@ -42,8 +42,8 @@ import numpy as np
 from ase.data import chemical_symbols, covalent_radii
 from ase.units import Bohr
 
-from .config import ModelConfig
-from .errors import InputError
+from physpack.config import ModelConfig
+from physpack.errors import InputError
 
 #: Coulomb constant e²/(4πε₀) in eV·Å.
 COULOMB_EV_ANGSTROM = 14.399645351950548

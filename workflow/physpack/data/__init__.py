@@ -1,0 +1,1 @@
+"""Data: the packed format, conversion, validation, statistics, split and the loader."""

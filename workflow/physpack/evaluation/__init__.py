@@ -1,0 +1,1 @@
+"""Evaluation: metrics, predictions and figures of a trained model."""

@@ -1,0 +1,1 @@
+"""The model: PhysNet, its checkpoint file and the ASE calculator."""

@@ -1,0 +1,1 @@
+"""Training: reference energies, losses, optimiser, steps, loop and data parallelism."""
