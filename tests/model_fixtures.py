@@ -21,7 +21,7 @@ from physpack.data.split import make_split, save_split
 from physpack.data.synthetic import write_padded_npz
 from physpack.model import checkpoint as ckpt_io
 from physpack.model.physnet import device_inputs, model_from_config
-from physpack.training.train import fit_energy_constants
+from physpack.training.reference import fit_energy_constants
 
 TINY_MODEL = ModelConfig(
     features=8,
