@@ -1,0 +1,212 @@
+"""Committees of models: mean prediction, spread, and how well the spread
+predicts the error (calibration).
+
+Each member of a committee is evaluated on its own first (``predictions.npz`` of
+:mod:`physpack.evaluation.evaluate`, molecules in dataset order); this module
+combines those files, so an ensemble evaluation costs no model evaluation at
+all. All arrays are numpy, in eV and eV/Å.
+
+The spread is the standard deviation over members (ddof 0, as the committee's
+own spread, not an estimate of a population's). Calibration treats the error of
+the mean as Gaussian with standard deviation ``s·σ``: the maximum-likelihood
+scale is ``s = sqrt(mean((error/σ)²))``; a calibrated committee has ``s`` near 1,
+an over-confident one ``s > 1``. Multiply the committee's σ by ``s`` to get
+uncertainties that match the observed errors on the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from physpack.errors import InputError
+
+#: quantile bins of σ in the calibration curve
+CALIBRATION_BINS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsemblePredictions:
+    """A committee's predictions of one split, molecules in dataset order.
+
+    Attributes:
+        mol_index: int64 (M,) dataset index of each molecule.
+        n_atoms: int32 (M,); offsets: int64 (M + 1,); Z: int32 (A,).
+        E_true: float64 (M,) eV; E_members: float64 (K, M) eV of each member.
+        F_true: float64 (A, 3) eV/Å or None; F_members: float64 (K, A, 3) or None.
+    """
+
+    mol_index: np.ndarray
+    n_atoms: np.ndarray
+    offsets: np.ndarray
+    Z: np.ndarray
+    E_true: np.ndarray
+    E_members: np.ndarray
+    F_true: np.ndarray | None = None
+    F_members: np.ndarray | None = None
+
+    @property
+    def E_mean(self) -> np.ndarray:
+        return self.E_members.mean(axis=0)
+
+    @property
+    def E_std(self) -> np.ndarray:
+        return self.E_members.std(axis=0)
+
+    @property
+    def F_mean(self) -> np.ndarray | None:
+        return None if self.F_members is None else self.F_members.mean(axis=0)
+
+    @property
+    def F_std(self) -> np.ndarray | None:
+        return None if self.F_members is None else self.F_members.std(axis=0)
+
+
+def combine(
+    paths: Sequence[str | os.PathLike], split: str = "test"
+) -> EnsemblePredictions:
+    """Stack the ``split`` predictions of several members' ``predictions.npz``.
+
+    Raises:
+        InputError: a file lacks the split, or the members predicted different
+            molecules (named by file).
+    """
+    if not paths:
+        raise InputError("ensemble: no member predictions given")
+    members = [_read_split(p, split) for p in paths]
+    first = members[0]
+    for path, m in zip(paths[1:], members[1:], strict=True):
+        for key in ("mol_index", "n_atoms", "Z"):
+            if m[key].shape != first[key].shape or not np.array_equal(
+                m[key], first[key]
+            ):
+                raise InputError(
+                    f"{path}: {split}_{key} differs from {paths[0]}; the members "
+                    f"of an ensemble must be evaluated on the same split"
+                )
+    has_forces = all("F_pred" in m for m in members)
+    return EnsemblePredictions(
+        mol_index=first["mol_index"],
+        n_atoms=first["n_atoms"],
+        offsets=first["offsets"],
+        Z=first["Z"],
+        E_true=first["E_true"].astype(np.float64),
+        E_members=np.stack([m["E_pred"] for m in members]).astype(np.float64),
+        F_true=first["F_true"].astype(np.float64) if has_forces else None,
+        F_members=(
+            np.stack([m["F_pred"] for m in members]).astype(np.float64)
+            if has_forces
+            else None
+        ),
+    )
+
+
+def _read_split(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as data:
+            prefix = f"{split}_"
+            out = {
+                k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)
+            }
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read predictions ({exc})") from exc
+    for key in ("mol_index", "n_atoms", "offsets", "Z", "E_true", "E_pred"):
+        if key not in out:
+            raise InputError(f"{path}: no {split}_{key} (not a predictions file?)")
+    return out
+
+
+def calibration(error: np.ndarray, sigma: np.ndarray) -> dict[str, Any]:
+    """How well the predicted spread ``sigma`` matches ``error`` (same shape).
+
+    Returns a JSON-ready dict: ``scale`` (maximum-likelihood factor s, see the
+    module docstring), ``spearman`` (rank correlation of |error| and σ),
+    ``within_1sigma``/``within_2sigma`` (fractions of |error| ≤ k·s·σ; a Gaussian
+    gives 0.683 and 0.954), and ``curve``: per quantile bin of σ, the RMS of σ and
+    the RMSE of the error (a calibrated committee lies on the diagonal).
+    """
+    err = np.asarray(error, np.float64).ravel()
+    sig = np.asarray(sigma, np.float64).ravel()
+    if err.shape != sig.shape:
+        raise ValueError(f"calibration: error {err.shape} and sigma {sig.shape}")
+    ok = np.isfinite(err) & np.isfinite(sig) & (sig > 0)
+    err, sig = err[ok], sig[ok]
+    if err.size == 0:
+        nan = float("nan")
+        return {
+            "n": 0,
+            "scale": nan,
+            "spearman": nan,
+            "within_1sigma": nan,
+            "within_2sigma": nan,
+            "curve": {"sigma_rms": [], "error_rmse": []},
+        }
+    scale = float(np.sqrt(np.mean((err / sig) ** 2)))
+    z = np.abs(err) / (scale * sig)
+    order = np.argsort(sig, kind="stable")
+    bins = np.array_split(order, min(CALIBRATION_BINS, err.size))
+    return {
+        "n": int(err.size),
+        "scale": scale,
+        "spearman": _spearman(np.abs(err), sig),
+        "within_1sigma": float(np.mean(z <= 1.0)),
+        "within_2sigma": float(np.mean(z <= 2.0)),
+        "curve": {
+            "sigma_rms": [float(np.sqrt(np.mean(sig[b] ** 2))) for b in bins],
+            "error_rmse": [float(np.sqrt(np.mean(err[b] ** 2))) for b in bins],
+        },
+    }
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    if a.size < 2:
+        return float("nan")
+    ra, rb = _ranks(a), _ranks(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(x.size, np.float64)
+    ranks[order] = np.arange(x.size, dtype=np.float64)
+    # ties share their mean rank
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def ensemble_metrics(pred: EnsemblePredictions) -> dict[str, Any]:
+    """Errors of the committee mean and the calibration of its spread.
+
+    ``energy``: per molecule, eV; ``forces``: per Cartesian component, eV/Å. Each
+    has ``mae``, ``rmse``, ``mean_std`` (mean committee spread) and
+    ``calibration`` (:func:`calibration`); plus ``members`` and ``n_molecules``.
+    """
+    out: dict[str, Any] = {
+        "members": int(pred.E_members.shape[0]),
+        "n_molecules": int(pred.mol_index.size),
+        "units": {"energy": "eV", "forces": "eV/Angstrom"},
+    }
+    quantities: Mapping[str, tuple[Any, Any, Any]] = {
+        "energy": (pred.E_mean, pred.E_std, pred.E_true),
+        "forces": (pred.F_mean, pred.F_std, pred.F_true),
+    }
+    for name, (mean, std, true) in quantities.items():
+        if mean is None or true is None:
+            continue
+        err = mean - true
+        out[name] = {
+            "mae": float(np.mean(np.abs(err))),
+            "rmse": float(np.sqrt(np.mean(err**2))),
+            "mean_std": float(np.mean(std)),
+            "calibration": calibration(err, std),
+        }
+    return out
