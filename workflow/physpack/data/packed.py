@@ -8,7 +8,7 @@ A packed dataset is a directory::
     R_pack.f32      float32 (n_atoms_total, 3)   positions [Å]
     F_pack.f32      float32 (n_atoms_total, 3)   forces [eV/Å]          (optional)
     E.f64           float64 (n_mol,)             total energies [eV]
-    Qtot.f64        float64 (n_mol,)             total charges [e]
+    Qtot.f64        float64 (n_mol,)             total charges [e]      (optional)
     D.f64           float64 (n_mol, 3)           dipole moments [e·Å]   (optional)
     manifest.json   format version, counts, units, per-file dtype/shape/bytes/sha256,
                     source file and its sha256
@@ -16,6 +16,11 @@ A packed dataset is a directory::
 The ``*.int32``/``*.f32``/``*.f64`` files are raw little-endian binaries, so that
 directories written by the older packed-memmap tooling (same names, no manifest)
 stay readable: everything the manifest would say is derived from ``offsets.npy``.
+Such directories may be in other units (the older converter documents kcal/mol and
+kcal/mol/Å and converts nothing): open them with ``units=`` to declare them. The
+arrays stay as stored; :meth:`PackedDataset.scale` gives the factor to eV, Å.
+Without ``Qtot.f64`` molecules are neutral; an all-zero ``F_pack.f32`` (what the
+older converter writes for data without forces) is not taken for forces.
 
 Directories are written into a temporary sibling and renamed when complete
 (:class:`PackedWriter`), so a directory that exists is a finished one.
@@ -28,16 +33,23 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
 from physpack import __version__
 from physpack.atomic import replace_dir, temporary_sibling
-from physpack.errors import InputError
-from physpack.units import CANONICAL_UNITS
+from physpack.errors import ConfigError, InputError
+from physpack.units import (
+    CANONICAL_UNITS,
+    canonical_unit_name,
+    dipole_factor,
+    energy_factor,
+    length_factor,
+)
 
 FORMAT_NAME = "physpack-packed"
 FORMAT_VERSION = 1
@@ -80,7 +92,7 @@ ARRAYS: dict[str, ArraySpec] = {
         ArraySpec("R", "R_pack.f32", "<f4", "atom", (3,), True),
         ArraySpec("F", "F_pack.f32", "<f4", "atom", (3,), False),
         ArraySpec("E", "E.f64", "<f8", "molecule", (), True),
-        ArraySpec("Qtot", "Qtot.f64", "<f8", "molecule", (), True),
+        ArraySpec("Qtot", "Qtot.f64", "<f8", "molecule", (), False),
         ArraySpec("D", "D.f64", "<f8", "molecule", (3,), False),
     )
 }
@@ -95,29 +107,113 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+class PackedDataWarning(UserWarning):
+    """Data that is read, but not as it is stored (e.g. all-zero forces dropped)."""
+
+
+#: unit kinds a directory's units can be declared for (``physpack.units`` names)
+UNIT_KINDS = ("energy", "length", "dipole")
+#: how the stored array ``key`` converts to canonical units
+_SCALE_KIND = {"E": "energy", "R": "length", "F": "forces", "D": "dipole"}
+#: rows checked per step when scanning offsets or forces
+_SCAN_ROWS = 1 << 20
+
+
+def full_units(units: Mapping[str, str] | None) -> dict[str, str]:
+    """Complete, canonically spelled unit labels from a partial declaration.
+
+    Args:
+        units: ``{"energy": ..., "length": ..., "dipole": ...}`` (any subset; names
+            and aliases of :mod:`physpack.units`); missing kinds are canonical.
+            ``forces`` and ``charge`` may be given only if they equal
+            energy/length and ``e``.
+
+    Returns:
+        ``{"energy", "length", "forces", "dipole", "charge"}`` labels.
+
+    Raises:
+        ConfigError: an unknown kind or unit, or inconsistent force/charge units.
+    """
+    units = dict(units or {})
+    unknown = sorted(set(units) - {*UNIT_KINDS, "forces", "charge"})
+    if unknown:
+        raise ConfigError(
+            f"units: unknown kind(s) {', '.join(unknown)}; expected "
+            f"{', '.join(UNIT_KINDS)}"
+        )
+    out = {
+        kind: canonical_unit_name(units.get(kind, CANONICAL_UNITS[kind]), kind)
+        for kind in UNIT_KINDS
+    }
+    out["forces"] = f"{out['energy']}/{out['length']}"
+    out["charge"] = "e"
+    for kind in ("forces", "charge"):
+        if kind in units and units[kind] != out[kind]:
+            raise ConfigError(
+                f"units: {kind} {units[kind]!r} disagrees with the other units "
+                f"(expected {out[kind]!r})"
+            )
+    return {k: out[k] for k in CANONICAL_UNITS}
+
+
+def unit_scale(units: Mapping[str, str], key: str) -> float:
+    """Factor from the stored unit of array ``key`` (in ``units``, as returned by
+    :func:`full_units`) to the canonical one; 1.0 for ``Z``, ``Qtot``."""
+    kind = _SCALE_KIND.get(key)
+    if kind is None:
+        return 1.0
+    if kind == "forces":
+        return energy_factor(units["energy"]) / length_factor(units["length"])
+    factor = {"energy": energy_factor, "length": length_factor, "dipole": dipole_factor}
+    return float(factor[kind](units[kind]))
+
+
 class PackedDataset:
     """Read-only, memory-mapped view of a packed directory.
 
     Only ``offsets`` and ``n_atoms`` are index arrays; every data array is a
     ``np.memmap``, so opening a dataset costs memory independent of its size.
 
+    Arrays are returned as stored. Directories this package wrote are in eV, Å,
+    eV/Å, e·Å; others (older tooling) are in the units declared with ``units``
+    (canonical when not declared). Multiply by :meth:`scale` to get canonical values.
+
+    Args:
+        path: the directory, or a dataset descriptor (``dataset.json``, see
+            :mod:`physpack.data.descriptor`) naming a directory and its units.
+        units: the directory's units, e.g. ``{"energy": "kcal/mol", "length":
+            "Angstrom", "dipole": "e*Angstrom"}``; must agree with the manifest's
+            when there is one.
+
     Attributes:
         path: the directory.
         manifest: the parsed ``manifest.json``, or ``None`` for older directories.
-        offsets: int64 (n_molecules + 1,), memory-mapped.
+        offsets: int64 (n_molecules + 1,), memory-mapped, strictly increasing.
         n_atoms: int32 (n_molecules,), memory-mapped.
-        Z, R, E, Qtot: always present; F, D: ``None`` when absent.
+        Z, R, E, Qtot: always present (Qtot: zeros when the directory has no
+        ``Qtot.f64``); F, D: ``None`` when absent (F also when every force is 0).
 
     Raises:
-        InputError: a missing or truncated file, or counts that disagree, naming
-        the file.
+        InputError: a missing or truncated file, offsets that do not increase,
+        counts or units that disagree, naming the file.
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, units: Mapping[str, str] | None = None):
+        path = Path(path)
+        if path.is_file():
+            from physpack.data.descriptor import read_descriptor
+
+            described = read_descriptor(path)
+            if units is not None and full_units(units) != full_units(described.units):
+                raise InputError(
+                    f"{path}: declares units {described.units}, but {units} were given"
+                )
+            path, units = described.packed, described.units
+        self.path = path
         if not self.path.is_dir():
             raise InputError(f"{self.path}: packed directory not found")
         self.manifest: dict[str, Any] | None = self._read_manifest()
+        self._units = self._resolve_units(units)
         self.offsets = self._load_index(OFFSETS, np.int64)
         if self.offsets.ndim != 1 or self.offsets.size < 1 or self.offsets[0] != 0:
             raise InputError(
@@ -125,6 +221,7 @@ class PackedDataset:
             )
         self.n_molecules = int(self.offsets.size - 1)
         self.n_atoms_total = int(self.offsets[-1])
+        self._check_increasing()
         n_atoms_path = self.path / N_ATOMS
         if n_atoms_path.exists():
             self.n_atoms = self._load_index(N_ATOMS, np.int32)
@@ -145,9 +242,23 @@ class PackedDataset:
                         f"{self.path / MANIFEST}: {key}={self.manifest[key]} but "
                         f"offsets.npy gives {want}"
                     )
-        self._arrays: dict[str, np.memmap | None] = {
+        self._arrays: dict[str, np.ndarray | None] = {
             key: self._map(spec) for key, spec in ARRAYS.items()
         }
+        if self._arrays["Qtot"] is None:  # older tooling: neutral molecules
+            self._arrays["Qtot"] = np.broadcast_to(
+                np.zeros((), ARRAYS["Qtot"].dtype), (self.n_molecules,)
+            )
+        forces = self._arrays["F"]
+        if forces is not None and self.n_atoms_total and _all_zero(forces):
+            warnings.warn(
+                f"{self.path / ARRAYS['F'].file}: every force is exactly zero (what "
+                "the older converter writes for data without forces); the dataset "
+                "is read without forces (energies only)",
+                PackedDataWarning,
+                stacklevel=2,
+            )
+            self._arrays["F"] = None
 
     # -- construction helpers -------------------------------------------------
     def _read_manifest(self) -> dict[str, Any] | None:
@@ -165,6 +276,35 @@ class PackedDataset:
                 f"(this physpack reads up to {FORMAT_VERSION})"
             )
         return manifest
+
+    def _resolve_units(self, declared: Mapping[str, str] | None) -> dict[str, str]:
+        stored = (self.manifest or {}).get("units")
+        if stored is None:
+            return full_units(declared)
+        try:
+            stored_units = full_units(stored)
+        except ConfigError as exc:
+            raise InputError(f"{self.path / MANIFEST}: {exc}") from exc
+        if declared is not None and full_units(declared) != stored_units:
+            raise InputError(
+                f"{self.path / MANIFEST}: stored in {stored_units}, but the units "
+                f"declared for it are {full_units(declared)}; the manifest's units "
+                "are the right ones for a directory physpack wrote (leave the "
+                "declared units at their defaults)"
+            )
+        return stored_units
+
+    def _check_increasing(self) -> None:
+        for a in range(0, self.n_molecules, _SCAN_ROWS):
+            sizes = np.diff(np.asarray(self.offsets[a : a + _SCAN_ROWS + 1]))
+            bad = np.flatnonzero(sizes <= 0)
+            if bad.size:
+                i = a + int(bad[0])
+                raise InputError(
+                    f"{self.path / OFFSETS}: offsets do not increase at molecule {i} "
+                    f"(offsets[{i}] = {self.offsets[i]}, offsets[{i + 1}] = "
+                    f"{self.offsets[i + 1]}): empty or negative-size molecule"
+                )
 
     def _load_index(self, name: str, dtype: type) -> np.ndarray:
         p = self.path / name
@@ -208,11 +348,20 @@ class PackedDataset:
         return self._arrays.get(key) is not None
 
     def array(self, key: str) -> np.ndarray:
-        """The memory-mapped array ``key``; raises KeyError when absent."""
+        """The array ``key`` as stored (memory-mapped, in :attr:`units`; multiply by
+        :meth:`scale` for canonical units); raises KeyError when absent."""
         arr = self._arrays[key]
         if arr is None:
             raise KeyError(f"{self.path}: no {ARRAYS[key].file} in this dataset")
         return arr
+
+    def scale(self, key: str) -> float:
+        """Factor from the stored unit of array ``key`` to the canonical one:
+        E → eV, R → Å, F → eV/Å, D → e·Å; 1.0 for Z, Qtot and for directories
+        stored in canonical units."""
+        if key not in ARRAYS:
+            raise KeyError(f"{self.path}: no array {key!r} in the packed format")
+        return unit_scale(self._units, key)
 
     @property
     def keys(self) -> list[str]:
@@ -228,13 +377,13 @@ class PackedDataset:
 
     @property
     def units(self) -> dict[str, str]:
-        """Units of the stored arrays (canonical; older directories assumed so)."""
-        if self.manifest is not None and "units" in self.manifest:
-            return dict(self.manifest["units"])
-        return dict(CANONICAL_UNITS)
+        """Units of the stored arrays: the manifest's, else the declared ones, else
+        canonical (``energy``, ``length``, ``forces``, ``dipole``, ``charge``)."""
+        return dict(self._units)
 
     def molecule(self, i: int) -> dict[str, np.ndarray]:
-        """Molecule ``i`` unpadded: per-atom arrays (n, ...) and per-molecule values."""
+        """Molecule ``i`` unpadded, as stored: per-atom arrays (n, ...) and
+        per-molecule values."""
         if not -self.n_molecules <= i < self.n_molecules:
             raise IndexError(f"molecule {i} out of range for {self.n_molecules}")
         i %= self.n_molecules
@@ -262,9 +411,17 @@ class PackedDataset:
         if (self.path / N_ATOMS).exists():
             files["n_atoms"] = self.path / N_ATOMS
         for key, spec in ARRAYS.items():
-            if self._arrays[key] is not None:
+            if (self.path / spec.file).exists():
                 files[key] = self.path / spec.file
         return files
+
+
+def _all_zero(arr: np.ndarray) -> bool:
+    """Whether every value of ``arr`` is 0 (streamed; stops at the first non-zero)."""
+    for a in range(0, arr.shape[0], _SCAN_ROWS):
+        if np.any(np.asarray(arr[a : a + _SCAN_ROWS])):
+            return False
+    return True
 
 
 def molecule_chunks(offsets: np.ndarray, max_atoms: int) -> Iterator[tuple[int, int]]:
@@ -316,7 +473,11 @@ class PackedWriter:
         self.keys = [
             k
             for k, s in ARRAYS.items()
-            if s.required or (k == "F" and has_forces) or (k == "D" and has_dipoles)
+            # Qtot is optional to read (older directories), always written
+            if s.required
+            or k == "Qtot"
+            or (k == "F" and has_forces)
+            or (k == "D" and has_dipoles)
         ]
         self.overwrite = overwrite
         self.tmp = temporary_sibling(self.path)
@@ -327,7 +488,7 @@ class PackedWriter:
         self._hashes: dict[str, Any] = {}
         self._n_atoms_total = 0
 
-    def __enter__(self) -> PackedWriter:
+    def __enter__(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)

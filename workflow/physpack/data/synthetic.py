@@ -135,21 +135,41 @@ def write_padded_npz(
     return path
 
 
-def write_legacy_packed(path: str | os.PathLike, n_mol: int, *, seed: int = 0) -> Path:
+def write_legacy_packed(
+    path: str | os.PathLike,
+    n_mol: int,
+    *,
+    seed: int = 0,
+    energy_unit: str = "eV",
+    with_forces: bool = True,
+    with_charges: bool = True,
+) -> Path:
     """A packed directory as the older packed-memmap tooling wrote it: the same raw
-    files, ``offsets.npy`` and ``n_atoms.npy``, no ``manifest.json``, no dipoles."""
+    files, ``offsets.npy`` and ``n_atoms.npy``, no ``manifest.json``, no dipoles.
+
+    The older converter converts nothing: values are stored in the units of its
+    input. Here energies are written in ``energy_unit`` and forces in
+    ``energy_unit``/Å (the molecules of :func:`molecules`, converted from eV);
+    without ``with_forces`` the forces file is zero-filled, as that converter wrote
+    it for data without forces; without ``with_charges`` there is no ``Qtot.f64``.
+    """
+    from physpack.units import energy_factor
+
     path = Path(path)
     path.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     sizes = qm9_like_sizes(n_mol, rng)
     mols = list(molecules(sizes, rng, with_dipoles=False))
+    per_ev = 1.0 / energy_factor(energy_unit)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     np.save(path / "offsets.npy", offsets)
     np.save(path / "n_atoms.npy", sizes.astype(np.int32))
-    cat = lambda k, dt: np.concatenate([m[k] for m in mols]).astype(dt)
-    cat("Z", "<i4").tofile(path / "Z_pack.int32")
-    cat("R", "<f4").tofile(path / "R_pack.f32")
-    cat("F", "<f4").tofile(path / "F_pack.f32")
-    np.array([m["E"] for m in mols], "<f8").tofile(path / "E.f64")
-    np.array([m["Qtot"] for m in mols], "<f8").tofile(path / "Qtot.f64")
+    cat = lambda k: np.concatenate([m[k] for m in mols]).astype(np.float64)
+    np.concatenate([m["Z"] for m in mols]).astype("<i4").tofile(path / "Z_pack.int32")
+    cat("R").astype("<f4").tofile(path / "R_pack.f32")
+    forces = cat("F") * per_ev if with_forces else np.zeros((int(offsets[-1]), 3))
+    forces.astype("<f4").tofile(path / "F_pack.f32")
+    (np.array([m["E"] for m in mols]) * per_ev).astype("<f8").tofile(path / "E.f64")
+    if with_charges:
+        np.array([m["Qtot"] for m in mols], "<f8").tofile(path / "Qtot.f64")
     return path

@@ -1,0 +1,99 @@
+"""Dataset descriptors: a packed directory used in place, with its declared units.
+
+A packed directory that the workflow did not write (``data.packed``, e.g. from the
+older packed-memmap tooling) is read where it is, never copied or written into. The
+workflow writes a small descriptor instead, and every stage takes it where it would
+take a directory (``PackedDataset("results/data/dataset.json")``)::
+
+    {
+      "format": "physpack-dataset",
+      "format_version": 1,
+      "packed": "/abs/path/to/dir",
+      "units": {"energy": "kcal/mol", "length": "Angstrom", "dipole": "e*Angstrom"}
+    }
+
+``units`` are the directory's stored units (``physpack.units`` names); the arrays
+are converted to eV, Å, eV/Å, e·Å on reading (:meth:`PackedDataset.scale`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from physpack.atomic import atomic_write_bytes
+from physpack.errors import InputError
+
+DESCRIPTOR_FORMAT = "physpack-dataset"
+DESCRIPTOR_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetDescriptor:
+    """A packed directory and the units its arrays are stored in.
+
+    Attributes:
+        packed: the packed directory (absolute).
+        units: ``{"energy", "length", "dipole"}`` unit names.
+    """
+
+    packed: Path
+    units: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": DESCRIPTOR_FORMAT,
+            "format_version": DESCRIPTOR_VERSION,
+            "packed": str(self.packed),
+            "units": dict(self.units),
+        }
+
+
+def read_descriptor(path: str | os.PathLike) -> DatasetDescriptor:
+    """Parse a descriptor file.
+
+    Raises:
+        InputError: not a descriptor (one line naming the file and the key).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"{path}: not a packed directory nor a readable dataset descriptor ({exc})"
+        ) from exc
+    if not isinstance(data, dict) or data.get("format") != DESCRIPTOR_FORMAT:
+        raise InputError(
+            f'{path}: not a dataset descriptor (expected "format": '
+            f'"{DESCRIPTOR_FORMAT}")'
+        )
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > DESCRIPTOR_VERSION:
+        raise InputError(
+            f"{path}: format_version {version!r} is not supported (this physpack "
+            f"reads up to {DESCRIPTOR_VERSION})"
+        )
+    packed, units = data.get("packed"), data.get("units")
+    if not isinstance(packed, str) or not packed:
+        raise InputError(f"{path}: key 'packed' must name a directory")
+    if not isinstance(units, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in units.items()
+    ):
+        raise InputError(f"{path}: key 'units' must map unit kinds to unit names")
+    return DatasetDescriptor(packed=path.parent / packed, units=dict(units))
+
+
+def write_descriptor(
+    path: str | os.PathLike, packed: str | os.PathLike, units: dict[str, str]
+) -> Path:
+    """Write a descriptor for ``packed`` (made absolute) atomically; the directory
+    is opened first, so a missing or unreadable one fails here with its reason."""
+    from physpack.data.packed import PackedDataset
+
+    packed = Path(packed).resolve()
+    PackedDataset(packed, units=units)  # refuses bad directories and units now
+    text = json.dumps(DatasetDescriptor(packed, dict(units)).to_json(), indent=2)
+    return atomic_write_bytes(path, (text + "\n").encode())
