@@ -55,6 +55,7 @@ import numpy as np
 
 from physpack.config import LoaderConfig
 from physpack.data.packed import PackedDataset
+from physpack.data.pairs import all_pairs, pair_template
 from physpack.errors import ConfigError, InputError
 
 Batch = dict[str, np.ndarray]
@@ -119,20 +120,6 @@ def _round_friendly(x: float, coarse_above: int) -> int:
     (tile-friendly shapes for accelerators)."""
     step = 64 if x > coarse_above else 8
     return int(max(step, math.ceil(x / step) * step))
-
-
-def pair_template(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """All ordered pairs ``i != j`` of ``n`` atoms, destination-major.
-
-    The same order as ``e3x.ops.sparse_pairwise_indices(n)``, built in numpy so that
-    the loader does not need JAX.
-
-    Returns:
-        ``(dst, src)``, int32 (n·(n-1),) each.
-    """
-    i, j = np.divmod(np.arange(n * n, dtype=np.int32), np.int32(max(n, 1)))
-    keep = i != j
-    return i[keep], j[keep]
 
 
 class PackedMemmapLoader:
@@ -239,7 +226,6 @@ class PackedMemmapLoader:
             k: self.dataset.array(k).view(np.ndarray) for k in self.dataset.keys
         }
         self._offsets = self.dataset.offsets.view(np.ndarray)
-        self._templates = self._build_templates()
         b = self.budget
         self._arange = np.arange(max(b.max_atoms, b.max_pairs), dtype=np.int64)
         self._arange32 = np.arange(max(b.max_atoms, b.max_molecules), dtype=np.int32)
@@ -348,18 +334,6 @@ class PackedMemmapLoader:
             f"more than the budget max_atoms={budget.max_atoms} (one slot reserved "
             f"for padding) / max_pairs={budget.max_pairs}; raise the budget"
         )
-
-    def _build_templates(self) -> tuple[np.ndarray, np.ndarray]:
-        """Source-atom templates (:func:`pair_template`) of every size present,
-        concatenated: ``src`` int32 and ``start`` int64 (max_size + 1,), the template
-        of size n at ``start[n]``. Memory: sum of n·(n-1) over the distinct sizes."""
-        start = np.zeros(self._size_hist.size, dtype=np.int64)
-        parts, at = [], 0
-        for n in np.flatnonzero(self._size_hist):
-            start[n] = at
-            parts.append(pair_template(int(n))[1])
-            at += parts[-1].size
-        return np.concatenate(parts), start
 
     # -- public properties ------------------------------------------------------
     @property
@@ -609,22 +583,12 @@ class PackedMemmapLoader:
         N[:k] = ns
         out["N"] = N
 
-        # dst: atom a repeated n-1 times; src: the size-n template, shifted by the
-        # molecule's first atom, gathered at each molecule's template position
-        tsrc, tstart = self._templates
-        npair = ns * (ns - 1)
-        pstart = np.zeros(k, dtype=np.int64)
-        np.cumsum(npair[:-1], out=pstart[1:])
-        n_pairs = int(pstart[-1] + npair[-1])
-        pair_src = np.repeat(tstart[ns] - pstart, npair)
-        pair_src += self._arange[:n_pairs]
-        dst = np.empty(P, dtype=np.int32)
-        src_ = np.empty(P, dtype=np.int32)
-        dst[n_pairs:] = A - 1
-        src_[n_pairs:] = A - 1
-        dst[:n_pairs] = np.repeat(self._arange32[:t], np.repeat(ns - 1, ns))
-        np.take(tsrc, pair_src, out=src_[:n_pairs], mode="clip")
-        src_[:n_pairs] += np.repeat(starts, npair)
+        pair_dst, pair_src = all_pairs(ns)
+        n_pairs = pair_dst.size
+        dst = np.full(P, A - 1, dtype=np.int32)
+        src_ = np.full(P, A - 1, dtype=np.int32)
+        dst[:n_pairs] = pair_dst
+        src_[:n_pairs] = pair_src
 
         atom_mask = np.zeros(A, dtype=bool)
         atom_mask[:t] = True

@@ -1,0 +1,167 @@
+"""Benchmark: pair indices of packed batches, side by side with the previous method.
+
+1. **Templates vs direct** (``--sizes``): a packed set holding one molecule of every
+   size 2..1000. The previous loader kept the source-atom template of every size
+   present (Σ n·(n-1) int32, built at start) and gathered from it per batch; the
+   loader now computes pair indices directly from the sizes
+   (:func:`physpack.data.pairs.all_pairs`). Each method runs in a fresh subprocess:
+   start time (loader construction, plus the templates for the previous method),
+   peak RSS, template memory and the time to build one epoch's pair indices.
+2. **All pairs vs cutoff pairs** (``--cutoff``): molecules of 50–200 atoms (random
+   compact clusters at liquid-like density), PhysNet with the default model
+   config: pair slots per batch, host assembly time per batch, and the jitted
+   train-step time per batch, with every ordered pair (``loader.pairs="all"``)
+   beside pairs within the model cutoff (``"cutoff"``).
+
+Usage::
+
+    python benchmarks/bench_pairs.py              # both parts
+    python benchmarks/bench_pairs.py --part sizes
+    python benchmarks/bench_pairs.py --part cutoff --n-mol 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from physpack.data.loader import PackedMemmapLoader
+from physpack.data.packed import PackedWriter
+from physpack.data.pairs import all_pairs, pair_template
+
+
+# -- part 1: templates vs direct --------------------------------------------------
+def write_sizes(path: Path, sizes: np.ndarray, seed: int = 0) -> Path:
+    """A packed directory with one molecule of each of ``sizes`` (random values)."""
+    rng = np.random.default_rng(seed)
+    t = int(sizes.sum())
+    with PackedWriter(path, has_forces=True, has_dipoles=False) as w:
+        w.append(
+            n_atoms=sizes,
+            Z=rng.integers(1, 10, t, dtype=np.int32),
+            R=rng.standard_normal((t, 3), dtype=np.float32),
+            F=rng.standard_normal((t, 3), dtype=np.float32),
+            E=rng.standard_normal(sizes.size),
+            Qtot=np.zeros(sizes.size),
+        )
+    return path
+
+
+def build_templates(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The previous loader's templates: source atoms of every size present,
+    concatenated, with the start of each size."""
+    hist = np.bincount(sizes)
+    start = np.zeros(hist.size, dtype=np.int64)
+    parts, at = [], 0
+    for n in np.flatnonzero(hist):
+        start[n] = at
+        parts.append(pair_template(int(n))[1])
+        at += parts[-1].size
+    return np.concatenate(parts), start
+
+
+def template_pairs(
+    templates: tuple[np.ndarray, np.ndarray], ns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The previous loader's per-batch pair gather from the templates."""
+    tsrc, tstart = templates
+    ns = ns.astype(np.int64)
+    k, t = ns.size, int(ns.sum())
+    starts = np.cumsum(ns) - ns
+    npair = ns * (ns - 1)
+    pstart = np.cumsum(npair) - npair
+    n_pairs = int(npair.sum())
+    pair_src = np.repeat(tstart[ns] - pstart, npair) + np.arange(n_pairs)
+    dst = np.repeat(np.arange(t, dtype=np.int32), np.repeat(ns - 1, ns))
+    src = np.take(tsrc, pair_src) + np.repeat(starts, npair).astype(np.int32)
+    assert k == 0 or dst.size == n_pairs
+    return dst, src
+
+
+def sizes_child(path: str, method: str) -> None:
+    """Runs in a subprocess: start, one epoch, peak RSS; prints JSON."""
+    t0 = time.perf_counter()
+    loader = PackedMemmapLoader(path, 8, prefetch=0, shuffle=False)
+    templates = build_templates(loader.sizes) if method == "templates" else None
+    start_s = time.perf_counter() - t0
+    template_bytes = 0 if templates is None else templates[0].nbytes
+    t0 = time.perf_counter()
+    n_pairs = 0
+    plan = loader._plan(0)
+    for b in range(len(plan)):
+        ns = loader.sizes[plan.positions(b)]
+        if templates is None:
+            dst, _ = all_pairs(ns)
+        else:
+            dst, _ = template_pairs(templates, ns)
+        n_pairs += dst.size
+    epoch_s = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(
+        json.dumps(
+            {
+                "method": method,
+                "start_s": start_s,
+                "epoch_s": epoch_s,
+                "template_bytes": template_bytes,
+                "peak_rss_bytes": peak,
+                "pairs": n_pairs,
+            }
+        )
+    )
+
+
+def part_sizes(tmp: Path, largest: int) -> None:
+    sizes = np.arange(2, largest + 1, dtype=np.int32)
+    path = write_sizes(tmp / "sizes", sizes)
+    rows = []
+    for method in ("templates", "direct"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(path), method],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    assert rows[0]["pairs"] == rows[1]["pairs"]
+    print(f"\n## Pair indices, one molecule of each size 2..{largest}")
+    print(f"{sizes.size} molecules, {int(sizes.sum())} atoms, {rows[0]['pairs']} pairs")
+    print("| measure | previous (templates) | direct | ratio |")
+    print("|---|---|---|---|")
+    for key, label, scale, unit in (
+        ("template_bytes", "template memory", 1e-9, "GB"),
+        ("peak_rss_bytes", "peak RSS", 1e-9, "GB"),
+        ("start_s", "start (construction)", 1.0, "s"),
+        ("epoch_s", "pair indices of one epoch", 1.0, "s"),
+    ):
+        old, new = rows[0][key] * scale, rows[1][key] * scale
+        ratio = f"{old / new:.1f}×" if new else "–"
+        print(f"| {label} | {old:.3f} {unit} | {new:.3f} {unit} | {ratio} |")
+
+
+# -- entry --------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", choices=("sizes", "cutoff", "all"), default="all")
+    ap.add_argument("--largest", type=int, default=1000)
+    ap.add_argument("--n-mol", type=int, default=400)
+    ap.add_argument("--child", nargs=2, metavar=("PATH", "METHOD"))
+    args = ap.parse_args()
+    if args.child:
+        sizes_child(*args.child)
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.part in ("sizes", "all"):
+            part_sizes(Path(tmp), args.largest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

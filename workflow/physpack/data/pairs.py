@@ -1,0 +1,109 @@
+"""Pair indices of packed batches: all ordered pairs, or those within a cutoff.
+
+Molecules are concatenated from atom 0 in the order of ``sizes``; pairs never cross
+molecules. Both builders return batch atom indices in destination-major order (the
+order of ``e3x.ops.sparse_pairwise_indices`` inside each molecule), computed
+directly from the sizes: no per-size templates, so memory is a few int32 arrays of
+the batch's pair count whatever sizes the dataset holds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pair_template(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """All ordered pairs ``i != j`` of ``n`` atoms, destination-major.
+
+    The same order as ``e3x.ops.sparse_pairwise_indices(n)``, built in numpy so that
+    the loader does not need JAX.
+
+    Returns:
+        ``(dst, src)``, int32 (n·(n-1),) each.
+    """
+    i, j = np.divmod(np.arange(n * n, dtype=np.int32), np.int32(max(n, 1)))
+    keep = i != j
+    return i[keep], j[keep]
+
+
+def all_pairs(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every ordered pair ``i != j`` inside each molecule of a batch.
+
+    Atom ``a`` (local index ``l`` in a molecule of ``n`` atoms starting at batch
+    atom ``s``) is the destination of the ``n - 1`` consecutive pairs ``r = 0 …
+    n - 2`` of its run, whose sources are ``s + r + (r >= l)``: every atom of the
+    molecule but ``a``, in increasing order.
+
+    Args:
+        sizes: int (k,) atoms per molecule, molecules contiguous from atom 0.
+
+    Returns:
+        ``(dst, src)``, int32 (Σ n·(n-1),) each, batch atom indices.
+    """
+    ns = np.asarray(sizes, dtype=np.int64)
+    n_pairs = int((ns * (ns - 1)).sum())
+    if n_pairs == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    # int32 arithmetic while the pair count allows (half the memory traffic)
+    it = np.int32 if n_pairs < 2**31 - 1 else np.int64
+    ns = ns.astype(it)
+    t = int(ns.sum())
+    deg = np.repeat(np.maximum(ns - 1, 0), ns)  # (t,) pairs of each atom
+    mol_start = np.repeat(np.cumsum(ns, dtype=it) - ns, ns)  # (t,) molecule's 1st atom
+    local = np.arange(t, dtype=it) - mol_start
+    run = np.cumsum(deg, dtype=it) - deg  # (t,) first pair of each atom's run
+    p = np.arange(n_pairs, dtype=it)
+    # src = p - run + mol_start + (p - run >= local), as two per-atom repeats
+    src = p + np.repeat(mol_start - run, deg)
+    src += p >= np.repeat(run + local, deg)
+    dst = np.repeat(np.arange(t, dtype=np.int32), deg)
+    return dst, src.astype(np.int32, copy=False)
+
+
+def pair_counts(sizes: np.ndarray) -> np.ndarray:
+    """int64 (k,): all ordered pairs ``n·(n-1)`` of each molecule."""
+    ns = np.asarray(sizes, dtype=np.int64)
+    return ns * (ns - 1)
+
+
+def cutoff_pairs(
+    positions: np.ndarray, sizes: np.ndarray, cutoff: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ordered pairs ``i != j`` of each molecule with ``|R_i - R_j| < cutoff``.
+
+    The all-pairs list of :func:`all_pairs` (same order) without the pairs at or
+    beyond the cutoff; host cost and transient memory grow as Σ n·(n-1).
+
+    Args:
+        positions: float (t, 3) positions [Å] of the batch's atoms (t = Σ sizes).
+        sizes: int (k,) atoms per molecule, molecules contiguous from atom 0.
+        cutoff: [Å].
+
+    Returns:
+        ``(dst, src)``, int32 (p,) each, batch atom indices.
+    """
+    dst, src = all_pairs(sizes)
+    keep = within(positions, dst, src, cutoff)
+    return dst[keep], src[keep]
+
+
+def within(
+    positions: np.ndarray, dst: np.ndarray, src: np.ndarray, cutoff: float
+) -> np.ndarray:
+    """bool (p,): pairs ``(dst, src)`` closer than ``cutoff`` [Å] (float32 distances,
+    as the model computes them)."""
+    r = np.asarray(positions, dtype=np.float32)
+    d = r[src] - r[dst]
+    return np.einsum("ij,ij->i", d, d) < np.float32(cutoff) ** 2
+
+
+def cutoff_pair_counts(
+    positions: np.ndarray, sizes: np.ndarray, cutoff: float
+) -> np.ndarray:
+    """int64 (k,): ordered pairs within ``cutoff`` [Å] of each molecule (arguments as
+    :func:`cutoff_pairs`)."""
+    ns = np.asarray(sizes, dtype=np.int64)
+    dst, src = all_pairs(ns)
+    keep = within(positions, dst, src, cutoff)
+    mol_of_atom = np.repeat(np.arange(ns.size), ns)
+    return np.bincount(mol_of_atom[dst[keep]], minlength=ns.size).astype(np.int64)
