@@ -40,6 +40,11 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
+#: the canvas and the writer, for the other figure modules (comparison of runs)
+figure = _figure
+save_figure = _save
+
+
 def _colour(split: str) -> str:
     return _SPLIT_COLOURS.get(split, "C3")
 
