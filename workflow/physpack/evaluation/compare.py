@@ -1,0 +1,325 @@
+"""One comparison of several runs: test metrics side by side, the settings that
+differ, overlaid learning curves, and each committee's calibration.
+
+Inputs are the files the workflow already has for every run
+(``results/runs/<run>/eval/metrics.json``, ``.../model/history.csv``) and for
+every committee (``results/ensembles/<name>/metrics.json`` of
+:mod:`physpack.evaluation.ensemble`); outputs are ``comparison.md``,
+``comparison.html`` and PNG figures, written together (all or nothing).
+Energies are shown in meV (per molecule and per atom), forces in meV/Å.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from physpack.atomic import StagedOutputs
+from physpack.errors import InputError, cli_entry
+from physpack.evaluation.plots import figure, read_history, save_figure
+
+#: (column title, path into a split's metrics, factor to the shown unit)
+RUN_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("energy MAE [meV]", ("energy", "per_molecule", "mae", "meV")),
+    ("energy MAE [meV/atom]", ("energy", "per_atom", "mae", "meV/atom")),
+    ("energy RMSE [meV]", ("energy", "per_molecule", "rmse", "meV")),
+    ("force MAE [meV/Å]", ("forces", "mae", "meV/Angstrom")),
+    ("force RMSE [meV/Å]", ("forces", "rmse", "meV/Angstrom")),
+    ("force MAE / force std", ("forces", "mae_relative")),
+)
+#: learning-curve panels: (title, history column, factor to the shown unit)
+CURVES = (
+    ("validation force MAE [meV/Å]", "valid_forces_mae_eV_per_A", 1e3),
+    ("validation energy MAE [meV/atom]", "valid_energy_mae_eV_per_atom", 1e3),
+    ("training loss", "train_loss", 1.0),
+)
+
+
+def _read_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc})") from exc
+
+
+def _dig(d: Any, path: Sequence[str]) -> float:
+    for key in path:
+        if not isinstance(d, Mapping) or key not in d:
+            return float("nan")
+        d = d[key]
+    return float(d) if isinstance(d, (int, float)) else float("nan")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if not np.isfinite(value) else f"{value:.4g}"
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def run_table(
+    metrics: Mapping[str, Mapping[str, Any]],
+    params: Mapping[str, Mapping[str, Any]],
+    split: str = "test",
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (one per run): the differing settings, then the ``split``
+    metrics of :data:`RUN_COLUMNS`."""
+    header = ["run", *params, *(title for title, _ in RUN_COLUMNS)]
+    rows = []
+    for run, m in metrics.items():
+        split_metrics = m.get("splits", {}).get(split, {})
+        rows.append(
+            [
+                run,
+                *(_fmt(params[key].get(run)) for key in params),
+                *(_fmt(_dig(split_metrics, path)) for _, path in RUN_COLUMNS),
+            ]
+        )
+    return header, rows
+
+
+def ensemble_table(
+    ensembles: Mapping[str, Mapping[str, Any]],
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (one per committee): error of the mean, mean spread and the
+    calibration of the spread, for energies and forces."""
+    header = [
+        "ensemble",
+        "members",
+        "energy MAE [meV]",
+        "mean energy std [meV]",
+        "energy σ scale",
+        "energy Spearman",
+        "force MAE [meV/Å]",
+        "mean force std [meV/Å]",
+        "force σ scale",
+        "force Spearman",
+    ]
+    rows = []
+    for name, m in ensembles.items():
+        cells = [name, str(m.get("members", ""))]
+        for q in ("energy", "forces"):
+            d = m.get(q, {})
+            cells += [
+                _fmt(_dig(d, ["mae"]) * 1e3),
+                _fmt(_dig(d, ["mean_std"]) * 1e3),
+                _fmt(_dig(d, ["calibration", "scale"])),
+                _fmt(_dig(d, ["calibration", "spearman"])),
+            ]
+        rows.append(cells)
+    return header, rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_NOTE = (
+    "Test split; the validation split chose each run's best epoch. σ scale: the "
+    "factor that makes the committee spread match the observed errors of its mean "
+    "(1 = calibrated, > 1 over-confident); Spearman: rank correlation of |error| and "
+    "spread."
+)
+
+
+def comparison_markdown(
+    metrics: Mapping[str, Mapping[str, Any]],
+    params: Mapping[str, Mapping[str, Any]],
+    ensembles: Mapping[str, Mapping[str, Any]],
+) -> str:
+    lines = ["# Comparison of runs", ""]
+    lines += _markdown_table(*run_table(metrics, params))
+    if ensembles:
+        lines += ["", "## Ensembles", ""]
+        lines += _markdown_table(*ensemble_table(ensembles))
+    lines += ["", _NOTE]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_html(
+    metrics: Mapping[str, Mapping[str, Any]],
+    params: Mapping[str, Mapping[str, Any]],
+    ensembles: Mapping[str, Mapping[str, Any]],
+) -> str:
+    style = (
+        "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
+        "th,td{border:1px solid #ccc;padding:3px 8px}"
+        "td{text-align:right;font-variant-numeric:tabular-nums}thead th{background:#eee}"
+    )
+    parts = [
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>",
+        f"<title>Comparison of runs</title><style>{style}</style></head><body>",
+        "<h3>Comparison of runs</h3>",
+        _html_table(*run_table(metrics, params)),
+    ]
+    if ensembles:
+        parts += ["<h3>Ensembles</h3>", _html_table(*ensemble_table(ensembles))]
+    parts += [f"<p>{html.escape(_NOTE)}</p></body></html>\n"]
+    return "".join(parts)
+
+
+def learning_curves_figure(
+    path: str | os.PathLike, histories: Mapping[str, Mapping[str, np.ndarray]]
+) -> Path:
+    """The validation errors and training loss of every run against epoch."""
+    fig = figure(len(CURVES), width=4.2, height=3.4)
+    axes = fig.subplots(1, len(CURVES), squeeze=False)[0]
+    for ax, (title, column, factor) in zip(axes, CURVES, strict=True):
+        drawn = False
+        for run, hist in histories.items():
+            if column not in hist:
+                continue
+            y = hist[column] * factor
+            x = hist.get("epoch", np.arange(1, y.size + 1))
+            ax.plot(x, y, lw=1.2, label=run)
+            drawn = True
+        if drawn:
+            ax.set_yscale("log")
+            ax.legend(fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+    return save_figure(fig, path)
+
+
+def calibration_figure(
+    path: str | os.PathLike, ensembles: Mapping[str, Mapping[str, Any]]
+) -> Path:
+    """Per committee: RMSE of the error against RMS spread in quantile bins of the
+    spread, energies and forces; a calibrated committee lies on the diagonal."""
+    fig = figure(2, width=4.2, height=3.8)
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    for ax, (q, unit) in zip(
+        axes, (("energy", "meV"), ("forces", "meV/Å")), strict=True
+    ):
+        hi = 0.0
+        for name, m in ensembles.items():
+            curve = m.get(q, {}).get("calibration", {}).get("curve", {})
+            s = np.asarray(curve.get("sigma_rms", []), float) * 1e3
+            e = np.asarray(curve.get("error_rmse", []), float) * 1e3
+            if s.size:
+                ax.plot(s, e, marker="o", ms=3, lw=1.2, label=name)
+                hi = max(hi, float(np.nanmax(s)), float(np.nanmax(e)))
+        if hi > 0:
+            ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="calibrated")
+            ax.legend(fontsize=7)
+        ax.set_xlabel(f"RMS committee std [{unit}]")
+        ax.set_ylabel(f"RMSE of the mean [{unit}]")
+        ax.set_title(f"{q}: calibration (test split)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def compare(
+    runs: Mapping[str, tuple[str | os.PathLike, str | os.PathLike]],
+    *,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    ensembles: Mapping[str, str | os.PathLike] | None = None,
+    markdown: str | os.PathLike,
+    html_path: str | os.PathLike,
+    figures: str | os.PathLike,
+) -> dict[str, Any]:
+    """Write the comparison of ``runs`` (name -> (metrics.json, history.csv)).
+
+    ``params`` maps ``section.key`` -> {run: value} (the settings that differ,
+    :func:`physpack.runs.differing_keys`); ``ensembles`` maps a committee to its
+    ensemble ``metrics.json``. Returns the metrics it read.
+    """
+    if not runs:
+        raise InputError("compare: no runs given")
+    metrics = {r: _read_json(m, "run metrics") for r, (m, _) in runs.items()}
+    histories = {r: read_history(h) for r, (_, h) in runs.items()}
+    ens = {n: _read_json(p, "ensemble metrics") for n, p in (ensembles or {}).items()}
+    params = dict(params or {})
+    with StagedOutputs() as staged:
+        staged.file(markdown).write_text(comparison_markdown(metrics, params, ens))
+        staged.file(html_path).write_text(comparison_html(metrics, params, ens))
+        fig_dir = staged.directory(figures)
+        learning_curves_figure(fig_dir / "learning_curves.png", histories)
+        if ens:
+            calibration_figure(fig_dir / "calibration.png", ens)
+    return {"runs": metrics, "ensembles": ens}
+
+
+def _run_spec(text: str) -> tuple[str, str, str]:
+    parts = text.split("=", 1)
+    if len(parts) != 2 or parts[1].count(",") != 1:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=METRICS_JSON,HISTORY_CSV, got {text!r}"
+        )
+    name, rest = parts
+    metrics, history = rest.split(",")
+    return name, metrics, history
+
+
+def _named_path(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+@cli_entry("physpack compare")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="physpack compare",
+        description="Compare runs: test metrics, differing settings, learning "
+        "curves and ensemble calibration.",
+    )
+    parser.add_argument(
+        "--run",
+        action="append",
+        type=_run_spec,
+        required=True,
+        metavar="NAME=METRICS,HISTORY",
+        help="a run's eval metrics.json and history.csv (repeat per run)",
+    )
+    parser.add_argument(
+        "--ensemble",
+        action="append",
+        type=_named_path,
+        default=[],
+        metavar="NAME=METRICS",
+        help="a committee's ensemble metrics.json (repeat per committee)",
+    )
+    parser.add_argument(
+        "--params",
+        default="{}",
+        metavar="JSON",
+        help='settings that differ between runs: {"section.key": {"run": value}}',
+    )
+    parser.add_argument("--markdown", required=True, help="comparison.md to write")
+    parser.add_argument("--html", required=True, help="comparison.html to write")
+    parser.add_argument("--figures", required=True, help="figure directory to write")
+    args = parser.parse_args(argv)
+    try:
+        params = json.loads(args.params)
+    except ValueError as exc:
+        raise InputError(f"--params: not JSON ({exc})") from exc
+    compare(
+        {name: (m, h) for name, m, h in args.run},
+        params=params,
+        ensembles=dict(args.ensemble),
+        markdown=args.markdown,
+        html_path=args.html,
+        figures=args.figures,
+    )
+    print(f"compared {len(args.run)} run(s) -> {args.markdown}")
+    return 0
