@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,21 @@ def test_spearman_is_a_rank_correlation() -> None:
     # with ties: average ranks (hand computation: ranks 1.5, 1.5, 3 vs 1, 2, 3)
     c = calibration(np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0]))
     assert c["spearman"] == pytest.approx(0.8660254, rel=1e-6)
+
+
+def test_cli_writes_the_ensemble_metrics(tmp_path: Path) -> None:
+    from physpack.evaluation.ensemble import main
+
+    rng = np.random.default_rng(3)
+    n = np.array([2, 2])
+    paths = [
+        str(_member_file(tmp_path / f"m{i}.npz", rng, np.zeros(2), np.zeros((4, 3)), n))
+        for i in range(3)
+    ]
+    out = tmp_path / "ens" / "metrics.json"
+    assert main([*paths, "--output", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["members"] == 3 and m["units"]["forces"] == "eV/Angstrom"
+    assert m["forces"]["calibration"]["n"] == 12
+    assert main([*paths, "--split", "valid", "--output", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()

@@ -16,14 +16,17 @@ uncertainties that match the observed errors on the test split.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from physpack.errors import InputError
+from physpack.atomic import atomic_write_bytes
+from physpack.errors import InputError, cli_entry
 
 #: quantile bins of σ in the calibration curve
 CALIBRATION_BINS = 10
@@ -210,3 +213,31 @@ def ensemble_metrics(pred: EnsemblePredictions) -> dict[str, Any]:
             "calibration": calibration(err, std),
         }
     return out
+
+
+@cli_entry("physpack ensemble")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="physpack ensemble",
+        description="Evaluate a committee from its members' predictions.npz: error "
+        "of the mean, spread and calibration (test split).",
+    )
+    parser.add_argument(
+        "predictions", nargs="+", help="the members' predictions.npz (evaluate)"
+    )
+    parser.add_argument("--split", default="test", help="split to evaluate")
+    parser.add_argument("--output", required=True, help="metrics.json to write")
+    args = parser.parse_args(argv)
+    pred = combine(args.predictions, args.split)
+    metrics = {"split": args.split, "members_predictions": args.predictions}
+    metrics |= ensemble_metrics(pred)
+    atomic_write_bytes(args.output, (json.dumps(metrics, indent=2) + "\n").encode())
+    for q, unit in (("energy", "meV"), ("forces", "meV/Angstrom")):
+        if q in metrics:
+            m = metrics[q]
+            print(
+                f"{q}: MAE of the mean {m['mae'] * 1e3:.4g} {unit}, mean std "
+                f"{m['mean_std'] * 1e3:.4g} {unit}, calibration scale "
+                f"{m['calibration']['scale']:.3g}"
+            )
+    return 0
