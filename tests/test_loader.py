@@ -488,3 +488,33 @@ def test_bucketed_order(packed: Path) -> None:
     ]
     uniform = [np.ptp(sizes[order[a : a + 8]]) for a in range(0, 200, 8)]
     assert np.median(spreads) > 2 * np.median(uniform)  # stratified: sizes mixed
+
+
+def test_declared_units_are_converted_on_reading(tmp_path: Path) -> None:
+    """An older-tooling directory in kcal/mol and Bohr: batches are in eV and Å."""
+    path = write_legacy_packed(tmp_path / "legacy", 40, seed=2)
+    raw = PackedDataset(path)  # undeclared: read as stored
+    kcal_in_ev, bohr_in_a = 4.184 / 96.485332123, 0.529177210903
+    units = {"energy": "kcal/mol", "length": "Bohr"}
+    loader = PackedMemmapLoader(PackedDataset(path, units=units), 8, prefetch=0)
+    for b in loader.packed_batches():
+        am, mm = b["atom_mask"], b["molecule_mask"]
+        ids = b["mol_index"][mm]
+        rows = np.concatenate(
+            [np.arange(raw.offsets[i], raw.offsets[i + 1]) for i in ids]
+        )
+        np.testing.assert_allclose(b["E"][mm], raw.E[ids] * kcal_in_ev, rtol=1e-7)
+        np.testing.assert_allclose(b["R"][am], raw.R[rows] * bohr_in_a, rtol=1e-6)
+        np.testing.assert_allclose(
+            b["F"][am], raw.F[rows] * kcal_in_ev / bohr_in_a, rtol=1e-6
+        )
+        assert np.array_equal(b["Z"][am], raw.Z[rows])
+    dense = next(loader.batches(physnet_format=False, epoch=0))
+    ids = dense["mol_index"][dense["molecule_mask"]]
+    np.testing.assert_allclose(
+        dense["E"][dense["molecule_mask"]], raw.E[ids] * kcal_in_ev, rtol=1e-7
+    )
+    first = dense["R"][0][dense["mask"][0]]
+    i = int(ids[0])
+    want = raw.R[raw.offsets[i] : raw.offsets[i + 1]] * bohr_in_a
+    np.testing.assert_allclose(first, want, rtol=1e-6)

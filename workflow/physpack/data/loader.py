@@ -21,6 +21,10 @@ page cache). No transient array grows with the dataset beyond 1 byte per molecul
 (subset checks), and the atom and molecule data stay memory-mapped, read batch by
 batch.
 
+Values are in the canonical units eV, Å, eV/Å and e·Å whatever the directory
+stores: arrays of a directory in other declared units (older tooling) are multiplied
+by :meth:`~physpack.data.packed.PackedDataset.scale` as they are gathered.
+
 Packed batch contract (numpy arrays; shapes fixed for the run)::
 
     Z              int32   (A,)    atomic numbers, 0 for padding
@@ -226,6 +230,11 @@ class PackedMemmapLoader:
             k: self.dataset.array(k).view(np.ndarray) for k in self.dataset.keys
         }
         self._offsets = self.dataset.offsets.view(np.ndarray)
+        # stored → canonical unit factors (eV, Å, eV/Å, e·Å), only those != 1: data
+        # written by this package are canonical and are copied without arithmetic
+        self._scale = {
+            k: f for k in self.dataset.keys if (f := self.dataset.scale(k)) != 1.0
+        }
         b = self.budget
         self._arange = np.arange(max(b.max_atoms, b.max_pairs), dtype=np.int64)
         self._arange32 = np.arange(max(b.max_atoms, b.max_molecules), dtype=np.int32)
@@ -578,6 +587,8 @@ class PackedMemmapLoader:
                 src = self._data[key]
                 arr = np.zeros((slots, *src.shape[1:]), dtype=src.dtype)
                 np.take(src, rows, axis=0, out=arr[:used], mode="clip")
+                if key in self._scale:
+                    arr[:used] *= arr.dtype.type(self._scale[key])
                 out[key] = arr
         N = np.zeros(M, dtype=np.int32)
         N[:k] = ns
@@ -685,12 +696,16 @@ class PackedMemmapLoader:
                 src = self._data[key]
                 arr = np.zeros((B * W, *src.shape[1:]), dtype=src.dtype)
                 arr[flat] = src[atom_src]
+                if key in self._scale:
+                    arr *= arr.dtype.type(self._scale[key])
                 out[key] = arr.reshape(B, W, *src.shape[1:])
         for key in ("E", "Qtot", "D"):
             if key in self._data:
                 src = self._data[key]
                 arr = np.zeros((B, *src.shape[1:]), dtype=src.dtype)
                 arr[:k] = src[ids]
+                if key in self._scale:
+                    arr *= arr.dtype.type(self._scale[key])
                 out[key] = arr
         N = np.zeros(B, dtype=np.int32)
         N[:k] = ns
