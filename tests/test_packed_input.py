@@ -3,13 +3,17 @@ molecules without Qtot, zero-filled forces, and dataset descriptors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from ase import units as ase_units
+from conftest import TINY_N_MOL, make_workdir, snakemake
 from physpack.data.convert import convert_npz
 from physpack.data.descriptor import read_descriptor, write_descriptor
 from physpack.data.packed import PackedDataset, PackedDataWarning
@@ -145,3 +149,88 @@ def test_descriptor_refuses_bad_input(tmp_path: Path) -> None:
     bad.write_text("{")
     with pytest.raises(InputError, match="bad.json: not a packed directory nor"):
         PackedDataset(bad)
+
+
+# -- the workflow with data.packed ------------------------------------------------
+
+
+def _snapshot(path: Path) -> dict[str, tuple[int, int, str]]:
+    """name -> (size, mtime_ns, sha256) of every file below ``path``, and the
+    directory itself: anything written into it changes this."""
+    snap = {".": (0, path.stat().st_mtime_ns, "")}
+    for p in sorted(path.rglob("*")):
+        st = p.stat()
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
+        snap[str(p.relative_to(path))] = (st.st_size, st.st_mtime_ns, digest)
+    return snap
+
+
+def _use_packed(workdir: Path, packed: Path | None, **data: object) -> None:
+    """Point the workflow copy's config at ``packed`` instead of the NPZ."""
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["data"] = {"npz": None, "packed": None if packed is None else str(packed)}
+    config["data"].update(data)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"npz": "data/tiny.npz"}, "set exactly one of data.npz"),
+        ({"packed": None}, "set exactly one of data.npz"),
+        ({"energy_unit": None}, "has no manifest.json, so its units must be declared"),
+    ],
+)
+def test_workflow_refuses_ambiguous_data(
+    tmp_path: Path, data: dict[str, object], message: str
+) -> None:
+    workdir = make_workdir(tmp_path / "wf")
+    legacy = write_legacy_packed(tmp_path / "old", 10, seed=1, energy_unit="kcal/mol")
+    base = {"energy_unit": "kcal/mol", "length_unit": "Angstrom"}
+    _use_packed(workdir, legacy, **base)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["data"].update(data)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(workdir, "--dry-run", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_workflow_on_older_directory_in_kcal_mol(tmp_path: Path) -> None:
+    """The whole pipeline on a directory the older converter wrote in kcal/mol and
+    kcal/mol/Å: the directory is read in place, never written into, and the
+    evaluated reference values are the source's in eV and eV/Å."""
+    workdir = make_workdir(tmp_path / "wf")
+    shared = tmp_path / "shared"
+    legacy = write_legacy_packed(
+        shared / "old", TINY_N_MOL, seed=3, energy_unit="kcal/mol"
+    )
+    _use_packed(workdir, legacy, energy_unit="kcal/mol", length_unit="Angstrom")
+    before, beside = _snapshot(legacy), sorted(shared.iterdir())
+    subprocess.run(["chmod", "-R", "a-w", str(legacy)], check=True)
+    try:
+        snakemake(workdir, "--cores", "2")
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(legacy)], check=True)
+    assert _snapshot(legacy) == before and sorted(shared.iterdir()) == beside
+    assert not (workdir / "results/data/packed").exists()  # not copied
+
+    src = _source(TINY_N_MOL, seed=3)
+    offsets = np.concatenate([[0], np.cumsum([len(m["Z"]) for m in src])])
+    f_ev = np.concatenate([m["F"] for m in src]).astype(np.float64)
+    with np.load(workdir / "results/eval/predictions.npz") as pred:
+        for split in ("test", "valid"):
+            idx = pred[f"{split}_mol_index"]
+            assert idx.size > 0
+            e_ev = np.array([src[i]["E"] for i in idx])
+            np.testing.assert_allclose(pred[f"{split}_E_true"], e_ev, rtol=1e-9)
+            f_true = np.concatenate([f_ev[offsets[i] : offsets[i + 1]] for i in idx])
+            np.testing.assert_allclose(pred[f"{split}_F_true"], f_true, atol=1e-4)
+    report = json.loads((workdir / "results/data/validation.json").read_text())
+    assert report["ok"] and report["summary"]["stored_units"]["energy"] == "kcal/mol"
+    refs = report["summary"]["element_reference_energy_eV"]
+    assert refs["C"] == pytest.approx(-48.8, abs=1.0)  # eV, not kcal/mol
+    stats = json.loads((workdir / "results/reports/packing_stats.json").read_text())
+    mean = np.mean([m["E"] for m in src])
+    assert stats["energy"]["mean"] == pytest.approx(mean, rel=1e-9)

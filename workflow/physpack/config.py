@@ -23,12 +23,39 @@ from physpack.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Input NPZ and the units it is written in (converted to eV, Å at conversion)."""
+    """The input (a padded NPZ, or a packed directory read in place) and its units.
 
-    npz: str = "data/demo.npz"
-    energy_unit: str = "eV"
-    length_unit: str = "Angstrom"
-    dipole_unit: str = "e*Angstrom"
+    Exactly one of ``npz`` and ``packed`` is set for a workflow run
+    (:meth:`source`). Units left ``None`` mean eV, Å, e·Å for an NPZ and the
+    manifest's for a packed directory; a packed directory without
+    ``manifest.json`` needs all three declared (:meth:`declared_units`).
+    """
+
+    npz: str | None = None
+    packed: str | None = None
+    energy_unit: str | None = None
+    length_unit: str | None = None
+    dipole_unit: str | None = None
+
+    def source(self) -> tuple[Literal["npz", "packed"], str]:
+        """``("npz", path)`` or ``("packed", path)``; ConfigError unless exactly
+        one of the two is set."""
+        if (self.npz is None) == (self.packed is None):
+            both = f"npz={self.npz!r}, packed={self.packed!r}"
+            raise ConfigError(
+                f"data: set exactly one of data.npz (a padded NPZ) and data.packed "
+                f"(a packed directory), and the other to null; got {both}"
+            )
+        return ("npz", self.npz) if self.npz is not None else ("packed", self.packed)  # type: ignore[return-value]
+
+    def declared_units(self) -> dict[str, str]:
+        """The units set here, by kind (``energy``, ``length``, ``dipole``)."""
+        units = {
+            "energy": self.energy_unit,
+            "length": self.length_unit,
+            "dipole": self.dipole_unit,
+        }
+        return {k: v for k, v in units.items() if v is not None}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,7 @@
 import json
+from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -25,6 +27,49 @@ PATHS = {
     "benchmarks": "results/benchmarks",
 }
 
+
+def data_source():
+    """``("npz", path)`` or ``("packed", path)`` from the data section; stops the run
+    before anything runs unless exactly one of ``data.npz`` and ``data.packed`` is
+    set, or when a packed directory is missing or lacks units it must declare
+    (physpack.config.DataConfig.source and physpack.data.descriptor say the same)."""
+    data = config["data"]
+    npz, packed = data.get("npz"), data.get("packed")
+    if (npz is None) == (packed is None):
+        raise WorkflowError(
+            "config: set exactly one of data.npz (a padded NPZ) and data.packed (a "
+            f"packed directory), and the other to null; got npz={npz!r}, "
+            f"packed={packed!r}"
+        )
+    if npz is not None:
+        return "npz", npz
+    if not Path(packed, "offsets.npy").is_file():
+        raise WorkflowError(
+            f"config: data.packed = {packed!r}: not a packed directory (no "
+            "offsets.npy there)"
+        )
+    if not Path(packed, "manifest.json").is_file():
+        kinds = ["energy", "length"] + (
+            ["dipole"] if Path(packed, "D.f64").is_file() else []
+        )
+        missing = [f"data.{k}_unit" for k in kinds if data.get(f"{k}_unit") is None]
+        if missing:
+            raise WorkflowError(
+                f"config: data.packed = {packed!r} has no manifest.json, so its units "
+                f"must be declared: set {', '.join(missing)} (the older packed-memmap "
+                "converter stores its input's units, e.g. kcal/mol)"
+            )
+    return "packed", packed
+
+
+# The dataset every later stage reads: the directory converted from data.npz, or a
+# descriptor of the data.packed directory and its units (that directory is read in
+# place, never copied or written into).
+PATHS["descriptor"] = "results/data/dataset.json"
+PATHS["dataset"] = (
+    PATHS["descriptor"] if data_source()[0] == "packed" else PATHS["packed"]
+)
+
 PACKAGE = "workflow/physpack"
 
 # The modules each stage runs, beyond the shared ones: a stage whose code changes
@@ -37,9 +82,11 @@ SHARED_MODULES = [
     "atomic.py",
     "data/__init__.py",
     "data/packed.py",
+    "data/descriptor.py",
 ]
 STAGE_MODULES = {
     "convert": ["data/convert.py"],
+    "describe": [],
     "validate": ["data/validate.py"],
     "stats": ["data/stats.py", "data/loader.py"],
     "split": ["data/split.py"],

@@ -1,25 +1,47 @@
-rule convert_npz:
-    input:
-        npz=config["data"]["npz"],
-        code=stage_code("convert"),
-    output:
-        directory(PATHS["packed"]),
-    log:
-        log_path("convert_npz"),
-    benchmark:
-        benchmark_path("convert_npz")
-    conda:
-        "../../envs/physpack.yaml"
-    params:
-        data=section("data"),
-    shell:
-        "physpack convert {input.npz:q} {output:q} --config {params.data:q}"
-        " --no-progress > {log:q} 2>&1"
+if data_source()[0] == "npz":
+
+    rule convert_npz:
+        input:
+            npz=config["data"]["npz"],
+            code=stage_code("convert"),
+        output:
+            directory(PATHS["packed"]),
+        log:
+            log_path("convert_npz"),
+        benchmark:
+            benchmark_path("convert_npz")
+        conda:
+            "../../envs/physpack.yaml"
+        params:
+            data=section("data"),
+        shell:
+            "physpack convert {input.npz:q} {output:q} --config {params.data:q}"
+            " --no-progress > {log:q} 2>&1"
+
+else:
+
+    rule describe_packed:
+        input:
+            packed=config["data"]["packed"],
+            code=stage_code("describe"),
+        output:
+            PATHS["descriptor"],
+        log:
+            log_path("describe_packed"),
+        benchmark:
+            benchmark_path("describe_packed")
+        conda:
+            "../../envs/physpack.yaml"
+        params:
+            data=section("data"),
+        shell:
+            "python -m physpack.data.descriptor --output {output:q}"
+            " --config {params.data:q} > {log:q} 2>&1"
 
 
 rule validate_packed:
     input:
-        packed=PATHS["packed"],
+        packed=PATHS["dataset"],
         code=stage_code("validate"),
     output:
         PATHS["validation"],
@@ -38,7 +60,7 @@ rule validate_packed:
 
 rule packing_stats:
     input:
-        packed=PATHS["packed"],
+        packed=PATHS["dataset"],
         code=stage_code("stats"),
     output:
         json=PATHS["stats_json"],
@@ -63,7 +85,7 @@ rule packing_stats:
 
 rule split_dataset:
     input:
-        packed=PATHS["packed"],
+        packed=PATHS["dataset"],
         code=stage_code("split"),
     output:
         PATHS["split"],

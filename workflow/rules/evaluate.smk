@@ -1,6 +1,6 @@
 rule evaluate_model:
     input:
-        packed=PATHS["packed"],
+        packed=PATHS["dataset"],
         split=PATHS["split"],
         best=PATHS["best"],
         history=PATHS["history"],

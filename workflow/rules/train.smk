@@ -1,6 +1,6 @@
 rule train_model:
     input:
-        packed=PATHS["packed"],
+        packed=PATHS["dataset"],
         split=PATHS["split"],
         validation=PATHS["validation"],
         code=stage_code("train"),

@@ -37,14 +37,14 @@ from numpy.lib import format as npformat
 from tqdm import tqdm
 
 from physpack import config as cfg
-from physpack.data.packed import PackedDataset, PackedWriter, sha256_file
-from physpack.errors import ConfigError, InputError, cli_entry
-from physpack.units import (
-    canonical_unit_name,
-    dipole_factor,
-    energy_factor,
-    length_factor,
+from physpack.data.packed import (
+    PackedDataset,
+    PackedWriter,
+    full_units,
+    sha256_file,
 )
+from physpack.errors import ConfigError, InputError, cli_entry
+from physpack.units import dipole_factor, energy_factor, length_factor
 
 MAX_Z = 118
 REQUIRED_KEYS = ("R", "Z", "E")
@@ -67,14 +67,13 @@ class UnitFactors:
 
     @classmethod
     def from_config(cls, data: cfg.DataConfig) -> UnitFactors:
-        try:
-            return cls(
-                energy=energy_factor(data.energy_unit),
-                length=length_factor(data.length_unit),
-                dipole=dipole_factor(data.dipole_unit),
-            )
-        except ConfigError as exc:
-            raise ConfigError(f"data: {exc}") from exc
+        """The factors of the units ``data`` declares (canonical when ``None``)."""
+        units = _input_units(data)
+        return cls(
+            energy=energy_factor(units["energy"]),
+            length=length_factor(units["length"]),
+            dipole=dipole_factor(units["dipole"]),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -486,15 +485,11 @@ def _source_record(
 
 
 def _input_units(data: cfg.DataConfig) -> dict[str, str]:
-    energy = canonical_unit_name(data.energy_unit, "energy")
-    length = canonical_unit_name(data.length_unit, "length")
-    return {
-        "energy": energy,
-        "length": length,
-        "forces": f"{energy}/{length}",
-        "dipole": canonical_unit_name(data.dipole_unit, "dipole"),
-        "charge": "e",
-    }
+    """Full unit labels of the NPZ (undeclared kinds: eV, Å, e·Å)."""
+    try:
+        return full_units(data.declared_units())
+    except ConfigError as exc:
+        raise ConfigError(f"data: {exc}") from exc
 
 
 @cli_entry("physpack convert")

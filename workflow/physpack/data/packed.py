@@ -363,6 +363,15 @@ class PackedDataset:
             raise KeyError(f"{self.path}: no array {key!r} in the packed format")
         return unit_scale(self._units, key)
 
+    def canonical(
+        self, key: str, start: int = 0, stop: int | None = None
+    ) -> np.ndarray:
+        """Rows ``start:stop`` of array ``key`` in canonical units: as stored when
+        :meth:`scale` is 1, else a float64 copy multiplied by it."""
+        rows = np.asarray(self.array(key)[start:stop])
+        factor = self.scale(key)
+        return rows if factor == 1.0 else rows.astype(np.float64) * factor
+
     @property
     def keys(self) -> list[str]:
         """Keys of the arrays present, in format order."""

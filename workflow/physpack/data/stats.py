@@ -267,7 +267,7 @@ def packing_stats(
         z = np.asarray(ds.Z[lo:hi])
         z_counts += np.bincount(np.clip(z, 0, 118), minlength=119)
         if ds.F is not None:
-            f = np.asarray(ds.F[lo:hi], dtype=np.float64)
+            f = np.asarray(ds.canonical("F", lo, hi), dtype=np.float64)
             mag = np.sqrt(np.einsum("ij,ij->i", f, f))
             ok = np.isfinite(mag)
             f_n += int(ok.sum())
@@ -275,7 +275,8 @@ def packing_stats(
             f_sq += float((mag[ok] ** 2).sum())
             f_max = max(f_max, float(mag[ok].max(initial=0.0)))
             f_sample.append(mag[(lo + np.arange(hi - lo)) % stride == 0])
-    e_per_atom = np.asarray(ds.E, dtype=np.float64) / sizes
+    energies = np.asarray(ds.canonical("E"), dtype=np.float64)
+    e_per_atom = energies / sizes
     pairs = sizes * (sizes - 1)
     stats: dict[str, Any] = {
         "path": str(ds.path),
@@ -298,7 +299,7 @@ def packing_stats(
         "arrays": ds.keys,
         "units": {"energy": "eV", "forces": "eV/Angstrom", "bytes": "MB (1e6 bytes)"},
         "energy_per_atom": _distribution(e_per_atom, "eV/atom"),
-        "energy": _distribution(np.asarray(ds.E, dtype=np.float64), "eV"),
+        "energy": _distribution(energies, "eV"),
     }
     if ds.F is not None:
         sample = np.concatenate(f_sample)

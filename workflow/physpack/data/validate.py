@@ -31,6 +31,7 @@ import dataclasses
 import json
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,14 @@ from scipy.spatial import cKDTree
 
 from physpack import config as cfg
 from physpack.atomic import StagedOutputs
+from physpack.data.descriptor import read_descriptor
 from physpack.data.packed import (
     ARRAYS,
     MANIFEST,
     N_ATOMS,
     OFFSETS,
     PackedDataset,
+    PackedDataWarning,
     sha256_file,
 )
 from physpack.errors import InputError, cli_entry
@@ -458,7 +461,7 @@ def _content_pass(
         m = b - a
         atom_mol = np.repeat(np.arange(m), counts)
         z = np.asarray(ds.Z[lo:hi])
-        r = np.asarray(ds.R[lo:hi])
+        r = ds.canonical("R", lo, hi)
 
         bad = (z < 1) | (z > MAX_Z)
         mols, first = np.unique(atom_mol[bad], return_index=True)
@@ -473,16 +476,16 @@ def _content_pass(
 
         per_atom = {"R": r}
         if ds.F is not None:
-            per_atom["F"] = np.asarray(ds.F[lo:hi])
+            per_atom["F"] = ds.canonical("F", lo, hi)
         finite_mol = {}
         for key, arr in per_atom.items():
             ok_atom = np.isfinite(arr).all(axis=1)
             ok = np.bincount(atom_mol, weights=~ok_atom, minlength=m) == 0
             finite_mol[key] = ok
             _report_nonfinite(col, key, np.flatnonzero(~ok) + a)
-        per_mol = {"E": np.asarray(ds.E[a:b]), "Qtot": np.asarray(ds.Qtot[a:b])}
+        per_mol = {"E": ds.canonical("E", a, b), "Qtot": ds.canonical("Qtot", a, b)}
         if ds.D is not None:
-            per_mol["D"] = np.asarray(ds.D[a:b])
+            per_mol["D"] = ds.canonical("D", a, b)
         for key, arr in per_mol.items():
             ok = np.isfinite(arr.reshape(m, -1)).all(axis=1)
             finite_mol[key] = ok
@@ -559,7 +562,7 @@ def _outliers(
         fitted = np.bincount(
             np.repeat(np.arange(b - a), counts), weights=table[z], minlength=b - a
         )
-        residual[a:b] = (np.asarray(ds.E[a:b]) - fitted) / counts
+        residual[a:b] = (ds.canonical("E", a, b) - fitted) / counts
     usable = state.usable
     z, med, mad = robust_z(residual, residual[usable], MAD_FLOOR["energy"])
     flagged = np.flatnonzero(usable & (np.abs(z) > config.outlier_z))
@@ -599,12 +602,18 @@ def validate_packed(
     path: str | Path,
     config: cfg.ValidateConfig | None = None,
     *,
+    units: dict[str, str] | None = None,
     atoms_per_chunk: int = 1 << 20,
 ) -> ValidationReport:
     """Run every check on the packed directory ``path``.
 
+    Values are checked in eV, Å, eV/Å (converted from the stored ``units``).
+
     Args:
-        path: packed directory (with or without ``manifest.json``).
+        path: packed directory (with or without ``manifest.json``), or a dataset
+            descriptor (:mod:`physpack.data.descriptor`) naming one and its units.
+        units: the directory's units when it has no manifest (``physpack.units``
+            names by kind); ignored for a descriptor, which carries its own.
         config: the ``validate`` config section; defaults when ``None``.
         atoms_per_chunk: atoms read per step of the streaming pass (memory bound).
 
@@ -614,6 +623,9 @@ def validate_packed(
     """
     config = config or cfg.ValidateConfig()
     path = Path(path)
+    if path.is_file():  # a dataset descriptor: the directory and its units
+        described = read_descriptor(path)
+        path, units = described.packed, described.units
     if not path.is_dir():
         raise InputError(f"{path}: packed directory not found")
     col = _Collector(config.max_reported)
@@ -648,7 +660,15 @@ def validate_packed(
         for check in content:
             skipped[check] = "structure errors (see files/offsets/manifest)"
     else:
-        ds = PackedDataset(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PackedDataWarning)
+            ds = PackedDataset(path, units=units)
+        for w in caught:
+            if issubclass(w.category, PackedDataWarning):
+                col.add(
+                    "forces", str(w.message), file=ARRAYS["F"].file, level="warning"
+                )
+        summary["stored_units"] = ds.units
         summary["max_atoms"] = int(np.max(ds.n_atoms))
         summary["arrays"] = ds.keys
         state = _content_pass(ds, config, col, atoms_per_chunk)
