@@ -16,14 +16,19 @@ from hypothesis import strategies as st
 from physpack.config import LoaderConfig
 from physpack.data.loader import (
     PackedMemmapLoader,
+    ProcessSlots,
     epoch_padding_stats,
     from_config,
     greedy_bounds,
     pair_template,
 )
 from physpack.data.packed import PackedDataset, PackedWriter
-from physpack.data.synthetic import write_legacy_packed, write_padded_npz
-from physpack.errors import InputError
+from physpack.data.synthetic import (
+    qm9_like_sizes,
+    write_legacy_packed,
+    write_padded_npz,
+)
+from physpack.errors import ConfigError, InputError
 
 PER_ATOM = ("Z", "R", "F")
 PER_MOL = ("E", "Qtot", "D")
@@ -85,14 +90,13 @@ def real_ids(batches: list[dict]) -> np.ndarray:
     return np.concatenate([b["mol_index"][b["molecule_mask"]] for b in batches])
 
 
-def check_packed_invariants(batch: dict, loader: PackedMemmapLoader) -> None:
+def check_packed_invariants(
+    batch: dict, loader: PackedMemmapLoader, kind: int = 0
+) -> None:
     """Everything the batch contract promises, checked from the batch alone."""
-    A, P, M = (
-        loader.budget.max_atoms,
-        loader.budget.max_pairs,
-        loader.budget.max_molecules,
-    )
-    for key, (shape, dtype) in loader.batch_shapes().items():
+    budget = loader.budgets[kind]
+    A, P, M = budget.max_atoms, budget.max_pairs, budget.max_molecules
+    for key, (shape, dtype) in loader.batch_shapes(kind).items():
         assert batch[key].shape == shape and batch[key].dtype == dtype, key
     am, mm, pm = batch["atom_mask"], batch["molecule_mask"], batch["pair_mask"]
     k, t, n_pairs = int(mm.sum()), int(am.sum()), int(pm.sum())
@@ -518,3 +522,172 @@ def test_declared_units_are_converted_on_reading(tmp_path: Path) -> None:
     i = int(ids[0])
     want = raw.R[raw.offsets[i] : raw.offsets[i + 1]] * bohr_in_a
     np.testing.assert_allclose(first, want, rtol=1e-6)
+
+
+# -- data parallelism: per-process reading and whole steps ---------------------------
+def counting(loader: PackedMemmapLoader) -> list[int]:
+    """Record the number of molecules of every batch the loader assembles."""
+    seen: list[int] = []
+    assemble = loader.assemble
+
+    def spy(positions, kind=0):
+        seen.append(int(np.asarray(positions).size))
+        return assemble(positions, kind)
+
+    loader.assemble = spy  # type: ignore[method-assign]
+    return seen
+
+
+@pytest.mark.parametrize("per_step,processes", [(2, 2), (4, 2), (3, 3)])
+def test_each_process_reads_only_its_own_batches(
+    packed: Path, per_step: int, processes: int
+) -> None:
+    """Simulated processes: the union of their batches is the single-process epoch,
+    in the same order, every molecule once; each assembles only its own."""
+    whole = collect(PackedMemmapLoader(packed, 8, seed=4, prefetch=0).packed_batches())
+    per = per_step // processes
+    got: dict[int, dict] = {}
+    for p in range(processes):
+        slots = ProcessSlots(per_step, first=p * per, count=per)
+        loader = PackedMemmapLoader(packed, 8, seed=4, prefetch=1, process_slots=slots)
+        assembled = counting(loader)
+        stream = collect_items(loader.packed_batches())
+        assert len(stream) == len(whole)
+        mine = [b for b, item in enumerate(stream) if item is not None]
+        assert mine == [b for b in range(len(whole)) if slots.owns(b)]
+        assert len(assembled) == len(mine)  # the others' were never assembled
+        for b in mine:
+            assert b not in got
+            got[b] = stream[b]
+    assert sorted(got) == list(range(len(whole)))
+    for b, batch in enumerate(whole):
+        for key, value in batch.items():
+            assert np.array_equal(got[b][key], value), (b, key)
+
+
+def collect_items(stream: Iterator) -> list:
+    return [None if b is None else dict(b) for b in stream]
+
+
+def test_process_streams_fit_step_batches(packed: Path) -> None:
+    """The loader's None items plug into the training's step grouping."""
+    parallel = pytest.importorskip("physpack.training.parallel")
+    whole = collect(PackedMemmapLoader(packed, 8, seed=1, prefetch=0).packed_batches())
+    ids = []
+    for p in range(2):
+        slots = ProcessSlots(4, first=2 * p, count=2)
+        loader = PackedMemmapLoader(packed, 8, seed=1, process_slots=slots)
+        for group in parallel.step_batches(loader.packed_batches(), 4, 2 * p, 2):
+            ids.append(real_ids(group))
+    assert np.array_equal(np.sort(np.concatenate(ids)), np.sort(real_ids(whole)))
+
+
+def test_packed_steps_transfer_in_the_prefetch_thread(packed: Path) -> None:
+    threads: list[str] = []
+
+    def transfer(group: list[dict]) -> dict:
+        threads.append(threading.current_thread().name)
+        return {k: np.stack([b[k] for b in group]) for k in group[0]}
+
+    whole = collect(PackedMemmapLoader(packed, 8, seed=2, prefetch=0).packed_batches())
+    n_steps = -(-len(whole) // 4)
+    ids = []
+    for p in range(2):
+        slots = ProcessSlots(4, first=2 * p, count=2)
+        loader = PackedMemmapLoader(packed, 8, seed=2, prefetch=2, process_slots=slots)
+        steps = list(loader.packed_steps(transfer))
+        assert len(steps) == n_steps and loader.epoch == 1
+        for s, step in enumerate(steps):
+            assert step["Z"].shape == (2, loader.budget.max_atoms)
+            for j in range(2):
+                b = 4 * s + 2 * p + j
+                if b < len(whole):
+                    assert np.array_equal(step["mol_index"][j], whole[b]["mol_index"])
+                else:  # completes the last step and contributes nothing
+                    assert not step["molecule_mask"][j].any()
+                    assert not step["pair_mask"][j].any()
+            ids.append(step["mol_index"][step["molecule_mask"]])
+    assert set(threads) == {"physpack-prefetch"}
+    assert np.array_equal(np.sort(np.concatenate(ids)), np.arange(200))
+
+
+def test_packed_steps_resume_at_a_step(packed: Path) -> None:
+    slots = ProcessSlots(2)
+    loader = PackedMemmapLoader(packed, 8, seed=3, process_slots=slots)
+    it = loader.packed_steps()
+    first = [next(it) for _ in range(3)]
+    state = loader.state_dict()
+    it.close()
+    assert state["position"] == 6
+    rest = list(loader.packed_steps())
+    again = PackedMemmapLoader(packed, 8, seed=3, process_slots=slots)
+    everything = list(again.packed_steps())
+    assert len(first) + len(rest) == len(everything)
+    for a, b in zip(first + rest, everything):
+        assert [x["mol_index"].tolist() for x in a] == [
+            x["mol_index"].tolist() for x in b
+        ]
+    again.load_state_dict({**state, "position": 5})
+    with pytest.raises(InputError, match="inside a step"):
+        next(again.packed_steps())
+    with pytest.raises(ConfigError, match="outside a step"):
+        ProcessSlots(2, first=1, count=2)
+    with pytest.raises(ConfigError, match="no process_slots"):
+        next(PackedMemmapLoader(packed, 8).packed_steps())
+
+
+# -- molecules of any size ---------------------------------------------------------
+def qm9_with_giant(tmp_path: Path, n: int = 5000, giant: int = 400) -> Path:
+    """``n`` QM9-sized molecules and one of ``giant`` atoms (the last)."""
+    rng = np.random.default_rng(0)
+    sizes = [*qm9_like_sizes(n, rng).tolist(), giant]
+    return write_packed_sizes(tmp_path / "giant", sizes)
+
+
+def test_giants_do_not_inflate_every_other_batch(tmp_path: Path) -> None:
+    path = qm9_with_giant(tmp_path)
+    one_budget = epoch_padding_stats(path, batch_size=32)
+    apart = epoch_padding_stats(path, batch_size=32, giant_atoms=100)
+    assert one_budget["pair_efficiency"] < 0.2  # the giant sets every pair budget
+    assert apart["normal_pair_efficiency"] > 0.9
+    assert apart["normal_atom_efficiency"] > 0.9
+    assert apart["giant_n_batches"] == 1 and apart["giant_n_molecules"] == 1
+    assert apart["giant_max_pairs"] >= 400 * 399 > apart["max_pairs"]
+    assert apart["n_molecules"] == 5001
+
+
+def test_giant_batches_come_in_whole_steps(tmp_path: Path) -> None:
+    sizes = [3, 4, 5, 6] * 30 + [40, 45, 50, 41, 44]  # five giants
+    path = write_packed_sizes(tmp_path / "p", sizes)
+    slots = ProcessSlots(4)
+    loader = PackedMemmapLoader(
+        path, 6, seed=1, giant_atoms=20, process_slots=slots, prefetch=1
+    )
+    normal, giant = loader.budgets
+    assert giant.max_atoms > 50 and giant.max_pairs >= 50 * 49
+    assert normal.max_pairs < 40 * 39
+    kinds = loader.batch_kinds()
+    assert kinds.size % 4 == 0
+    assert (kinds.reshape(-1, 4) == kinds.reshape(-1, 4)[:, :1]).all()
+    batches = collect(loader.packed_batches())
+    for kind, b in zip(kinds, batches):
+        assert loader.kind_of(b) == kind
+        check_packed_invariants(b, loader, kind)
+        n = b["N"][b["molecule_mask"]]
+        assert ((n > 20) == bool(kind)).all()
+    assert np.array_equal(np.sort(real_ids(batches)), np.arange(len(sizes)))
+    # the state names the budgets: a loader without giants does not resume it
+    with pytest.raises(InputError, match="budgets"):
+        PackedMemmapLoader(path, 6, process_slots=slots).load_state_dict(
+            loader.state_dict()
+        )
+
+
+def test_molecule_above_the_size_limit_is_refused(tmp_path: Path) -> None:
+    path = write_packed_sizes(tmp_path / "p", [3, 4, 3000, 5])
+    with pytest.raises(InputError, match=r"molecule 2 has 3000 atoms.*") as info:
+        PackedMemmapLoader(path, 2, max_molecule_atoms=1000)
+    message = str(info.value)
+    assert "max_molecule_atoms=1000" in message and "8,997,000 pair slots" in message
+    assert "0.08 GB of host" in message and "\n" not in message
+    assert PackedMemmapLoader(path, 2, max_molecule_atoms=3000).n_molecules == 4

@@ -3,29 +3,45 @@
 Two batch forms are offered by :class:`PackedMemmapLoader`:
 
 * :meth:`~PackedMemmapLoader.packed_batches`, the form the model trains on: every
-  batch has the same shapes for the whole run, a budget of ``A`` atom slots, ``P``
-  pair slots and ``M`` molecule slots (:class:`Budget`), so one compilation serves
-  every step. Molecules are concatenated from slot 0; the rest is padding. Atom
-  slot ``A-1`` and molecule slot ``M-1`` are always padding (the budgets reserve
-  them, as jraph's ``dynamically_batch`` does) and every padding atom and pair
-  points there, so once a model masks atoms, pairs and molecules the padding
+  batch has the shapes of a fixed budget of ``A`` atom slots, ``P`` pair slots and
+  ``M`` molecule slots (:class:`~physpack.data.budget.Budget`), so one compilation
+  serves every step. Molecules are concatenated from slot 0; the rest is padding.
+  Atom slot ``A-1`` and molecule slot ``M-1`` are always padding (the budgets
+  reserve them, as jraph's ``dynamically_batch`` does) and every padding atom and
+  pair points there, so once a model masks atoms, pairs and molecules the padding
   changes nothing.
 * :meth:`~PackedMemmapLoader.batches`, the older dense form kept for custom
   training loops: a fixed number of molecules per batch, each padded to
   ``num_atoms``.
 
+Molecules of any size: pair indices are computed per batch from the sizes (no
+per-size templates). With ``giant_atoms``, molecules above that size go into
+batches of a second, "giant" budget (a second compiled shape), so that a few large
+molecules do not inflate the budget of every other batch; ``max_molecule_atoms``
+refuses larger molecules with a memory estimate. With ``pairs="cutoff"`` a batch
+holds only the pairs closer than ``cutoff`` (a neighbour list built on the host
+per batch; the budgets are derived from each molecule's count of such pairs).
+
+Data parallelism: with ``process_slots`` every optimisation step takes
+``batches_per_step`` consecutive batches of the one epoch stream (the same in every
+process) and each process assembles only its own slots; the others are ``None``
+(:meth:`~PackedMemmapLoader.packed_batches`), or a process receives its share of
+each step at once, optionally transferred to its devices in the prefetch thread
+(:meth:`~PackedMemmapLoader.packed_steps`). With giants, batches of one budget come
+in whole steps, so every device of a step has the same shape.
+
 Only index arrays live in RAM: the molecule sizes (1 byte per molecule while
-sizes fit uint8), the epoch's order (4 bytes) and, for a subset, its indices (4
-bytes); ``offsets.npy`` is read through its memory map (8 bytes per molecule of
-page cache). No transient array grows with the dataset beyond 1 byte per molecule
-(subset checks), and the atom and molecule data stay memory-mapped, read batch by
-batch.
+sizes fit uint8), the epoch's order (4 bytes), for a subset its indices (4 bytes),
+and with cutoff pairs each molecule's pair count (2–4 bytes); ``offsets.npy`` is
+read through its memory map (8 bytes per molecule of page cache). No transient
+array grows with the dataset beyond 1 byte per molecule (subset checks), and the
+atom and molecule data stay memory-mapped, read batch by batch.
 
 Values are in the canonical units eV, Å, eV/Å and e·Å whatever the directory
 stores: arrays of a directory in other declared units (older tooling) are multiplied
 by :meth:`~physpack.data.packed.PackedDataset.scale` as they are gathered.
 
-Packed batch contract (numpy arrays; shapes fixed for the run)::
+Packed batch contract (numpy arrays; shapes fixed per budget)::
 
     Z              int32   (A,)    atomic numbers, 0 for padding
     R              float32 (A, 3)  positions [Å], 0 for padding
@@ -37,8 +53,9 @@ Packed batch contract (numpy arrays; shapes fixed for the run)::
     atom_mask      bool    (A,)
     molecule_mask  bool    (M,)
     pair_mask      bool    (P,)
-    dst_idx        int32   (P,)    all ordered pairs i != j inside each molecule,
-    src_idx        int32   (P,)    as batch atom indices; padding pairs -> A-1
+    dst_idx        int32   (P,)    ordered pairs i != j inside each molecule (all, or
+    src_idx        int32   (P,)    those closer than the cutoff), destination-major,
+                                   as batch atom indices; padding pairs -> A-1
     batch_segments int32   (A,)    molecule slot of each atom; padding atoms -> M-1
     mol_index      int64   (M,)    dataset index of each molecule, -1 for padding
 """
@@ -46,51 +63,99 @@ Packed batch contract (numpy arrays; shapes fixed for the run)::
 from __future__ import annotations
 
 import dataclasses
-import math
+import itertools
 import os
-import queue
-import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from physpack.config import LoaderConfig
+from physpack.data.budget import (
+    PAIR_BYTES,
+    Budget,
+    SizeStats,
+    derive_budget,
+    greedy_bounds,
+)
 from physpack.data.packed import PackedDataset
-from physpack.data.pairs import all_pairs, pair_template
+from physpack.data.pairs import all_pairs, cutoff_pair_counts, pair_template, within
+from physpack.data.prefetch import prefetched
 from physpack.errors import ConfigError, InputError
 
+__all__ = [
+    "Batch",
+    "Budget",
+    "PackedMemmapLoader",
+    "ProcessSlots",
+    "epoch_padding_stats",
+    "from_config",
+    "greedy_bounds",
+    "pair_template",
+    "read_split",
+]
+
 Batch = dict[str, np.ndarray]
+PairMode = Literal["all", "cutoff"]
 #: molecules whose sizes are read from ``offsets`` per chunk (bounds transient memory)
 _CHUNK = 1 << 15
+#: pairs per chunk of the cutoff-count pass (bounds its transient memory)
+_COUNT_PAIRS = 1 << 22
 _BUDGET_KEYS = ("max_atoms", "max_pairs", "max_molecules")
+#: normal and giant budgets (index into :attr:`PackedMemmapLoader.budgets`)
+NORMAL, GIANT = 0, 1
+#: device memory estimate of the size-limit message: float32 features per pair
+_ESTIMATE_FEATURES = 64
 
 
 @dataclasses.dataclass(frozen=True)
-class Budget:
-    """Fixed slot counts of every packed batch.
+class ProcessSlots:
+    """This process's share of each optimisation step under data parallelism.
+
+    Step ``s`` takes batches ``s·B … s·B + B − 1`` of the epoch stream (``B =
+    batches_per_step``, over all processes) and this process owns the slots
+    ``first … first + count − 1`` of it: the layout of
+    :func:`physpack.training.parallel.step_batches`.
 
     Attributes:
-        max_atoms: atom slots ``A``; slot ``A-1`` is always padding.
-        max_pairs: pair slots ``P``.
-        max_molecules: molecule slots ``M``; slot ``M-1`` is always padding.
+        batches_per_step: ``B``.
+        first: this process's first slot.
+        count: its number of slots (``None``: all ``B``).
     """
 
-    max_atoms: int
-    max_pairs: int
-    max_molecules: int
+    batches_per_step: int
+    first: int = 0
+    count: int | None = None
+
+    def __post_init__(self) -> None:
+        B, count = self.batches_per_step, self.n_slots
+        if B < 1 or self.first < 0 or count < 1 or self.first + count > B:
+            raise ConfigError(
+                f"loader.process_slots: slots {self.first}..{self.first + count - 1}"
+                f" outside a step of {B} batch(es)"
+            )
+
+    @property
+    def n_slots(self) -> int:
+        return self.batches_per_step if self.count is None else int(self.count)
+
+    def owns(self, b: int) -> bool:
+        """Whether stream batch ``b`` belongs to this process."""
+        return self.first <= b % self.batches_per_step < self.first + self.n_slots
 
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     """One epoch's packing: batch ``b`` holds subset positions
-    ``order[bounds[batches[b]]:bounds[batches[b] + 1]]``."""
+    ``order[bounds[batches[b]]:bounds[batches[b] + 1]]`` (empty for the padding
+    batches that complete a step of giants) in budget ``kinds[batches[b]]``."""
 
     order: np.ndarray  # int32/int64 (n,) subset positions in packing order
-    bounds: np.ndarray  # int64 (n_batches + 1,)
+    bounds: np.ndarray  # int64 (n_batch_ids + 1,)
     batches: np.ndarray  # int64 (n_batches,) batch visiting order
+    kinds: np.ndarray  # uint8 (n_batch_ids,) budget of each batch
 
     def __len__(self) -> int:
         return int(self.batches.size)
@@ -98,6 +163,9 @@ class _Plan:
     def positions(self, b: int) -> np.ndarray:
         k = int(self.batches[b])
         return self.order[self.bounds[k] : self.bounds[k + 1]]
+
+    def kind(self, b: int) -> int:
+        return int(self.kinds[self.batches[b]])
 
 
 def _repeated(values: np.ndarray) -> np.ndarray:
@@ -109,21 +177,10 @@ def _repeated(values: np.ndarray) -> np.ndarray:
     return out
 
 
-class _Failure:
-    """An exception raised in the prefetch thread, handed to the consumer."""
-
-    def __init__(self, exc: Exception):
-        self.exc = exc
-
-
-_END = object()
-
-
-def _round_friendly(x: float, coarse_above: int) -> int:
-    """``x`` rounded up to a multiple of 8, or of 64 once above ``coarse_above``
-    (tile-friendly shapes for accelerators)."""
-    step = 64 if x > coarse_above else 8
-    return int(max(step, math.ceil(x / step) * step))
+def _padded_to(bounds: np.ndarray, group: int) -> np.ndarray:
+    """``bounds`` with empty batches appended up to a multiple of ``group``."""
+    missing = -(bounds.size - 1) % group
+    return np.concatenate([bounds, np.full(missing, bounds[-1], dtype=np.int64)])
 
 
 class PackedMemmapLoader:
@@ -148,29 +205,43 @@ class PackedMemmapLoader:
         seed: seed of every epoch's order.
         indices: dataset indices of the subset to load (default: all), int (n,),
             unique, each in ``[0, n_molecules)``.
-        max_atoms, max_pairs, max_molecules: override the derived budgets.
+        max_atoms, max_pairs, max_molecules: override the derived (normal) budget.
         prefetch: batches assembled ahead in a background thread (0: none).
         device_put: ``True`` to move each batch with ``jax.device_put`` in the
             prefetch thread, or a callable applied to each batch dict there.
         num_atoms: default padded width of :meth:`batches` (``None``: batch maximum).
         mix_sizes: stratify sizes inside each batch (see above).
+        pairs: ``"all"`` (every ordered pair of each molecule) or ``"cutoff"``
+            (pairs closer than ``cutoff``; the Coulomb term of a model with
+            charges needs ``"all"``).
+        cutoff: [Å], for ``pairs="cutoff"`` (the model's cutoff).
+        giant_atoms: molecules with more atoms go into batches of the giant budget
+            (:data:`GIANT`); ``None``: one budget that holds every molecule.
+        max_molecule_atoms: refuse a molecule with more atoms (``None``: no limit).
+        process_slots: this process's share of every step (:class:`ProcessSlots`);
+            other processes' batches are not assembled, and giant batches come in
+            whole steps.
 
-    Budgets (:attr:`budget`): ``A`` = batch_size × mean atoms + 1, ``P`` = (A - 1) ×
-    the subset's mean pairs per atom, ``M`` = 1.25 × the mean molecules per batch +
-    1, rounded up to multiples of 8 (64 for large ``A`` and ``P``); derived budgets
-    grow to hold the largest molecule, overridden ones are checked against it.
+    Budgets (:attr:`budgets`, :func:`~physpack.data.budget.derive_budget`): ``A`` =
+    batch_size × mean atoms + 1, ``P`` = (A - 1) × the mean pairs per atom, ``M`` =
+    1.25 × the mean molecules per batch + 1, rounded to tile-friendly sizes, grown
+    to hold the largest molecule, from the molecules of each budget (the giant
+    budget with batch size 1: it holds the largest giant). Overridden budgets are
+    checked against the molecules.
 
     Attributes:
-        budget: the :class:`Budget` of every packed batch.
+        budget: the normal :class:`Budget` (the only one without giants).
+        budgets: ``(normal,)``, or ``(normal, giant)`` when the subset has giants.
         epoch, position: the iteration state (see :meth:`state_dict`).
         n_molecules: molecules in the subset.
         has_forces, has_dipoles: whether batches carry ``F`` / ``D``.
 
     Raises:
-        ConfigError: a non-positive batch/bucket size, negative prefetch or a budget
-            override below 2 molecules.
+        ConfigError: a non-positive batch/bucket size, negative prefetch, a budget
+            override below 2 molecules, an unknown pair mode or a missing cutoff.
         InputError: an unreadable directory, an empty, duplicated or out-of-range
-            subset, or a molecule that does not fit an overridden budget (named).
+            subset, a molecule above ``max_molecule_atoms`` or one that does not fit
+            an overridden budget (named).
     """
 
     def __init__(
@@ -189,16 +260,33 @@ class PackedMemmapLoader:
         device_put: bool | Callable[[Batch], Any] = False,
         num_atoms: int | None = None,
         mix_sizes: bool = True,
+        pairs: PairMode = "all",
+        cutoff: float | None = None,
+        giant_atoms: int | None = None,
+        max_molecule_atoms: int | None = None,
+        process_slots: ProcessSlots | None = None,
     ):
         for name, value, low in (
             ("batch_size", batch_size, 1),
             ("bucket_size", bucket_size, 1),
             ("prefetch", prefetch, 0),
+            ("giant_atoms", 1 if giant_atoms is None else giant_atoms, 1),
+            (
+                "max_molecule_atoms",
+                1 if max_molecule_atoms is None else max_molecule_atoms,
+                1,
+            ),
         ):
             if not isinstance(value, (int, np.integer)) or value < low:
                 raise ConfigError(
                     f"loader.{name}: got {value!r}, expected int >= {low}"
                 )
+        if pairs not in ("all", "cutoff"):
+            raise ConfigError(f"loader.pairs: got {pairs!r}, expected all or cutoff")
+        if pairs == "cutoff" and not (cutoff is not None and cutoff > 0):
+            raise ConfigError(
+                f"loader.pairs=cutoff needs a positive cutoff [Å], got {cutoff!r}"
+            )
         self.dataset = path if isinstance(path, PackedDataset) else PackedDataset(path)
         self.path = self.dataset.path
         self.batch_size = int(batch_size)
@@ -208,6 +296,10 @@ class PackedMemmapLoader:
         self.prefetch = int(prefetch)
         self.num_atoms = num_atoms
         self.mix_sizes = bool(mix_sizes)
+        self.pairs: PairMode = pairs
+        self.cutoff = None if cutoff is None else float(cutoff)
+        self.process_slots = process_slots
+        self.max_molecule_atoms = max_molecule_atoms
         self._device_put = device_put
         self._indices = self._check_indices(indices)
         self.n_molecules = (
@@ -215,14 +307,6 @@ class PackedMemmapLoader:
         )
         if self.n_molecules == 0:
             raise InputError(f"{self.path}: empty subset, no molecules to load")
-        self._sizes, self._size_hist = self._read_sizes()
-        counts = np.arange(self._size_hist.size, dtype=np.float64)
-        self._mean_atoms = float(counts @ self._size_hist) / self.n_molecules
-        self._mean_pairs = (
-            float((counts * (counts - 1)) @ self._size_hist) / self.n_molecules
-        )
-        self.budget = self._derive_budget(max_atoms, max_pairs, max_molecules)
-        self._check_fits(self.budget)
         self.has_forces = self.dataset.has("F")
         self.has_dipoles = self.dataset.has("D")
         # plain ndarray views: np.memmap's subclass hooks cost more than the copies
@@ -235,12 +319,28 @@ class PackedMemmapLoader:
         self._scale = {
             k: f for k in self.dataset.keys if (f := self.dataset.scale(k)) != 1.0
         }
-        b = self.budget
-        self._arange = np.arange(max(b.max_atoms, b.max_pairs), dtype=np.int64)
-        self._arange32 = np.arange(max(b.max_atoms, b.max_molecules), dtype=np.int32)
+        self._sizes, self._size_hist = self._read_sizes()
+        if self._size_hist.size == 1:
+            raise InputError(f"{self.path}: every molecule of the subset has 0 atoms")
+        self._check_limit()
+        self._pair_counts = self._count_cutoff_pairs() if pairs == "cutoff" else None
+        self._giant_atoms = self._giant_threshold(giant_atoms)
+        normal = self._stats(None if self._giant_atoms is None else False)
+        self._mean_atoms = normal.mean_atoms
+        self.budgets: tuple[Budget, ...] = (
+            derive_budget(normal, self.batch_size, max_atoms, max_pairs, max_molecules),
+        )
+        if self._giant_atoms is not None:  # one giant per batch at least
+            self.budgets += (derive_budget(self._stats(True), 1),)
+        self._check_fits()
         self.epoch = 0
         self.position = 0
         self._plan_cache: tuple[int, _Plan] | None = None
+
+    @property
+    def budget(self) -> Budget:
+        """The normal budget (see :attr:`budgets`)."""
+        return self.budgets[NORMAL]
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -283,11 +383,15 @@ class PackedMemmapLoader:
             seen[part] = True
         return idx.astype(np.int32 if n < 2**31 else np.int64)
 
+    def _ids(self, positions: np.ndarray) -> np.ndarray:
+        """Dataset indices of subset ``positions``."""
+        return positions if self._indices is None else self._indices[positions]
+
     def _read_sizes(self) -> tuple[np.ndarray, np.ndarray]:
         """Atoms per subset molecule (smallest unsigned dtype) and the size histogram
         int64 (max_size + 1,), read from ``offsets`` chunk by chunk so that no
         transient array grows with the dataset (``n_atoms.npy`` may be absent)."""
-        off = self.dataset.offsets.view(np.ndarray)
+        off = self._offsets
         n = self.n_molecules
 
         def chunk(a: int) -> np.ndarray:
@@ -305,44 +409,113 @@ class PackedMemmapLoader:
             hist += np.bincount(part, minlength=biggest + 1)
         return sizes, hist
 
-    def _derive_budget(
-        self, max_atoms: int | None, max_pairs: int | None, max_molecules: int | None
-    ) -> Budget:
-        mean_n, mean_p = self._mean_atoms, self._mean_pairs
-        if mean_n == 0:
-            raise InputError(f"{self.path}: every molecule of the subset has 0 atoms")
-        big = self._size_hist.size - 1
-        atoms = _round_friendly(self.batch_size * mean_n + 1, 256)
-        atoms = max(atoms, _round_friendly(big + 1, 256))
-        atoms = int(max_atoms) if max_atoms is not None else atoms
-        # pair slots in the dataset's own pair/atom ratio: both budgets fill together
-        pairs = _round_friendly((atoms - 1) * mean_p / mean_n, 512)
-        pairs = max(pairs, _round_friendly(big * (big - 1), 512))
-        pairs = int(max_pairs) if max_pairs is not None else pairs
-        mols = _round_friendly(1.25 * (atoms - 1) / mean_n + 1, 1 << 30)
-        mols = int(max_molecules) if max_molecules is not None else mols
-        if mols < 2 or atoms < 2 or pairs < 0:
-            raise ConfigError(
-                f"loader: budget max_atoms={atoms}, max_pairs={pairs}, "
-                f"max_molecules={mols} leaves no room (need >= 2 atoms and molecules: "
-                "one slot of each is reserved for padding)"
-            )
-        return Budget(atoms, pairs, mols)
-
-    def _check_fits(self, budget: Budget) -> None:
-        n = np.arange(self._size_hist.size)
-        fits = (n <= budget.max_atoms - 1) & (n * (n - 1) <= budget.max_pairs)
-        if (self._size_hist[~fits] == 0).all():
-            return
-        limit = int(np.argmin(fits)) - 1  # the largest size that fits
+    def _first_above(self, limit: int) -> tuple[int, int]:
+        """Dataset index and size of the first subset molecule above ``limit``."""
         pos = int(np.argmax(self._sizes > limit))
-        i = int(pos if self._indices is None else self._indices[pos])
-        n_i = int(self._sizes[pos])
+        return int(self._ids(np.array([pos]))[0]), int(self._sizes[pos])
+
+    def _check_limit(self) -> None:
+        """Refuse a molecule above ``max_molecule_atoms``, with what it would cost."""
+        limit = self.max_molecule_atoms
+        if limit is None or not self._size_hist[limit + 1 :].any():
+            return
+        i, n = self._first_above(limit)
+        pairs = n * (n - 1)
+        host = pairs * PAIR_BYTES
+        device = pairs * _ESTIMATE_FEATURES * 4
         raise InputError(
-            f"{self.path}: molecule {i} has {n_i} atoms and {n_i * (n_i - 1)} pairs, "
-            f"more than the budget max_atoms={budget.max_atoms} (one slot reserved "
-            f"for padding) / max_pairs={budget.max_pairs}; raise the budget"
+            f"{self.path}: molecule {i} has {n} atoms, more than "
+            f"loader.max_molecule_atoms={limit}; a batch holding it needs up to "
+            f"{pairs:,} pair slots: {host / 1e9:.2f} GB of host pair indices and "
+            f"about {device / 1e9:.1f} GB of device memory per {_ESTIMATE_FEATURES}"
+            "-wide float32 pair feature (several per message-passing layer); raise "
+            "the limit if that memory is available, or leave the molecule out"
         )
+
+    def _count_cutoff_pairs(self) -> np.ndarray:
+        """Pairs closer than the cutoff of every subset molecule, smallest unsigned
+        dtype (n_molecules,), counted in chunks of about ``_COUNT_PAIRS`` pairs."""
+        largest = self._size_hist.size - 1
+        counts = np.empty(
+            self.n_molecules, dtype=np.min_scalar_type(largest * (largest - 1))
+        )
+        order = np.arange(self.n_molecules, dtype=np.int64)
+        cap = max(_COUNT_PAIRS, largest * (largest - 1))
+        bounds = greedy_bounds(self._sizes, order, 1 << 62, cap, _CHUNK)
+        scale = np.float32(self._scale.get("R", 1.0))
+        R = self._data["R"]
+        for a, b in itertools.pairwise(bounds):
+            ids = self._ids(order[a:b])
+            ns = self._sizes[a:b].astype(np.int64)
+            rows = np.repeat(self._offsets[ids] - (np.cumsum(ns) - ns), ns)
+            rows += np.arange(int(ns.sum()))
+            positions = R[rows] * scale
+            counts[a:b] = cutoff_pair_counts(positions, ns, self.cutoff)
+        return counts
+
+    def _molecule_pairs(self, positions: np.ndarray) -> np.ndarray:
+        """int64 (k,): pairs of the subset molecules at ``positions`` (all ordered
+        pairs, or those within the cutoff)."""
+        if self._pair_counts is not None:
+            return self._pair_counts[positions].astype(np.int64)
+        n = self._sizes[positions].astype(np.int64)
+        return n * (n - 1)
+
+    def _giant_threshold(self, giant_atoms: int | None) -> int | None:
+        """``giant_atoms`` when the subset has molecules on both sides of it."""
+        if giant_atoms is None:
+            return None
+        hist = self._size_hist
+        if hist[giant_atoms + 1 :].any() and hist[: giant_atoms + 1].any():
+            return int(giant_atoms)
+        return None
+
+    def _stats(self, giant: bool | None) -> SizeStats:
+        """Size statistics of the subset (``None``), of its normal molecules
+        (``False``) or of its giants (``True``), chunk by chunk."""
+        count = atoms = pairs = big_a = big_p = 0
+        for a in range(0, self.n_molecules, _CHUNK):
+            pos = np.arange(a, min(self.n_molecules, a + _CHUNK))
+            n = self._sizes[pos].astype(np.int64)
+            if giant is not None:
+                keep = (n > self._giant_atoms) == giant
+                pos, n = pos[keep], n[keep]
+            if not n.size:
+                continue
+            p = self._molecule_pairs(pos)
+            count += n.size
+            atoms += int(n.sum())
+            pairs += int(p.sum())
+            big_a, big_p = max(big_a, int(n.max())), max(big_p, int(p.max()))
+        return SizeStats(count, atoms, pairs, big_a, big_p)
+
+    def _check_fits(self) -> None:
+        """Every molecule fits the budget of its kind (overrides are not grown)."""
+        for kind, budget in enumerate(self.budgets):
+            for a in range(0, self.n_molecules, _CHUNK):
+                pos = np.arange(a, min(self.n_molecules, a + _CHUNK))
+                mine = self._kinds_of(pos) == kind
+                pos = pos[mine]
+                n = self._sizes[pos].astype(np.int64)
+                p = self._molecule_pairs(pos)
+                bad = (n > budget.max_atoms - 1) | (p > budget.max_pairs)
+                if not bad.any():
+                    continue
+                j = int(np.argmax(bad))
+                i = int(self._ids(pos[j : j + 1])[0])
+                what = "pairs" if self.pairs == "all" else "pairs within the cutoff"
+                raise InputError(
+                    f"{self.path}: molecule {i} has {int(n[j])} atoms and "
+                    f"{int(p[j])} {what}, more than the budget "
+                    f"max_atoms={budget.max_atoms} (one slot reserved for padding) / "
+                    f"max_pairs={budget.max_pairs}; raise the budget"
+                )
+
+    def _kinds_of(self, positions: np.ndarray) -> np.ndarray:
+        """uint8 (k,): budget of the subset molecules at ``positions``."""
+        if self._giant_atoms is None:
+            return np.zeros(positions.size, dtype=np.uint8)
+        return (self._sizes[positions] > self._giant_atoms).astype(np.uint8)
 
     # -- public properties ------------------------------------------------------
     @property
@@ -359,15 +532,29 @@ class PackedMemmapLoader:
         view.flags.writeable = False
         return view
 
+    @property
+    def pair_counts(self) -> np.ndarray:
+        """Pairs per molecule of the subset as batches hold them (all ordered pairs,
+        or those within the cutoff), int64 (n_molecules,)."""
+        return self._molecule_pairs(np.arange(self.n_molecules))
+
+    @property
+    def giant_atoms(self) -> int | None:
+        """Molecules with more atoms are in giant batches (``None``: no giants)."""
+        return self._giant_atoms
+
     def __len__(self) -> int:
         return self.n_molecules
 
     def __repr__(self) -> str:
-        b = self.budget
+        shapes = ", ".join(
+            f"(A={b.max_atoms}, P={b.max_pairs}, M={b.max_molecules})"
+            for b in self.budgets
+        )
         return (
             f"PackedMemmapLoader({str(self.path)!r}, n_molecules={self.n_molecules}, "
-            f"batch_size={self.batch_size}, budget=(A={b.max_atoms}, "
-            f"P={b.max_pairs}, M={b.max_molecules}), shuffle={self.shuffle})"
+            f"batch_size={self.batch_size}, budgets=[{shapes}], pairs={self.pairs}, "
+            f"shuffle={self.shuffle})"
         )
 
     @property
@@ -385,14 +572,14 @@ class PackedMemmapLoader:
             )
         self._device_put = value
 
-    def batch_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """Shape and dtype of every key of a packed batch (for model initialisation
-        without reading data)."""
-        A, P, M = (
-            self.budget.max_atoms,
-            self.budget.max_pairs,
-            self.budget.max_molecules,
-        )
+    def batch_shapes(
+        self, kind: int = NORMAL
+    ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shape and dtype of every key of a packed batch of budget ``kind``
+        (:data:`NORMAL` or :data:`GIANT`), for model initialisation without reading
+        data."""
+        b = self.budgets[kind]
+        A, P, M = b.max_atoms, b.max_pairs, b.max_molecules
         spec: dict[str, tuple[tuple[int, ...], Any]] = {
             "Z": ((A,), np.int32),
             "R": ((A, 3), np.float32),
@@ -413,6 +600,28 @@ class PackedMemmapLoader:
             "mol_index": ((M,), np.int64),
         }
         return {k: (shape, np.dtype(dt)) for k, (shape, dt) in spec.items()}
+
+    def kind_of(self, batch: Mapping[str, Any]) -> int:
+        """The budget (:data:`NORMAL` or :data:`GIANT`) of a packed batch (numpy or
+        JAX arrays), from its shapes.
+
+        Raises:
+            ValueError: shapes of no budget of this loader.
+        """
+        shape = (
+            batch["Z"].shape[-1],
+            batch["pair_mask"].shape[-1],
+            batch["N"].shape[-1],
+        )
+        for kind, b in enumerate(self.budgets):
+            if shape == (b.max_atoms, b.max_pairs, b.max_molecules):
+                return kind
+        raise ValueError(f"kind_of: batch shapes (A, P, M) = {shape} of no budget")
+
+    def empty_batch(self, kind: int = NORMAL) -> Batch:
+        """A batch of budget ``kind`` without molecules (every mask False): it
+        contributes nothing, e.g. to complete the last step of an epoch."""
+        return self.assemble(np.zeros(0, dtype=np.int64), kind)
 
     # -- epoch planning -----------------------------------------------------------
     def _rng(self, epoch: int, stream: int) -> np.random.Generator:
@@ -435,6 +644,17 @@ class PackedMemmapLoader:
                 chunk[:] = chunk[np.argsort(stride, kind="stable")]
         return order
 
+    def _bounds(self, order: np.ndarray, kind: int) -> np.ndarray:
+        b = self.budgets[kind]
+        return greedy_bounds(
+            self._sizes,
+            order,
+            b.max_atoms - 1,
+            b.max_pairs,
+            b.max_molecules - 1,
+            pairs=self._pair_counts,
+        )
+
     def _plan(self, epoch: int) -> _Plan:
         """The packed-batch plan of ``epoch`` (the current epoch's is cached)."""
         key = epoch if self.shuffle else 0
@@ -444,20 +664,49 @@ class PackedMemmapLoader:
         rng = self._rng(key, 0)
         per_batch = min(b.max_molecules - 1, (b.max_atoms - 1) / self._mean_atoms)
         order = self._bucketed_order(rng, self.mix_sizes, per_batch)
-        bounds = greedy_bounds(
-            self._sizes, order, b.max_atoms - 1, b.max_pairs, b.max_molecules - 1
-        )
-        n_batches = bounds.size - 1
-        visit = rng.permutation(n_batches) if self.shuffle else np.arange(n_batches)
-        plan = _Plan(order, bounds, visit)
+        if self._giant_atoms is None:
+            bounds = self._bounds(order, NORMAL)
+            n_batches = bounds.size - 1
+            visit = rng.permutation(n_batches) if self.shuffle else np.arange(n_batches)
+            plan = _Plan(order, bounds, visit, np.zeros(n_batches, dtype=np.uint8))
+        else:
+            plan = self._plan_with_giants(order, rng)
         if key == (self.epoch if self.shuffle else 0):
             self._plan_cache = (key, plan)
         return plan
 
+    def _plan_with_giants(self, order: np.ndarray, rng: np.random.Generator) -> _Plan:
+        """Normal and giant molecules packed apart, each kind completed with empty
+        batches to whole steps (``process_slots.batches_per_step``), and the steps
+        shuffled: every step's batches share one budget."""
+        group = 1 if self.process_slots is None else self.process_slots.batches_per_step
+        giant = self._kinds_of(order).astype(bool)
+        parts = (order[~giant], order[giant])
+        bounds = [
+            _padded_to(self._bounds(part, k), group) for k, part in enumerate(parts)
+        ]
+        n_normal = bounds[0].size - 1
+        all_bounds = np.concatenate([bounds[0], bounds[1][1:] + parts[0].size])
+        kinds = np.repeat(
+            np.array([NORMAL, GIANT], dtype=np.uint8),
+            [n_normal, bounds[1].size - 1],
+        )
+        n_steps = kinds.size // group
+        steps = rng.permutation(n_steps) if self.shuffle else np.arange(n_steps)
+        visit = (steps[:, None] * group + np.arange(group)[None, :]).ravel()
+        return _Plan(np.concatenate(parts), all_bounds, visit, kinds)
+
     def num_batches(self, epoch: int | None = None) -> int:
-        """Packed batches in ``epoch`` (default: the current one). Varies by a
-        fraction of a percent between shuffled epochs."""
+        """Packed batches in ``epoch`` (default: the current one), including those of
+        other processes and the empty batches that complete steps of giants. Varies
+        by a fraction of a percent between shuffled epochs."""
         return len(self._plan(self.epoch if epoch is None else epoch))
+
+    def batch_kinds(self, epoch: int | None = None) -> np.ndarray:
+        """uint8 (num_batches,): the budget of each batch of ``epoch`` in stream
+        order (default: the current epoch)."""
+        plan = self._plan(self.epoch if epoch is None else epoch)
+        return plan.kinds[plan.batches]
 
     # -- state ----------------------------------------------------------------------
     def _normalise(self) -> None:
@@ -473,10 +722,10 @@ class PackedMemmapLoader:
     def state_dict(self) -> dict[str, Any]:
         """The iteration state: ``epoch``, ``position`` (packed batches of the epoch
         already handed out), ``seed`` (with the epoch, everything the order depends
-        on) and what must match on restore (subset checksum, budget, options).
+        on) and what must match on restore (subset checksum, budgets, options).
         Plain ints/bools/lists: JSON-serialisable."""
         self._normalise()
-        return {
+        state: dict[str, Any] = {
             "epoch": int(self.epoch),
             "position": int(self.position),
             "seed": self.seed,
@@ -485,12 +734,16 @@ class PackedMemmapLoader:
             "mix_sizes": self.mix_sizes,
             "n_molecules": int(self.n_molecules),
             "subset_crc32": self._fingerprint(),
-            "budget": [
-                self.budget.max_atoms,
-                self.budget.max_pairs,
-                self.budget.max_molecules,
-            ],
+            "budget": list(dataclasses.astuple(self.budget)),
         }
+        # only where they differ from the defaults: older states stay valid
+        if self.pairs != "all":
+            state |= {"pairs": self.pairs, "cutoff": self.cutoff}
+        if len(self.budgets) > 1:
+            state["budgets"] = [list(dataclasses.astuple(b)) for b in self.budgets]
+        if self.process_slots is not None and len(self.budgets) > 1:
+            state["batches_per_step"] = self.process_slots.batches_per_step
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict`: the next packed batches are exactly those
@@ -500,17 +753,14 @@ class PackedMemmapLoader:
             InputError: the state belongs to another subset, budget or ordering.
         """
         mine = self.state_dict()
-        for key in (
-            "shuffle",
-            "bucket_size",
-            "mix_sizes",
-            "n_molecules",
-            "subset_crc32",
-        ):
-            if key in state and state[key] != mine[key]:
+        # keys of every state, and keys written only when not the default
+        always = ("shuffle", "bucket_size", "mix_sizes", "n_molecules", "subset_crc32")
+        optional = ("pairs", "cutoff", "budgets", "batches_per_step")
+        for key in always + optional:
+            if (key in state or key in optional) and state.get(key) != mine.get(key):
                 raise InputError(
-                    f"loader state: {key}={state[key]!r} but this loader has "
-                    f"{mine[key]!r} (saved from another subset or configuration)"
+                    f"loader state: {key}={state.get(key)!r} but this loader has "
+                    f"{mine.get(key)!r} (saved from another subset or configuration)"
                 )
         if "budget" in state and list(state["budget"]) != mine["budget"]:
             raise InputError(
@@ -532,13 +782,15 @@ class PackedMemmapLoader:
             )
 
     # -- packed batches ---------------------------------------------------------------
-    def packed_batches(self, epoch: int | None = None) -> Iterator[Batch]:
+    def packed_batches(self, epoch: int | None = None) -> Iterator[Batch | None]:
         """The rest of the current epoch (or of ``epoch``, from its start when it is
         not the current one) as fixed-shape packed batches (module docstring).
 
-        The position advances as batches are handed out, so :meth:`state_dict` taken
-        between batches resumes after the last batch received; when the epoch is
-        exhausted the loader moves to the next one.
+        With :attr:`process_slots`, the batches of other processes are ``None``
+        (not assembled, not transferred); the stream and its order are the same in
+        every process. The position advances as batches are handed out, so
+        :meth:`state_dict` taken between batches resumes after the last batch
+        received; when the epoch is exhausted the loader moves to the next one.
         """
         if epoch is not None and epoch != self.epoch:
             self.epoch, self.position = int(epoch), 0
@@ -546,8 +798,18 @@ class PackedMemmapLoader:
         current = self.epoch
         plan = self._plan(current)
         start = self.position
-        produced = (self.assemble(plan.positions(b)) for b in range(start, len(plan)))
-        ahead = self._ahead(produced)
+        slots = self.process_slots
+        transfer = self._transfer()
+
+        def produced() -> Iterator[Any]:
+            for b in range(start, len(plan)):
+                if slots is not None and not slots.owns(b):
+                    yield None
+                    continue
+                batch = self.assemble(plan.positions(b), plan.kind(b))
+                yield batch if transfer is None else transfer(batch)
+
+        ahead = prefetched(produced(), self.prefetch)
         try:
             for b, batch in enumerate(ahead, start + 1):
                 self.position = b
@@ -557,25 +819,83 @@ class PackedMemmapLoader:
         if self.epoch == current:
             self.epoch, self.position = current + 1, 0
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Batch | None]:
         return self.packed_batches()
 
-    def assemble(self, positions: np.ndarray) -> Batch:
-        """One packed batch of the subset molecules at ``positions`` (int (k,)),
-        which must fit the budget. Vectorised: a few gathers per key."""
-        A, P, M = (
-            self.budget.max_atoms,
-            self.budget.max_pairs,
-            self.budget.max_molecules,
-        )
-        ids = positions if self._indices is None else self._indices[positions]
+    def packed_steps(
+        self,
+        transfer: Callable[[list[Any]], Any] | None = None,
+        epoch: int | None = None,
+    ) -> Iterator[Any]:
+        """The rest of the epoch as optimisation steps: for each step, this process's
+        batches (``process_slots.n_slots`` of them, after :attr:`device_put`), passed
+        to ``transfer`` in the prefetch thread (e.g. stack them and place them on
+        the local devices with one ``jax.device_put``); without ``transfer``, the
+        list itself.
+
+        Every process yields the same number of steps; a short last step is
+        completed with :meth:`empty_batch` of the step's budget, so every molecule
+        of the subset is in exactly one yielded batch of one process. The position
+        advances by whole steps.
+
+        Raises:
+            ConfigError: no :attr:`process_slots`.
+            InputError: a position inside a step (a state saved mid-step).
+        """
+        slots = self.process_slots
+        if slots is None:
+            raise ConfigError("packed_steps: the loader has no process_slots")
+        if epoch is not None and epoch != self.epoch:
+            self.epoch, self.position = int(epoch), 0
+        self._normalise()
+        B = slots.batches_per_step
+        if self.position % B:
+            raise InputError(
+                f"loader state: position {self.position} inside a step of {B} batches"
+            )
+        current = self.epoch
+        plan = self._plan(current)
+        start = self.position
+        per_batch = self._transfer()
+        mine = range(slots.first, slots.first + slots.n_slots)
+
+        def produced() -> Iterator[Any]:
+            for s in range(start, len(plan), B):
+                kind = plan.kind(s)
+                group = []
+                for j in mine:
+                    b = s + j
+                    batch = (
+                        self.assemble(plan.positions(b), plan.kind(b))
+                        if b < len(plan)
+                        else self.empty_batch(kind)
+                    )
+                    group.append(batch if per_batch is None else per_batch(batch))
+                yield group if transfer is None else transfer(group)
+
+        ahead = prefetched(produced(), self.prefetch)
+        try:
+            for s, step in enumerate(ahead, 1):
+                self.position = min(start + s * B, len(plan))
+                yield step
+        finally:
+            ahead.close()
+        if self.epoch == current:
+            self.epoch, self.position = current + 1, 0
+
+    def assemble(self, positions: np.ndarray, kind: int = NORMAL) -> Batch:
+        """One packed batch of budget ``kind`` of the subset molecules at
+        ``positions`` (int (k,), which must fit the budget). Vectorised: a few
+        gathers per key."""
+        budget = self.budgets[kind]
+        A, P, M = budget.max_atoms, budget.max_pairs, budget.max_molecules
+        ids = self._ids(positions)
         ns = self._sizes[positions].astype(np.int32)
         k = ids.size
         t = int(ns.sum())
-        starts = np.zeros(k, dtype=np.int32)
-        np.cumsum(ns[:-1], out=starts[1:])
+        starts = np.cumsum(ns, dtype=np.int64) - ns
         atom_src = np.repeat(self._offsets[ids] - starts, ns)
-        atom_src += self._arange[:t]
+        atom_src += np.arange(t, dtype=np.int64)
 
         out: Batch = {}
         # per-atom arrays gather atom rows, per-molecule arrays molecule rows
@@ -595,6 +915,9 @@ class PackedMemmapLoader:
         out["N"] = N
 
         pair_dst, pair_src = all_pairs(ns)
+        if self.pairs == "cutoff":
+            keep = within(out["R"], pair_dst, pair_src, self.cutoff)
+            pair_dst, pair_src = pair_dst[keep], pair_src[keep]
         n_pairs = pair_dst.size
         dst = np.full(P, A - 1, dtype=np.int32)
         src_ = np.full(P, A - 1, dtype=np.int32)
@@ -608,7 +931,7 @@ class PackedMemmapLoader:
         pair_mask = np.zeros(P, dtype=bool)
         pair_mask[:n_pairs] = True
         segments = np.full(A, M - 1, dtype=np.int32)
-        segments[:t] = np.repeat(self._arange32[:k], ns)
+        segments[:t] = np.repeat(np.arange(k, dtype=np.int32), ns)
         mol_index = np.full(M, -1, dtype=np.int64)
         mol_index[:k] = ids
         out |= {
@@ -672,7 +995,10 @@ class PackedMemmapLoader:
             self._dense(order[b * B : (b + 1) * B], width, physnet_format)
             for b in visit
         )
-        yield from self._ahead(produced)
+        transfer = self._transfer()
+        if transfer is not None:
+            produced = (transfer(b) for b in produced)
+        yield from prefetched(produced, self.prefetch)
         if use_state and self.epoch == e:
             self.epoch, self.position = e + 1, 0
 
@@ -729,7 +1055,7 @@ class PackedMemmapLoader:
         }
         return out
 
-    # -- prefetch ---------------------------------------------------------------------
+    # -- transfer -------------------------------------------------------------------
     def _transfer(self) -> Callable[[Batch], Any] | None:
         if self._device_put is True:
             import jax  # only when asked: the loader itself needs no JAX
@@ -738,104 +1064,6 @@ class PackedMemmapLoader:
         if callable(self._device_put):
             return self._device_put
         return None
-
-    def _ahead(self, produced: Iterator[Batch]) -> Iterator[Any]:
-        """``produced`` (optionally transferred), assembled up to ``prefetch``
-        batches ahead in a background thread; exceptions reach the consumer."""
-        transfer = self._transfer()
-        if transfer is not None:
-            produced = (transfer(b) for b in produced)
-        if self.prefetch == 0:
-            yield from produced
-            return
-        slots: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-
-        def put(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    slots.put(item, timeout=0.05)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def work() -> None:
-            try:
-                for item in produced:
-                    if not put(item):
-                        return
-                put(_END)
-            except Exception as exc:  # noqa: BLE001 (re-raised in the consumer)
-                put(_Failure(exc))
-
-        worker = threading.Thread(target=work, name="physpack-prefetch", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = slots.get()
-                if item is _END:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.exc
-                yield item
-        finally:
-            stop.set()
-            worker.join()
-
-
-def greedy_bounds(
-    sizes: np.ndarray,
-    order: np.ndarray,
-    atom_cap: int,
-    pair_cap: int,
-    mol_cap: int,
-    window: int = _CHUNK,
-) -> np.ndarray:
-    """Batch boundaries of greedy packing: molecules are taken in ``order`` until
-    the next one would exceed ``atom_cap`` atoms, ``pair_cap`` pairs or ``mol_cap``
-    molecules. Works through windows of ``window`` molecules (bounded memory).
-
-    Args:
-        sizes: atoms per molecule (n,), indexed by the entries of ``order``.
-        order: int (L,) molecules in packing order; each must fit the caps alone.
-
-    Returns:
-        int64 (n_batches + 1,) boundaries into ``order``, from 0 to L.
-    """
-    window = max(window, 2 * mol_cap + 2)
-    L = order.size
-    parts = [np.zeros(1, dtype=np.int64)]
-    s = 0
-    while s < L:
-        ends: list[int] = []
-        end = min(L, s + window)
-        w = sizes[order[s:end]].astype(np.int64)
-        ca = np.cumsum(w)
-        cp = np.cumsum(w * (w - 1))
-        j, base_a, base_p = 0, 0, 0
-        while True:
-            k = min(
-                int(np.searchsorted(ca, base_a + atom_cap, side="right")),
-                int(np.searchsorted(cp, base_p + pair_cap, side="right")),
-                j + mol_cap,
-            )
-            if k == j:
-                raise ValueError(
-                    f"greedy_bounds: molecule at order position {s + j} does not fit "
-                    "the caps on its own"
-                )
-            if k >= w.size and end < L:
-                break  # the open batch may continue in the next window
-            k = min(k, w.size)
-            ends.append(s + k)
-            j = k
-            if k >= w.size:
-                break
-            base_a, base_p = int(ca[k - 1]), int(cp[k - 1])
-        parts.append(np.asarray(ends, dtype=np.int64))
-        s += j
-    return np.concatenate(parts)
 
 
 def read_split(split_path: str | os.PathLike, split_name: str) -> np.ndarray:
@@ -872,7 +1100,9 @@ def from_config(
     **kwargs: Any,
 ) -> PackedMemmapLoader:
     """A loader configured by the ``loader`` section, optionally over one subset of
-    a split file (both ``split_path`` and ``split_name`` given)."""
+    a split file (both ``split_path`` and ``split_name`` given). ``kwargs`` go to
+    :class:`PackedMemmapLoader` (e.g. ``cutoff`` for ``loader.pairs: cutoff``,
+    ``process_slots``, ``indices``) and take precedence."""
     if (split_path is None) != (split_name is None):
         raise ConfigError(
             "from_config: give both split_path and split_name, or neither"
@@ -887,7 +1117,11 @@ def from_config(
         "max_molecules": cfg.max_molecules,
         "prefetch": cfg.prefetch,
         "num_atoms": cfg.num_atoms,
-    } | kwargs
+    }
+    for key in ("pairs", "giant_atoms", "max_molecule_atoms"):
+        if hasattr(cfg, key):
+            options[key] = getattr(cfg, key)
+    options |= kwargs
     if split_path is not None:
         return PackedMemmapLoader.from_split(
             path, split_path, str(split_name), **options
@@ -905,7 +1139,7 @@ def epoch_padding_stats(
     shuffle: bool = True,
     mix_sizes: bool = True,
     num_atoms: int | None = None,
-    **budget_overrides: int | None,
+    **options: Any,
 ) -> dict[str, float | int]:
     """Padding of one epoch (epoch 0) of packed batches, from the plan alone (no
     atom data read), next to the dense form's.
@@ -915,22 +1149,35 @@ def epoch_padding_stats(
         indices, batch_size, bucket_size, seed, shuffle, mix_sizes: as for
             :class:`PackedMemmapLoader`.
         num_atoms: padded width of the dense comparison (default: largest molecule).
-        **budget_overrides: ``max_atoms``, ``max_pairs``, ``max_molecules``.
+        **options: budget overrides ``max_atoms``, ``max_pairs``, ``max_molecules``
+            and the loader options ``pairs``, ``cutoff``, ``giant_atoms``,
+            ``max_molecule_atoms``, ``process_slots``.
 
     Returns:
         ``atom_efficiency``, ``pair_efficiency``, ``molecule_efficiency`` (real
-        atoms / atom slots, etc., over the epoch), ``n_batches``, ``max_atoms``,
-        ``max_pairs``, ``max_molecules``, ``n_molecules``, ``real_atoms``,
-        ``real_pairs``, ``mean_molecules_per_batch``, and the dense form's
-        ``dense_num_atoms``, ``dense_n_batches``, ``dense_atom_efficiency``,
-        ``dense_pair_efficiency`` (``batch_size`` molecules padded to
-        ``dense_num_atoms``, pairs W·(W-1) per molecule slot).
+        atoms / atom slots, etc., over the epoch's batches of every budget),
+        ``n_batches``, ``max_atoms``, ``max_pairs``, ``max_molecules`` (normal
+        budget), ``n_molecules``, ``real_atoms``, ``real_pairs``,
+        ``mean_molecules_per_batch``; per budget ``normal_…`` and ``giant_…``
+        (``n_batches``, ``n_molecules``, ``atom_efficiency``, ``pair_efficiency``,
+        and for giants ``max_atoms``, ``max_pairs``, ``max_molecules``; zeros when
+        there are no giants); and the dense form's ``dense_num_atoms``,
+        ``dense_n_batches``, ``dense_atom_efficiency``, ``dense_pair_efficiency``
+        (``batch_size`` molecules padded to ``dense_num_atoms``, pairs W·(W-1)
+        per molecule slot).
     """
-    unknown = sorted(set(budget_overrides) - set(_BUDGET_KEYS))
+    known = set(_BUDGET_KEYS) | {
+        "pairs",
+        "cutoff",
+        "giant_atoms",
+        "max_molecule_atoms",
+        "process_slots",
+    }
+    unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(
-            f"epoch_padding_stats: unknown budget key(s) {', '.join(unknown)}; "
-            f"known: {', '.join(_BUDGET_KEYS)}"
+            f"epoch_padding_stats: unknown option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
         )
     loader = PackedMemmapLoader(
         dataset,
@@ -941,31 +1188,67 @@ def epoch_padding_stats(
         indices=indices,
         prefetch=0,
         mix_sizes=mix_sizes,
-        **budget_overrides,
+        **options,
     )
-    b = loader.budget
-    n_batches = loader.num_batches(0)
+    plan = loader._plan(0)
     sizes = loader.sizes.astype(np.int64)
-    atoms, pairs, mols = int(sizes.sum()), int((sizes * (sizes - 1)).sum()), sizes.size
+    pair_counts = loader.pair_counts
+    cum = {
+        "atoms": np.concatenate([[0], np.cumsum(sizes[plan.order])]),
+        "pairs": np.concatenate([[0], np.cumsum(pair_counts[plan.order])]),
+        "molecules": np.arange(plan.order.size + 1),
+    }
+    per_batch = {k: c[plan.bounds[1:]] - c[plan.bounds[:-1]] for k, c in cum.items()}
+    out: dict[str, float | int] = {}
+    totals = {"atoms": 0, "pairs": 0, "molecules": 0}
+    slots = {"atoms": 0, "pairs": 0, "molecules": 0}
+    for kind, name in ((NORMAL, "normal"), (GIANT, "giant")):
+        mine = plan.kinds == kind
+        n_b = int(mine.sum())
+        real = {k: int(v[mine].sum()) for k, v in per_batch.items()}
+        if kind < len(loader.budgets):
+            b = loader.budgets[kind]
+            cap = {
+                "atoms": b.max_atoms,
+                "pairs": b.max_pairs,
+                "molecules": b.max_molecules,
+            }
+        else:
+            cap = {"atoms": 0, "pairs": 0, "molecules": 0}
+        for k in totals:
+            totals[k] += real[k]
+            slots[k] += n_b * cap[k]
+        out[f"{name}_n_batches"] = n_b
+        out[f"{name}_n_molecules"] = real["molecules"]
+        out[f"{name}_atom_efficiency"] = real["atoms"] / max(n_b * cap["atoms"], 1)
+        out[f"{name}_pair_efficiency"] = (
+            real["pairs"] / (n_b * cap["pairs"]) if n_b * cap["pairs"] else 1.0
+        )
+        if kind == GIANT:
+            out |= {f"giant_{k}": v for k, v in zip(_BUDGET_KEYS, cap.values())}
+    b = loader.budget
+    n_batches = len(plan)
+    atoms, mols = totals["atoms"], totals["molecules"]
     width = int(sizes.max()) if num_atoms is None else int(num_atoms)
     dense_batches = -(-mols // batch_size)
     dense_slots = dense_batches * batch_size
-    return {
+    all_pairs_total = int((sizes * (sizes - 1)).sum())
+    return out | {
         "n_molecules": mols,
         "n_batches": n_batches,
         "max_atoms": b.max_atoms,
         "max_pairs": b.max_pairs,
         "max_molecules": b.max_molecules,
         "real_atoms": atoms,
-        "real_pairs": pairs,
+        "real_pairs": totals["pairs"],
         "mean_molecules_per_batch": mols / n_batches,
-        "atom_efficiency": atoms / (n_batches * b.max_atoms),
-        "pair_efficiency": pairs / (n_batches * b.max_pairs) if b.max_pairs else 1.0,
-        "molecule_efficiency": mols / (n_batches * b.max_molecules),
+        "atom_efficiency": atoms / slots["atoms"],
+        "pair_efficiency": totals["pairs"] / slots["pairs"] if slots["pairs"] else 1.0,
+        "molecule_efficiency": mols / slots["molecules"],
         "dense_num_atoms": width,
         "dense_n_batches": dense_batches,
         "dense_atom_efficiency": atoms / (dense_slots * width),
         "dense_pair_efficiency": (
-            pairs / (dense_slots * width * (width - 1)) if width > 1 else 1.0
+            all_pairs_total / (dense_slots * width * (width - 1)) if width > 1 else 1.0
         ),
     }
