@@ -94,6 +94,9 @@ class LoaderConfig:
     max_pairs: int | None = None
     max_molecules: int | None = None
     prefetch: int = 2
+    pairs: Literal["all", "cutoff"] = "all"  # cutoff: pairs within model.cutoff
+    giant_atoms: int | None = None  # larger molecules: a second budget (None: off)
+    max_molecule_atoms: int | None = None  # larger molecules are refused
 
 
 @dataclasses.dataclass(frozen=True)
