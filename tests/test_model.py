@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ase.data import atomic_masses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_fixtures import TINY_MODEL
@@ -28,7 +29,8 @@ from scipy.spatial.transform import Rotation
 
 # One budget for every batch of this module: one compilation per model.
 BUDGET = {"max_atoms": 48, "max_pairs": 600, "max_molecules": 6}
-TINY = dataclasses.replace(TINY_MODEL, zbl=True, charges=True)
+# Two modules, so that the vector features of max_degree 1 reach the energy.
+TINY = dataclasses.replace(TINY_MODEL, zbl=True, charges=True, num_iterations=2)
 
 
 def random_molecule(rng: np.random.Generator, n: int, charge: float = 0.0) -> dict:
@@ -97,9 +99,30 @@ def test_charges_sum_to_total_charge_and_give_the_dipole(setup):
     seg = batch["batch_segments"]
     sums = np.bincount(seg, weights=out["charges"], minlength=6)
     np.testing.assert_allclose(sums[:3], [0.0, 1.0, -1.0], atol=1e-5)
+    # about each molecule's centre of mass (model.dipole_origin's default)
+    mass = atomic_masses[batch["Z"]] * batch["atom_mask"]
+    centre = (
+        np.stack(
+            [np.bincount(seg, mass * batch["R"][:, c], minlength=6) for c in range(3)],
+            1,
+        )
+        / np.maximum(np.bincount(seg, mass, minlength=6), 1e-12)[:, None]
+    )
     dipole = np.zeros((6, 3))
-    np.add.at(dipole, seg, out["charges"][:, None] * batch["R"])
+    np.add.at(dipole, seg, out["charges"][:, None] * (batch["R"] - centre[seg]))
     np.testing.assert_allclose(out["dipole"][:3], dipole[:3], atol=1e-5)
+
+
+@pytest.mark.parametrize("origin", ["center_of_mass", "center_of_nuclear_charge"])
+def test_dipole_of_ions_does_not_depend_on_where_they_sit(setup, origin):
+    _, params, constants, mols = setup
+    model = model_from_config(dataclasses.replace(TINY, dipole_origin=origin))
+    moved = [{**m, "R": m["R"] + np.float32([7.0, -3.0, 5.0])} for m in mols]
+    a = predict(params, molecules_to_batch(mols, **BUDGET), model, constants)
+    b = predict(params, molecules_to_batch(moved, **BUDGET), model, constants)
+    assert abs(a["charges"][5:14].sum() - 1.0) < 1e-5  # molecule 1 is a cation
+    np.testing.assert_allclose(b["dipole"][:3], a["dipole"][:3], atol=2e-4)
+    assert np.abs(a["dipole"][1]).max() > 1e-2  # not trivially zero
 
 
 def test_forces_are_minus_gradient_finite_differences(setup):
@@ -205,6 +228,38 @@ def test_zbl_repels_at_short_range(setup):
     assert energies[0] > energies[1] > 1.0 and energies[2] == pytest.approx(
         0.0, abs=1e-6
     )
+
+
+@pytest.mark.parametrize(
+    "bond, length",
+    [((6, 8), 1.21), ((6, 6), 1.20), ((7, 7), 1.10), ((6, 8), 1.128), ((1, 1), 0.74)],
+    ids=["C=O", "C#C", "N#N", "C#O", "H-H"],
+)
+def test_zbl_is_off_at_bond_lengths(setup, bond, length):
+    model, _, constants, _ = setup
+    mol = {
+        "Z": np.array(bond, np.int32),
+        "R": np.array([[0, 0, 0], [length, 0, 0]], np.float32),
+    }
+    batch = molecules_to_batch([mol], **BUDGET)
+    params = init_params(model, jax.random.PRNGKey(0), batch)
+    # zero-initialised heads, neutral molecule: the energy is the ZBL term alone
+    residual = predict(params, batch, model, constants)["energy_residual"][0]
+    assert abs(residual) < 1e-3  # eV
+
+
+def test_vector_features_reach_the_energy(setup):
+    model, params, _, mols = setup
+    assert model.max_degree == 1
+    batch = molecules_to_batch(mols, **BUDGET)
+    inputs = device_inputs(batch)
+
+    def energy(p):
+        out = energy_and_forces(p, model, inputs, jnp.float32(0.7))
+        return jnp.sum(out["energy_residual"])
+
+    grads = jax.grad(energy)(params)
+    assert float(jnp.abs(grads["interaction_1"]["degree1_to_scalar"]).max()) > 1e-4
 
 
 def test_batch_over_budget_is_refused():

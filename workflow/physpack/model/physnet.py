@@ -1,13 +1,22 @@
-"""PhysNet energy (and charge) model on packed batches, built from e3x layers.
+"""PhysNet (Unke & Meuwly, JCTC 2019) on packed batches, built from e3x layers.
 
-The architecture follows PhysNet (Unke & Meuwly, JCTC 2019) as its JAX/e3x
-implementation ``physnetjax`` defines it (class ``EF``): atomic numbers are embedded,
-``num_iterations`` message passes over all atom pairs of each molecule (radial
-basis × spherical harmonics, smooth cutoff) are each followed by ``n_res``
-residual blocks and an output head; the heads' atomic energies (and charges) are
-summed over iterations. Optional terms: ZBL nuclear repulsion and, with
-``charges``, atomic charges constrained to the total charge, a shielded Coulomb
-energy and the dipole moment Σ q_i r_i.
+With ``max_degree: 0`` this is the published PhysNet: atomic numbers are embedded;
+``num_iterations`` modules follow, each an interaction block (pre-activation,
+separate self and neighbour weights, a radial-basis filter, ``n_res_interaction``
+residual blocks on the message, the gated update u ∘ x + W σ(v)), then
+``n_res`` atomic residual blocks, then an output block (``n_res_output``
+residual blocks) giving each atom's energy (and charge) contribution y_i^m of
+module m. Activations are shifted softplus, distances enter through PhysNet's
+exponential radial basis with its polynomial cutoff (:mod:`physpack.model.basis`),
+and the module outputs are summed, then scaled and shifted per element:
+e_i = s[Z_i] Σ_m y_i^m + b[Z_i] (the same for charges). The blocks are in
+:mod:`physpack.model.blocks`; ``max_degree ≥ 1`` extends the same blocks with
+equivariant (vector, ...) features, as physnetjax's ``EF`` does.
+
+Optional physical terms: ZBL repulsion at very short range
+(:mod:`physpack.model.zbl`) and, with ``charges``, charges constrained to the total
+charge, PhysNet's shielded Coulomb energy and the dipole moment about
+``dipole_origin`` (:mod:`physpack.model.electrostatics`).
 
 Energies are split so that float32 on the device only sees small numbers::
 
@@ -18,7 +27,8 @@ Energies are split so that float32 on the device only sees small numbers::
 ``ref`` (per-element reference energies, eV) and ``scale`` (eV) are
 :class:`EnergyConstants`, fitted on the training split and stored in the
 checkpoint. Forces are −∂E/∂R of the residual (the reference does not depend on
-positions).
+positions). :func:`nh_penalty` is PhysNet's non-hierarchicality loss term on the
+per-module outputs that :func:`energy_and_forces` returns.
 
 Batches follow the loader's packed contract (``physpack.data.loader``): per-atom arrays
 of length ``A``, pair arrays of length ``P`` and per-molecule arrays of length
@@ -39,17 +49,36 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase.data import chemical_symbols, covalent_radii
-from ase.units import Bohr
+from ase.data import chemical_symbols
 
 from physpack.config import ModelConfig
 from physpack.errors import InputError
+from physpack.model.basis import ExponentialRadialBasis
+from physpack.model.blocks import InteractionBlock, OutputBlock, ResidualBlock
+from physpack.model.electrostatics import (
+    COULOMB_EV_ANGSTROM,
+    DipoleOrigin,
+    constrained_charges,
+    coulomb_pair_energy,
+    dipole_moment,
+)
+from physpack.model.zbl import ZBLRepulsion
 
-#: Coulomb constant e²/(4πε₀) in eV·Å.
-COULOMB_EV_ANGSTROM = 14.399645351950548
-#: ZBL universal screening function: coefficients and exponents.
-_ZBL_C = (0.18175, 0.50986, 0.28022, 0.02817)
-_ZBL_B = (3.19980, 0.94229, 0.40290, 0.20162)
+__all__ = [
+    "COULOMB_EV_ANGSTROM",
+    "EF",
+    "MODEL_INPUTS",
+    "EnergyConstants",
+    "Params",
+    "PhysNet",
+    "device_inputs",
+    "energy_and_forces",
+    "init_params",
+    "model_from_config",
+    "molecules_to_batch",
+    "nh_penalty",
+    "predict",
+]
 
 #: Batch keys the model reads, with the device dtype of each.
 MODEL_INPUTS: dict[str, Any] = {
@@ -66,6 +95,11 @@ MODEL_INPUTS: dict[str, Any] = {
 Params = Any  # a pytree of float32 arrays (flax ``params`` collection)
 
 
+def _uniform_embedding(key: jax.Array, shape: Sequence[int], dtype: Any) -> jax.Array:
+    # PhysNet's embedding initialisation: U(−√3, √3), unit variance per channel.
+    return jax.random.uniform(key, shape, dtype, -np.sqrt(3.0), np.sqrt(3.0))
+
+
 class PhysNet(nn.Module):
     """PhysNet on a packed batch of ``M`` molecule slots, ``A`` atoms, ``P`` pairs.
 
@@ -74,22 +108,29 @@ class PhysNet(nn.Module):
     ``__call__`` returns a dict:
         ``atomic_energies``: float32 (A,), dimensionless network energies e_i
         (zero on padding atoms); the caller multiplies by the energy scale.
+        ``module_outputs``: float32 (num_iterations, A, n_out), each module's
+        contribution y_i^m (n_out = 2 with charges: energy, charge), before the
+        per-element scale and shift; zero on padding atoms.
         ``physical_energy``: float32 (M,) eV, Coulomb + ZBL energy per molecule
         (zeros when both are off).
         ``charges``: float32 (A,) e, summing to ``total_charge`` per molecule
         (only with ``charges``).
-        ``dipole``: float32 (M, 3) e·Å, Σ q_i r_i (only with ``charges``).
+        ``dipole``: float32 (M, 3) e·Å, Σ q_i (r_i − r_0) about ``dipole_origin``
+        (only with ``charges``).
     """
 
     features: int = 64
-    max_degree: int = 1
+    max_degree: int = 0
     num_iterations: int = 3
     num_basis_functions: int = 32
     cutoff: float = 5.0
     max_atomic_number: int = 36
     n_res: int = 2
+    n_res_interaction: int = 2
+    n_res_output: int = 1
     zbl: bool = False
     charges: bool = False
+    dipole_origin: DipoleOrigin = "center_of_mass"
 
     @nn.compact
     def __call__(
@@ -106,7 +147,6 @@ class PhysNet(nn.Module):
         """Args: atomic_numbers int32 (A,); positions float32 (A, 3) Å; dst_idx,
         src_idx int32 (P,); batch_segments int32 (A,) molecule slot of each atom;
         atom_mask bool (A,); pair_mask bool (P,); total_charge float32 (M,) e."""
-        num_atoms = atomic_numbers.shape[0]
         num_molecules = total_charge.shape[0]
         atom_w = atom_mask.astype(positions.dtype)
         pair_w = pair_mask.astype(positions.dtype)
@@ -120,105 +160,123 @@ class PhysNet(nn.Module):
         unit_x = jnp.array([1.0, 0.0, 0.0], positions.dtype)
         safe = jnp.where(pair_mask[:, None], r_src - r_dst, unit_x)  # (P, 3) Å
         distances = jnp.sqrt(jnp.sum(safe**2, axis=-1))  # (P,) Å, 1 on padding
-        basis = e3x.nn.basis(
-            safe,
-            num=self.num_basis_functions,
-            max_degree=self.max_degree,
-            radial_fn=e3x.nn.reciprocal_bernstein,
-            cutoff_fn=functools.partial(e3x.nn.smooth_cutoff, cutoff=self.cutoff),
-        )
-        basis = basis * pair_w[:, None, None, None]
+        rbf = ExponentialRadialBasis(
+            self.num_basis_functions, self.cutoff, name="radial_basis"
+        )(distances)
+        rbf = rbf * pair_w[:, None]
+        harmonics = None
+        if self.max_degree > 0:
+            harmonics = e3x.so3.spherical_harmonics(
+                safe / distances[:, None], self.max_degree, r_is_normalized=True
+            )
 
-        x = e3x.nn.Embed(self.max_atomic_number + 1, self.features)(atomic_numbers)
+        x = e3x.nn.Embed(
+            self.max_atomic_number + 1,
+            self.features,
+            embedding_init=_uniform_embedding,
+            name="embedding",
+        )(atomic_numbers)
+        if self.max_degree > 0:  # higher degrees start at zero
+            x = e3x.nn.change_max_degree_or_type(
+                x, max_degree=self.max_degree, include_pseudotensors=False
+            )
         n_out = 2 if self.charges else 1
-        outputs = jnp.zeros((num_atoms, n_out), positions.dtype)
-        for i in range(self.num_iterations):
-            last = i == self.num_iterations - 1
-            # Only scalars are read after the final pass: skip the higher degrees.
-            messages = e3x.nn.MessagePass(
-                max_degree=0 if last else None, include_pseudotensors=False
-            )(x, basis, dst_idx=dst_idx, src_idx=src_idx, num_segments=num_atoms)
-            if last:
-                x = e3x.nn.change_max_degree_or_type(
-                    x, max_degree=0, include_pseudotensors=False
-                )
-            # MessagePass returns the neighbours' sum only; PhysNet's interaction
-            # keeps each atom's own features next to it.
-            x = e3x.nn.add(x, messages)
-            for _ in range(self.n_res):
-                y = e3x.nn.silu(x)
-                y = e3x.nn.Dense(self.features)(y)
-                y = e3x.nn.silu(y)
-                y = e3x.nn.Dense(self.features)(y)
-                x = e3x.nn.add(x, y)
-            # PhysNet's per-module output head on the scalar channel; zero-initialised
-            # so that an untrained model predicts the reference energies.
-            s = jax.nn.silu(x[:, 0, 0, :])
-            s = nn.Dense(self.features)(s)
-            s = jax.nn.silu(s)
-            outputs = outputs + nn.Dense(n_out, kernel_init=nn.initializers.zeros)(s)
+        module_outputs = []
+        for m in range(self.num_iterations):
+            x = InteractionBlock(
+                self.features,
+                self.max_degree,
+                self.n_res_interaction,
+                name=f"interaction_{m}",
+            )(x, rbf, harmonics, dst_idx, src_idx)
+            for k in range(self.n_res):
+                x = ResidualBlock(self.features, name=f"atomic_residual_{m}_{k}")(x)
+            y = OutputBlock(
+                self.features, n_out, self.n_res_output, name=f"output_{m}"
+            )(x)
+            module_outputs.append(y * atom_w[:, None])
+        stacked = jnp.stack(module_outputs)  # (num_iterations, A, n_out)
 
-        element_bias = self.param(
-            "element_bias", nn.initializers.zeros, (self.max_atomic_number + 1, n_out)
-        )
-        outputs = (outputs + element_bias[atomic_numbers]) * atom_w[:, None]
-        result: dict[str, jax.Array] = {"atomic_energies": outputs[:, 0]}
+        # Per-element scale and shift of the summed outputs (PhysNet's Escale/
+        # Eshift, Qscale/Qshift); the global energy scale and reference energies
+        # stay in EnergyConstants, so these start at 1 and 0.
+        elements = self.max_atomic_number + 1
+        scale = self.param("element_scale", nn.initializers.ones, (elements, n_out))
+        shift = self.param("element_shift", nn.initializers.zeros, (elements, n_out))
+        outputs = (scale[atomic_numbers] * jnp.sum(stacked, axis=0)) + shift[
+            atomic_numbers
+        ]
+        outputs = outputs * atom_w[:, None]
+        result: dict[str, jax.Array] = {
+            "atomic_energies": outputs[:, 0],
+            "module_outputs": stacked,
+        }
 
         pair_energy = jnp.zeros_like(distances)
         if self.charges:
-            raw = outputs[:, 1]
-            n_mol = jax.ops.segment_sum(atom_w, batch_segments, num_molecules)
-            excess = (
-                jax.ops.segment_sum(raw, batch_segments, num_molecules) - total_charge
+            charges = constrained_charges(
+                outputs[:, 1], total_charge, batch_segments, atom_mask
             )
-            per_atom = excess / jnp.where(n_mol > 0, n_mol, 1.0)
-            charges = (raw - per_atom[batch_segments]) * atom_w
-            q_dst = e3x.ops.gather_dst(charges, dst_idx=dst_idx)
-            q_src = e3x.ops.gather_src(charges, src_idx=src_idx)
-            pair_energy = pair_energy + 0.5 * COULOMB_EV_ANGSTROM * q_dst * q_src * (
-                _shielded_inverse_distance(distances, self.cutoff)
+            pair_energy = pair_energy + coulomb_pair_energy(
+                charges, distances, dst_idx, src_idx, self.cutoff
             )
             result["charges"] = charges
-            result["dipole"] = jax.ops.segment_sum(
-                charges[:, None] * positions, batch_segments, num_molecules
+            result["dipole"] = dipole_moment(
+                charges,
+                positions,
+                atomic_numbers,
+                batch_segments,
+                atom_mask,
+                num_molecules,
+                self.dipole_origin,
             )
         if self.zbl:
-            pair_energy = pair_energy + self._zbl(
-                atomic_numbers[dst_idx], atomic_numbers[src_idx], distances, pair_mask
-            )
+            pair_energy = pair_energy + ZBLRepulsion(
+                self.max_atomic_number, name="zbl"
+            )(atomic_numbers[dst_idx], atomic_numbers[src_idx], distances, pair_mask)
         pair_energy = pair_energy * pair_w
-        atom_physical = jax.ops.segment_sum(pair_energy, dst_idx, num_atoms)
+        atom_physical = jax.ops.segment_sum(
+            pair_energy, dst_idx, atomic_numbers.shape[0]
+        )
         result["physical_energy"] = jax.ops.segment_sum(
             atom_physical, batch_segments, num_molecules
         )
         return result
-
-    def _zbl(
-        self, z_dst: jax.Array, z_src: jax.Array, r: jax.Array, pair_mask: jax.Array
-    ) -> jax.Array:
-        """ZBL repulsion per ordered pair (half of the pair energy, eV), switched off
-        smoothly at the sum of covalent radii so that it only acts where atoms come
-        unphysically close; the screening length is trainable (init: ZBL's)."""
-        z_dst = jnp.where(pair_mask, z_dst, 1).astype(r.dtype)
-        z_src = jnp.where(pair_mask, z_src, 1).astype(r.dtype)
-        log_a_scale = self.param("zbl_log_length_scale", nn.initializers.zeros, ())
-        a = jnp.exp(log_a_scale) * 0.8854 * Bohr / (z_dst**0.23 + z_src**0.23)
-        phi = sum(c * jnp.exp(-b * r / a) for c, b in zip(_ZBL_C, _ZBL_B))
-        radii = jnp.asarray(covalent_radii[: self.max_atomic_number + 1], r.dtype)
-        r_switch = radii[z_dst.astype(jnp.int32)] + radii[z_src.astype(jnp.int32)]
-        envelope = e3x.nn.smooth_cutoff(r / r_switch)
-        return 0.5 * COULOMB_EV_ANGSTROM * z_dst * z_src / r * phi * envelope
 
 
 #: The name the physnetjax code uses for the same model.
 EF = PhysNet
 
 
-def _shielded_inverse_distance(r: jax.Array, cutoff: float) -> jax.Array:
-    """PhysNet's shielded Coulomb kernel χ(r) [1/Å]: 1/√(r²+1) at short range
-    switched smoothly to 1/r, the switch complete at ``cutoff/2``."""
-    switch = e3x.nn.smooth_switch(r, 0.0, 0.5 * cutoff)
-    return (1.0 - switch) / jnp.sqrt(r**2 + 1.0) + switch / r
+def nh_penalty(
+    module_outputs: jax.Array,
+    atom_mask: jax.Array,
+    normalizer: jax.Array | float | None = None,
+    eps: float = 1e-7,
+) -> jax.Array:
+    """PhysNet's non-hierarchicality penalty (dimensionless, float32 ()).
+
+    L_nh = (1 / (N · n_out)) Σ_i Σ_{m≥2} Σ_c (y_imc)² / ((y_imc)² + (y_i,m−1,c)² + ε),
+
+    as in the authors' reference implementation: it is small when each module's
+    contribution is smaller than the previous module's, and approaches 1 per
+    module where a later module outweighs an earlier one. Add it to the loss with
+    a weight (the reference uses 0.01).
+
+    Args:
+        module_outputs: float32 (num_iterations, A, n_out), the ``module_outputs``
+            of :func:`energy_and_forces`.
+        atom_mask: bool (A,), real atoms.
+        normalizer: N, the number of atoms the sum is divided by (default: the real
+            atoms of this batch; pass the global count when gradients are averaged
+            over devices).
+        eps: ε, keeps 0/0 at zero.
+    """
+    y2 = module_outputs**2
+    ratio = y2[1:] / (y2[1:] + y2[:-1] + eps)  # (num_iterations - 1, A, n_out)
+    per_atom = jnp.sum(ratio, axis=(0, 2)) * atom_mask.astype(ratio.dtype)
+    n = jnp.sum(atom_mask) if normalizer is None else normalizer
+    return jnp.sum(per_atom) / (jnp.maximum(n, 1) * module_outputs.shape[-1])
 
 
 def model_from_config(config: ModelConfig) -> PhysNet:
@@ -340,6 +398,8 @@ def energy_and_forces(
     Returns:
         ``energy_residual`` float32 (M,) eV: E − Σ ref(Z) per molecule slot;
         ``forces`` float32 (A, 3) eV/Å = −∂E/∂R (zero on padding atoms);
+        ``module_outputs`` float32 (num_iterations, A, n_out), each module's atomic
+        outputs y_i^m (for :func:`nh_penalty`);
         ``charges`` (A,) e and ``dipole`` (M, 3) e·Å when the model has charges.
     """
 
@@ -367,6 +427,7 @@ def energy_and_forces(
     result = {
         "energy_residual": out["energy_residual"],
         "forces": -grad * inputs["atom_mask"][:, None],
+        "module_outputs": out["module_outputs"],
     }
     if "charges" in out:
         result["charges"] = out["charges"]
@@ -378,7 +439,8 @@ def energy_and_forces(
 def _predict_device(
     params: Params, model: PhysNet, inputs: Mapping[str, jax.Array], scale: jax.Array
 ) -> dict[str, jax.Array]:
-    return energy_and_forces(params, model, inputs, scale)
+    out = energy_and_forces(params, model, inputs, scale)
+    return {k: v for k, v in out.items() if k != "module_outputs"}
 
 
 def predict(

@@ -1,0 +1,82 @@
+"""PhysNet's radial basis: exponential Gaussians under a polynomial cutoff.
+
+Unke & Meuwly (JCTC 2019, eq. 7–8) expand a distance r [Å] as
+
+    g_k(r) = φ(r) · exp(−β_k (exp(−r) − μ_k)²),   k = 1 … K,
+
+with the centres μ_k spaced evenly between exp(−r_cut) and 1, the widths
+β_k = (2 K⁻¹ (1 − exp(−r_cut)))⁻², both learnable (kept positive through a
+softplus, as the reference implementation does), and the smooth cutoff
+φ(r) = 1 − 6 x⁵ + 15 x⁴ − 10 x³ for x = r / r_cut < 1, 0 beyond.
+
+e3x's ``exponential_gaussian`` maps distances through exp(−γ r) onto (0, 1] with
+fixed centres and widths, and its ``smooth_cutoff`` is an exponential bump; neither
+is PhysNet's, so both are written here.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def polynomial_cutoff(r: jax.Array, cutoff: float) -> jax.Array:
+    """PhysNet's cutoff φ(r) (dimensionless, same shape as ``r`` [Å]): 1 at r = 0,
+    0 with vanishing first and second derivatives at and beyond ``cutoff`` [Å]."""
+    x = r / cutoff
+    x3 = x**3
+    value = 1.0 - 6.0 * x3 * x**2 + 15.0 * x3 * x - 10.0 * x3
+    return jnp.where(x < 1.0, value, jnp.zeros_like(x))
+
+
+def polynomial_switch(r: jax.Array, r_on: float, r_off: float) -> jax.Array:
+    """Smooth step from 0 (r ≤ ``r_on``) to 1 (r ≥ ``r_off``), the complement of
+    :func:`polynomial_cutoff` on [r_on, r_off] (C² at both ends); r, r_on, r_off in
+    the same length unit (arrays broadcast)."""
+    x = jnp.clip((r - r_on) / (r_off - r_on), 0.0, 1.0)
+    return 1.0 - polynomial_cutoff(x, 1.0)
+
+
+def _softplus_inverse(x: np.ndarray) -> np.ndarray:
+    return x + np.log(-np.expm1(-x))
+
+
+def initial_centres_and_widths(num: int, cutoff: float) -> tuple[np.ndarray, float]:
+    """PhysNet's initial μ_k (``num`` values, dimensionless, from 1 down to
+    exp(−cutoff)) and β (1/unit², one value for all k); ``cutoff`` in Å."""
+    centres = np.linspace(1.0, np.exp(-cutoff), num)
+    width = (0.5 * num / (1.0 - np.exp(-cutoff))) ** 2
+    return centres, float(width)
+
+
+class ExponentialRadialBasis(nn.Module):
+    """g_k(r) of the module docstring.
+
+    Attributes:
+        num: K, the number of basis functions.
+        cutoff: r_cut [Å].
+    """
+
+    num: int
+    cutoff: float
+
+    @nn.compact
+    def __call__(self, r: jax.Array) -> jax.Array:
+        """r: float (P,) distances [Å] → float (P, K), zero for r ≥ cutoff."""
+        centres0, width0 = initial_centres_and_widths(self.num, self.cutoff)
+        raw_centres = self.param(
+            "centres",
+            lambda _: jnp.asarray(_softplus_inverse(centres0), r.dtype),
+        )
+        raw_widths = self.param(
+            "widths",
+            lambda _: jnp.full(
+                (self.num,), _softplus_inverse(np.array(width0)), r.dtype
+            ),
+        )
+        centres = jax.nn.softplus(raw_centres)
+        widths = jax.nn.softplus(raw_widths)
+        gauss = jnp.exp(-widths * (jnp.exp(-r)[:, None] - centres) ** 2)
+        return polynomial_cutoff(r, self.cutoff)[:, None] * gauss
