@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from model_fixtures import make_checkpoint, make_packed
+from physpack.data.loader import PackedMemmapLoader
+from physpack.data.packed import PackedWriter
 from physpack.data.pairs import (
     all_pairs,
     cutoff_pair_counts,
     cutoff_pairs,
     pair_template,
 )
+from physpack.errors import ConfigError, InputError
+from physpack.model.physnet import model_from_config, predict
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -66,3 +74,70 @@ def test_cutoff_pairs_against_brute_force(sizes, cutoff, seed) -> None:
     assert list(zip(dst.tolist(), src.tolist())) == want  # destination-major
     counts = cutoff_pair_counts(positions, np.asarray(sizes), cutoff)
     assert counts.tolist() == np.bincount(mol[dst], minlength=len(sizes)).tolist()
+
+
+def test_model_sees_the_same_energies_and_forces_with_cutoff_pairs(
+    tmp_path: Path,
+) -> None:
+    """PhysNet's cutoff function is zero beyond the cutoff: dropping those pairs
+    changes no energy or force (model without charges)."""
+    packed, _ = make_packed(tmp_path, n_mol=24)
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", packed)
+    model = model_from_config(ckpt.model_config)
+    cutoff = ckpt.model_config.cutoff
+    every = PackedMemmapLoader(packed, 6, shuffle=False)
+    near = PackedMemmapLoader(packed, 6, shuffle=False, pairs="cutoff", cutoff=cutoff)
+    assert near.pair_counts.sum() < 0.95 * every.pair_counts.sum()
+    assert near.budget.max_pairs < every.budget.max_pairs
+
+    def per_molecule(loader: PackedMemmapLoader) -> dict[int, tuple]:
+        out = {}
+        for batch in loader.packed_batches():
+            got = predict(ckpt.params, batch, model, ckpt.constants)
+            seg = batch["batch_segments"]
+            for slot in np.flatnonzero(batch["molecule_mask"]):
+                atoms = (seg == slot) & batch["atom_mask"]
+                mol = int(batch["mol_index"][slot])
+                out[mol] = (got["energy"][slot], got["forces"][atoms])
+        return out
+
+    a, b = per_molecule(every), per_molecule(near)
+    assert sorted(a) == sorted(b) == list(range(24))
+    forces = np.concatenate([a[i][1] for i in a])
+    assert np.abs(forces).max() > 1e-3  # a non-trivial force field
+    for i in a:
+        np.testing.assert_allclose(b[i][0], a[i][0], rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(b[i][1], a[i][1], rtol=1e-4, atol=1e-5)
+
+
+def test_cutoff_batches_hold_exactly_the_pairs_within_the_cutoff(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(1)
+    sizes = rng.integers(1, 30, 60)
+    t = int(sizes.sum())
+    path = tmp_path / "p"
+    with PackedWriter(path, has_forces=False, has_dipoles=False) as w:
+        w.append(
+            n_atoms=sizes,
+            Z=np.ones(t, np.int32),
+            R=(rng.integers(0, 32, (t, 3)) * 0.25).astype(np.float32),
+            E=np.zeros(sizes.size),
+            Qtot=np.zeros(sizes.size),
+        )
+    loader = PackedMemmapLoader(path, 8, pairs="cutoff", cutoff=3.1, prefetch=1)
+    seen = []
+    for batch in loader.packed_batches():
+        pm, am = batch["pair_mask"], batch["atom_mask"]
+        n_atoms = batch["N"][batch["molecule_mask"]]
+        want_dst, want_src = cutoff_pairs(batch["R"][am], n_atoms, 3.1)
+        assert np.array_equal(batch["dst_idx"][pm], want_dst)
+        assert np.array_equal(batch["src_idx"][pm], want_src)
+        A = loader.budget.max_atoms
+        assert (batch["dst_idx"][~pm] == A - 1).all()
+        seen.append(batch["mol_index"][batch["molecule_mask"]])
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(60))
+    with pytest.raises(ConfigError, match="positive cutoff"):
+        PackedMemmapLoader(path, 8, pairs="cutoff")
+    with pytest.raises(InputError, match="pairs"):
+        PackedMemmapLoader(path, 8).load_state_dict(loader.state_dict())
