@@ -324,7 +324,8 @@ def test_bad_input(
     # small chunks: molecule BAD lies in the second chunk, after one was written
     assert main([str(bad), str(out), "--no-progress", "--chunk-mb", "0.005"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err, err
+    err = err.splitlines()[-1]  # after the effective config the stage logs first
     assert err.startswith("physpack convert: error: ")
     assert str(bad) in err
     message = err.replace(str(bad), "<npz>")
@@ -343,7 +344,7 @@ def test_unknown_unit(
     code = main([str(tiny_npz), str(out), "--config", '{"energy_unit": "furlong"}'])
     assert code == 2
     err = capsys.readouterr().err
-    assert "energy unit 'furlong'" in err and "data" in err
+    assert "'furlong'" in err and "energy" in err and "data" in err
     assert not out.exists()
     # the same through the Python API
     with pytest.raises(Exception, match="length unit"):

@@ -141,7 +141,9 @@ def test_defect_is_caught(packed: Path, tmp_path: Path, name: str, capsys) -> No
     out.write_text("{}")  # a stale report must not survive a failed validation
     assert _run(packed, out) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("physpack validate: error:")
+    assert "Traceback" not in err
+    err = err.splitlines()[-1]  # after the effective config the stage logs first
+    assert err.startswith("physpack validate: error:")
     assert check in err
     assert not out.exists()
     report = json.loads(validate.failed_report_path(out).read_text())
@@ -209,8 +211,51 @@ def test_min_distances_match_brute_force(monkeypatch, dense_max: int) -> None:
     sizes = rng.integers(1, 12, size=80)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     r = rng.uniform(-3, 3, size=(offsets[-1], 3)).astype(np.float32) + 100.0
-    dmin, pairs = validate.min_interatomic_distances(r, offsets)
+    dmin, pairs, _ = validate.min_interatomic_distances(r, offsets)
     np.testing.assert_allclose(dmin, _brute_min_distances(r, offsets), rtol=1e-9)
     for i in np.flatnonzero(sizes > 1):
         a, b = offsets[i] + pairs[i]
         assert np.linalg.norm(r[a].astype(float) - r[b]) == pytest.approx(dmin[i])
+
+
+# -- plausibility: unit mistakes ---------------------------------------------------
+
+
+def _plausibility_warnings(report: validate.ValidationReport) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for w in report.warnings:
+        if w.check.startswith("plausible_"):
+            out.setdefault(w.check, []).append(w.message)
+    return out
+
+
+def test_plausible_data_gives_no_plausibility_warning(tmp_path: Path) -> None:
+    path = write_legacy_packed(tmp_path / "old", 80, seed=6, energy_unit="kcal/mol")
+    report = validate.validate_packed(path, units={"energy": "kcal/mol"})
+    assert report.ok and _plausibility_warnings(report) == {}
+    assert {"plausible_energies", "plausible_distances", "plausible_forces"} <= set(
+        report.checks
+    )
+    assert 0.6 < report.summary["median_nearest_neighbour_A"] < 2.0
+
+
+def test_ev_declared_as_hartree_is_flagged(tmp_path: Path) -> None:
+    path = write_legacy_packed(tmp_path / "old", 80, seed=6)  # eV, eV/Å
+    report = validate.validate_packed(path, units={"energy": "Hartree"})
+    found = _plausibility_warnings(report)
+    (energy,) = found["plausible_energies"]
+    assert "beyond atomic scales" in energy and "H " in energy
+    assert "data.energy_unit (stored as Hartree)" in energy
+    (forces,) = found["plausible_forces"]
+    assert "larger than molecular forces" in forces
+    assert "plausible_distances" not in found
+
+
+def test_angstrom_declared_as_nm_is_flagged(tmp_path: Path) -> None:
+    path = write_legacy_packed(tmp_path / "old", 80, seed=6)
+    report = validate.validate_packed(path, units={"length": "nm"})
+    found = _plausibility_warnings(report)
+    (distance,) = found["plausible_distances"]
+    assert "outside 0.6–2.0 Å" in distance
+    assert "data.length_unit (stored as nm)" in distance
+    assert "plausible_energies" not in found

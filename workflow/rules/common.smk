@@ -87,7 +87,15 @@ SHARED_MODULES = [
 STAGE_MODULES = {
     "convert": ["data/convert.py"],
     "describe": [],
-    "validate": ["data/validate.py"],
+    "validate": [
+        "data/validate.py",
+        "data/plausibility.py",
+        "data/loader.py",
+        "training/__init__.py",
+        "training/reference.py",
+        "model/__init__.py",
+        "model/physnet.py",
+    ],
     "stats": ["data/stats.py", "data/loader.py"],
     "split": ["data/split.py"],
     "train": [

@@ -15,9 +15,16 @@ content (one streaming pass, chunk by chunk)
     ``min_distance``    no two atoms of one molecule closer than ``min_distance`` Å
                         (vectorised per molecule-size group)
     ``energy_outlier``  warning: robust z-score (median/MAD) of the per-atom energy
-                        residual after a per-element least-squares reference fit
+                        residual after the per-element least-squares reference
+                        fit of training (``fit_energy_constants``)
     ``force_outlier``   warning: robust z-score of each molecule's largest |F|
                         against the |F| distribution of all atoms
+plausibility (warnings: the scales of the data, where unit mistakes show)
+    ``plausible_energies``   fitted per-element energies within atomic scales
+    ``plausible_distances``  median nearest-neighbour distance within 0.6–2 Å
+    ``plausible_forces``     median |F| within 0.001–10 eV/Å
+    (:mod:`physpack.data.plausibility`; values are checked in eV and Å, converted
+    from the directory's stored or declared units)
 
 Every problem names the check, the molecule (or file) and the value; at most
 ``max_reported`` are listed per check, the counts are exact. A directory without
@@ -42,7 +49,9 @@ from scipy.spatial import cKDTree
 
 from physpack import config as cfg
 from physpack.atomic import StagedOutputs
+from physpack.data import plausibility
 from physpack.data.descriptor import read_descriptor
+from physpack.data.loader import PackedMemmapLoader
 from physpack.data.packed import (
     ARRAYS,
     MANIFEST,
@@ -53,6 +62,7 @@ from physpack.data.packed import (
     sha256_file,
 )
 from physpack.errors import InputError, cli_entry
+from physpack.training.reference import fit_energy_constants
 
 MAX_Z = 118
 #: molecules larger than this get a k-d tree instead of a dense distance matrix
@@ -64,6 +74,8 @@ FORCE_SAMPLE = 1 << 22
 #: robust-scale floors, so that a perfect fit does not turn rounding into outliers
 MAD_FLOOR = {"energy": 1e-6, "force": 1e-6}
 MAD_TO_SIGMA = 1.4826
+#: molecules per batch of the reference-energy fit (streamed through the loader)
+FIT_BATCH = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,8 +214,8 @@ class _Collector:
 
 def min_interatomic_distances(
     R: np.ndarray, offsets: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Closest pair of atoms of every molecule.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Closest pair of atoms of every molecule, and its typical neighbour distance.
 
     Molecules of equal size are stacked into (m, n, 3) blocks and their distance
     matrices computed at once, so the cost is a few numpy calls per distinct size
@@ -214,14 +226,17 @@ def min_interatomic_distances(
         offsets: int (n_mol + 1,) atom offsets into ``R``, starting at 0.
 
     Returns:
-        (dmin, pairs): float64 (n_mol,) smallest distance [Å] (``inf`` for one-atom
-        molecules, NaN where positions are not finite) and int64 (n_mol, 2) the atom
-        indices (within the molecule) of that pair, -1 where undefined.
+        (dmin, pairs, neighbour): float64 (n_mol,) smallest distance [Å] (``inf``
+        for one-atom molecules, NaN where positions are not finite); int64
+        (n_mol, 2) the atom indices (within the molecule) of that pair, -1 where
+        undefined; float64 (n_mol,) median over the molecule's atoms of the
+        distance to their nearest neighbour [Å] (NaN where undefined).
     """
     counts = np.diff(offsets)
     n_mol = counts.size
     dmin = np.full(n_mol, np.inf)
     pairs = np.full((n_mol, 2), -1, dtype=np.int64)
+    neighbour = np.full(n_mol, np.nan)
     for n in np.unique(counts):
         n = int(n)
         if n < 2:
@@ -236,6 +251,7 @@ def min_interatomic_distances(
                 dist, idx = cKDTree(pos).query(pos, k=2)
                 a = int(np.argmin(dist[:, 1]))
                 dmin[i], pairs[i] = dist[a, 1], (a, idx[a, 1])
+                neighbour[i] = np.median(dist[:, 1])
             continue
         block = max(1, DISTANCE_BLOCK // (n * n))
         for s in range(0, mols.size, block):
@@ -250,10 +266,13 @@ def min_interatomic_distances(
             best = flat[np.arange(sel.size), arg]
             dmin[sel] = np.sqrt(np.maximum(best, 0.0))
             pairs[sel, 0], pairs[sel, 1] = np.divmod(arg, n)
+            nearest = np.sqrt(np.maximum(d2.min(axis=2), 0.0))
+            neighbour[sel] = np.median(nearest, axis=1)
             bad = ~np.isfinite(pos).all(axis=(1, 2))
             dmin[sel[bad]] = np.nan
+            neighbour[sel[bad]] = np.nan
             pairs[sel[bad]] = -1
-    return dmin, pairs
+    return dmin, pairs, neighbour
 
 
 def robust_z(
@@ -418,24 +437,11 @@ def _check_checksums(path: Path, manifest: dict[str, Any], col: _Collector) -> N
 class _ContentState:
     """Accumulators of the streaming content pass."""
 
-    ata: np.ndarray  # (119, 119) composition normal matrix
-    atb: np.ndarray  # (119,) composition × energy
     fmax: np.ndarray  # float64 (n_mol,) largest |F| per molecule [eV/Å]
     fsample: list[np.ndarray]
-    usable: np.ndarray  # bool (n_mol,): finite E (and F) for the outlier statistics
-
-
-def _composition(
-    z: np.ndarray, local_mol: np.ndarray, m: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(elements present, counts int64 (m, k)) for atoms ``z`` of molecules
-    ``local_mol`` (0..m-1)."""
-    zc = np.clip(z, 0, MAX_Z)
-    elements, index = np.unique(zc, return_inverse=True)
-    counts = np.bincount(
-        local_mol * elements.size + index, minlength=m * elements.size
-    ).reshape(m, elements.size)
-    return elements, counts
+    neighbour: np.ndarray  # float64 (n_mol,) median nearest-neighbour distance [Å]
+    # bool (n_mol,): valid Z, finite R, E (and F): used by the fit and the statistics
+    usable: np.ndarray
 
 
 def _content_pass(
@@ -448,10 +454,9 @@ def _content_pass(
     n_total = ds.n_atoms_total
     stride = max(1, math.ceil(n_total / FORCE_SAMPLE))
     state = _ContentState(
-        ata=np.zeros((MAX_Z + 1, MAX_Z + 1)),
-        atb=np.zeros(MAX_Z + 1),
         fmax=np.zeros(ds.n_molecules),
         fsample=[],
+        neighbour=np.full(ds.n_molecules, np.nan),
         usable=np.ones(ds.n_molecules, dtype=bool),
     )
     for a, b in ds.chunks(atoms_per_chunk):
@@ -492,7 +497,7 @@ def _content_pass(
             _report_nonfinite(col, key, np.flatnonzero(~ok) + a)
 
         with np.errstate(invalid="ignore", over="ignore"):
-            dmin, pairs = min_interatomic_distances(r, local)
+            dmin, pairs, state.neighbour[a:b] = min_interatomic_distances(r, local)
         close = np.flatnonzero(dmin < config.min_distance)
         col.add_molecules(
             "min_distance",
@@ -504,12 +509,8 @@ def _content_pass(
             dmin[close],
         )
 
-        usable = finite_mol["E"] & finite_mol["R"]
-        elements, comp = _composition(z, atom_mol, m)
-        comp_u = comp[usable].astype(np.float64)
-        e_u = per_mol["E"][usable]
-        state.ata[np.ix_(elements, elements)] += comp_u.T @ comp_u
-        state.atb[elements] += comp_u.T @ e_u
+        valid_z = np.bincount(atom_mol, weights=bad, minlength=m) == 0
+        usable = finite_mol["E"] & finite_mol["R"] & valid_z
         if "F" in per_atom:
             f = per_atom["F"].astype(np.float64)
             with np.errstate(invalid="ignore", over="ignore"):
@@ -533,6 +534,27 @@ def _report_nonfinite(col: _Collector, key: str, mols: np.ndarray) -> None:
     )
 
 
+def _fit_references(
+    ds: PackedDataset, usable: np.ndarray, col: _Collector
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Per-element reference energies (float64 (MAX_Z + 1,) eV, and the elements
+    present) fitted on the ``usable`` molecules by training's own least-squares fit
+    (:func:`physpack.training.reference.fit_energy_constants`)."""
+    loader = PackedMemmapLoader(
+        ds,
+        batch_size=FIT_BATCH,
+        shuffle=False,
+        indices=np.flatnonzero(usable),
+        prefetch=0,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        constants, _ = fit_energy_constants(loader, MAX_Z)
+    for w in caught:
+        col.add("energy_reference", str(w.message), level="warning")
+    return np.asarray(constants.reference_energies, np.float64), constants.elements
+
+
 def _outliers(
     ds: PackedDataset,
     config: cfg.ValidateConfig,
@@ -540,18 +562,16 @@ def _outliers(
     state: _ContentState,
     atoms_per_chunk: int,
 ) -> dict[str, Any]:
-    """Energy and force outlier warnings; returns the fitted reference values."""
+    """Energy and force outlier warnings and the plausibility of the dataset's
+    scales (:mod:`physpack.data.plausibility`); returns the fitted reference values
+    and the scales."""
     summary: dict[str, Any] = {}
-    elements = np.flatnonzero(np.diag(state.ata) > 0)
-    if state.usable.sum() < 3 or elements.size == 0:
+    usable = state.usable
+    if usable.sum() < 3:
         return summary
-    ref, *_ = np.linalg.lstsq(
-        state.ata[np.ix_(elements, elements)], state.atb[elements], rcond=None
-    )
-    table = np.zeros(MAX_Z + 1)
-    table[elements] = ref
+    table, elements = _fit_references(ds, usable, col)
     summary["element_reference_energy_eV"] = {
-        chemical_symbols[int(e)]: float(v) for e, v in zip(elements, ref)
+        chemical_symbols[e]: float(table[e]) for e in elements
     }
     offsets = np.asarray(ds.offsets)
     residual = np.empty(ds.n_molecules)
@@ -563,7 +583,6 @@ def _outliers(
             np.repeat(np.arange(b - a), counts), weights=table[z], minlength=b - a
         )
         residual[a:b] = (ds.canonical("E", a, b) - fitted) / counts
-    usable = state.usable
     z, med, mad = robust_z(residual, residual[usable], MAD_FLOOR["energy"])
     flagged = np.flatnonzero(usable & (np.abs(z) > config.outlier_z))
     col.add_molecules(
@@ -576,6 +595,19 @@ def _outliers(
         level="warning",
     )
     summary["energy_residual_eV_per_atom"] = {"median": med, "mad": mad}
+    units = ds.units
+    plausible = {
+        "plausible_energies": plausibility.check_reference_energies(
+            {e: float(table[e]) for e in elements}, units
+        )
+    }
+    neighbour = state.neighbour[usable & np.isfinite(state.neighbour)]
+    if neighbour.size:
+        nn = float(np.median(neighbour))
+        summary["median_nearest_neighbour_A"] = nn
+        plausible["plausible_distances"] = plausibility.check_neighbour_distance(
+            nn, units
+        )
     if ds.F is not None and state.fsample:
         sample = np.concatenate(state.fsample).astype(np.float64)
         if sample.size:
@@ -595,6 +627,12 @@ def _outliers(
                 "mad": fmad,
                 "sampled_atoms": int(sample.size),
             }
+            plausible["plausible_forces"] = plausibility.check_force_magnitude(
+                fmed, units
+            )
+    for check, message in plausible.items():
+        if message is not None:
+            col.add(check, f"{ds.path}: {message}", level="warning")
     return summary
 
 
@@ -655,6 +693,9 @@ def validate_packed(
         "min_distance",
         "energy_outlier",
         "force_outlier",
+        "plausible_energies",
+        "plausible_distances",
+        "plausible_forces",
     ]
     if offsets is None or col.has_errors("manifest", "offsets", "files"):
         for check in content:
@@ -674,11 +715,12 @@ def validate_packed(
         state = _content_pass(ds, config, col, atoms_per_chunk)
         checks += content[:3]
         summary.update(_outliers(ds, config, col, state, atoms_per_chunk))
-        checks.append("energy_outlier")
+        checks += ["energy_outlier", "plausible_energies", "plausible_distances"]
         if ds.F is not None:
-            checks.append("force_outlier")
+            checks += ["force_outlier", "plausible_forces"]
         else:
-            skipped["force_outlier"] = "no forces in this dataset"
+            for check in ("force_outlier", "plausible_forces"):
+                skipped[check] = "no forces in this dataset"
     return ValidationReport(
         path=str(path),
         errors=tuple(col.listed["error"]),
