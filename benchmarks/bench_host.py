@@ -4,10 +4,11 @@
    (``--per-step`` batches of ``--batch`` molecules per step over all processes).
    The previous method: every process assembles every batch of the epoch and keeps
    its own (what training did before ``process_slots``); now each process
-   assembles only its own slots (``ProcessSlots``). The processes run at the same
-   time, one epoch each with ``prefetch=0``; the figure is each process's CPU time
-   spent in the loader per step (the mean over processes, best of ``--repeats``
-   runs), so it does not depend on how many cores the machine has.
+   assembles only its own slots (``ProcessSlots``). Each process runs one epoch
+   with ``prefetch=0``, one after another (``--concurrent``: at the same time, which
+   on a machine with fewer cores than processes adds contention noise); the
+   figure is each process's CPU time spent in the loader per step (the mean over
+   the processes, best of ``--repeats`` runs).
 2. **Main-thread time per step** (one process, all slots): the previous path
    stacks the step's batches and transfers every key on the main thread
    (``jax.device_put`` per array); now :meth:`PackedMemmapLoader.packed_steps`
@@ -57,31 +58,31 @@ def process_child(path: str, per_step: int, batch: int, procs: int, p: int, mode
     print(json.dumps({"cpu_s": cpu, "wall_s": wall, "steps": steps, "kept": kept}))
 
 
-def part_processes(path: Path, per_step: int, batch: int, repeats: int) -> None:
+def part_processes(
+    path: Path, per_step: int, batch: int, repeats: int, concurrent: bool
+) -> None:
     for _ in PackedMemmapLoader(path, batch, prefetch=0).packed_batches():
         pass  # warm the page cache
     rows = []
     for procs in (1, 2, 4):
         row = {"procs": procs}
         for mode in ("all", "own") * repeats:
-            jobs = [
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--child",
-                        json.dumps([str(path), per_step, batch, procs, p, mode]),
-                    ],
-                    stdout=subprocess.PIPE,
-                    text=True,
+            jobs, out = [], []
+            for p in range(procs):
+                cmd = [str(path), per_step, batch, procs, p, mode]
+                jobs.append(
+                    subprocess.Popen(
+                        [sys.executable, __file__, "--child", json.dumps(cmd)],
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
                 )
-                for p in range(procs)
-            ]
-            got = [
-                json.loads(j.communicate()[0].strip().splitlines()[-1]) for j in jobs
-            ]
+                if not concurrent:
+                    out.append(jobs[-1].communicate()[0])
+            out = out or [j.communicate()[0] for j in jobs]
             if any(j.returncode for j in jobs):
                 raise RuntimeError("a benchmark process failed")
+            got = [json.loads(o.strip().splitlines()[-1]) for o in out]
             ms = 1e3 * np.mean([g["cpu_s"] / g["steps"] for g in got])
             row[mode] = min(ms, row.get(mode, np.inf))  # best of the repeats
             row[f"{mode}_kept"] = sum(g["kept"] for g in got)
@@ -89,7 +90,7 @@ def part_processes(path: Path, per_step: int, batch: int, repeats: int) -> None:
     base = rows[0]["own"]
     print(
         f"\n## Host time per step, {per_step} batches of {batch} molecules per step "
-        "(global), processes running at once"
+        f"(global), processes run {'at once' if concurrent else 'one after another'}"
     )
     print(
         "| processes | previous: every batch (ms CPU/step/process) | own batches "
@@ -162,6 +163,9 @@ def main() -> int:
     ap.add_argument("--per-step", type=int, default=4)
     ap.add_argument("--step-ms", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--concurrent", action="store_true", help="run the processes at the same time"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -169,7 +173,7 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         path = write_qm9_like(Path(tmp) / "qm9", args.n_mol)
-        part_processes(path, args.per_step, args.batch, args.repeats)
+        part_processes(path, args.per_step, args.batch, args.repeats, args.concurrent)
         part_main_thread(path, args.per_step, args.batch, args.step_ms)
     return 0
 
