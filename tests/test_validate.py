@@ -53,10 +53,24 @@ def test_clean_dataset_passes(packed: Path, tmp_path: Path, capsys) -> None:
 
 def test_legacy_directory(tmp_path: Path) -> None:
     old = write_legacy_packed(tmp_path / "old", 40, seed=1)
-    report = validate.validate_packed(old)
-    assert report.ok, report.errors
-    assert report.summary["has_manifest"] is False
-    assert "checksum" in report.skipped
+    config = ValidateConfig(require_manifest=False)
+    for report in (
+        validate.validate_packed(old, config),
+        validate.validate_packed(old, units={"energy": "eV"}),  # declared: data.packed
+    ):
+        assert report.ok, report.errors
+        assert report.summary["has_manifest"] is False
+        assert "checksum" in report.skipped
+
+
+def test_deleted_manifest_does_not_turn_checksums_off(packed: Path) -> None:
+    (packed / "manifest.json").unlink()
+    report = validate.validate_packed(packed)
+    assert not report.ok and report.error_counts == {"manifest": 1}
+    assert "manifest.json: missing, so the files' checksums" in report.errors[0].message
+    assert "validate.require_manifest: false" in report.errors[0].message
+    forced = ValidateConfig(require_manifest=True)
+    assert not validate.validate_packed(packed, forced, units={"energy": "eV"}).ok
 
 
 # -- injected defects ---------------------------------------------------------

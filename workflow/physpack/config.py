@@ -66,6 +66,7 @@ class ValidateConfig:
     outlier_z: float = 10.0  # robust z-score above which energies/forces are flagged
     max_reported: int = 50  # problems listed per check (the count is always exact)
     checksums: bool = True  # verify sha256 against manifest.json when present
+    require_manifest: bool | None = None  # no manifest.json is an error (None: auto)
 
 
 @dataclasses.dataclass(frozen=True)

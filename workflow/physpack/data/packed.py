@@ -42,6 +42,7 @@ import numpy as np
 
 from physpack import __version__
 from physpack.atomic import replace_dir, temporary_sibling
+from physpack.data.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, read_manifest
 from physpack.errors import ConfigError, InputError
 from physpack.units import (
     CANONICAL_UNITS,
@@ -51,9 +52,6 @@ from physpack.units import (
     length_factor,
 )
 
-FORMAT_NAME = "physpack-packed"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 OFFSETS = "offsets.npy"
 N_ATOMS = "n_atoms.npy"
 
@@ -212,7 +210,7 @@ class PackedDataset:
         self.path = path
         if not self.path.is_dir():
             raise InputError(f"{self.path}: packed directory not found")
-        self.manifest: dict[str, Any] | None = self._read_manifest()
+        self.manifest: dict[str, Any] | None = read_manifest(self.path)
         self._units = self._resolve_units(units)
         self.offsets = self._load_index(OFFSETS, np.int64)
         if self.offsets.ndim != 1 or self.offsets.size < 1 or self.offsets[0] != 0:
@@ -237,7 +235,7 @@ class PackedDataset:
                 ("n_molecules", self.n_molecules),
                 ("n_atoms_total", self.n_atoms_total),
             ):
-                if int(self.manifest.get(key, want)) != want:
+                if self.manifest[key] != want:
                     raise InputError(
                         f"{self.path / MANIFEST}: {key}={self.manifest[key]} but "
                         f"offsets.npy gives {want}"
@@ -261,22 +259,6 @@ class PackedDataset:
             self._arrays["F"] = None
 
     # -- construction helpers -------------------------------------------------
-    def _read_manifest(self) -> dict[str, Any] | None:
-        mpath = self.path / MANIFEST
-        if not mpath.exists():
-            return None
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{mpath}: unreadable manifest ({exc})") from exc
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise InputError(
-                f"{mpath}: format_version {version!r} is not supported "
-                f"(this physpack reads up to {FORMAT_VERSION})"
-            )
-        return manifest
-
     def _resolve_units(self, declared: Mapping[str, str] | None) -> dict[str, str]:
         stored = (self.manifest or {}).get("units")
         if stored is None:

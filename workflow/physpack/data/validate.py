@@ -52,6 +52,7 @@ from physpack.atomic import StagedOutputs
 from physpack.data import plausibility
 from physpack.data.descriptor import read_descriptor
 from physpack.data.loader import PackedMemmapLoader
+from physpack.data.manifest import read_manifest
 from physpack.data.packed import (
     ARRAYS,
     MANIFEST,
@@ -61,7 +62,7 @@ from physpack.data.packed import (
     PackedDataWarning,
     sha256_file,
 )
-from physpack.errors import InputError, cli_entry
+from physpack.errors import InputError, PhyspackError, cli_entry
 from physpack.training.reference import fit_energy_constants
 
 MAX_Z = 118
@@ -291,18 +292,13 @@ def _relpath(path: Path, root: Path) -> str:
 
 
 def _read_manifest(path: Path, col: _Collector) -> dict[str, Any] | None:
-    mpath = path / MANIFEST
-    if not mpath.exists():
-        return None
+    """The checked manifest (:func:`physpack.data.manifest.read_manifest`), or
+    ``None`` with a ``manifest`` error when it is unusable."""
     try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, ValueError) as exc:
-        col.add("manifest", f"{mpath}: unreadable ({exc})", file=MANIFEST)
+        return read_manifest(path)
+    except InputError as exc:
+        col.add("manifest", str(exc), file=MANIFEST)
         return None
-    if not isinstance(manifest, dict):
-        col.add("manifest", f"{mpath}: not a JSON object", file=MANIFEST)
-        return None
-    return manifest
 
 
 def _read_offsets(path: Path, col: _Collector) -> np.ndarray | None:
@@ -636,6 +632,18 @@ def _outliers(
     return summary
 
 
+def _open(path: Path, units: dict[str, str] | None, col: _Collector) -> PackedDataset:
+    """The dataset, its :class:`PackedDataWarning` (all-zero forces) reported as
+    ``forces`` warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PackedDataWarning)
+        ds = PackedDataset(path, units=units)
+    for w in caught:
+        if issubclass(w.category, PackedDataWarning):
+            col.add("forces", str(w.message), file=ARRAYS["F"].file, level="warning")
+    return ds
+
+
 def validate_packed(
     path: str | Path,
     config: cfg.ValidateConfig | None = None,
@@ -652,6 +660,8 @@ def validate_packed(
             descriptor (:mod:`physpack.data.descriptor`) naming one and its units.
         units: the directory's units when it has no manifest (``physpack.units``
             names by kind); ignored for a descriptor, which carries its own.
+            ``validate.require_manifest: null`` requires ``manifest.json`` unless
+            units are declared (here or by a descriptor).
         config: the ``validate`` config section; defaults when ``None``.
         atoms_per_chunk: atoms read per step of the streaming pass (memory bound).
 
@@ -661,9 +671,14 @@ def validate_packed(
     """
     config = config or cfg.ValidateConfig()
     path = Path(path)
+    require = config.require_manifest
     if path.is_file():  # a dataset descriptor: the directory and its units
         described = read_descriptor(path)
         path, units = described.packed, described.units
+    if require is None:
+        # a directory physpack converted always has one; one described or given
+        # with declared units (data.packed) may come from the older tooling
+        require = units is None
     if not path.is_dir():
         raise InputError(f"{path}: packed directory not found")
     col = _Collector(config.max_reported)
@@ -673,7 +688,15 @@ def validate_packed(
         "units": {"distance": "Angstrom", "energy": "eV", "forces": "eV/Angstrom"}
     }
     manifest = _read_manifest(path, col)
-    summary["has_manifest"] = manifest is not None
+    summary["has_manifest"] = (path / MANIFEST).exists()
+    if require and not summary["has_manifest"]:
+        col.add(
+            "manifest",
+            f"{path / MANIFEST}: missing, so the files' checksums cannot be verified; "
+            "physpack writes one into every directory it converts (deleted?). For a "
+            "directory of the older tooling set validate.require_manifest: false",
+            file=MANIFEST,
+        )
     offsets = _read_offsets(path, col)
     if offsets is not None:
         _check_offsets(path, offsets, col)
@@ -684,7 +707,7 @@ def validate_packed(
         checks.append("checksum")
         _check_checksums(path, manifest, col)
     elif config.checksums:
-        skipped["checksum"] = "no manifest.json"
+        skipped["checksum"] = "no usable manifest.json"
     else:
         skipped["checksum"] = "disabled (checksums: false)"
     content = [
@@ -697,18 +720,19 @@ def validate_packed(
         "plausible_distances",
         "plausible_forces",
     ]
+    ds = None
     if offsets is None or col.has_errors("manifest", "offsets", "files"):
-        for check in content:
-            skipped[check] = "structure errors (see files/offsets/manifest)"
+        reason = "structure errors (see files/offsets/manifest)"
     else:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", PackedDataWarning)
-            ds = PackedDataset(path, units=units)
-        for w in caught:
-            if issubclass(w.category, PackedDataWarning):
-                col.add(
-                    "forces", str(w.message), file=ARRAYS["F"].file, level="warning"
-                )
+        try:
+            ds = _open(path, units, col)
+        except PhyspackError as exc:  # e.g. units that disagree with the manifest
+            col.add("units", str(exc), file=MANIFEST)
+            reason = "the dataset cannot be opened (see units)"
+    if ds is None:
+        for check in content:
+            skipped[check] = reason
+    else:
         summary["stored_units"] = ds.units
         summary["max_atoms"] = int(np.max(ds.n_atoms))
         summary["arrays"] = ds.keys
