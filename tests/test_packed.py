@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,31 @@ def test_molecule_chunks_cover_once_within_budget(
     for a, b in chunks:
         atoms = offsets[b] - offsets[a]
         assert b > a and (atoms <= budget or b - a == 1)
+
+
+def test_every_file_is_fsynced_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash right after the rename must not leave a directory whose files are
+    still only in the page cache: every file (and the directory) is fsynced first."""
+    from physpack.data import packed as packed_module
+
+    events: list[str] = []
+    real_fsync, real_replace = packed_module.os.fsync, packed_module.replace_dir
+
+    def fsync(fd: int) -> None:
+        events.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    def replace(src: Path, dst: Path) -> None:
+        events.append("<rename>")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(packed_module.os, "fsync", fsync)
+    monkeypatch.setattr(packed_module, "replace_dir", replace)
+    _write(tmp_path / "p", _mols(5, seed=7))
+    before = events[: events.index("<rename>")]
+    files = {p.name for p in (tmp_path / "p").iterdir()}
+    assert files <= set(before), files - set(before)
+    assert any(name.startswith(".p.tmp-") for name in before)  # the directory
+    assert events[-1] == tmp_path.name  # the parent, after the rename

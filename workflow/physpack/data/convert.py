@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from physpack import config as cfg
 from physpack.data.packed import (
+    MAX_Z,
     PackedDataset,
     PackedWriter,
     full_units,
@@ -46,7 +47,6 @@ from physpack.data.packed import (
 from physpack.errors import ConfigError, InputError, cli_entry
 from physpack.units import dipole_factor, energy_factor, length_factor
 
-MAX_Z = 118
 REQUIRED_KEYS = ("R", "Z", "E")
 CHARGE_KEYS = ("Qtot", "Q")  # first one present wins
 #: errors raised by zipfile/zlib while reading a damaged member

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import warnings
@@ -115,6 +116,10 @@ UNIT_KINDS = ("energy", "length", "dipole")
 _SCALE_KIND = {"E": "energy", "R": "length", "F": "forces", "D": "dipole"}
 #: rows checked per step when scanning offsets or forces
 _SCAN_ROWS = 1 << 20
+#: largest atomic number (oganesson): atomic numbers are 1..MAX_Z
+MAX_Z = 118
+#: atoms kept (a stride sample) for medians and percentiles of per-atom values
+ATOM_SAMPLE = 1 << 22
 
 
 def full_units(units: Mapping[str, str] | None) -> dict[str, str]:
@@ -309,14 +314,10 @@ class PackedDataset:
             if spec.required or listed:
                 raise InputError(f"{p}: missing file")
             return None
+        problem = size_problem(p, spec, self.n_molecules, self.n_atoms_total)
+        if problem is not None:
+            raise InputError(problem)
         n = self.n_atoms_total if spec.per == "atom" else self.n_molecules
-        expected = n * spec.itemsize
-        size = p.stat().st_size
-        if size != expected:
-            raise InputError(
-                f"{p}: {size} bytes but {n} {spec.per}s × {spec.itemsize} bytes = "
-                f"{expected} expected (truncated or from another dataset)"
-            )
         if n == 0:
             return np.zeros((0, *spec.trailing), dtype=spec.dtype)  # type: ignore[return-value]
         return np.memmap(p, dtype=spec.dtype, mode="r", shape=(n, *spec.trailing))
@@ -396,6 +397,13 @@ class PackedDataset:
         atoms each (at least one molecule), for streaming passes over the data."""
         return molecule_chunks(np.asarray(self.offsets), max_atoms)
 
+    def atom_chunks(self, max_atoms: int = 1 << 20) -> Iterator[AtomChunk]:
+        """The ranges of :meth:`chunks` with their atom range and per-atom molecule
+        index: the one walk over the offsets that every streaming pass uses."""
+        offsets = np.asarray(self.offsets)
+        for start, stop in molecule_chunks(offsets, max_atoms):
+            yield AtomChunk(start, stop, offsets[start : stop + 1])
+
     def file_paths(self) -> dict[str, Path]:
         """Every file of the dataset that exists, by key (plus offsets, n_atoms)."""
         files = {"offsets": self.path / OFFSETS}
@@ -407,12 +415,98 @@ class PackedDataset:
         return files
 
 
+def _sync(fh: Any) -> None:
+    """Flush ``fh`` and fsync its file: its content is on disk when this returns."""
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _sync_dir(path: Path) -> None:
+    """fsync directory ``path``, so that the entries created or renamed in it
+    survive a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _all_zero(arr: np.ndarray) -> bool:
     """Whether every value of ``arr`` is 0 (streamed; stops at the first non-zero)."""
     for a in range(0, arr.shape[0], _SCAN_ROWS):
         if np.any(np.asarray(arr[a : a + _SCAN_ROWS])):
             return False
     return True
+
+
+@dataclasses.dataclass(frozen=True)
+class AtomChunk:
+    """Consecutive molecules ``start:stop`` and their atoms ``lo:hi``.
+
+    Attributes:
+        start, stop: molecule range (global indices).
+        offsets: int64 (m + 1,) the dataset's offsets of molecules start..stop.
+    """
+
+    start: int
+    stop: int
+    offsets: np.ndarray
+
+    @property
+    def lo(self) -> int:
+        """First atom (global index)."""
+        return int(self.offsets[0])
+
+    @property
+    def hi(self) -> int:
+        """One past the last atom (global index)."""
+        return int(self.offsets[-1])
+
+    @property
+    def n_molecules(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def local_offsets(self) -> np.ndarray:
+        """int64 (m + 1,) atom offsets within the chunk, starting at 0."""
+        return self.offsets - self.offsets[0]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """int64 (m,) atoms per molecule."""
+        return np.diff(self.offsets)
+
+    @property
+    def atom_molecule(self) -> np.ndarray:
+        """int64 (hi - lo,) chunk-local molecule index (0..m-1) of every atom."""
+        return np.repeat(np.arange(self.n_molecules), self.counts)
+
+    def sample(self, stride: int) -> np.ndarray:
+        """bool (hi - lo,): the atoms of the dataset-wide every-``stride``-th sample
+        (:func:`sample_stride`)."""
+        return (self.lo + np.arange(self.hi - self.lo)) % stride == 0
+
+
+def sample_stride(n_atoms_total: int) -> int:
+    """Stride of the per-atom sample that keeps at most :data:`ATOM_SAMPLE` atoms
+    (for medians and percentiles of streamed per-atom values)."""
+    return max(1, math.ceil(n_atoms_total / ATOM_SAMPLE))
+
+
+def size_problem(
+    path: Path, spec: ArraySpec, n_molecules: int, n_atoms_total: int
+) -> str | None:
+    """Why the file ``path`` of ``spec`` has the wrong size for the counts (one line
+    naming it), or ``None`` when its size is right."""
+    n = n_atoms_total if spec.per == "atom" else n_molecules
+    expected = max(n, 0) * spec.itemsize
+    size = path.stat().st_size
+    if size == expected:
+        return None
+    return (
+        f"{path}: {size} bytes but {n} {spec.per}s × {spec.itemsize} bytes = "
+        f"{expected} expected (truncated or from another dataset)"
+    )
 
 
 def molecule_chunks(offsets: np.ndarray, max_atoms: int) -> Iterator[tuple[int, int]]:
@@ -434,12 +528,14 @@ def molecule_chunks(offsets: np.ndarray, max_atoms: int) -> Iterator[tuple[int, 
 
 
 class PackedWriter:
-    """Stream molecules into a new packed directory, atomically.
+    """Stream molecules into a new packed directory, atomically and durably.
 
     Files are written into a hidden temporary sibling ``.<name>.tmp-<pid>``; checksums
     are computed while writing; :meth:`close` writes ``offsets.npy``, ``n_atoms.npy``
-    and ``manifest.json`` and renames the directory into place. If anything fails
-    before that, the temporary directory is removed and ``path`` is untouched.
+    and ``manifest.json``, fsyncs every file and the directory, and renames it into
+    place (then fsyncs the parent): after a crash ``path`` is either absent (or its
+    older version) or complete. If anything fails before the rename, the temporary
+    directory is removed and ``path`` is untouched.
 
     Use as a context manager::
 
@@ -519,6 +615,8 @@ class PackedWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         for fh in self._handles.values():
+            if exc_type is None:  # on disk before the rename makes them visible
+                _sync(fh)
             fh.close()
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -535,8 +633,10 @@ class PackedWriter:
         ).astype(np.int32)
         offsets = np.zeros(n_atoms.size + 1, dtype=np.int64)
         np.cumsum(n_atoms, out=offsets[1:])
-        np.save(self.tmp / OFFSETS, offsets)
-        np.save(self.tmp / N_ATOMS, n_atoms)
+        for name, arr in ((OFFSETS, offsets), (N_ATOMS, n_atoms)):
+            with open(self.tmp / name, "wb") as fh:
+                np.save(fh, arr)
+                _sync(fh)
         arrays: dict[str, Any] = {}
         for name, arr in ((OFFSETS, offsets), (N_ATOMS, n_atoms)):
             arrays[name.removesuffix(".npy")] = {
@@ -569,5 +669,9 @@ class PackedWriter:
             "source": self.source,
             **self.extra,
         }
-        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        with open(self.tmp / MANIFEST, "w") as fh:
+            fh.write(json.dumps(manifest, indent=2) + "\n")
+            _sync(fh)
+        _sync_dir(self.tmp)
         replace_dir(self.tmp, self.path)
+        _sync_dir(self.path.parent)

@@ -34,7 +34,7 @@ from ase.formula import Formula
 from physpack import __version__
 from physpack import config as cfg
 from physpack.atomic import StagedOutputs
-from physpack.data.packed import PackedDataset
+from physpack.data.packed import MAX_Z, PackedDataset
 from physpack.errors import ConfigError, InputError, cli_entry
 
 SUBSETS = ("train", "valid", "test")
@@ -144,19 +144,19 @@ def formula_groups(
         (groups, formulas): int64 (n_mol,) group id of each molecule, and the Hill
         formula of each group id.
     """
-    offsets = np.asarray(ds.offsets)
-    seen = np.zeros(119, dtype=bool)
-    for a, b in ds.chunks(atoms_per_chunk):
-        seen[np.asarray(ds.Z[offsets[a] : offsets[b]]).clip(0, 118)] = True
+    seen = np.zeros(MAX_Z + 1, dtype=bool)
+    for chunk in ds.atom_chunks(atoms_per_chunk):
+        seen[np.asarray(ds.Z[chunk.lo : chunk.hi]).clip(0, MAX_Z)] = True
     elements = np.flatnonzero(seen)
-    column = np.full(119, -1, dtype=np.int64)
+    column = np.full(MAX_Z + 1, -1, dtype=np.int64)
     column[elements] = np.arange(elements.size)
     # one row per molecule: the narrowest dtype keeps this small for big datasets
     small = int(np.max(ds.n_atoms)) < np.iinfo(np.int16).max
     counts = np.zeros((ds.n_molecules, elements.size), np.int16 if small else np.int32)
-    for a, b in ds.chunks(atoms_per_chunk):
-        z = np.asarray(ds.Z[offsets[a] : offsets[b]]).clip(0, 118)
-        mol = np.repeat(np.arange(b - a), np.diff(offsets[a : b + 1]))
+    for chunk in ds.atom_chunks(atoms_per_chunk):
+        a, b = chunk.start, chunk.stop
+        z = np.asarray(ds.Z[chunk.lo : chunk.hi]).clip(0, MAX_Z)
+        mol = chunk.atom_molecule
         k = elements.size
         counts[a:b] = np.bincount(mol * k + column[z], minlength=(b - a) * k).reshape(
             b - a, k

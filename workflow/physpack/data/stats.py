@@ -18,7 +18,7 @@ Efficiency = real atoms / atom slots and real pairs / pair slots, where pairs ar
 the ordered pairs i ≠ j inside one molecule, n·(n-1) per molecule of n atoms, and a
 slot padded to width W holds W·(W-1) pair slots. Data are read in chunks, so memory
 stays bounded; force percentiles come from a stride sample when there are more
-than ``FORCE_SAMPLE`` atoms (exact below).
+than ``physpack.data.packed.ATOM_SAMPLE`` atoms (exact below).
 """
 
 from __future__ import annotations
@@ -39,10 +39,9 @@ from matplotlib.figure import Figure
 
 from physpack import config as cfg
 from physpack.atomic import StagedOutputs
-from physpack.data.packed import ARRAYS, PackedDataset
+from physpack.data.packed import ARRAYS, MAX_Z, PackedDataset, sample_stride
 from physpack.errors import ConfigError, InputError, cli_entry
 
-FORCE_SAMPLE = 1 << 22
 HIST_BINS = 50
 MB = 1e6
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
@@ -255,17 +254,16 @@ def packing_stats(
         raise InputError(f"{ds.path}: empty dataset, nothing to report")
     sizes = np.asarray(ds.n_atoms, dtype=np.int64)
     width = loader.num_atoms or int(sizes.max())
-    offsets = np.asarray(ds.offsets)
-    z_counts = np.zeros(119, dtype=np.int64)
+    z_counts = np.zeros(MAX_Z + 1, dtype=np.int64)
     n_total = ds.n_atoms_total
-    stride = max(1, math.ceil(n_total / FORCE_SAMPLE))
+    stride = sample_stride(n_total)
     f_sample: list[np.ndarray] = []
     f_sum = f_sq = f_max = 0.0
     f_n = 0
-    for a, b in ds.chunks(atoms_per_chunk):
-        lo, hi = int(offsets[a]), int(offsets[b])
+    for chunk in ds.atom_chunks(atoms_per_chunk):
+        lo, hi = chunk.lo, chunk.hi
         z = np.asarray(ds.Z[lo:hi])
-        z_counts += np.bincount(np.clip(z, 0, 118), minlength=119)
+        z_counts += np.bincount(np.clip(z, 0, MAX_Z), minlength=MAX_Z + 1)
         if ds.F is not None:
             f = np.asarray(ds.canonical("F", lo, hi), dtype=np.float64)
             mag = np.sqrt(np.einsum("ij,ij->i", f, f))
@@ -274,7 +272,7 @@ def packing_stats(
             f_sum += float(mag[ok].sum())
             f_sq += float((mag[ok] ** 2).sum())
             f_max = max(f_max, float(mag[ok].max(initial=0.0)))
-            f_sample.append(mag[(lo + np.arange(hi - lo)) % stride == 0])
+            f_sample.append(mag[chunk.sample(stride)])
     energies = np.asarray(ds.canonical("E"), dtype=np.float64)
     e_per_atom = energies / sizes
     pairs = sizes * (sizes - 1)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -56,22 +55,22 @@ from physpack.data.manifest import read_manifest
 from physpack.data.packed import (
     ARRAYS,
     MANIFEST,
+    MAX_Z,
     N_ATOMS,
     OFFSETS,
     PackedDataset,
     PackedDataWarning,
+    sample_stride,
     sha256_file,
+    size_problem,
 )
 from physpack.errors import InputError, PhyspackError, cli_entry
 from physpack.training.reference import fit_energy_constants
 
-MAX_Z = 118
 #: molecules larger than this get a k-d tree instead of a dense distance matrix
 DENSE_DISTANCE_MAX_ATOMS = 512
 #: distance-matrix entries per vectorised block (memory ≈ 8 bytes each, × a few)
 DISTANCE_BLOCK = 1 << 21
-#: |F| values kept for the median/MAD of the force distribution (stride sample)
-FORCE_SAMPLE = 1 << 22
 #: robust-scale floors, so that a perfect fit does not turn rounding into outliers
 MAD_FLOOR = {"energy": 1e-6, "force": 1e-6}
 MAD_TO_SIGMA = 1.4826
@@ -389,16 +388,9 @@ def _check_files(
             if spec.required or key in listed:
                 col.add("files", f"{p}: missing file", file=spec.file)
             continue
-        n = n_atoms if spec.per == "atom" else n_mol
-        want = max(n, 0) * spec.itemsize
-        size = p.stat().st_size
-        if size != want:
-            col.add(
-                "files",
-                f"{p}: {size} bytes but {n} {spec.per}s × {spec.itemsize} bytes = "
-                f"{want} expected (truncated or from another dataset)",
-                file=spec.file,
-            )
+        problem = size_problem(p, spec, n_mol, n_atoms)
+        if problem is not None:
+            col.add("files", problem, file=spec.file)
     sized = {s.file for s in ARRAYS.values()}  # already checked against the counts
     for entry in listed.values():
         p = path / str(entry.get("file", ""))
@@ -446,21 +438,16 @@ def _content_pass(
     col: _Collector,
     atoms_per_chunk: int,
 ) -> _ContentState:
-    offsets = np.asarray(ds.offsets)
-    n_total = ds.n_atoms_total
-    stride = max(1, math.ceil(n_total / FORCE_SAMPLE))
+    stride = sample_stride(ds.n_atoms_total)
     state = _ContentState(
         fmax=np.zeros(ds.n_molecules),
         fsample=[],
         neighbour=np.full(ds.n_molecules, np.nan),
         usable=np.ones(ds.n_molecules, dtype=bool),
     )
-    for a, b in ds.chunks(atoms_per_chunk):
-        lo, hi = int(offsets[a]), int(offsets[b])
-        local = offsets[a : b + 1] - lo
-        counts = np.diff(local)
-        m = b - a
-        atom_mol = np.repeat(np.arange(m), counts)
+    for chunk in ds.atom_chunks(atoms_per_chunk):
+        a, b, lo, hi = chunk.start, chunk.stop, chunk.lo, chunk.hi
+        local, m, atom_mol = chunk.local_offsets, chunk.n_molecules, chunk.atom_molecule
         z = np.asarray(ds.Z[lo:hi])
         r = ds.canonical("R", lo, hi)
 
@@ -516,7 +503,7 @@ def _content_pass(
             np.maximum.at(fmax, atom_mol, fmag_ok)
             state.fmax[a:b] = fmax
             usable &= finite_mol["F"]
-            keep = ((lo + np.arange(hi - lo)) % stride == 0) & np.isfinite(fmag)
+            keep = chunk.sample(stride) & np.isfinite(fmag)
             state.fsample.append(fmag[keep].astype(np.float32))
         state.usable[a:b] = usable
     return state
@@ -569,16 +556,14 @@ def _outliers(
     summary["element_reference_energy_eV"] = {
         chemical_symbols[e]: float(table[e]) for e in elements
     }
-    offsets = np.asarray(ds.offsets)
     residual = np.empty(ds.n_molecules)
-    for a, b in ds.chunks(atoms_per_chunk):
-        lo, hi = int(offsets[a]), int(offsets[b])
-        z = np.clip(np.asarray(ds.Z[lo:hi]), 0, MAX_Z)
-        counts = np.diff(offsets[a : b + 1])
+    for chunk in ds.atom_chunks(atoms_per_chunk):
+        a, b = chunk.start, chunk.stop
+        z = np.clip(np.asarray(ds.Z[chunk.lo : chunk.hi]), 0, MAX_Z)
         fitted = np.bincount(
-            np.repeat(np.arange(b - a), counts), weights=table[z], minlength=b - a
+            chunk.atom_molecule, weights=table[z], minlength=chunk.n_molecules
         )
-        residual[a:b] = (ds.canonical("E", a, b) - fitted) / counts
+        residual[a:b] = (ds.canonical("E", a, b) - fitted) / chunk.counts
     z, med, mad = robust_z(residual, residual[usable], MAD_FLOOR["energy"])
     flagged = np.flatnonzero(usable & (np.abs(z) > config.outlier_z))
     col.add_molecules(
