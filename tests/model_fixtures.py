@@ -17,8 +17,9 @@ import numpy as np
 from physpack.config import ModelConfig, SplitConfig
 from physpack.data.convert import convert_npz
 from physpack.data.loader import PackedMemmapLoader
+from physpack.data.packed import PackedWriter
 from physpack.data.split import make_split, save_split
-from physpack.data.synthetic import write_padded_npz
+from physpack.data.synthetic import molecules, write_padded_npz
 from physpack.model import checkpoint as ckpt_io
 from physpack.model.physnet import device_inputs, model_from_config
 from physpack.training.reference import fit_energy_constants
@@ -102,3 +103,49 @@ def make_checkpoint(
     )
     ckpt_io.save(path, ckpt)
     return ckpt
+
+
+REFERENCE = {1: -13.6, 6: -1030.0, 7: -1480.0, 8: -2040.0, 9: -2710.0}
+
+
+def morse(Z: np.ndarray, R: np.ndarray) -> tuple[float, np.ndarray]:
+    """A Morse pair potential (eV, Å): energies whose forces a model can learn."""
+    d = R[:, None, :] - R[None, :, :]
+    r = np.sqrt((d**2).sum(-1)) + np.eye(len(Z))
+    eps = 0.3 + 0.02 * (Z[:, None] + Z[None, :])
+    x = np.exp(-1.6 * (r - 1.5))
+    e = eps * (x**2 - 2 * x)
+    dedr = eps * 3.2 * (x - x**2)
+    np.fill_diagonal(e, 0.0)
+    np.fill_diagonal(dedr, 0.0)
+    return 0.5 * e.sum(), -((dedr / r)[:, :, None] * d).sum(1)
+
+
+def write_toy(root: Path, n_mol: int = 90, seed: int = 0) -> tuple[Path, Path]:
+    """A packed directory of small molecules (3–8 atoms) with Morse energies on top
+    of per-element reference energies, and a split file (60/15/15 %)."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(3, 9, n_mol)
+    packed = root / "packed"
+    with PackedWriter(packed, has_forces=True, has_dipoles=False) as w:
+        for m in molecules(sizes, rng, with_dipoles=False):
+            e, F = morse(m["Z"], m["R"].astype(np.float64))
+            E = e + sum(REFERENCE[int(z)] for z in m["Z"])
+            w.append(
+                np.array([len(m["Z"])]),
+                Z=m["Z"],
+                R=m["R"],
+                F=F.astype(np.float32),
+                E=np.array([E]),
+                Qtot=np.zeros(1),
+            )
+    order = rng.permutation(n_mol)
+    k = int(0.15 * n_mol)
+    split = root / "split.npz"
+    np.savez(
+        split,
+        valid=np.sort(order[:k]),
+        test=np.sort(order[k : 2 * k]),
+        train=np.sort(order[2 * k :]),
+    )
+    return packed, split

@@ -311,7 +311,8 @@ def test_two_devices_train_like_one_device_at_the_same_global_batch(
     states = [
         ckpt_io.load_state(single_process_runs / r / "state") for r in ("2x1", "1x2")
     ]
-    assert states[0]["config_hash"] == states[1]["config_hash"]
+    assert states[0]["config"] == states[1]["config"]
+    assert states[0]["config"]["train"]["devices"] == 2  # batches per step
     best = ckpt_io.load(single_process_runs / "2x1" / "best.ckpt")
     assert best.training["devices"] == 2 and best.training["batches_per_step"] == 2
 

@@ -44,6 +44,7 @@ from physpack.evaluation import plots
 from physpack.model.checkpoint import Checkpoint
 from physpack.model.checkpoint import load as load_checkpoint
 from physpack.model.physnet import EnergyConstants
+from physpack.training.losses import mae_rmse
 from physpack.units import CANONICAL_UNITS, DIPOLE_TO_E_ANGSTROM, EV_TO_KCAL_MOL
 
 METRICS_FORMAT = "physpack-metrics"
@@ -125,14 +126,6 @@ class SplitPredictions:
         return out
 
 
-def _mae_rmse(err: np.ndarray) -> tuple[float, float]:
-    """Mean absolute and root-mean-square of all entries of ``err`` (float64)."""
-    err = np.asarray(err, dtype=np.float64)
-    if err.size == 0:
-        return float("nan"), float("nan")
-    return float(np.mean(np.abs(err))), float(np.sqrt(np.mean(err * err)))
-
-
 def _energy_units(value_ev: float, per: str = "") -> dict[str, float]:
     """An energy (eV) in eV, meV and kcal/mol; ``per`` is appended to the labels."""
     return {
@@ -172,8 +165,8 @@ def compute_metrics(pred: SplitPredictions) -> dict[str, Any]:
     """
     dE = pred.E_pred - pred.E_true
     n = np.maximum(pred.n_atoms.astype(np.float64), 1.0)
-    e_mae, e_rmse = _mae_rmse(dE)
-    a_mae, a_rmse = _mae_rmse(dE / n)
+    e_mae, e_rmse = mae_rmse(dE)
+    a_mae, a_rmse = mae_rmse(dE / n)
     out: dict[str, Any] = {
         "n_molecules": pred.n_molecules,
         "n_atoms": int(pred.offsets[-1]),
@@ -190,7 +183,7 @@ def compute_metrics(pred: SplitPredictions) -> dict[str, Any]:
     }
     if pred.F_true is not None and pred.F_pred is not None:
         dF = pred.F_pred - pred.F_true
-        f_mae, f_rmse = _mae_rmse(dF)
+        f_mae, f_rmse = mae_rmse(dF)
         f_std = float(np.std(pred.F_true)) if pred.F_true.size else float("nan")
 
         def rel(v: float) -> float:
@@ -202,7 +195,7 @@ def compute_metrics(pred: SplitPredictions) -> dict[str, Any]:
             per_element[chemical_symbols[int(z)]] = {
                 "atomic_number": int(z),
                 "n_atoms": int(sel.sum()),
-                "mae": _force_units(_mae_rmse(dF[sel])[0]),
+                "mae": _force_units(mae_rmse(dF[sel])[0]),
             }
         out["forces"] = {
             "n_components": int(dF.size),
@@ -215,8 +208,8 @@ def compute_metrics(pred: SplitPredictions) -> dict[str, Any]:
         }
     if pred.D_true is not None and pred.D_pred is not None:
         dD = pred.D_pred - pred.D_true
-        d_mae, d_rmse = _mae_rmse(dD)
-        norm_mae = _mae_rmse(
+        d_mae, d_rmse = mae_rmse(dD)
+        norm_mae = mae_rmse(
             np.linalg.norm(pred.D_pred, axis=-1) - np.linalg.norm(pred.D_true, axis=-1)
         )[0]
         out["dipole"] = {

@@ -120,7 +120,7 @@ def load(path: str | os.PathLike) -> Checkpoint:
     payload = _read_msgpack(path, FORMAT_NAME, FORMAT_VERSION, "checkpoint")
     try:
         model_config = section_from_mapping(
-            ModelConfig, payload["model_config"], f"{path}: model_config"
+            ModelConfig, payload["model_config"], "model"
         )
         constants = EnergyConstants.from_dict(payload["constants"])
         params = payload["params"]

@@ -8,18 +8,30 @@ fits them by least squares on the training split, streamed through the loader.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 
 import numpy as np
+from ase.data import atomic_numbers, chemical_symbols
 
+from physpack.config import TrainConfig
 from physpack.data.loader import PackedMemmapLoader
-from physpack.errors import InputError
+from physpack.errors import ConfigError, InputError
 from physpack.model.physnet import EnergyConstants
+from physpack.units import energy_factor
+
+
+class RankDeficientWarning(UserWarning):
+    """The compositions of the training data do not determine every element's
+    reference energy (e.g. a single-molecule, MD17-like dataset)."""
 
 
 def fit_energy_constants(
-    loader: PackedMemmapLoader, max_atomic_number: int
+    loader: PackedMemmapLoader,
+    max_atomic_number: int,
+    reference: Mapping[int, float] | None = None,
 ) -> tuple[EnergyConstants, dict[str, float]]:
     """Least-squares per-element reference energies and the energy scale, streamed
     over every molecule of ``loader`` (two passes; memory independent of size).
@@ -31,12 +43,26 @@ def fit_energy_constants(
     components when the data has forces and that is larger: atomic energies then
     start on the scale of the forces the network has to follow.
 
+    When the composition matrix is rank-deficient (fewer independent compositions
+    than elements: every molecule of an MD17-like set has the same formula), the
+    minimum-norm solution is one of infinitely many and its per-element values are
+    unphysical (e.g. H −612 eV); a :class:`RankDeficientWarning` says so: give
+    ``train.reference_energies`` then.
+
+    Args:
+        loader: the training subset.
+        max_atomic_number: the model's largest element.
+        reference: given reference energies (eV per atom, by atomic number): used
+            instead of the fit; every element of the data must have one.
+
     Returns:
         The constants and statistics: ``energy_residual_std_eV_per_atom``,
-        ``forces_rms_eV_per_A``, ``forces_std_eV_per_A``, ``n_molecules``.
+        ``forces_rms_eV_per_A``, ``forces_std_eV_per_A``, ``n_molecules``,
+        ``composition_rank``, ``n_elements``.
 
     Raises:
-        InputError: an atomic number above ``max_atomic_number`` (named).
+        InputError: an atomic number above ``max_atomic_number`` (named), or an
+            element of the data without a given reference energy.
     """
     K = max_atomic_number + 1
     ctc = np.zeros((K, K))
@@ -76,8 +102,35 @@ def fit_energy_constants(
             f_sum += f.sum(0)
             f_sq += float((f**2).sum())
             f_n += f.shape[0]
-    reference = np.linalg.lstsq(ctc, cte, rcond=None)[0]
-    reference[~present] = 0.0
+    rank = int(np.linalg.matrix_rank(ctc[np.ix_(present, present)]))
+    n_elements = int(present.sum())
+    if reference is None:
+        ref = np.linalg.lstsq(ctc, cte, rcond=None)[0]
+        ref[~present] = 0.0
+        if rank < n_elements:
+            names = ", ".join(chemical_symbols[z] for z in np.flatnonzero(present))
+            warnings.warn(
+                f"{loader.path}: the compositions of the training molecules have rank "
+                f"{rank} for {n_elements} elements ({names}): the fitted per-element "
+                "reference energies are not determined by the data and will be "
+                "wrong for other compositions; give train.reference_energies "
+                "(e.g. free-atom energies)",
+                RankDeficientWarning,
+                stacklevel=2,
+            )
+    else:
+        missing = [int(z) for z in np.flatnonzero(present) if int(z) not in reference]
+        if missing:
+            raise InputError(
+                f"{loader.path}: train.reference_energies has no value for "
+                f"{', '.join(chemical_symbols[z] for z in missing)}, present in the "
+                "training data"
+            )
+        ref = np.zeros(K)
+        for z, value in reference.items():
+            if int(z) < K:
+                ref[int(z)] = float(value)
+    reference = ref
 
     # Second pass in float64: residuals are small differences of large numbers.
     r_sum = r_sq = 0.0
@@ -106,5 +159,71 @@ def fit_energy_constants(
         "energy_residual_std_eV_per_atom": r_std,
         "forces_rms_eV_per_A": f_rms,
         "forces_std_eV_per_A": f_std,
+        "composition_rank": float(rank),
+        "n_elements": float(n_elements),
     }
     return constants, stats
+
+
+def given_reference_energies(cfg: TrainConfig) -> dict[int, float] | None:
+    """``train.reference_energies`` as eV per atom by atomic number, or ``None``
+    for ``fit``.
+
+    Raises:
+        ConfigError: an unknown element symbol or a non-numeric value.
+    """
+    given = cfg.reference_energies
+    if given is None or given == "fit":
+        return None
+    if not isinstance(given, Mapping):
+        raise ConfigError(
+            f"train.reference_energies: expected 'fit' or a mapping of element "
+            f"symbols to energies, got {given!r}"
+        )
+    factor = energy_factor(cfg.reference_energy_unit)
+    out: dict[int, float] = {}
+    for symbol, value in given.items():
+        if symbol not in atomic_numbers:
+            raise ConfigError(
+                f"train.reference_energies: {symbol!r} is not an element symbol"
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(
+                f"train.reference_energies.{symbol}: expected a number, got {value!r}"
+            )
+        out[atomic_numbers[symbol]] = float(value) * factor
+    return out
+
+
+def energy_constants_for(
+    loader: PackedMemmapLoader,
+    max_atomic_number: int,
+    cfg: TrainConfig,
+    log: Callable[[str], None] = print,
+) -> tuple[EnergyConstants, dict[str, object]]:
+    """The run's constants: fitted, or from ``train.reference_energies``; the
+    statistics then say which (``reference_energies``: ``"fit"`` or the given
+    values in eV by element symbol). Identical data give identical fits in every
+    process; process 0's values are made exact."""
+    from physpack.training import parallel
+
+    given = given_reference_energies(cfg)
+    constants, stats = fit_energy_constants(loader, max_atomic_number, given)
+    ref, scale = parallel.broadcast_from_main(
+        (constants.reference_energies, np.float64(constants.scale))
+    )
+    constants = dataclasses.replace(
+        constants, reference_energies=ref, scale=float(scale)
+    )
+    out: dict[str, object] = dict(stats)
+    if given is None:
+        out["reference_energies"] = "fit"
+    else:
+        out["reference_energies"] = {
+            chemical_symbols[z]: float(v) for z, v in sorted(given.items())
+        }
+        log(
+            "reference energies given (eV): "
+            + ", ".join(f"{k} {v:.6g}" for k, v in out["reference_energies"].items())
+        )
+    return constants, out

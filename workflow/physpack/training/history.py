@@ -1,0 +1,58 @@
+"""``history.csv``: one row per finished epoch, units in the column names."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from physpack.atomic import atomic_write_bytes
+
+#: Columns in order; those without a value in a run (e.g. dipoles) are left out.
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "valid_loss",
+    "valid_energy_mae_eV",
+    "valid_energy_rmse_eV",
+    "valid_energy_mae_eV_per_atom",
+    "valid_energy_rmse_eV_per_atom",
+    "valid_forces_mae_eV_per_A",
+    "valid_forces_rmse_eV_per_A",
+    "valid_dipole_mae_eA",
+    "valid_dipole_rmse_eA",
+    "lr",
+    "steps",
+    "rejected_steps",
+    "grad_norm_mean",
+    "grad_norm_max",
+    "clipped_fraction",
+    "molecules_per_s",
+    "epoch_time_s",
+    "wall_time_s",
+)
+#: Columns that measure time: they differ between an interrupted and an
+#: uninterrupted run, all others are equal.
+TIMING_COLUMNS = ("molecules_per_s", "epoch_time_s", "wall_time_s")
+
+
+def write_history(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``rows`` (one dict per epoch) to ``path`` atomically.
+
+    Units: losses dimensionless (weighted eV² terms), energies eV, forces eV/Å,
+    dipoles e·Å, gradient norms in loss units per parameter unit, times s."""
+    columns = [c for c in HISTORY_COLUMNS if any(c in r for r in rows)] or ["epoch"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([_fmt(r.get(c, "")) for c in columns])
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.8g}"
+    return str(value)

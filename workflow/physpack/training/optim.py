@@ -1,0 +1,122 @@
+"""Optimiser and learning-rate schedules.
+
+The optax chain is global-norm clipping → Adam or AMSGrad moments → decoupled
+weight decay (AdamW style, any optimiser when ``weight_decay`` > 0)
+(:func:`make_optimizer`). The learning rate is applied by the train step as
+``learning_rate(step) × lr_scale``:
+
+* :func:`learning_rate`: linear warmup from 0 over ``warmup_steps``, then cosine
+  decay to ``final_lr_fraction`` at the *horizon* (``cosine``), or constant
+  (``constant``, ``plateau``). The horizon is a value of the training state, not a
+  constant of the compiled step: with ``train.max_minutes`` the run estimates after
+  its first epoch how many steps the budget allows and anneals to that
+  (:func:`budget_horizon`), and a resumed run reads it back.
+* ``lr_scale``: 1, or, for ``plateau``, the factor of optax's
+  ``reduce_on_plateau`` driven by the validation loss once per epoch, as MACE does
+  (:func:`plateau_transform`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from physpack.config import TrainConfig
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """The gradient transformation without the learning rate: clipping by global
+    norm ``clip_norm``, Adam/AMSGrad moments, decoupled weight decay.
+
+    Warns when ``optimizer: adamw`` has ``weight_decay: 0`` (that is plain Adam).
+    """
+    if cfg.optimizer == "adamw" and cfg.weight_decay == 0:
+        warnings.warn(
+            "train.optimizer is adamw but train.weight_decay is 0: this is plain "
+            "Adam; set train.weight_decay (e.g. 1e-4) for AdamW",
+            stacklevel=2,
+        )
+    parts: list[optax.GradientTransformation] = [
+        optax.clip_by_global_norm(cfg.clip_norm)
+    ]
+    if cfg.optimizer == "amsgrad":
+        parts.append(optax.scale_by_amsgrad())
+    else:
+        parts.append(optax.scale_by_adam())
+    if cfg.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    return optax.chain(*parts)
+
+
+def learning_rate(
+    cfg: TrainConfig, count: jax.Array | int, horizon: jax.Array | int
+) -> jax.Array:
+    """The schedule's learning rate at accepted step ``count`` (0-based).
+
+    Args:
+        cfg: ``learning_rate`` (peak), ``warmup_steps``, ``schedule``,
+            ``final_lr_fraction``.
+        count: int32 () accepted optimisation steps so far (rejected steps do not
+            advance the schedule).
+        horizon: int32 () step at which the cosine reaches its final value (it stays
+            there afterwards).
+
+    Returns:
+        float32 () learning rate, before the plateau factor.
+    """
+    peak = jnp.float32(cfg.learning_rate)
+    count = jnp.asarray(count, jnp.float32)
+    horizon = jnp.maximum(jnp.asarray(horizon, jnp.float32), 1.0)
+    warmup = jnp.minimum(jnp.float32(cfg.warmup_steps), horizon - 1.0)
+    warm = peak * count / jnp.maximum(warmup, 1.0)
+    if cfg.schedule == "cosine":
+        end = peak * cfg.final_lr_fraction
+        span = jnp.maximum(horizon - warmup, 1.0)
+        t = jnp.clip((count - warmup) / span, 0.0, 1.0)
+        after = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+    else:
+        after = peak
+    return jnp.where(count < warmup, warm, after)
+
+
+def plateau_transform(cfg: TrainConfig) -> optax.GradientTransformationExtraArgs:
+    """optax ``reduce_on_plateau`` fed once per epoch with the validation loss:
+    the learning rate is multiplied by ``plateau_factor`` after
+    ``plateau_patience`` epochs without improvement, down to ``final_lr_fraction``.
+    Its state's ``scale`` is the train state's ``lr_scale``."""
+    return optax.contrib.reduce_on_plateau(
+        factor=cfg.plateau_factor,
+        patience=cfg.plateau_patience,
+        accumulation_size=1,
+        min_scale=cfg.final_lr_fraction,
+    )
+
+
+def budget_horizon(
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    elapsed_s: float,
+    epoch_s: float,
+) -> int:
+    """The schedule horizon (steps) of a run with ``max_minutes``, estimated after
+    its first epoch.
+
+    The run stops at the first epoch boundary after which another epoch would
+    overrun the budget, so it completes ``k = 1 + ⌊(budget − elapsed) / epoch⌋``
+    epochs, at most ``cfg.epochs``.
+
+    Args:
+        cfg: ``max_minutes`` (must be set) and ``epochs``.
+        steps_per_epoch: optimisation steps per epoch.
+        elapsed_s: seconds of the run after its first epoch (compilation included).
+        epoch_s: seconds of one epoch without compilation (steps and validation).
+    """
+    assert cfg.max_minutes is not None
+    budget = 60.0 * cfg.max_minutes
+    more = math.floor(max(budget - elapsed_s, 0.0) / max(epoch_s, 1e-9))
+    epochs = min(cfg.epochs, 1 + more)
+    return max(epochs * steps_per_epoch, 1)
