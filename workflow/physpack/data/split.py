@@ -1,10 +1,13 @@
 """``physpack split``: deterministic train/valid/test split of a packed directory.
 
-Molecules (or, with ``group_by: formula``, whole compositions: every conformation
-of one sum formula) are shuffled with ``numpy.random.default_rng(seed)``; the first
-ones in that order become ``test`` until the test fraction is best matched, the
-next ones ``valid``, the rest ``train``. The subsets are disjoint and together
-cover every molecule exactly once.
+Molecules are shuffled with ``numpy.random.default_rng(seed)``; the first ones in
+that order become ``test`` (the test fraction rounded to whole molecules), the next
+ones ``valid``, the rest ``train``. With ``group_by: formula`` whole compositions
+(every conformation of one sum formula) are the units: the shuffled groups go one
+by one to the subset with the largest remaining deficit (target size minus size so
+far), so every subset ends within one group's size of its target whatever the seed,
+and a valid split is found whenever there are groups enough (one per non-empty
+subset). The subsets are disjoint and together cover every molecule exactly once.
 
 Output NPZ (written to a temporary name, then renamed):
 
@@ -80,6 +83,41 @@ def _cut(cumulative: np.ndarray, target: float) -> int:
     return int(np.argmin(np.abs(totals - target)))
 
 
+def assign_groups(
+    sizes: np.ndarray, targets: np.ndarray, required: np.ndarray
+) -> np.ndarray:
+    """Greedy assignment of groups, in the given order, to subsets.
+
+    Each group goes to the subset with the largest remaining deficit (target minus
+    the size assigned so far; ties: the first subset). Every subset then ends within
+    the largest group's size of its target: a subset only receives a group while
+    its deficit is the largest, hence positive. When only as many groups are left
+    as ``required`` subsets are still empty, each of those gets one, so no required
+    subset stays empty while there are groups enough.
+
+    Args:
+        sizes: int (G,) molecules per group, in assignment order.
+        targets: float (S,) target size of each subset (summing to ``sizes.sum()``).
+        required: bool (S,) subsets that must not end empty.
+
+    Returns:
+        int8 (G,) subset of each group.
+    """
+    deficit = [float(t) for t in targets]
+    empty = [bool(r) for r in required]
+    out = np.empty(len(sizes), np.int8)
+    for k, size in enumerate(sizes.tolist()):
+        waiting = [j for j, e in enumerate(empty) if e]
+        if waiting and len(sizes) - k <= len(waiting):
+            j = max(waiting, key=lambda i: deficit[i])
+        else:
+            j = max(range(len(deficit)), key=lambda i: deficit[i])
+        out[k] = j
+        deficit[j] -= size
+        empty[j] = False
+    return out
+
+
 def split_indices(
     n_molecules: int,
     config: cfg.SplitConfig,
@@ -101,10 +139,17 @@ def split_indices(
     if n_molecules < 1:
         raise InputError("cannot split an empty dataset")
     rng = np.random.default_rng(config.seed)
-    if groups is None:
+    if groups is None:  # whole molecules: the nearest counts, cut from one shuffle
         order = rng.permutation(n_molecules)
         cumulative = np.arange(1, n_molecules + 1)
         n_groups = n_molecules
+        k_test = _cut(cumulative, config.test * n_molecules)
+        k_valid = max(
+            k_test, _cut(cumulative, (config.test + config.valid) * n_molecules)
+        )
+        per_molecule = np.zeros(n_molecules, np.int8)
+        per_molecule[order[:k_test]] = 2  # 0: train, 1: valid, 2: test
+        per_molecule[order[k_test:k_valid]] = 1
     else:
         groups = np.asarray(groups, dtype=np.int64)
         if groups.shape != (n_molecules,) or groups.min() < 0:
@@ -112,14 +157,15 @@ def split_indices(
         sizes = np.bincount(groups)
         present = np.flatnonzero(sizes)
         order = present[rng.permutation(present.size)]
-        cumulative = np.cumsum(sizes[order])
         n_groups = present.size
-    k_test = _cut(cumulative, config.test * n_molecules)
-    k_valid = max(k_test, _cut(cumulative, (config.test + config.valid) * n_molecules))
-    label = np.zeros(cumulative.size if groups is None else sizes.size, np.int8)
-    label[order[:k_test]] = 2  # 0: train, 1: valid, 2: test
-    label[order[k_test:k_valid]] = 1
-    per_molecule = label if groups is None else label[groups]
+        fractions = np.array(
+            [1.0 - config.valid - config.test, config.valid, config.test]
+        )
+        label = np.zeros(sizes.size, np.int8)
+        label[order] = assign_groups(
+            sizes[order], fractions * n_molecules, fractions > 0
+        )
+        per_molecule = label[groups]
     subsets = tuple(
         np.flatnonzero(per_molecule == code).astype(np.int64) for code in (0, 1, 2)
     )
