@@ -65,7 +65,7 @@ def test_radial_basis_matches_the_paper():
 
 def _dense(p: dict, x: np.ndarray) -> np.ndarray:
     """An e3x Dense on scalar features (n, F), as plain W·x + b."""
-    q = p["0+"]
+    q = p["dense"]["0+"]
     return x @ np.asarray(q["kernel"]) + (np.asarray(q["bias"]) if "bias" in q else 0)
 
 

@@ -175,11 +175,9 @@ class PhysNet(nn.Module):
             self.features,
             embedding_init=_uniform_embedding,
             name="embedding",
-        )(atomic_numbers)
+        )(atomic_numbers)[:, 0, :, :]  # (A, 1, F)
         if self.max_degree > 0:  # higher degrees start at zero
-            x = e3x.nn.change_max_degree_or_type(
-                x, max_degree=self.max_degree, include_pseudotensors=False
-            )
+            x = jnp.pad(x, ((0, 0), (0, (self.max_degree + 1) ** 2 - 1), (0, 0)))
         n_out = 2 if self.charges else 1
         module_outputs = []
         for m in range(self.num_iterations):
