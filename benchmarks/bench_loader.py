@@ -27,11 +27,13 @@ Usage::
 
     python benchmarks/bench_loader.py            # 100k QM9-like + 10k/2M RSS
     python benchmarks/bench_loader.py --n-mol 20000 --big 200000   # quicker
+    python benchmarks/bench_loader.py --giants   # a few giants among QM9-like ones
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -481,6 +483,53 @@ def report(results: list[dict], rss: dict | None) -> None:
                 )
 
 
+def batch_nbytes(loader: PackedMemmapLoader, kind: int) -> int:
+    """Host bytes of one packed batch of budget ``kind``."""
+    return sum(
+        int(np.prod(shape)) * dt.itemsize
+        for shape, dt in loader.batch_shapes(kind).values()
+    )
+
+
+def bench_giants(tmp: Path, n_mol: int = 5000) -> None:
+    """QM9-sized molecules with a few large ones: one budget for all (the previous
+    behaviour) beside giants in their own budget (``giant_atoms``)."""
+    rng = np.random.default_rng(0)
+    base = qm9_like_sizes(n_mol, rng)
+    print(f"\n## Giant molecules among {n_mol} QM9-like ones, batch_size 32")
+    print(
+        "| giants | budgets | pair efficiency (normal batches) | atom efficiency | "
+        "normal (A, P, M) | giant (A, P, M) | host bytes per normal batch |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for giants in ([], [400], [3000, 3000]):
+        path = tmp / f"giants_{len(giants)}_{sum(giants)}"
+        with PackedWriter(path, has_forces=True, has_dipoles=False) as w:
+            n = np.concatenate([base, giants]).astype(np.int32)
+            t = int(n.sum())
+            w.append(
+                n_atoms=n,
+                Z=np.ones(t, np.int32),
+                R=rng.standard_normal((t, 3), dtype=np.float32),
+                F=np.ones((t, 3), np.float32),
+                E=np.zeros(n.size),
+                Qtot=np.zeros(n.size),
+            )
+        label = ", ".join(map(str, giants)) or "none"
+        for mode, kw in (("one", {}), ("giant_atoms=100", {"giant_atoms": 100})):
+            if not giants and kw:
+                continue
+            st = epoch_padding_stats(path, batch_size=32, **kw)
+            loader = PackedMemmapLoader(path, 32, prefetch=0, **kw)
+            shapes = [dataclasses.astuple(b) for b in loader.budgets]
+            print(
+                f"| {label} | {mode} | {st['normal_pair_efficiency']:.3f} | "
+                f"{st['normal_atom_efficiency']:.3f} | {shapes[0]} | "
+                f"{shapes[1] if len(shapes) > 1 else '–'} | "
+                f"{batch_nbytes(loader, 0) / 1e6:.2f} MB |"
+            )
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--rss-child":
         rss_child(sys.argv[2], sys.argv[3])
@@ -501,10 +550,16 @@ def main() -> int:
         help="batches of the old approach to time",
     )
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument(
+        "--giants", action="store_true", help="only the giant-molecule comparison"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         tmp = Path(tmp)
+        if args.giants:
+            bench_giants(tmp)
+            return 0
         results = [
             bench_dataset(
                 "QM9-like synthetic",
