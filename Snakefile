@@ -5,9 +5,15 @@
 #   snakemake --cores 8                                  # everything, with evaluation
 #   snakemake --report results/report.html               # one HTML report of the run
 #   snakemake --profile profiles/slurm                   # the same on a SLURM cluster
+#
+# Configuration: the files given with --configfile, else ./config.yaml of the
+# working directory (in this checkout, the demo's). Keys not set there take the
+# defaults of workflow/schemas/config.schema.yaml, never values of another file.
 
 
-configfile: "config.yaml"
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"

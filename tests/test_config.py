@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, make_workdir, snakemake
 from physpack import config as cfg
 from physpack.errors import ConfigError
 from snakemake.exceptions import WorkflowError
@@ -68,7 +68,7 @@ def test_schema_rejects_bad_values(section, patch):
 def test_section_from_mapping_names_the_bad_key():
     with pytest.raises(ConfigError, match="split: unknown key"):
         cfg.section_from_mapping(cfg.SplitConfig, {"seeed": 1}, "split")
-    with pytest.raises(ConfigError, match=r"loader\.batch_size: got 'x'"):
+    with pytest.raises(ConfigError, match=r"loader\.batch_size: 'x' is not of type"):
         cfg.section_from_mapping(cfg.LoaderConfig, {"batch_size": "x"}, "loader")
 
 
@@ -89,3 +89,131 @@ def test_cli_unknown_step_fails():
     )
     assert proc.returncode == 2
     assert "unknown step 'frobnicate'" in proc.stderr
+
+
+# --------------------------------------------------------------------------------
+# The schema is the one definition of every key
+
+
+def test_every_key_has_a_field_and_a_description():
+    """Each schema key is a dataclass field and vice versa, and each key says what
+    it means (the CLI help and README are made from these descriptions)."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert set(schema["properties"]) == set(cfg.SECTIONS)
+    for name, cls in cfg.SECTIONS.items():
+        keys = schema["properties"][name]["properties"]
+        assert set(keys) == {f.name for f in dataclasses.fields(cls)}, name
+        for key, spec in keys.items():
+            assert str(spec.get("description", "")).strip(), f"{name}.{key}"
+            assert "default" in spec, f"{name}.{key}"
+
+
+def test_dataclass_defaults_come_from_the_schema():
+    """A field takes the schema's default; one spelling out a different default
+    is refused when the class is made."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert (
+        cfg.SplitConfig().seed
+        == schema["properties"]["split"]["properties"]["seed"]["default"]
+    )
+    with pytest.raises(ConfigError, match=r"split\.seed"):
+
+        @dataclasses.dataclass(frozen=True)
+        @cfg.schema_section("split")
+        class Drifted:
+            seed: int = -1
+
+    with pytest.raises(ConfigError, match=r"split\.nonsense"):
+
+        @dataclasses.dataclass(frozen=True)
+        @cfg.schema_section("split")
+        class Unknown:
+            nonsense: int
+
+
+def test_cli_help_is_the_schema_description():
+    proc = subprocess.run(
+        [sys.executable, "-m", "physpack", "split", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    help_text = " ".join(proc.stdout.split())
+    spec = yaml.safe_load(SCHEMA.read_text())["properties"]["split"]["properties"]
+    for key in ("seed", "group_by", "valid"):
+        description = " ".join(spec[key]["description"].split())
+        assert description in help_text, key
+    assert "[default: 42]" in help_text
+
+
+@pytest.mark.parametrize(
+    ("unit_key", "value"),
+    [("energy_unit", "kcal_mol"), ("energy_unit", "ha"), ("length_unit", "bohr")],
+)
+def test_cli_and_schema_agree_on_unit_names(unit_key, value):
+    """A unit spelling the workflow's schema refuses is refused by the command
+    line too (both check the same schema), and every name the schema lists is
+    one the converter knows."""
+    with pytest.raises(WorkflowError):
+        validate({"data": {unit_key: value}}, schema=str(SCHEMA))
+    with pytest.raises(ConfigError, match=rf"data\.{unit_key}"):
+        cfg.section_from_mapping(cfg.DataConfig, {unit_key: value}, "data")
+
+
+def test_every_schema_unit_is_known_to_the_converter():
+    from physpack import units
+
+    spec = yaml.safe_load(SCHEMA.read_text())["properties"]["data"]["properties"]
+    factors = {
+        "energy_unit": units.ENERGY_TO_EV,
+        "length_unit": units.LENGTH_TO_ANGSTROM,
+        "dipole_unit": units.DIPOLE_TO_E_ANGSTROM,
+    }
+    for key, table in factors.items():
+        assert {u for u in spec[key]["enum"] if u is not None} == set(table), key
+
+
+def test_nested_command_line_overrides_are_coerced():
+    """`--config train='{"epochs": 20}'` reaches the Snakefile as strings; values
+    the schema refuses as strings but accepts as YAML are parsed, the rest kept."""
+    overrides = {
+        "train": {"epochs": "20", "max_minutes": "null", "devices": "2"},
+        "split": {"group_by": "formula", "valid": "0.25"},
+        "data": {"npz": "123"},
+    }
+    conf = {name: dict(section) for name, section in overrides.items()}
+    cfg.check_workflow_config(conf, overrides)
+    assert conf["train"] == {"epochs": 20, "max_minutes": None, "devices": 2}
+    assert conf["split"] == {"group_by": "formula", "valid": 0.25}
+    assert conf["data"] == {"npz": "123"}  # a string the schema accepts as it is
+    bad = {"train": {"epochs": "twenty"}}
+    with pytest.raises(ConfigError, match=r"^train\.epochs: 'twenty' is not of"):
+        cfg.check_workflow_config({"train": dict(bad["train"])}, bad)
+
+
+def test_config_file_values_are_not_coerced():
+    """Only command-line overrides are coerced: a quoted number in a config file
+    is a mistake that is reported."""
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        cfg.check_workflow_config({"train": {"epochs": "20"}}, overrides={})
+
+
+def test_missing_input_names_the_key_and_path(tmp_path):
+    (tmp_path / "here.npz").write_bytes(b"")
+    cfg.check_input_paths({"npz": "here.npz", "packed": None}, tmp_path)
+    with pytest.raises(ConfigError, match=r"^data\.npz: no such file 'gone\.npz'"):
+        cfg.check_input_paths({"npz": "gone.npz"}, tmp_path)
+    with pytest.raises(ConfigError, match=r"^data\.packed: no such directory"):
+        cfg.check_input_paths({"packed": "here.npz"}, tmp_path)
+
+
+def test_workflow_config_error_is_one_line(tmp_path):
+    """A bad value stops Snakemake with one line naming the key, not a dump of the
+    schema."""
+    wd = make_workdir(tmp_path / "wf")
+    proc = snakemake(wd, "--dry-run", "--config", "train={'epochs': -3}", check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    (line,) = [ln for ln in output.splitlines() if "train.epochs" in ln]
+    assert line.startswith("config: train.epochs: -3 is less than the minimum"), line
+    assert "properties" not in output and "additionalProperties" not in output

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, make_workdir
-from test_workflow import RULES, check_final_outputs, copy_workdir
+from test_workflow import GPU_RULES, RULES, check_final_outputs, copy_workdir
 
 pytestmark = pytest.mark.slurm
 
@@ -40,9 +40,11 @@ PLUGIN_ARGS = (
     "--slurm-init-seconds-before-status-checks", "2",
     "--slurm-keep-successful-logs",
 )  # fmt: skip
-GPU_RULES = ("train_model", "evaluate_model")
+#: The data stages are one group, one SLURM job (``group: "data"`` in the rules),
+#: which Snakemake names after the group and its rules.
+DATA_GROUP = "data_" + "_".join(sorted(RULES[:4]))
 _SUBMITTED = re.compile(
-    r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: .*/rule_(\w+)/"
+    r"Job \S+ has been submitted with SLURM jobid (\d+) \(log: .*/(?:rule|group)_(\w+)/"
 )
 RUN_TIMEOUT_S = 900
 
@@ -86,18 +88,18 @@ def slurm_node() -> Iterator[dict[str, int]]:
 
 
 def write_test_profile(workdir: Path, node: dict[str, int]) -> Path:
-    """``profiles/slurm`` with GPU requests set to 0 and CPU and memory requests
-    capped at the test node's, as ``profiles/slurm-test`` in ``workdir``."""
+    """``profiles/slurm`` plus what the test node needs, as ``profiles/slurm-test``
+    in ``workdir``: GPU jobs ask for no GPU, and every job for no more CPUs and
+    memory than the node has (the data group runs up to three stages at once)."""
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    groups = [profile["default-resources"], *profile["set-resources"].values()]
-    for resources in groups:
-        if "gpu" in resources:
-            resources["gpu"] = 0
-        if "cpus_per_task" in resources:
-            resources["cpus_per_task"] = min(resources["cpus_per_task"], node["cpus"])
-        if "mem_mb" in resources:
-            resources["mem_mb"] = min(resources["mem_mb"], node["mem_mb"] // 2)
+    assert "default-resources" not in profile  # job sizes are the rules' own
+    resources = profile.setdefault("set-resources", {})
+    for rule in RULES:
+        extra = {"mem_mb": node["mem_mb"] // 8}  # at most 3 at once
+        if rule in GPU_RULES:
+            extra.update(gpu=0, cpus_per_task=min(4, node["cpus"]))
+        resources[rule] = {**(resources.get(rule) or {}), **extra}
     dest = workdir / "profiles" / "slurm-test"
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
@@ -105,10 +107,17 @@ def write_test_profile(workdir: Path, node: dict[str, int]) -> Path:
 
 
 def slurm_snakemake(workdir: Path, *args: str) -> list[str]:
-    """The command line that runs the workflow in ``workdir`` on the test cluster."""
+    """The command line that runs the workflow in ``workdir`` on the test cluster.
+    ``--cores`` caps every job's threads, also those of the data group (whose
+    stages run side by side), at the test node's CPUs."""
+    cpus = int(subprocess.run(
+        ["sinfo", "--noheader", "--nodes=localhost", "--format=%c"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()[0])  # fmt: skip
     return [
         sys.executable, "-m", "snakemake", "--directory", str(workdir),
-        "--profile", "profiles/slurm-test", *PLUGIN_ARGS, *args,
+        "--profile", "profiles/slurm-test", "--cores", str(cpus), *PLUGIN_ARGS,
+        *args,
     ]  # fmt: skip
 
 
@@ -150,20 +159,29 @@ def slurm_run(
 
 
 def test_every_rule_runs_as_a_slurm_job(slurm_run: tuple[Path, str]) -> None:
+    """Training and evaluation are one job each; the four data stages one job
+    together (the group); nothing runs on the submitting machine. CPU jobs go to
+    the cluster's default partition ("cpu" on the test cluster)."""
     workdir, output = slurm_run
     jobs = submitted_jobs(output)
-    assert sorted(jobs) == sorted(RULES), output
+    assert sorted(jobs) == sorted([DATA_GROUP, *GPU_RULES]), output
     assert all(len(ids) == 1 for ids in jobs.values()), jobs
-    for rule in RULES:  # nothing ran on the submitting machine
+    for rule in RULES:
         assert f"localrule {rule}:" not in output
     table = slurm_jobs()
-    for rule, (job_id,) in jobs.items():
-        assert table[job_id]["state"] == "COMPLETED", (rule, table[job_id])
-        assert table[job_id]["comment"] == f"rule_{rule}"
-        expected = "gpu" if rule in GPU_RULES else "cpu"
-        assert table[job_id]["partition"] == expected, rule
-        log = workdir / ".snakemake" / "slurm_logs" / f"rule_{rule}" / f"{job_id}.log"
-        assert f"rule {rule}:" in log.read_text(), log
+    for name, (job_id,) in jobs.items():
+        assert table[job_id]["state"] == "COMPLETED", (name, table[job_id])
+        assert table[job_id]["comment"] == f"rule_{name}"
+        expected = "gpu" if name in GPU_RULES else "cpu"
+        assert table[job_id]["partition"] == expected, name
+        kind = "group" if name == DATA_GROUP else "rule"
+        logs = list(
+            (workdir / ".snakemake/slurm_logs" / f"{kind}_{name}").rglob("*.log")
+        )
+        text = "".join(log.read_text() for log in logs)
+        rules = RULES[:4] if name == DATA_GROUP else (name,)
+        for rule in rules:
+            assert f"rule {rule}:" in text, (name, rule, logs)
     check_final_outputs(workdir, epochs=2)
 
 

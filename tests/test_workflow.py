@@ -15,10 +15,12 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import ROOT, TINY_N_MOL, make_workdir, snakemake
 from snakemake.profiles import ProfileConfigFileParser
 
@@ -31,6 +33,7 @@ RULES = (
     "train_model",
     "evaluate_model",
 )
+GPU_RULES = ("train_model", "evaluate_model")
 DATA_TARGETS = (
     "results/data/validation.json",
     "results/reports/packing_stats.json",
@@ -154,6 +157,87 @@ def test_whole_pipeline(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert planned_jobs(workdir) == []
 
 
+#: The config sections each rule's stage is given, in the order its log names them.
+RULE_SECTIONS = {
+    "convert_npz": ("data",),
+    "validate_packed": ("validate",),
+    "packing_stats": ("loader",),
+    "split_dataset": ("split",),
+    "train_model": ("model", "train", "loader"),
+    "evaluate_model": ("loader",),
+}
+
+
+def test_every_log_starts_with_the_effective_config(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Each rule's log begins with the sections it ran with, every key included
+    (defaults too), as the workflow resolved them."""
+    workdir = completed_workdir(tmp_path_factory)
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())[
+        "properties"
+    ]
+    user = yaml.safe_load((workdir / "config.yaml").read_text())
+    for rule, sections in RULE_SECTIONS.items():
+        lines = (workdir / "results/logs" / f"{rule}.log").read_text().splitlines()
+        head = lines[: len(sections)]
+        assert [ln.split(":", 1)[0] for ln in head] == [
+            f"config {name}" for name in sections
+        ], (rule, lines[:5])
+        for name, line in zip(sections, head, strict=True):
+            logged = json.loads(line.split(": ", 1)[1])
+            assert set(logged) == set(schema[name]["properties"]), (rule, name)
+            for key, value in (user.get(name) or {}).items():
+                assert logged[key] == value, (rule, name, key)
+
+
+def _train_config(workdir: Path, *args: str) -> dict[str, object]:
+    """The train section that ``train_model`` would be given (dry run)."""
+    proc = snakemake(workdir, "--dry-run", "--printshellcmds", "--forceall", *args)
+    text = proc.stdout + proc.stderr
+    (raw,) = re.findall(r"--train-config '(\{.*?\})'", text)
+    return json.loads(raw)
+
+
+def test_user_configfile_does_not_inherit_the_demo_config(tmp_path: Path) -> None:
+    """A --configfile replaces ./config.yaml instead of being merged into it: the
+    shipped config's demo limits (here max_minutes: 9) do not leak into a user's
+    run, keys the user leaves out take the schema's defaults."""
+    workdir = make_workdir(tmp_path / "wf")
+    demo = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert demo["train"]["max_minutes"] is not None  # the demo sets a limit
+    shipped = yaml.safe_load((workdir / "config.yaml").read_text())
+    shipped["train"]["max_minutes"] = demo["train"]["max_minutes"]
+    (workdir / "config.yaml").write_text(yaml.safe_dump(shipped))
+    assert _train_config(workdir)["max_minutes"] == demo["train"]["max_minutes"]
+
+    user = {"data": {"npz": "data/tiny.npz"}, "train": {"epochs": 500}}
+    (workdir / "user.yaml").write_text(yaml.safe_dump(user))
+    train = _train_config(workdir, "--configfile", "user.yaml")
+    assert train["epochs"] == 500
+    assert train["max_minutes"] is None  # the schema's default
+    assert train["patience"] != shipped["train"]["patience"]
+
+
+def test_wrong_input_path_fails_before_anything_runs(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """Once results/ exists, a data.npz that does not exist is not ignored: the
+    run stops before planning anything, naming the key and the path."""
+    workdir = copy_workdir(completed_workdir(tmp_path_factory), tmp_path / "run")
+    proc = snakemake(
+        workdir,
+        "--dry-run",
+        "--config",
+        "data={'npz': 'data/tiny-renamed.npz'}",
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "config: data.npz: no such file 'data/tiny-renamed.npz'" in output
+    assert "Nothing to be done" not in output
+
+
 # --------------------------------------------------------------------------------
 # Profiles
 
@@ -213,38 +297,137 @@ def test_default_profile_runs_one_gpu_job_per_slot(tmp_path: Path) -> None:
     assert not overlap("0")
 
 
-def test_slurm_profile_resources(tmp_path: Path) -> None:
-    """What each rule would ask SLURM for, as Snakemake resolves the profile
-    (dry run; no cluster needed): CPU stages on the default partition, training
-    and evaluation one GPU each on the GPU partition, runtime growing with the
-    attempt."""
-    workdir = make_workdir(tmp_path / "wf")
-    proc = snakemake(workdir, "--dry-run", "--profile", "profiles/slurm")
+def resources_planned(workdir: Path, *args: str) -> dict[str, dict[str, str]]:
+    """Rule -> resources (name -> value, as text) of the jobs that ``snakemake -n``
+    would submit in ``workdir`` with ``args`` (``all`` left out). ``--cores 64``
+    keeps the rules' threads from being capped at the dry run's single core."""
+    proc = snakemake(workdir, "--dry-run", "--cores", "64", *args)
     text = proc.stdout + proc.stderr
     found = re.findall(
-        r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", text, re.MULTILINE
+        r"^ *rule (\w+):\n(?: +.*\n)*? +resources: (.*)$", text, re.MULTILINE
     )
-    blocks = {rule: line for rule, line in found if rule != "all"}
-    assert set(blocks) == set(RULES), text
-    resources = {
+    return {
         rule: dict(item.split("=", 1) for item in line.split(", "))
-        for rule, line in blocks.items()
+        for rule, line in found
+        if rule != "all"
     }
+
+
+def test_slurm_profile_resources(tmp_path: Path) -> None:
+    """What each job asks SLURM for, as Snakemake resolves the rules and the
+    profile (dry run; no cluster needed). The rules declare what they need; the
+    profile names only the GPU partition. CPU stages go to the cluster's default
+    partition and each asks for its own threads as CPUs."""
+    workdir = make_workdir(tmp_path / "wf")
+    resources = resources_planned(workdir, "--profile", "profiles/slurm")
+    assert set(resources) == set(RULES), resources
     for rule in RULES[:4]:
-        assert resources[rule]["slurm_partition"] == "cpu"
+        assert "slurm_partition" not in resources[rule], resources[rule]
         assert "gpu" not in resources[rule]
-    for rule in RULES[4:]:
+    for rule in GPU_RULES:
         assert resources[rule]["slurm_partition"] == "gpu"
         assert resources[rule]["gpu"] == "1"
+        assert int(resources[rule]["cpus_per_task"]) >= 4
     for rule in RULES:
-        assert (
-            int(resources[rule]["runtime"]) > 0 and int(resources[rule]["mem_mb"]) > 0
-        )
+        assert int(resources[rule]["runtime"]) > 0
+        assert int(resources[rule]["mem_mb"]) > 0
+
     profile = _profile(ROOT / "profiles/slurm/config.yaml")
     assert profile["executor"] == "slurm"
     assert profile["slurm-requeue"] == "True"
     assert int(profile["retries"]) >= 1
-    runtimes = [e for e in profile["set-resources"] if ":runtime=" in e]
-    runtimes += [e for e in profile["default-resources"] if e.startswith("runtime=")]
-    assert runtimes and all("attempt" in e for e in runtimes)
-    assert not any("slurm_extra" in e for e in profile["set-resources"])
+    assert "default-resources" not in profile  # no CPU partition, no job sizes
+    site = ("slurm_partition", "slurm_account")
+    assert all(e.split(":", 1)[1].startswith(site) for e in profile["set-resources"])
+
+
+def test_slurm_override_keeps_the_rules_resources(tmp_path: Path) -> None:
+    """README's example: naming the cluster's partitions on the command line
+    (which replaces the profile's whole set-resources) keeps each job's memory,
+    runtime and CPUs, which the rules declare."""
+    workdir = make_workdir(tmp_path / "wf")
+    base = resources_planned(workdir, "--profile", "profiles/slurm")
+    override = resources_planned(
+        workdir,
+        "--profile",
+        "profiles/slurm",
+        "--default-resources",
+        "slurm_account=myproject",
+        "--set-resources",
+        "train_model:slurm_partition=a100",
+        "evaluate_model:slurm_partition=a100",
+    )
+    for rule in RULES:
+        for name in ("mem_mb", "runtime", "cpus_per_task", "gpu"):
+            assert override[rule].get(name) == base[rule].get(name), (rule, name)
+        assert override[rule]["slurm_account"] == "myproject"
+    assert override["train_model"]["slurm_partition"] == "a100"
+
+
+def test_training_runtime_does_not_grow_with_retries() -> None:
+    """Training resumes from its saved state, so a retry needs no longer runtime
+    (720 × attempt would ask for 36 h on the third attempt); the other stages
+    restart from scratch and do get runtime × attempt."""
+    rules = (ROOT / "workflow/rules/train.smk").read_text()
+    (runtime,) = re.findall(r"^ +runtime=(.+),$", rules, re.MULTILINE)
+    assert runtime.isdigit() and int(runtime) > 0, runtime
+    for name in ("data.smk", "evaluate.smk"):
+        text = (ROOT / "workflow/rules" / name).read_text()
+        found = re.findall(r"^ +runtime=(.+),$", text, re.MULTILINE)
+        assert found and all("attempt" in r for r in found), (name, found)
+
+
+def _multinode_recipe() -> dict[str, object]:
+    """The multi-node recipe that profiles/slurm/config.yaml gives in comments
+    under train_model, parsed as YAML."""
+    lines = (ROOT / "profiles/slurm/config.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "x 4 GPUs: add" in line)
+    recipe = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("    #   "):
+            break
+        recipe.append(line.removeprefix("    #   "))
+    return yaml.safe_load("\n".join(recipe))
+
+
+class _Resources(dict):
+    """Job resources as the SLURM plugin reads them (``.get`` and attributes)."""
+
+    __getattr__ = dict.__getitem__
+
+
+def test_multinode_recipe_submit_line(tmp_path: Path) -> None:
+    """The sbatch line of the profile's multi-node recipe, made by the installed
+    SLURM plugin from the resources Snakemake resolves: GPUs per node by --gres
+    only (no conflicting --gpus), two nodes, one task per node."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    recipe = _multinode_recipe()
+    assert recipe["gres"] == "gpu:4" and recipe["nodes"] == 2
+    workdir = make_workdir(tmp_path / "wf")
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    profile["set-resources"]["train_model"].update(recipe)
+    (workdir / "profiles/multinode").mkdir(parents=True)
+    (workdir / "profiles/multinode/config.yaml").write_text(yaml.safe_dump(profile))
+    planned = resources_planned(workdir, "--profile", "profiles/multinode")
+    values = {}
+    for name, text in planned["train_model"].items():
+        values[name] = int(text) if text.lstrip("-").isdigit() else text
+    job = types.SimpleNamespace(
+        resources=_Resources(values), threads=values["cpus_per_task"]
+    )
+    params = {
+        "run_uuid": "uuid",
+        "slurm_logfile": "log",
+        "comment_str": "rule_train_model",
+        "account": "",
+        "partition": "-p gpu",
+        "workdir": str(workdir),
+    }
+    call = get_submit_command(job, params) + set_gres_string(job)
+    flags = call.split()
+    assert "--gres=gpu:4" in flags, call
+    assert not any(f.startswith("--gpus") for f in flags), call
+    assert "--nodes=2" in flags and "--cpus-per-task=8" in flags, call
+    assert not any(f.startswith("--ntasks-per-gpu") for f in flags), call

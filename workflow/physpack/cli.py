@@ -7,8 +7,9 @@ Each subcommand is the ``main(argv)`` of its module, so ``physpack convert ...``
 from __future__ import annotations
 
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
 from physpack import __version__
 
@@ -40,6 +41,41 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+#: XLA flags that make its CPU backend run each operation on one thread.
+SINGLE_THREAD_XLA_FLAGS = (
+    "--xla_cpu_multi_thread_eigen=false",
+    "intra_op_parallelism_threads=1",
+)
+
+
+def limit_cpu_threads(environ: MutableMapping[str, str] | None = None) -> int | None:
+    """Make JAX's CPU backend use at most ``OMP_NUM_THREADS`` cores.
+
+    Snakemake sets ``OMP_NUM_THREADS`` to a rule's ``threads:`` (and SLURM jobs to
+    their CPUs), but XLA sizes its thread pool from the CPUs the process may run
+    on and ignores it. One thread: XLA's single-thread flags are added to
+    ``XLA_FLAGS``; more, but fewer than the CPUs available: the process is
+    restricted to that many of them (as ``taskset`` would). Must run before JAX
+    is imported. Returns the limit applied, or None (unset, invalid, or not
+    below the CPUs available).
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        threads = int(environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads < 1 or threads >= len(cpus):
+        return None
+    if threads == 1:
+        flags = environ.get("XLA_FLAGS", "").split()
+        extra = [f for f in SINGLE_THREAD_XLA_FLAGS if f not in flags]
+        environ["XLA_FLAGS"] = " ".join(flags + extra)
+    else:
+        os.sched_setaffinity(0, cpus[:threads])
+    return threads
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in {"-h", "--help"}:
@@ -52,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if step not in STEPS:
         print(f"physpack: error: unknown step {step!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    limit_cpu_threads()
     module = importlib.import_module(STEPS[step][0])
     return int(module.main(rest) or 0)
 

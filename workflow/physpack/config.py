@@ -1,27 +1,95 @@
 """Configuration sections: one frozen dataclass per ``config.yaml`` section.
 
-The workflow validates ``config.yaml`` against ``workflow/schemas/config.schema.yaml``
-(with defaults) before anything runs, then hands each rule only the section it
-uses, as JSON. The command-line tools accept the same section either as
-``--config '<json>'`` or as one ``--flag`` per field, and check it again here, so a
-module called from Python or by hand gets the same validation.
+``workflow/schemas/config.schema.yaml`` is the one definition of every key: its
+type and range, its default and its description. The dataclasses here take their
+defaults from it (:func:`schema_section`), the command-line flags their help
+(:func:`add_section_arguments`), and every section is checked against its part of
+the schema with ``jsonschema`` (:func:`section_from_mapping`), so the workflow, the
+command line and a call from Python accept exactly the same values.
 
-Defaults here equal the schema's defaults (``tests/test_config.py`` checks it).
+The workflow validates the whole configuration before anything runs
+(:func:`check_workflow_config`), then hands each rule only the sections it uses,
+as JSON; every stage writes the sections it was given to its log first
+(:func:`section_from_args`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
 import json
-import types
+import os
+import sys
 import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+import jsonschema
+import yaml
 
 from physpack.errors import ConfigError
 
+#: The configuration schema (JSON schema written as YAML). Resolved from the package
+#: itself, so the editable install and a run from the workflow source read the same
+#: file that the workflow validates against.
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+_C = TypeVar("_C")
+
+
+@functools.cache
+def load_schema() -> dict[str, Any]:
+    """The parsed configuration schema."""
+    try:
+        return yaml.safe_load(SCHEMA_PATH.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(
+            f"cannot read the config schema {SCHEMA_PATH}: {exc}"
+        ) from exc
+
+
+def section_schema(name: str) -> dict[str, Any]:
+    """The schema of config section ``name`` (``properties`` keyed by field)."""
+    try:
+        return load_schema()["properties"][name]
+    except KeyError:
+        raise ConfigError(f"the config schema has no section '{name}'") from None
+
+
+def schema_section(name: str) -> Callable[[type[_C]], type[_C]]:
+    """Class decorator (inside ``@dataclass``): fields of section ``name`` take
+    their defaults from the schema.
+
+    A field may still spell out a default, but it must equal the schema's; a field
+    without a schema key, or a schema key without a default, is an error at import
+    (tests/test_config.py also checks that every key has a field and a description).
+    """
+
+    def decorate(cls: type[_C]) -> type[_C]:
+        keys = section_schema(name).get("properties", {})
+        for field in inspect.get_annotations(cls):
+            if field not in keys or "default" not in keys[field]:
+                raise ConfigError(
+                    f"{cls.__name__}.{field}: no default for '{name}.{field}' in "
+                    f"{SCHEMA_PATH.name}"
+                )
+            default = keys[field]["default"]
+            if field in cls.__dict__ and cls.__dict__[field] != default:
+                raise ConfigError(
+                    f"{cls.__name__}.{field} = {cls.__dict__[field]!r} differs from "
+                    f"the schema default {default!r} of '{name}.{field}'"
+                )
+            setattr(cls, field, default)
+        return cls
+
+    return decorate
+
 
 @dataclasses.dataclass(frozen=True)
+@schema_section("data")
 class DataConfig:
     """The input (a padded NPZ, or a packed directory read in place) and its units.
 
@@ -31,11 +99,11 @@ class DataConfig:
     ``manifest.json`` needs all three declared (:meth:`declared_units`).
     """
 
-    npz: str | None = None
-    packed: str | None = None
-    energy_unit: str | None = None
-    length_unit: str | None = None
-    dipole_unit: str | None = None
+    npz: str | None
+    packed: str | None
+    energy_unit: str | None
+    length_unit: str | None
+    dipole_unit: str | None
 
     def source(self) -> tuple[Literal["npz", "packed"], str]:
         """``("npz", path)`` or ``("packed", path)``; ConfigError unless exactly
@@ -59,27 +127,30 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+@schema_section("validate")
 class ValidateConfig:
     """Integrity checks of a packed directory."""
 
-    min_distance: float = 0.4  # Å; two atoms of one molecule closer than this: error
-    outlier_z: float = 10.0  # robust z-score above which energies/forces are flagged
-    max_reported: int = 50  # problems listed per check (the count is always exact)
-    checksums: bool = True  # verify sha256 against manifest.json when present
-    require_manifest: bool | None = None  # no manifest.json is an error (None: auto)
+    min_distance: float  # Å; two atoms of one molecule closer than this: error
+    outlier_z: float  # robust z-score above which energies/forces are flagged
+    max_reported: int  # problems listed per check (the count is always exact)
+    checksums: bool  # verify sha256 against manifest.json when present
+    require_manifest: bool | None  # no manifest.json is an error (None: auto)
 
 
 @dataclasses.dataclass(frozen=True)
+@schema_section("split")
 class SplitConfig:
     """Train/valid/test fractions; the rest of the data is train."""
 
-    valid: float = 0.1
-    test: float = 0.1
-    seed: int = 42
-    group_by: Literal["none", "formula"] = "none"
+    valid: float
+    test: float
+    seed: int
+    group_by: Literal["none", "formula"]
 
 
 @dataclasses.dataclass(frozen=True)
+@schema_section("loader")
 class LoaderConfig:
     """Batching. ``batch_size`` is molecules per batch (on average, for packed batches).
 
@@ -88,59 +159,61 @@ class LoaderConfig:
     older dense form (``None``: the dataset's largest molecule).
     """
 
-    batch_size: int = 32
-    bucket_size: int = 8192
-    num_atoms: int | None = None
-    max_atoms: int | None = None
-    max_pairs: int | None = None
-    max_molecules: int | None = None
-    prefetch: int = 2
-    pairs: Literal["all", "cutoff"] = "all"  # cutoff: pairs within model.cutoff
-    giant_atoms: int | None = None  # larger molecules: a second budget (None: off)
-    max_molecule_atoms: int | None = None  # larger molecules are refused
+    batch_size: int
+    bucket_size: int
+    num_atoms: int | None
+    max_atoms: int | None
+    max_pairs: int | None
+    max_molecules: int | None
+    prefetch: int
+    pairs: Literal["all", "cutoff"]  # cutoff: pairs within model.cutoff
+    giant_atoms: int | None  # larger molecules: a second budget (None: off)
+    max_molecule_atoms: int | None  # larger molecules are refused
 
 
 @dataclasses.dataclass(frozen=True)
+@schema_section("model")
 class ModelConfig:
     """PhysNet hyperparameters (cutoff in Å)."""
 
-    features: int = 64
-    max_degree: int = 0
-    num_iterations: int = 3
-    num_basis_functions: int = 32
-    cutoff: float = 5.0
-    max_atomic_number: int = 36
-    n_res: int = 2
-    zbl: bool = False
-    charges: bool = False
+    features: int
+    max_degree: int
+    num_iterations: int
+    num_basis_functions: int
+    cutoff: float
+    max_atomic_number: int
+    n_res: int
+    zbl: bool
+    charges: bool
 
 
 @dataclasses.dataclass(frozen=True)
+@schema_section("train")
 class TrainConfig:
     """Optimisation. Loss = energy_weight·MSE(E/atom) + forces_weight·MSE(F) (+ dipole)."""
 
-    epochs: int = 200
-    max_minutes: float | None = None  # wall-clock budget; stops at an epoch boundary
-    patience: int = 40  # epochs without validation improvement before stopping
-    optimizer: Literal["amsgrad", "adam", "adamw"] = "amsgrad"
-    learning_rate: float = 1e-3
-    schedule: Literal["cosine", "plateau", "constant"] = "cosine"
-    warmup_steps: int = 200
-    final_lr_fraction: float = 0.01
-    plateau_factor: float = 0.5
-    plateau_patience: int = 10
-    weight_decay: float = 0.0
-    clip_norm: float = 10.0
-    ema_decay: float = 0.99
-    energy_weight: float = 100.0
-    forces_weight: float = 50.0
-    dipole_weight: float = 1.0
-    seed: int = 0
-    devices: int | Literal["all"] = "all"
-    state_every_steps: int = 200  # resumable state written at least this often
-    max_nonfinite_steps: int = 20  # consecutive rejected steps before stopping
-    reference_energies: str | dict[str, float] = "fit"  # or {symbol: E0}
-    reference_energy_unit: str = "eV"  # unit of the values in reference_energies
+    epochs: int
+    max_minutes: float | None  # wall-clock budget; stops at an epoch boundary
+    patience: int  # epochs without validation improvement before stopping
+    optimizer: Literal["amsgrad", "adam", "adamw"]
+    learning_rate: float
+    schedule: Literal["cosine", "plateau", "constant"]
+    warmup_steps: int
+    final_lr_fraction: float
+    plateau_factor: float
+    plateau_patience: int
+    weight_decay: float
+    clip_norm: float
+    ema_decay: float
+    energy_weight: float
+    forces_weight: float
+    dipole_weight: float
+    seed: int
+    devices: int | Literal["all"]
+    state_every_steps: int  # resumable state written at least this often
+    max_nonfinite_steps: int  # consecutive rejected steps before stopping
+    reference_energies: str | dict[str, float]  # or {symbol: E0}
+    reference_energy_unit: str  # unit of the values in reference_energies
 
 
 Section = TypeVar("Section")
@@ -155,60 +228,82 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def _error_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path)
+
+
+def _one_line(error: jsonschema.ValidationError, prefix: str) -> str:
+    """A schema violation as one line naming the key: ``train.epochs: '20' is not
+    of type 'integer'`` (never the schema itself)."""
+    path = ".".join(p for p in (prefix, _error_path(error)) if p)
+    if error.validator == "additionalProperties":
+        known = ", ".join(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return f"{path}: unknown key(s) {', '.join(extra)}; known: {known}"
+    if error.validator == "oneOf":
+        options = [
+            s.get("enum", [s.get("type")]) for s in error.schema.get("oneOf", [])
+        ]
+        wanted = " or ".join(str(o[0] if len(o) == 1 else o) for o in options)
+        return f"{path}: got {error.instance!r}, expected {wanted}"
+    return f"{path}: {error.message}"
+
+
+def _check(instance: Any, schema: dict[str, Any], prefix: str) -> None:
+    """Raise ConfigError (one line, the most relevant violation) unless ``instance``
+    satisfies ``schema``."""
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    if error is not None:
+        raise ConfigError(_one_line(error, prefix))
+
+
 def section_from_mapping(
-    cls: type[Section], mapping: dict[str, Any] | None, name: str
+    cls: type[Section], mapping: Mapping[str, Any] | None, name: str
 ) -> Section:
-    """Build section ``cls`` from a mapping, refusing unknown keys and wrong types."""
+    """Build section ``cls`` from a mapping checked against the schema's section
+    ``name``: unknown keys, wrong types and values out of range are refused with a
+    one-line :class:`ConfigError` naming the key; missing keys take the schema's
+    defaults. Integers given for float fields become floats."""
     mapping = dict(mapping or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(mapping) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}"
-        )
+    _check(mapping, section_schema(name), name)
     hints = typing.get_type_hints(cls)
-    values = {k: _coerce(hints[k], v, f"{name}.{k}") for k, v in mapping.items()}
+    values = {k: _as_float(hints[k], v) for k, v in mapping.items()}
     return cls(**values)
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    """Check ``value`` against a simple type hint; ints are accepted for floats."""
-    origin = typing.get_origin(hint)
-    union = origin in (typing.Union, types.UnionType)
-    options = typing.get_args(hint) if union else (hint,)
-    errors = []
-    for opt in options:
-        if opt is type(None):
-            if value is None:
-                return None
-            continue
-        if typing.get_origin(opt) is Literal:
-            if value in typing.get_args(opt):
-                return value
-            errors.append(" | ".join(map(repr, typing.get_args(opt))))
-            continue
-        if opt is bool:
-            if isinstance(value, bool):
-                return value
-        elif opt is int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        elif opt is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-        elif opt is str:
-            if isinstance(value, str):
-                return value
-        errors.append(getattr(opt, "__name__", str(opt)))
-    raise ConfigError(f"{where}: got {value!r}, expected {' or '.join(errors)}")
+def _as_float(hint: Any, value: Any) -> Any:
+    """``value`` as float when ``hint`` admits float but not int (JSON has one
+    number type; the schema has already checked it)."""
+    options = typing.get_args(hint) or (hint,)
+    if (
+        float in options
+        and int not in options
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+    ):
+        return float(value)
+    return value
+
+
+def _help(name: str, key: str) -> str:
+    """A flag's help: the schema's description of ``name.key`` and its default."""
+    spec = section_schema(name).get("properties", {}).get(key, {})
+    text = " ".join(str(spec.get("description", "")).split())
+    default = json.dumps(spec.get("default"))
+    choices = spec.get("enum")
+    if choices:
+        text += f" (one of {', '.join(str(c) for c in choices if c is not None)})"
+    return f"{text} [default: {default}]".strip().replace("%", "%%")
 
 
 def add_section_arguments(
     parser: argparse.ArgumentParser, cls: type, name: str, option: str = "--config"
 ) -> None:
     """Add ``option`` (``--config JSON``) for the whole section and ``--<field>`` per
-    field. A command that takes several sections gives each its own ``option``
-    (e.g. ``--train-config``); their field names must then be distinct."""
+    field, with the schema's descriptions as help. A command that takes several
+    sections gives each its own ``option`` (e.g. ``--train-config``); their field
+    names must then be distinct."""
     group = parser.add_argument_group(f"{name} settings (config.yaml section '{name}')")
     group.add_argument(
         option,
@@ -222,7 +317,7 @@ def add_section_arguments(
             dest=f"_{name}__{f.name}",
             metavar="VALUE",
             type=_parse_flag,
-            help=f"default: {f.default!r}",
+            help=_help(name, f.name),
         )
 
 
@@ -238,7 +333,9 @@ def section_from_args(
     cls: type[Section], args: argparse.Namespace, name: str
 ) -> Section:
     """The section built from ``--config`` and per-field flags added by
-    :func:`add_section_arguments`."""
+    :func:`add_section_arguments`. The effective section (every field, defaults
+    included) is written to stderr as ``config <name>: <json>``, so that the log
+    of every stage starts with the configuration it ran with."""
     raw = getattr(args, f"_{name}_json", None)
     try:
         mapping = json.loads(raw) if raw else {}
@@ -250,9 +347,81 @@ def section_from_args(
         value = getattr(args, f"_{name}__{f.name}", None)
         if value is not None:
             mapping[f.name] = value
-    return section_from_mapping(cls, mapping, name)
+    section = section_from_mapping(cls, mapping, name)
+    log_section(section, name)
+    return section
+
+
+def log_section(section: Any, name: str) -> None:
+    """Write ``config <name>: <json>`` (the effective section) to stderr."""
+    print(f"config {name}: {section_to_json(section)}", file=sys.stderr, flush=True)
 
 
 def section_to_json(section: Any) -> str:
     """Canonical JSON of a section (sorted keys), as the rules pass it."""
     return json.dumps(dataclasses.asdict(section), sort_keys=True)
+
+
+# --------------------------------------------------------------------------------
+# The whole workflow configuration (called from workflow/rules/common.smk)
+
+
+def coerce_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Turn string values of nested ``--config`` overrides back into YAML values.
+
+    ``snakemake --config train='{"epochs": 20}'`` hands the nested values over as
+    strings (``{"epochs": "20"}``). Each such string that the schema does not
+    accept as it is, and that YAML reads as something else than a string
+    (``20``, ``1e-3``, ``null``, ``true``), is replaced in ``config`` by the parsed
+    value, which the validation then checks. Values from config files are never
+    touched.
+    """
+    props = load_schema().get("properties", {})
+    for name, section in overrides.items():
+        keys = props.get(name, {}).get("properties", {})
+        target = config.get(name)
+        if not isinstance(section, Mapping) or not isinstance(target, dict):
+            continue
+        for key, value in section.items():
+            if not isinstance(value, str) or key not in keys:
+                continue
+            validator = jsonschema.Draft202012Validator(keys[key])
+            if validator.is_valid(value):
+                continue
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                continue
+            if not isinstance(parsed, str):
+                target[key] = parsed
+
+
+def check_workflow_config(
+    config: dict[str, Any], overrides: Mapping[str, Any] | None = None
+) -> None:
+    """Check the workflow's whole configuration against the schema, before
+    anything runs; nested ``--config`` overrides are coerced first
+    (:func:`coerce_overrides`). Raises a one-line :class:`ConfigError` naming the
+    key (``config: train.epochs: ...``)."""
+    if overrides:
+        coerce_overrides(config, overrides)
+    _check(config, load_schema(), "")
+
+
+#: Keys of the ``data`` section that name an existing input (file or directory).
+INPUT_KEYS = {"npz": "file", "packed": "directory"}
+
+
+def check_input_paths(data: Mapping[str, Any], workdir: str | os.PathLike) -> None:
+    """Refuse a ``data.npz``/``data.packed`` that does not exist (relative paths
+    are relative to ``workdir``, the workflow's working directory): one line
+    naming the key and the path, before anything runs."""
+    for key, kind in INPUT_KEYS.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        path = Path(workdir, value)
+        ok = path.is_file() if kind == "file" else path.is_dir()
+        if not ok:
+            where = "" if Path(value).is_absolute() else f" (in {Path(workdir)})"
+            raise ConfigError(f"data.{key}: no such {kind} {value!r}{where}")

@@ -1,10 +1,40 @@
 import json
+import os
+import shlex
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-validate(config, schema="../schemas/config.schema.yaml")
+# The workflow's own files (package, schema, envs, report) are found from this file,
+# not from the working directory: one copy of the workflow serves any number of
+# project directories (`snakemake -s /path/to/Snakefile --directory myproject`).
+WORKFLOW_ROOT = Path(workflow.current_basedir.get_path_or_uri(secret_free=True))
+WORKFLOW_ROOT = WORKFLOW_ROOT.resolve().parents[1]
+SOURCE = WORKFLOW_ROOT / "workflow"
+
+# The stages run the package from the workflow source, the code that the rules
+# declare as inputs (also in a conda environment, which holds only the third-party
+# dependencies). The same package checks the configuration here.
+sys.path.insert(0, str(SOURCE))
+from physpack.config import check_input_paths, check_workflow_config
+from physpack.errors import ConfigError
+
+shell.prefix(
+    "set -euo pipefail; export PYTHONPATH="
+    + shlex.quote(str(SOURCE))
+    + "${{PYTHONPATH:+:$PYTHONPATH}}; "
+)
+
+# Nested `--config section='{...}'` values arrive as strings: coerced first. A bad
+# key or value, or a missing input, stops the run with one line naming it.
+try:
+    check_workflow_config(config, workflow.config_settings.overwrite_config)
+    validate(config, schema=str(SOURCE / "schemas" / "config.schema.yaml"))
+    check_input_paths(config["data"], os.getcwd())
+except ConfigError as exc:
+    raise WorkflowError(f"config: {exc}") from None
 
 
 # Every path of the pipeline, in one place.
@@ -70,7 +100,12 @@ PATHS["dataset"] = (
     PATHS["descriptor"] if data_source()[0] == "packed" else PATHS["packed"]
 )
 
-PACKAGE = "workflow/physpack"
+# The package's files, as inputs of the rules: relative to the working directory
+# if the workflow lies inside it (a checkout used as the project directory), else
+# absolute.
+PACKAGE = os.path.relpath(SOURCE / "physpack")
+if PACKAGE.startswith(".."):
+    PACKAGE = str(SOURCE / "physpack")
 
 # The modules each stage runs, beyond the shared ones: a stage whose code changes
 # reruns, and so does everything downstream of it (issue: rerun only what is stale).
@@ -82,6 +117,7 @@ SHARED_MODULES = [
     "atomic.py",
     "data/__init__.py",
     "data/packed.py",
+    "data/manifest.py",
     "data/descriptor.py",
 ]
 STAGE_MODULES = {

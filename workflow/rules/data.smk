@@ -10,12 +10,19 @@ if data_source()[0] == "npz":
             log_path("convert_npz"),
         benchmark:
             benchmark_path("convert_npz")
+        group:
+            "data"
         conda:
             "../../envs/physpack.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=lambda wildcards, attempt: 60 * attempt,
         params:
             data=section("data"),
         shell:
-            "physpack convert {input.npz:q} {output:q} --config {params.data:q}"
+            "python -m physpack convert {input.npz:q} {output:q}"
+            " --config {params.data:q}"
             " --no-progress > {log:q} 2>&1"
 
 else:
@@ -30,8 +37,14 @@ else:
             log_path("describe_packed"),
         benchmark:
             benchmark_path("describe_packed")
+        group:
+            "data"
         conda:
             "../../envs/physpack.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=lambda wildcards, attempt: 60 * attempt,
         params:
             data=section("data"),
         shell:
@@ -49,12 +62,18 @@ rule validate_packed:
         log_path("validate_packed"),
     benchmark:
         benchmark_path("validate_packed")
+    group:
+        "data"
     conda:
         "../../envs/physpack.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         validate=section("validate"),
     shell:
-        "physpack validate {input.packed:q} --output {output:q}"
+        "python -m physpack validate {input.packed:q} --output {output:q}"
         " --config {params.validate:q} > {log:q} 2>&1"
 
 
@@ -74,12 +93,19 @@ rule packing_stats:
         log_path("packing_stats"),
     benchmark:
         benchmark_path("packing_stats")
+    group:
+        "data"
     conda:
         "../../envs/physpack.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         loader=section("loader"),
     shell:
-        "physpack stats {input.packed:q} --json {output.json:q} --markdown {output.md:q}"
+        "python -m physpack stats {input.packed:q} --json {output.json:q}"
+        " --markdown {output.md:q}"
         " --figure {output.png:q} --config {params.loader:q} > {log:q} 2>&1"
 
 
@@ -93,10 +119,16 @@ rule split_dataset:
         log_path("split_dataset"),
     benchmark:
         benchmark_path("split_dataset")
+    group:
+        "data"
     conda:
         "../../envs/physpack.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         split=section("split"),
     shell:
-        "physpack split {input.packed:q} --output {output:q}"
+        "python -m physpack split {input.packed:q} --output {output:q}"
         " --config {params.split:q} > {log:q} 2>&1"

@@ -33,14 +33,20 @@ rule evaluate_model:
         benchmark_path("evaluate_model")
     conda:
         "../../envs/physpack-cuda.yaml"
+    threads: 4
     resources:
         gpu=1,
+        cpus_per_task=lambda wildcards, threads: threads,
+        mem_mb=16000,
+        runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         loader=section("loader"),
     shell:
-        "physpack evaluate {input.packed:q} --split {input.split:q}"
+        # the loader section first, as every stage's log starts with its config
+        "printf 'config loader: %s\\n' {params.loader:q} > {log:q};"
+        " python -m physpack evaluate {input.packed:q} --split {input.split:q}"
         " --checkpoint {input.best:q} --history {input.history:q}"
         " --metrics {output.metrics:q} --metrics-md {output.metrics_md:q}"
         " --metrics-html {output.metrics_html:q}"
         " --predictions {output.predictions:q} --figures {output.figures:q}"
-        " --loader-config {params.loader:q} > {log:q} 2>&1"
+        " --loader-config {params.loader:q} >> {log:q} 2>&1"

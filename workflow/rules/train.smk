@@ -13,8 +13,13 @@ rule train_model:
         benchmark_path("train_model")
     conda:
         "../../envs/physpack-cuda.yaml"
+    threads: 8
     resources:
         gpu=1,
+        cpus_per_task=lambda wildcards, threads: threads,
+        mem_mb=16000,
+        # minutes; constant, since a retried job resumes from its saved state
+        runtime=720,
         mpi="",
     params:
         model=section("model"),
@@ -22,7 +27,8 @@ rule train_model:
         loader=section("loader"),
         state=PATHS["state"],
     shell:
-        "{resources.mpi} physpack train {input.packed:q} --split {input.split:q}"
+        "{resources.mpi} python -m physpack train {input.packed:q}"
+        " --split {input.split:q}"
         " --output {output.best:q} --history {output.history:q}"
         " --state-dir {params.state:q} --model-config {params.model:q}"
         " --train-config {params.train:q} --loader-config {params.loader:q}"
