@@ -691,3 +691,23 @@ def test_molecule_above_the_size_limit_is_refused(tmp_path: Path) -> None:
     assert "max_molecule_atoms=1000" in message and "8,997,000 pair slots" in message
     assert "0.08 GB of host" in message and "\n" not in message
     assert PackedMemmapLoader(path, 2, max_molecule_atoms=3000).n_molecules == 4
+
+
+def test_packed_steps_with_giants_give_every_device_one_shape(tmp_path: Path) -> None:
+    sizes = [3, 4, 5, 6] * 30 + [40, 45, 50, 41, 44]
+    path = write_packed_sizes(tmp_path / "p", sizes)
+    ids, kinds = [], []
+    for p in range(2):
+        slots = ProcessSlots(4, first=2 * p, count=2)
+        loader = PackedMemmapLoader(
+            path, 6, seed=2, giant_atoms=20, process_slots=slots
+        )
+        mine = []
+        for step in loader.packed_steps():
+            shapes = {loader.kind_of(b) for b in step}
+            assert len(shapes) == 1  # both devices of this process
+            mine.append(shapes.pop())
+            ids += [b["mol_index"][b["molecule_mask"]] for b in step]
+        kinds.append(mine)
+    assert kinds[0] == kinds[1] and 1 in kinds[0]  # and the same in both processes
+    assert np.array_equal(np.sort(np.concatenate(ids)), np.arange(len(sizes)))
