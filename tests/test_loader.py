@@ -646,6 +646,7 @@ def qm9_with_giant(tmp_path: Path, n: int = 5000, giant: int = 400) -> Path:
 
 def test_giants_do_not_inflate_every_other_batch(tmp_path: Path) -> None:
     path = qm9_with_giant(tmp_path)
+    rng = np.random.default_rng(1)
     one_budget = epoch_padding_stats(path, batch_size=32)
     apart = epoch_padding_stats(path, batch_size=32, giant_atoms=100)
     assert one_budget["pair_efficiency"] < 0.2  # the giant sets every pair budget
@@ -654,6 +655,12 @@ def test_giants_do_not_inflate_every_other_batch(tmp_path: Path) -> None:
     assert apart["giant_n_batches"] == 1 and apart["giant_n_molecules"] == 1
     assert apart["giant_max_pairs"] >= 400 * 399 > apart["max_pairs"]
     assert apart["n_molecules"] == 5001
+    # "auto" finds the outlier, and leaves data without outliers with one budget
+    auto = PackedMemmapLoader(path, 32, giant_atoms="auto")
+    assert auto.giant_atoms is not None and 29 <= auto.giant_atoms < 400
+    assert auto.budgets[0] == PackedMemmapLoader(path, 32, giant_atoms=100).budget
+    plain = write_packed_sizes(tmp_path / "plain", qm9_like_sizes(3000, rng).tolist())
+    assert PackedMemmapLoader(plain, 32, giant_atoms="auto").giant_atoms is None
 
 
 def test_giant_batches_come_in_whole_steps(tmp_path: Path) -> None:

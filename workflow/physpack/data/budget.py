@@ -78,24 +78,29 @@ def derive_budget(
     max_atoms: int | None = None,
     max_pairs: int | None = None,
     max_molecules: int | None = None,
+    *,
+    grow: bool = True,
 ) -> Budget:
     """Budgets for ``batch_size`` molecules per batch on average.
 
     ``A`` = batch_size × mean atoms + 1, ``P`` = (A - 1) × the mean pairs per atom,
     ``M`` = 1.25 × the mean molecules per batch + 1, rounded up to multiples of 8
     (64 for large ``A`` and ``P``); derived budgets grow to hold the largest
-    molecule, overrides are taken as given (check them with :meth:`Budget.fits`).
+    molecule (unless ``grow`` is False), overrides are taken as given (check them
+    with :meth:`Budget.fits`).
 
     Raises:
         ConfigError: a budget without room for one atom and one molecule.
     """
     mean_n, mean_p = stats.mean_atoms, stats.mean_pairs
     atoms = round_friendly(batch_size * mean_n + 1, 256)
-    atoms = max(atoms, round_friendly(stats.largest_atoms + 1, 256))
+    if grow:
+        atoms = max(atoms, round_friendly(stats.largest_atoms + 1, 256))
     atoms = int(max_atoms) if max_atoms is not None else atoms
     # pair slots in the subset's own pair/atom ratio: both budgets fill together
     pairs = round_friendly((atoms - 1) * mean_p / mean_n, 512)
-    pairs = max(pairs, round_friendly(stats.largest_pairs, 512))
+    if grow:
+        pairs = max(pairs, round_friendly(stats.largest_pairs, 512))
     pairs = int(max_pairs) if max_pairs is not None else pairs
     mols = round_friendly(1.25 * (atoms - 1) / mean_n + 1, 1 << 30)
     mols = int(max_molecules) if max_molecules is not None else mols

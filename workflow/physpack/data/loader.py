@@ -216,7 +216,9 @@ class PackedMemmapLoader:
             charges needs ``"all"``).
         cutoff: [Å], for ``pairs="cutoff"`` (the model's cutoff).
         giant_atoms: molecules with more atoms go into batches of the giant budget
-            (:data:`GIANT`); ``None``: one budget that holds every molecule.
+            (:data:`GIANT`); ``"auto"``: those that do not fit the budget derived
+            from ``batch_size`` and the mean size (so only outliers, and none when
+            every molecule fits); ``None``: one budget that holds every molecule.
         max_molecule_atoms: refuse a molecule with more atoms (``None``: no limit).
         process_slots: this process's share of every step (:class:`ProcessSlots`);
             other processes' batches are not assembled, and giant batches come in
@@ -262,7 +264,7 @@ class PackedMemmapLoader:
         mix_sizes: bool = True,
         pairs: PairMode = "all",
         cutoff: float | None = None,
-        giant_atoms: int | None = None,
+        giant_atoms: int | Literal["auto"] | None = None,
         max_molecule_atoms: int | None = None,
         process_slots: ProcessSlots | None = None,
     ):
@@ -270,7 +272,7 @@ class PackedMemmapLoader:
             ("batch_size", batch_size, 1),
             ("bucket_size", bucket_size, 1),
             ("prefetch", prefetch, 0),
-            ("giant_atoms", 1 if giant_atoms is None else giant_atoms, 1),
+            ("giant_atoms", 1 if giant_atoms in (None, "auto") else giant_atoms, 1),
             (
                 "max_molecule_atoms",
                 1 if max_molecule_atoms is None else max_molecule_atoms,
@@ -461,11 +463,20 @@ class PackedMemmapLoader:
         n = self._sizes[positions].astype(np.int64)
         return n * (n - 1)
 
-    def _giant_threshold(self, giant_atoms: int | None) -> int | None:
-        """``giant_atoms`` when the subset has molecules on both sides of it."""
+    def _giant_threshold(self, giant_atoms: int | Literal["auto"] | None) -> int | None:
+        """``giant_atoms`` when the subset has molecules on both sides of it;
+        ``"auto"``: the largest size that fits the budget derived from the mean
+        size without growing it to the largest molecule."""
         if giant_atoms is None:
             return None
         hist = self._size_hist
+        if giant_atoms == "auto":
+            plain = derive_budget(self._stats(None), self.batch_size, grow=False)
+            n = np.arange(hist.size, dtype=np.int64)
+            fits = (n <= plain.max_atoms - 1) & (n * (n - 1) <= plain.max_pairs)
+            if fits.all():
+                return None
+            giant_atoms = int(np.argmin(fits)) - 1  # fits is True, then False
         if hist[giant_atoms + 1 :].any() and hist[: giant_atoms + 1].any():
             return int(giant_atoms)
         return None
