@@ -167,7 +167,7 @@ class LoaderConfig:
     max_molecules: int | None
     prefetch: int
     pairs: Literal["all", "cutoff"]  # cutoff: pairs within model.cutoff
-    giant_atoms: int | None  # larger molecules: a second budget (None: off)
+    giant_atoms: int | Literal["auto"] | None  # larger molecules: a second budget (None: off)
     max_molecule_atoms: int | None  # larger molecules are refused
 
 
