@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -718,3 +720,41 @@ def test_packed_steps_with_giants_give_every_device_one_shape(tmp_path: Path) ->
         kinds.append(mine)
     assert kinds[0] == kinds[1] and 1 in kinds[0]  # and the same in both processes
     assert np.array_equal(np.sort(np.concatenate(ids)), np.arange(len(sizes)))
+
+
+def test_two_local_processes_read_disjoint_batches(packed: Path) -> None:
+    """Two real processes, each with its slots: together they read the epoch of one
+    process, every batch once, and neither assembles the other's."""
+    script = (
+        "import json, sys\n"
+        "from physpack.data.loader import PackedMemmapLoader, ProcessSlots\n"
+        "p = int(sys.argv[2])\n"
+        "loader = PackedMemmapLoader(sys.argv[1], 8, seed=7,\n"
+        "    process_slots=ProcessSlots(2, first=p, count=1))\n"
+        "calls = []\n"
+        "assemble = loader.assemble\n"
+        "loader.assemble = lambda *a: calls.append(1) or assemble(*a)\n"
+        "out = {b: x['mol_index'].tolist() for b, x in\n"
+        "       enumerate(loader.packed_batches()) if x is not None}\n"
+        "print(json.dumps({'batches': out, 'assembled': len(calls)}))\n"
+    )
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(packed), str(p)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for p in range(2)
+    ]
+    got = [json.loads(j.communicate(timeout=120)[0]) for j in jobs]
+    assert all(j.returncode == 0 for j in jobs)
+    whole = collect(PackedMemmapLoader(packed, 8, seed=7).packed_batches())
+    merged: dict[int, list] = {}
+    for p, g in enumerate(got):
+        assert g["assembled"] == len(g["batches"])
+        for b, ids in g["batches"].items():
+            assert int(b) % 2 == p and int(b) not in merged
+            merged[int(b)] = ids
+    assert sorted(merged) == list(range(len(whole)))
+    for b, batch in enumerate(whole):
+        assert merged[b] == batch["mol_index"].tolist()
