@@ -1,24 +1,31 @@
-"""Benchmark: streaming NPZ → packed conversion against the naive load-everything way.
+"""Benchmark: NPZ → packed conversion, this checkout against today's method.
 
 Makes a multi-GB synthetic padded NPZ in a temporary directory: a base of
 ``--base-molecules`` molecules from :func:`physpack.data.synthetic.write_padded_npz`
 (pure Python per molecule, about 0.4 ms each), tiled member by member, streamed,
 up to ``--size-gb`` (the converter's work does not depend on molecules being
-distinct). Then runs, each in its own subprocess:
+distinct). Then runs, each in its own subprocess, ``--repeats`` times in turn:
 
-* ``streaming``: ``python -m physpack.data.convert`` (chunked reads from the zip,
-  validation, unit conversion, sha256 of the input, atomic write);
-* ``naive``: the baseline, ``np.load`` of every array fully into memory, then
+* ``new``: ``python -m physpack.data.convert`` of this checkout (stored members
+  read straight from the mapped file, output written and hashed in a background
+  thread, input sha256 and CRC-32 in another);
+* ``today``: the same command from physpack at ``--baseline-rev`` (the converter
+  before that change: every member through ``zipfile``, then the input hashed in a
+  second pass, everything on one thread), exported with ``git archive``;
+* ``naive`` (``--naive``): ``np.load`` of every array fully into memory, then
   unpadding with a boolean mask and writing the same raw files;
-* ``floor``: ``import physpack.data.convert`` alone (interpreter + numpy baseline RSS).
+* ``floor``: ``import physpack.data.convert`` alone (interpreter + numpy RSS).
 
 Peak RSS of each comes from ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` read
 by a small wrapper process that has exactly that one child. Throughput is NPZ bytes
-per second of wall time. The NPZ is freshly written, so both runs read it from the
-page cache (this measures the converter, not the disk). Temporary files are removed
-at the end unless ``--keep``.
+per second of wall time (best of the repeats; the median is printed too). The NPZ
+is freshly written, so every run reads it from the page cache (this measures the
+converter, not the disk). ``--profile`` also prints where the time goes in both
+(cProfile of one in-process conversion, grouped: zip reading, sha256/CRC,
+unpadding, dtype conversion, writing, checks). Temporary files are removed at the
+end unless ``--keep``.
 
-    python benchmarks/bench_convert.py [--size-gb 2] [--workdir /tmp] [--keep]
+    python benchmarks/bench_convert.py [--size-gb 2] [--repeats 3] [--profile]
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -42,10 +50,10 @@ from numpy.lib import format as npformat
 BYTES_PER_MOLECULE = 29 * (12 + 12 + 4) + 8 + 8 + 4 + 24
 
 
-def measure(cmd: list[str]) -> dict[str, float]:
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
     """Run ``cmd`` in a wrapper process; its wall time [s] and peak RSS [MB]."""
     wrapper = [sys.executable, __file__, "--_measure", "--", *cmd]
-    proc = subprocess.run(wrapper, check=False, capture_output=True, text=True)
+    proc = subprocess.run(wrapper, check=False, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -107,8 +115,84 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
 
+ROOT = Path(__file__).resolve().parents[1]
+#: physpack before the faster conversion (one thread, everything through zipfile)
+BASELINE_REV = "65e8cb3"
+
+#: cProfile function names -> where the time goes
+PHASES = {
+    "zip reading": ("zipfile.py", "{method 'read' of '_io.BufferedReader'", "preadv"),
+    "sha256 / CRC-32": ("_hashlib.HASH", "zlib.crc32"),
+    "unpadding": ("'take' of 'numpy.ndarray'",),
+    "dtype conversion": ("'astype' of", "'tobytes' of", "numpy.array"),
+    "writing": ("'write' of '_io.BufferedWriter'", "posix.fsync"),
+    "waiting for threads": ("'acquire' of '_thread.lock'",),
+}
+
+_PROFILE = """
+import cProfile, io, pstats, sys
+from pathlib import Path
+from physpack.data.convert import convert_npz
+prof = cProfile.Profile()
+prof.enable()
+convert_npz(Path(sys.argv[1]), Path(sys.argv[2]), chunk_mb=float(sys.argv[3]))
+prof.disable()
+out = io.StringIO()
+pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats()
+print(out.getvalue())
+"""
+
+
+def export_baseline(rev: str, dest: Path) -> Path:
+    """physpack at ``rev`` (``git archive`` of this checkout) under ``dest``; the
+    directory to put on PYTHONPATH."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "workflow/physpack"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest / "workflow"
+
+
+def profile(npz: Path, out: Path, chunk_mb: float, env: dict[str, str]) -> dict:
+    """Seconds per phase (:data:`PHASES`) of one in-process conversion (main
+    thread; background threads show up as waiting)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROFILE, str(npz), str(out), str(chunk_mb)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    phases = dict.fromkeys([*PHASES, "total"], 0.0)
+    for line in proc.stdout.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 6 or not parts[1].replace(".", "").isdigit():
+            continue
+        if "function calls" in line:
+            continue
+        tottime = float(parts[1])
+        for phase, needles in PHASES.items():
+            if any(n in parts[5] for n in needles):
+                phases[phase] += tottime
+                break
+        phases["total"] += tottime
+    return phases
+
+
 def run(
-    size_gb: float, workdir: Path | None, keep: bool, chunk_mb: float, n_base: int
+    size_gb: float,
+    workdir: Path | None,
+    keep: bool,
+    chunk_mb: float,
+    n_base: int,
+    repeats: int,
+    baseline_rev: str,
+    naive: bool,
+    with_profile: bool,
 ) -> None:
     from physpack.data.synthetic import write_padded_npz
 
@@ -127,50 +211,74 @@ def run(
             f"synthetic NPZ: {n_mol} molecules, {npz_mb:.0f} MB "
             f"(made in {make_s:.0f} s)"
         )
-
+        old_path = export_baseline(baseline_rev, tmp / "baseline")
+        envs = {
+            "new": dict(os.environ),
+            "today": {**os.environ, "PYTHONPATH": str(old_path)},
+        }
+        convert = [sys.executable, "-m", "physpack.data.convert", str(npz)]
+        flags = ["--no-progress", "--chunk-mb", str(chunk_mb)]
         floor = measure([sys.executable, "-c", "import physpack.data.convert"])
-        streaming = measure(
-            [
-                sys.executable,
-                "-m",
-                "physpack.data.convert",
-                str(npz),
-                str(tmp / "packed"),
-                "--no-progress",
-                "--chunk-mb",
-                str(chunk_mb),
+        runs: dict[str, list[dict[str, float]]] = {"new": [], "today": []}
+        for _ in range(repeats):  # in turn, so that both see the same load
+            for name, done in runs.items():
+                out = tmp / f"packed_{name}"
+                shutil.rmtree(out, ignore_errors=True)
+                done.append(measure([*convert, str(out), *flags], envs[name]))
+        if naive:
+            runs["naive"] = [
+                measure(
+                    [sys.executable, __file__, "--_naive", str(npz), str(tmp / "naive")]
+                )
             ]
-        )
-        naive = measure(
-            [sys.executable, __file__, "--_naive", str(npz), str(tmp / "naive")]
-        )
+        names = ("Z_pack.int32", "R_pack.f32", "F_pack.f32", "E.f64", "D.f64")
         same = all(
-            _sha(tmp / "packed" / name) == _sha(tmp / "naive" / name)
-            for name in ("Z_pack.int32", "R_pack.f32", "F_pack.f32", "E.f64", "D.f64")
+            _sha(tmp / "packed_new" / n) == _sha(tmp / "packed_today" / n)
+            for n in names
         )
-        packed_mb = _dir_bytes(tmp / "packed") / 1e6
-        rows = [("streaming (physpack convert)", streaming), ("naive np.load", naive)]
-        print(f"\n{'method':<30} {'time [s]':>9} {'MB/s':>8} {'peak RSS [MB]':>14}")
-        for name, m in rows:
+        packed_mb = _dir_bytes(tmp / "packed_new") / 1e6
+        labels = {
+            "new": "physpack convert (this checkout)",
+            "today": f"physpack convert at {baseline_rev} (today)",
+            "naive": "naive np.load",
+        }
+        print(
+            f"\n{'method':<42} {'best [s]':>9} {'median':>7} {'MB/s':>7} "
+            f"{'peak RSS [MB]':>14}"
+        )
+        best = {}
+        for name, ms in runs.items():
+            secs = sorted(m["seconds"] for m in ms)
+            best[name] = secs[0]
             print(
-                f"{name:<30} {m['seconds']:9.1f} {npz_mb / m['seconds']:8.0f} "
-                f"{m['peak_rss_MB']:14.0f}"
+                f"{labels[name]:<42} {secs[0]:9.2f} {secs[len(secs) // 2]:7.2f} "
+                f"{npz_mb / secs[0]:7.0f} {max(m['peak_rss_MB'] for m in ms):14.0f}"
             )
         print(
-            f"{'interpreter floor (import)':<30} {'':>9} {'':>8} "
-            f"{floor['peak_rss_MB']:14.0f}"
+            f"{'interpreter floor (import)':<42} {'':>25} {floor['peak_rss_MB']:14.0f}"
         )
         print(
-            f"\npeak RSS ratio naive/streaming: "
-            f"{naive['peak_rss_MB'] / streaming['peak_rss_MB']:.1f}x; "
-            f"throughput ratio streaming/naive: "
-            f"{naive['seconds'] / streaming['seconds']:.2f}x"
+            f"\nthroughput new/today: {best['today'] / best['new']:.2f}x (best of "
+            f"{repeats}); identical packed arrays: {same}"
         )
         print(
             f"bytes: padded NPZ {npz_mb:.0f} MB -> packed {packed_mb:.0f} MB "
-            f"({100 * (1 - packed_mb / npz_mb):.0f} % saved); "
-            f"identical packed arrays: {same}; chunk {chunk_mb} MB"
+            f"({100 * (1 - packed_mb / npz_mb):.0f} % saved); chunk {chunk_mb} MB; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
         )
+        if with_profile:
+            print(
+                f"\nwhere the time goes (main thread, seconds) {'today':>8} {'new':>8}"
+            )
+            prof = {
+                name: profile(npz, tmp / f"prof_{name}", chunk_mb, envs[name])
+                for name in ("today", "new")
+            }
+            for phase in prof["today"]:
+                print(
+                    f"  {phase:<40} {prof['today'][phase]:8.2f} "
+                    f"{prof['new'][phase]:8.2f}"
+                )
     finally:
         if keep:
             print(f"kept {tmp}")
@@ -192,8 +300,24 @@ def main() -> int:
     parser.add_argument(
         "--base-molecules", type=int, default=50_000, help="distinct molecules"
     )
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each method")
+    parser.add_argument(
+        "--baseline-rev", default=BASELINE_REV, help="git revision of today's method"
+    )
+    parser.add_argument("--naive", action="store_true", help="also the np.load way")
+    parser.add_argument("--profile", action="store_true", help="time per phase")
     args = parser.parse_args()
-    run(args.size_gb, args.workdir, args.keep, args.chunk_mb, args.base_molecules)
+    run(
+        args.size_gb,
+        args.workdir,
+        args.keep,
+        args.chunk_mb,
+        args.base_molecules,
+        args.repeats,
+        args.baseline_rev,
+        args.naive,
+        args.profile,
+    )
     return 0
 
 

@@ -91,19 +91,22 @@ def test_chunk_size_does_not_change_output(tmp_path: Path, tiny_npz: Path) -> No
         ).read_bytes()
 
 
+@pytest.mark.parametrize("direct", [True, False])
 def test_reads_are_bounded_by_the_chunk(
-    tmp_path: Path, tiny_npz: Path, monkeypatch
+    tmp_path: Path, tiny_npz: Path, monkeypatch, direct: bool
 ) -> None:
-    """No member is ever read whole: every read is at most one chunk of rows."""
+    """No member is ever read whole: every read is at most one chunk of rows, by
+    the direct reader of stored members and through zipfile alike."""
     reads: list[tuple[str, int]] = []
-    original = convert.NpyRowReader.read
+    cls = convert.StoredRowReader if direct else convert.NpyRowReader
+    original = cls.read
 
     def spy(self, start: int, rows: int) -> np.ndarray:
         reads.append((self.key, rows * self.header.row_bytes))
         return original(self, start, rows)
 
-    monkeypatch.setattr(convert.NpyRowReader, "read", spy)
-    convert_npz(tiny_npz, tmp_path / "p", chunk_mb=0.01)
+    monkeypatch.setattr(cls, "read", spy)
+    convert_npz(tiny_npz, tmp_path / "p", chunk_mb=0.01, direct=direct)
     r_reads = [size for key, size in reads if key == "R"]
     assert len(r_reads) >= 5  # the 60 molecules came in several pieces
     assert sum(size for _, size in reads[:7]) <= 0.01e6  # one chunk, all keys
@@ -354,3 +357,36 @@ def test_unknown_unit(
 def test_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(tmp_path / "nope.npz"), str(tmp_path / "p")]) == 2
     assert "nope.npz: file not found" in capsys.readouterr().err
+
+
+def test_direct_and_zipfile_readers_agree(tmp_path: Path, tiny_npz: Path) -> None:
+    """Stored members read straight from the file give the same directory as
+    through zipfile, and the recorded input sha256 is the file's."""
+    a = convert_npz(tiny_npz, tmp_path / "a", chunk_mb=0.01, direct=True).path
+    b = convert_npz(tiny_npz, tmp_path / "b", chunk_mb=0.01, direct=False).path
+    for p in sorted(a.iterdir()):
+        if p.name != "manifest.json":
+            assert p.read_bytes() == (b / p.name).read_bytes(), p.name
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    assert ma["arrays"] == mb["arrays"]
+    digest = hashlib.sha256(tiny_npz.read_bytes()).hexdigest()
+    assert ma["source"]["sha256"] == mb["source"]["sha256"] == digest
+
+
+def test_progress_lines_in_the_log(
+    tmp_path: Path, tiny_npz: Path, monkeypatch, capsys
+) -> None:
+    """With --no-progress (as the rules run it) the stage still logs its progress."""
+    from physpack.data import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)
+    out = tmp_path / "p"
+    args = [str(tiny_npz), str(out), "--no-progress", "--chunk-mb", "0.005"]
+    assert main(args) == 0
+    lines = [
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if line.startswith(f"convert {tiny_npz.name}: ")
+    ]
+    assert len(lines) >= 3 and "/60 molecules" in lines[0]
+    assert lines[-1].startswith(f"convert {tiny_npz.name}: 60/60 molecules (100 %)")

@@ -25,7 +25,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import mmap
+import struct
 import sys
+import threading
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -34,7 +38,6 @@ from typing import IO, Any
 
 import numpy as np
 from numpy.lib import format as npformat
-from tqdm import tqdm
 
 from physpack import config as cfg
 from physpack.data.packed import (
@@ -42,8 +45,8 @@ from physpack.data.packed import (
     PackedDataset,
     PackedWriter,
     full_units,
-    sha256_file,
 )
+from physpack.data.progress import Progress
 from physpack.errors import ConfigError, InputError, cli_entry
 from physpack.units import dipole_factor, energy_factor, length_factor
 
@@ -51,6 +54,8 @@ REQUIRED_KEYS = ("R", "Z", "E")
 CHARGE_KEYS = ("Qtot", "Q")  # first one present wins
 #: errors raised by zipfile/zlib while reading a damaged member
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
+#: a zip local file header: signature … file name length, extra field length
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +121,32 @@ class NpyHeader:
         return int(self.dtype.itemsize * np.prod(self.row_shape, dtype=np.int64))
 
 
+def _read_npy_header(
+    npz: Path, key: str, member: str, fh: IO[bytes], compressed: bool
+) -> NpyHeader:
+    """Parse the ``.npy`` header at ``fh``'s position (left at the data)."""
+    try:
+        version = npformat.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = npformat.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = npformat.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f".npy format version {version} is not supported")
+    except _READ_ERRORS as exc:
+        raise InputError(
+            f"{npz}: key {key!r}: unreadable .npy member ({_reason(exc)})"
+        ) from exc
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise InputError(f"{npz}: key {key!r}: dtype {dtype} is not numeric")
+    if fortran and len(shape) > 1:
+        raise InputError(
+            f"{npz}: key {key!r}: Fortran-ordered array; save it in C order "
+            "(np.ascontiguousarray) to stream it"
+        )
+    return NpyHeader(key, member, dtype, tuple(shape), compressed)
+
+
 class NpyRowReader:
     """Reads one NPZ member row by row (first axis), never holding the whole array.
 
@@ -129,27 +160,12 @@ class NpyRowReader:
         try:
             info = zf.getinfo(member)
             self._fh: IO[bytes] = zf.open(info)
-            version = npformat.read_magic(self._fh)
-            if version == (1, 0):
-                shape, fortran, dtype = npformat.read_array_header_1_0(self._fh)
-            elif version == (2, 0):
-                shape, fortran, dtype = npformat.read_array_header_2_0(self._fh)
-            else:
-                raise ValueError(f".npy format version {version} is not supported")
         except _READ_ERRORS as exc:
             raise InputError(
                 f"{npz}: key {key!r}: unreadable .npy member ({_reason(exc)})"
             ) from exc
-        if dtype.hasobject or dtype.kind not in "biuf":
-            raise InputError(f"{npz}: key {key!r}: dtype {dtype} is not numeric")
-        if fortran and len(shape) > 1:
-            raise InputError(
-                f"{npz}: key {key!r}: Fortran-ordered array; save it in C order "
-                "(np.ascontiguousarray) to stream it"
-            )
-        self.header = NpyHeader(
-            key, member, dtype, tuple(shape), info.compress_type != zipfile.ZIP_STORED
-        )
+        compressed = info.compress_type != zipfile.ZIP_STORED
+        self.header = _read_npy_header(npz, key, member, self._fh, compressed)
 
     def read(self, start: int, rows: int) -> np.ndarray:
         """The next ``rows`` rows (``start`` is only used in messages)."""
@@ -173,6 +189,154 @@ class NpyRowReader:
 
     def close(self) -> None:
         self._fh.close()
+
+
+class MappedFile:
+    """A read-only memory map of the NPZ shared by the stored-member readers and
+    :class:`InputDigest`. Pages that have been used are released
+    (``madvise(MADV_DONTNEED)``; they stay in the page cache), so the mapping does
+    not accumulate in RSS: memory stays bounded by the chunk."""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as fh:
+            self.map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self.size = len(self.map)
+
+    def release(self, first: int, end: int) -> None:
+        """Drop the pages wholly inside bytes ``first .. end`` from this process."""
+        a = -(-first // mmap.PAGESIZE) * mmap.PAGESIZE
+        b = end // mmap.PAGESIZE * mmap.PAGESIZE
+        if b > a:
+            self.map.madvise(mmap.MADV_DONTNEED, a, b - a)
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except BufferError:  # a view still alive: unmapped when it is collected
+            pass
+
+
+class StoredRowReader:
+    """Rows of a stored (uncompressed) member, read straight from the mapped NPZ.
+
+    A chunk is a view of the mapped file, so unpadding (``np.take``) is the only
+    copy: none through ``zipfile``, no per-block CRC on this thread. The member's
+    CRC-32 is checked by :class:`InputDigest`, in the same pass as the file's
+    sha256, on another core.
+
+    Attributes:
+        header: the member's ``.npy`` header.
+        span: (first, end) byte offsets of the member's data in the NPZ (what the
+            zip CRC covers).
+        crc: the CRC-32 the zip directory records for the member.
+    """
+
+    def __init__(
+        self, npz: Path, zf: zipfile.ZipFile, key: str, member: str, mapped: MappedFile
+    ):
+        self.npz, self.key, self._mapped = npz, key, mapped
+        info = zf.getinfo(member)
+        try:
+            with open(npz, "rb") as fh:
+                fh.seek(info.header_offset)
+                local = fh.read(_LOCAL_HEADER.size)
+                if len(local) != _LOCAL_HEADER.size or local[:4] != b"PK\x03\x04":
+                    raise zipfile.BadZipFile("bad local file header")
+                name_len, extra_len = _LOCAL_HEADER.unpack(local)[-2:]
+                first = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+                fh.seek(first)
+                self.header = _read_npy_header(npz, key, member, fh, False)
+                data = fh.tell()
+        except _READ_ERRORS as exc:
+            raise InputError(
+                f"{npz}: key {key!r}: unreadable .npy member ({_reason(exc)})"
+            ) from exc
+        self.span = (first, first + info.compress_size)
+        self.crc = info.CRC
+        n = self.header.shape[0] if self.header.shape else 0
+        end = data + n * self.header.row_bytes
+        if end > self.span[1] or end > mapped.size:
+            raise InputError(
+                f"{npz}: key {key!r}: truncated member ({self.span[1] - data} of "
+                f"{end - data} data bytes)"
+            )
+        self._data = data
+
+    def read(self, start: int, rows: int) -> np.ndarray:
+        """Rows ``start .. start + rows - 1``: a read-only view of the mapping."""
+        first = self._data + start * self.header.row_bytes
+        count = rows * int(np.prod(self.header.row_shape, dtype=np.int64))
+        flat = np.frombuffer(
+            self._mapped.map, self.header.dtype, count=count, offset=first
+        )
+        return flat.reshape(rows, *self.header.row_shape)
+
+    def done(self, start: int, rows: int) -> None:
+        """Rows up to ``start + rows`` are used: release their pages."""
+        first = self._data + start * self.header.row_bytes
+        self._mapped.release(first, first + rows * self.header.row_bytes)
+
+    def close(self) -> None:
+        pass
+
+
+class InputDigest:
+    """sha256 of the whole NPZ and CRC-32 of its stored members, computed in one
+    sequential pass over the mapped file by a background thread (hashlib and zlib
+    release the GIL), so that it overlaps the conversion.
+
+    Args:
+        mapped: the mapped NPZ.
+        spans: key -> (first, end) byte range whose CRC-32 must equal ``crcs[key]``.
+        crcs: key -> expected CRC-32.
+    """
+
+    def __init__(
+        self,
+        mapped: MappedFile,
+        spans: dict[str, tuple[int, int]],
+        crcs: dict[str, int],
+        block: int = 1 << 23,
+    ):
+        self._mapped, self._spans, self._crcs = mapped, spans, crcs
+        self._block = block
+        self._sha = hashlib.sha256()
+        self._got = dict.fromkeys(spans, 0)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with memoryview(self._mapped.map) as whole:
+                for pos in range(0, self._mapped.size, self._block):
+                    end = min(pos + self._block, self._mapped.size)
+                    view = whole[pos:end]
+                    self._sha.update(view)
+                    for key, (first, last) in self._spans.items():
+                        a, b = max(first, pos), min(last, end)
+                        if a < b:
+                            part = view[a - pos : b - pos]
+                            self._got[key] = zlib.crc32(part, self._got[key])
+                    view.release()
+                    self._mapped.release(pos, end)
+        except Exception as exc:  # noqa: BLE001  (re-raised by result())
+            self._error = exc
+
+    def result(self, npz: Path) -> str:
+        """Wait for the pass; the hex sha256. Raises InputError when a stored
+        member's data does not match its CRC-32 (corrupt NPZ)."""
+        self._thread.join()
+        if self._error is not None:
+            raise InputError(f"{npz}: unreadable ({_reason(self._error)})")
+        for key, want in self._crcs.items():
+            if self._got[key] != want:
+                raise InputError(
+                    f"{npz}: key {key!r}: corrupt data (CRC-32 "
+                    f"{self._got[key]:08x} differs from the zip directory's "
+                    f"{want:08x})"
+                )
+        return self._sha.hexdigest()
 
 
 def _reason(exc: BaseException) -> str:
@@ -313,9 +477,10 @@ def _atom_counts(
 
 
 def _scaled(values: np.ndarray, factor: float, dtype: str) -> np.ndarray:
-    """``values`` × ``factor`` computed in float64, stored as ``dtype``."""
+    """``values`` × ``factor`` computed in float64, stored as ``dtype`` (a new
+    array: never a view of the input)."""
     if factor == 1.0:  # same result as the float64 round trip, without it
-        return np.asarray(values, dtype=dtype)
+        return np.array(values, dtype=dtype)
     out = values.astype(np.float64)
     out *= factor
     return out.astype(dtype)
@@ -388,18 +553,27 @@ def convert_npz(
     progress: bool = False,
     chunk_mb: float = 32.0,
     overwrite: bool = False,
+    direct: bool = True,
 ) -> ConvertResult:
     """Convert a padded NPZ into a packed directory, streaming.
+
+    Three things overlap: reading, checking and unpadding a chunk (this thread);
+    writing and hashing the previous chunks (:class:`PackedWriter`'s thread); the
+    sha256 of the input and the CRC-32 of its stored members (:class:`InputDigest`).
 
     Args:
         npz: the padded NPZ (keys in the module docstring).
         out: the packed directory to create (written to a temporary sibling and
             renamed when complete).
         data: the ``data`` config section (input units); defaults when ``None``.
-        progress: show a tqdm progress bar on stderr.
+        progress: show a tqdm progress bar on stderr; otherwise a progress line
+            is logged every 10 s (:class:`~physpack.data.progress.Progress`).
         chunk_mb: padded input bytes read per chunk, all members together [MB];
             peak memory is a small multiple of it.
         overwrite: replace an existing ``out`` (atomically, after success).
+        direct: read stored members straight from the file
+            (:class:`StoredRowReader`); ``False`` reads every member through
+            ``zipfile`` (as deflated ones always are).
 
     Raises:
         InputError: unreadable/corrupt NPZ, missing key, inconsistent shapes or
@@ -417,15 +591,27 @@ def convert_npz(
         used = [*REQUIRED_KEYS, *(k for k in ("F", "N", "D") if k in members)]
         if charge_key is not None:
             used.append(charge_key)
-        readers: dict[str, NpyRowReader] = {}
+        readers: dict[str, NpyRowReader | StoredRowReader] = {}
+        mapped = MappedFile(npz)
         try:
             for key in used:
-                readers[key] = NpyRowReader(npz, zf, key, members[key])
+                stored = zf.getinfo(members[key]).compress_type == zipfile.ZIP_STORED
+                if direct and stored:
+                    readers[key] = StoredRowReader(npz, zf, key, members[key], mapped)
+                else:
+                    readers[key] = NpyRowReader(npz, zf, key, members[key])
             headers = {k: r.header for k, r in readers.items()}
             n_mol, _ = _check_shapes(npz, headers)
             row_bytes = sum(h.row_bytes for h in headers.values())
             rows_per_chunk = max(1, int(chunk_mb * 1e6) // row_bytes)
-            source = _source_record(npz, headers, charge_key)
+            direct_readers = {
+                k: r for k, r in readers.items() if isinstance(r, StoredRowReader)
+            }
+            digest = InputDigest(
+                mapped,
+                {k: r.span for k, r in direct_readers.items()},
+                {k: r.crc for k, r in direct_readers.items()},
+            )
             with (
                 PackedWriter(
                     out,
@@ -433,24 +619,25 @@ def convert_npz(
                     has_dipoles="D" in readers,
                     overwrite=overwrite,
                 ) as writer,
-                tqdm(
-                    total=n_mol,
-                    unit="mol",
-                    desc=f"convert {npz.name}",
-                    disable=not progress,
-                    file=sys.stderr,
-                ) as bar,
+                Progress(n_mol, f"convert {npz.name}", bar=progress) as bar,
             ):
-                writer.source = source
                 writer.extra = {"input_units": _input_units(data)}
                 for start in range(0, n_mol, rows_per_chunk):
                     rows = min(rows_per_chunk, n_mol - start)
                     chunk = _chunk(npz, readers, start, rows, units, charge_key)
                     writer.append(**chunk)
+                    for reader in direct_readers.values():
+                        reader.done(start, rows)
                     bar.update(rows)
+                del chunk
+                # before the writer renames: a corrupt input leaves nothing
+                writer.source = _source_record(
+                    npz, headers, charge_key, digest.result(npz)
+                )
         finally:
             for reader in readers.values():
                 reader.close()
+            mapped.close()
     packed_bytes = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     ds = PackedDataset(out)
     return ConvertResult(
@@ -465,11 +652,11 @@ def convert_npz(
 
 
 def _source_record(
-    npz: Path, headers: dict[str, NpyHeader], charge_key: str | None
+    npz: Path, headers: dict[str, NpyHeader], charge_key: str | None, sha256: str
 ) -> dict[str, Any]:
     return {
         "file": npz.name,
-        "sha256": sha256_file(npz),
+        "sha256": sha256,
         "bytes": npz.stat().st_size,
         "charge_key": charge_key,
         "n_inferred_from_Z": "N" not in headers,

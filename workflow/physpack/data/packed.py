@@ -33,7 +33,9 @@ import hashlib
 import json
 import math
 import os
+import queue
 import shutil
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -415,6 +417,44 @@ class PackedDataset:
         return files
 
 
+class _Sink:
+    """Writes and hashes appended arrays in a background thread (file writes and
+    sha256 release the GIL), so that they overlap the reading and unpadding of the
+    next chunk. At most ``depth`` arrays wait, which bounds the memory."""
+
+    def __init__(self, handles: dict[str, Any], hashes: dict[str, Any], depth: int = 8):
+        self._handles, self._hashes = handles, hashes
+        self._queue: queue.Queue[tuple[str, np.ndarray] | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain after a failure
+            key, data = item
+            try:
+                view = memoryview(data).cast("B")
+                self._handles[key].write(view)
+                self._hashes[key].update(view)
+            except Exception as exc:  # noqa: BLE001  (re-raised in the caller's thread)
+                self._error = exc
+
+    def put(self, key: str, data: np.ndarray) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((key, data))
+
+    def close(self) -> None:
+        """Wait until everything is written; raise what failed."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 def _sync(fh: Any) -> None:
     """Flush ``fh`` and fsync its file: its content is on disk when this returns."""
     fh.flush()
@@ -583,6 +623,7 @@ class PackedWriter:
         for key in self.keys:
             self._handles[key] = open(self.tmp / ARRAYS[key].file, "wb")
             self._hashes[key] = hashlib.sha256()
+        self._sink = _Sink(self._handles, self._hashes)
         return self
 
     def append(self, n_atoms: np.ndarray, **arrays: np.ndarray) -> None:
@@ -592,7 +633,8 @@ class PackedWriter:
             n_atoms: int (m,) atoms of each molecule in the chunk.
             **arrays: every key of :attr:`keys`; per-atom arrays concatenated over
                 the chunk's molecules, (sum(n_atoms), ...); per-molecule arrays (m, ...).
-                Values must already be in canonical units.
+                Values must already be in canonical units. They are written and
+                hashed by a background thread: do not modify them afterwards.
         """
         n_atoms = np.asarray(n_atoms, dtype=np.int32)
         total = int(n_atoms.sum())
@@ -607,17 +649,23 @@ class PackedWriter:
                 raise ValueError(
                     f"append(): {key} has shape {data.shape}, expected {(n, *spec.trailing)}"
                 )
-            buf = data.tobytes()
-            self._handles[key].write(buf)
-            self._hashes[key].update(buf)
+            self._sink.put(key, data)
         self._counts.append(n_atoms)
         self._n_atoms_total += total
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        for fh in self._handles.values():
+        try:
+            self._sink.close()  # what failed in the writing thread is raised here
             if exc_type is None:  # on disk before the rename makes them visible
-                _sync(fh)
-            fh.close()
+                for fh in self._handles.values():
+                    _sync(fh)
+        except Exception:
+            if exc_type is None:
+                self._discard()
+                raise
+        finally:
+            for fh in self._handles.values():
+                fh.close()
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
@@ -626,6 +674,11 @@ class PackedWriter:
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
+
+    def _discard(self) -> None:
+        for fh in self._handles.values():
+            fh.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _finish(self) -> None:
         n_atoms = (
