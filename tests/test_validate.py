@@ -273,3 +273,16 @@ def test_angstrom_declared_as_nm_is_flagged(tmp_path: Path) -> None:
     assert "outside 0.6–2.0 Å" in distance
     assert "data.length_unit (stored as nm)" in distance
     assert "plausible_energies" not in found
+
+
+def test_progress_lines_in_the_log(packed: Path, monkeypatch, capsys) -> None:
+    """A long validation is not silent in its log: progress lines at intervals."""
+    from physpack.data import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)
+    assert validate.validate_packed(packed, atoms_per_chunk=200).ok
+    err = capsys.readouterr().err.splitlines()
+    content = [line for line in err if line.startswith("validate packed: content: ")]
+    sha = [line for line in err if line.startswith("validate packed: sha256: ")]
+    assert len(content) >= 3 and "60/60 molecules (100 %)" in content[-1]
+    assert sha and "MB (100 %)" in sha[-1]

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -64,6 +65,7 @@ from physpack.data.packed import (
     sha256_file,
     size_problem,
 )
+from physpack.data.progress import Progress
 from physpack.errors import InputError, PhyspackError, cli_entry
 from physpack.training.reference import fit_energy_constants
 
@@ -407,13 +409,16 @@ def _check_files(
 
 
 def _check_checksums(path: Path, manifest: dict[str, Any], col: _Collector) -> None:
-    for entry in manifest.get("arrays", {}).values():
-        p = path / str(entry.get("file", ""))
-        want = entry.get("sha256")
-        if not p.is_file() or not want:
-            continue
-        got = sha256_file(p)
-        if got != want:
+    entries = [e for e in manifest["arrays"].values() if (path / e["file"]).is_file()]
+    megabytes = [math.ceil((path / e["file"]).stat().st_size / 1e6) for e in entries]
+    with Progress(sum(megabytes), f"validate {path.name}: sha256", "MB") as bar:
+        for entry, size in zip(entries, megabytes):
+            p = path / entry["file"]
+            want = entry["sha256"]
+            got = sha256_file(p)
+            bar.update(size)
+            if got == want:
+                continue
             col.add(
                 "checksum",
                 f"{p}: sha256 {got[:12]}… differs from the manifest's {want[:12]}…",
@@ -445,7 +450,9 @@ def _content_pass(
         neighbour=np.full(ds.n_molecules, np.nan),
         usable=np.ones(ds.n_molecules, dtype=bool),
     )
+    bar = Progress(ds.n_molecules, f"validate {ds.path.name}: content")
     for chunk in ds.atom_chunks(atoms_per_chunk):
+        bar.update(chunk.n_molecules)
         a, b, lo, hi = chunk.start, chunk.stop, chunk.lo, chunk.hi
         local, m, atom_mol = chunk.local_offsets, chunk.n_molecules, chunk.atom_molecule
         z = np.asarray(ds.Z[lo:hi])
@@ -506,6 +513,7 @@ def _content_pass(
             keep = chunk.sample(stride) & np.isfinite(fmag)
             state.fsample.append(fmag[keep].astype(np.float32))
         state.usable[a:b] = usable
+    bar.close()
     return state
 
 
