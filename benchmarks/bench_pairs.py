@@ -12,7 +12,8 @@
    config: pair slots per batch, host assembly time per batch, and the jitted
    train-step time per batch, with every ordered pair (``loader.pairs="all"``)
    beside pairs within the model cutoff (``"cutoff"``); the same on
-   ``data/demo.npz`` (QM9-sized molecules) when present.
+   ``data/demo.npz`` (QM9-sized molecules) when present; and the neighbour search
+   of one large molecule, distance filter beside k-d tree.
 
 Usage::
 
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from physpack.data.loader import PackedMemmapLoader
 from physpack.data.packed import PackedWriter
-from physpack.data.pairs import all_pairs, pair_template
+from physpack.data.pairs import all_pairs, cutoff_pairs, pair_template
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,10 +159,7 @@ def write_clusters(path: Path, n_mol: int, low: int, high: int, seed: int = 0) -
     sizes = rng.integers(low, high + 1, n_mol).astype(np.int32)
     parts = []
     for n in sizes:
-        radius = (3 * n / (4 * np.pi * 0.1)) ** (1 / 3)
-        d = rng.normal(size=(n, 3))
-        d /= np.linalg.norm(d, axis=1, keepdims=True)
-        parts.append(d * radius * rng.uniform(size=(n, 1)) ** (1 / 3))
+        parts.append(cluster(int(n), rng))
     t = int(sizes.sum())
     with PackedWriter(path, has_forces=True, has_dipoles=False) as w:
         w.append(
@@ -198,6 +196,7 @@ def model_step(cfg):
 
 
 def part_cutoff(tmp: Path, n_mol: int, batch: int, n_steps: int) -> None:
+    neighbour_search()
     write_clusters(tmp / "clusters", n_mol, 50, 200)
     compare_pairs(
         tmp / "clusters", f"{n_mol} molecules of 50–200 atoms", batch, n_steps
@@ -208,6 +207,36 @@ def part_cutoff(tmp: Path, n_mol: int, batch: int, n_steps: int) -> None:
 
         convert_npz(demo, tmp / "demo")
         compare_pairs(tmp / "demo", "data/demo.npz (QM9-sized)", 16, n_steps)
+
+
+def cluster(n: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 (n, 3): uniform in a sphere at 0.1 atoms/Å³."""
+    radius = (3 * n / (4 * np.pi * 0.1)) ** (1 / 3)
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return (d * radius * rng.uniform(size=(n, 1)) ** (1 / 3)).astype(np.float32)
+
+
+def neighbour_search(cutoff: float = 5.0) -> None:
+    """Cutoff pairs of one large molecule: distance filter over all pairs beside
+    the k-d tree that :func:`physpack.data.pairs.cutoff_pairs` uses above
+    ``TREE_ATOMS`` atoms."""
+    rng = np.random.default_rng(0)
+    cutoff_pairs(cluster(300, rng), np.array([300]), cutoff, tree_above=0)  # import
+    print(f"\n## Cutoff pairs ({cutoff:g} Å) of one molecule: filter vs k-d tree")
+    print("| atoms | pairs found | all-pairs filter (ms) | k-d tree (ms) | ratio |")
+    print("|---|---|---|---|---|")
+    for n in (100, 256, 500, 1000, 3000):
+        r, ns = cluster(n, rng), np.array([n])
+        times = []
+        for tree_above in (1 << 30, 0):
+            t0 = time.perf_counter()
+            dst, _ = cutoff_pairs(r, ns, cutoff, tree_above=tree_above)
+            times.append(1e3 * (time.perf_counter() - t0))
+        print(
+            f"| {n} | {dst.size} | {times[0]:.1f} | {times[1]:.1f} | "
+            f"{times[0] / times[1]:.1f}× |"
+        )
 
 
 def compare_pairs(path: Path, what: str, batch: int, n_steps: int) -> None:

@@ -20,7 +20,7 @@ from physpack.data.pairs import (
 from physpack.errors import ConfigError, InputError
 from physpack.model.physnet import model_from_config, predict
 
-FAST = settings(max_examples=60, deadline=None)
+FAST = settings(max_examples=80, deadline=None)
 
 
 def templates_concatenated(sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -55,13 +55,15 @@ def test_all_pairs_of_one_large_molecule() -> None:
     sizes=st.lists(st.integers(0, 25), min_size=1, max_size=8),
     cutoff=st.floats(0.5, 6.0),
     seed=st.integers(0, 10),
+    tree_above=st.sampled_from([100, 10, 0]),
 )
-def test_cutoff_pairs_against_brute_force(sizes, cutoff, seed) -> None:
+def test_cutoff_pairs_against_brute_force(sizes, cutoff, seed, tree_above) -> None:
+    """Both paths (distance filter; k-d tree above ``tree_above`` atoms)."""
     rng = np.random.default_rng(seed)
     t = sum(sizes)
     # a grid of quarter Å: squared distances are exact in float32
     positions = (rng.integers(0, 24, size=(t, 3)) * 0.25).astype(np.float32)
-    dst, src = cutoff_pairs(positions, np.asarray(sizes), cutoff)
+    dst, src = cutoff_pairs(positions, np.asarray(sizes), cutoff, tree_above)
     mol = np.repeat(np.arange(len(sizes)), sizes)
     want = [
         (i, j)
@@ -72,7 +74,7 @@ def test_cutoff_pairs_against_brute_force(sizes, cutoff, seed) -> None:
         and float(((positions[j] - positions[i]) ** 2).sum()) < np.float32(cutoff) ** 2
     ]
     assert list(zip(dst.tolist(), src.tolist())) == want  # destination-major
-    counts = cutoff_pair_counts(positions, np.asarray(sizes), cutoff)
+    counts = cutoff_pair_counts(positions, np.asarray(sizes), cutoff, tree_above)
     assert counts.tolist() == np.bincount(mol[dst], minlength=len(sizes)).tolist()
 
 
@@ -141,3 +143,14 @@ def test_cutoff_batches_hold_exactly_the_pairs_within_the_cutoff(
         PackedMemmapLoader(path, 8, pairs="cutoff")
     with pytest.raises(InputError, match="pairs"):
         PackedMemmapLoader(path, 8).load_state_dict(loader.state_dict())
+
+
+def test_cutoff_pairs_of_a_large_molecule_use_the_tree_and_agree() -> None:
+    rng = np.random.default_rng(3)
+    sizes = np.array([30, 900, 12])
+    positions = rng.uniform(0, 20, size=(sizes.sum(), 3)).astype(np.float32)
+    dst, src = cutoff_pairs(positions, sizes, 4.0)  # 900 atoms: the k-d tree
+    all_dst, all_src = all_pairs(sizes)
+    d = positions[all_src] - positions[all_dst]
+    keep = np.einsum("ij,ij->i", d, d) < np.float32(16.0)
+    assert np.array_equal(dst, all_dst[keep]) and np.array_equal(src, all_src[keep])

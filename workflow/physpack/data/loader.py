@@ -81,7 +81,12 @@ from physpack.data.budget import (
     greedy_bounds,
 )
 from physpack.data.packed import PackedDataset
-from physpack.data.pairs import all_pairs, cutoff_pair_counts, pair_template, within
+from physpack.data.pairs import (
+    all_pairs,
+    cutoff_pair_counts,
+    cutoff_pairs,
+    pair_template,
+)
 from physpack.data.prefetch import prefetched
 from physpack.errors import ConfigError, InputError
 
@@ -925,10 +930,10 @@ class PackedMemmapLoader:
         N[:k] = ns
         out["N"] = N
 
-        pair_dst, pair_src = all_pairs(ns)
         if self.pairs == "cutoff":
-            keep = within(out["R"], pair_dst, pair_src, self.cutoff)
-            pair_dst, pair_src = pair_dst[keep], pair_src[keep]
+            pair_dst, pair_src = cutoff_pairs(out["R"][:t], ns, self.cutoff)
+        else:
+            pair_dst, pair_src = all_pairs(ns)
         n_pairs = pair_dst.size
         dst = np.full(P, A - 1, dtype=np.int32)
         src_ = np.full(P, A - 1, dtype=np.int32)

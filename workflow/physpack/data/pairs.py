@@ -66,25 +66,73 @@ def pair_counts(sizes: np.ndarray) -> np.ndarray:
     return ns * (ns - 1)
 
 
+#: molecules above this many atoms get their cutoff pairs from a k-d tree
+#: (O(n log n)) instead of a distance filter over all n·(n-1) pairs
+TREE_ATOMS = 100
+
+
 def cutoff_pairs(
-    positions: np.ndarray, sizes: np.ndarray, cutoff: float
+    positions: np.ndarray,
+    sizes: np.ndarray,
+    cutoff: float,
+    tree_above: int = TREE_ATOMS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ordered pairs ``i != j`` of each molecule with ``|R_i - R_j| < cutoff``.
 
-    The all-pairs list of :func:`all_pairs` (same order) without the pairs at or
-    beyond the cutoff; host cost and transient memory grow as Σ n·(n-1).
+    The all-pairs list of :func:`all_pairs` (same destination-major order) without
+    the pairs at or beyond the cutoff. Runs of molecules of up to ``tree_above``
+    atoms are filtered from their all pairs (vectorised); larger molecules are
+    searched with a k-d tree (``scipy.spatial.cKDTree``), so their cost grows with
+    the pairs found rather than as n². Distances are compared in float32, as the
+    model computes them, on both paths.
 
     Args:
         positions: float (t, 3) positions [Å] of the batch's atoms (t = Σ sizes).
         sizes: int (k,) atoms per molecule, molecules contiguous from atom 0.
         cutoff: [Å].
+        tree_above: molecules with more atoms use the k-d tree.
 
     Returns:
         ``(dst, src)``, int32 (p,) each, batch atom indices.
     """
-    dst, src = all_pairs(sizes)
-    keep = within(positions, dst, src, cutoff)
-    return dst[keep], src[keep]
+    ns = np.asarray(sizes, dtype=np.int64)
+    r = np.asarray(positions, dtype=np.float32)
+    starts = np.cumsum(ns) - ns
+    big = np.flatnonzero(ns > tree_above)
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    done = 0  # molecules handled so far
+    for m in [*big.tolist(), ns.size]:
+        if m > done:  # a run of small molecules
+            a, b = int(starts[done]), int(starts[m - 1] + ns[m - 1])
+            dst, src = all_pairs(ns[done:m])
+            keep = within(r[a:b], dst, src, cutoff)
+            parts.append((dst[keep] + a, src[keep] + a))
+        if m < ns.size:
+            a = int(starts[m])
+            dst, src = _tree_pairs(r[a : a + int(ns[m])], cutoff)
+            parts.append((dst + a, src + a))
+        done = m + 1
+    if not parts:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    dst = np.concatenate([d for d, _ in parts]).astype(np.int32, copy=False)
+    src = np.concatenate([s for _, s in parts]).astype(np.int32, copy=False)
+    return dst, src
+
+
+def _tree_pairs(r: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cutoff pairs of one molecule (positions float32 (n, 3)) from a k-d tree,
+    destination-major: candidates within a slightly larger radius in float64,
+    then the float32 test of :func:`within`."""
+    from scipy.spatial import cKDTree  # only for large molecules
+
+    ij = cKDTree(r.astype(np.float64)).query_pairs(
+        cutoff * (1 + 1e-5), output_type="ndarray"
+    )
+    ij = ij[within(r, ij[:, 0], ij[:, 1], cutoff)]
+    dst = np.concatenate([ij[:, 0], ij[:, 1]])
+    src = np.concatenate([ij[:, 1], ij[:, 0]])
+    order = np.lexsort((src, dst))
+    return dst[order], src[order]
 
 
 def within(
@@ -98,12 +146,14 @@ def within(
 
 
 def cutoff_pair_counts(
-    positions: np.ndarray, sizes: np.ndarray, cutoff: float
+    positions: np.ndarray,
+    sizes: np.ndarray,
+    cutoff: float,
+    tree_above: int = TREE_ATOMS,
 ) -> np.ndarray:
     """int64 (k,): ordered pairs within ``cutoff`` [Å] of each molecule (arguments as
     :func:`cutoff_pairs`)."""
     ns = np.asarray(sizes, dtype=np.int64)
-    dst, src = all_pairs(ns)
-    keep = within(positions, dst, src, cutoff)
+    dst, _ = cutoff_pairs(positions, ns, cutoff, tree_above)
     mol_of_atom = np.repeat(np.arange(ns.size), ns)
-    return np.bincount(mol_of_atom[dst[keep]], minlength=ns.size).astype(np.int64)
+    return np.bincount(mol_of_atom[dst], minlength=ns.size).astype(np.int64)
