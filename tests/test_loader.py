@@ -25,6 +25,7 @@ from physpack.data.loader import (
     pair_template,
 )
 from physpack.data.packed import PackedDataset, PackedWriter
+from physpack.data.pairs import cutoff_pairs
 from physpack.data.synthetic import (
     qm9_like_sizes,
     write_legacy_packed,
@@ -758,3 +759,47 @@ def test_two_local_processes_read_disjoint_batches(packed: Path) -> None:
     assert sorted(merged) == list(range(len(whole)))
     for b, batch in enumerate(whole):
         assert merged[b] == batch["mol_index"].tolist()
+
+
+@FAST
+@given(
+    sizes=st.lists(st.integers(1, 30), min_size=2, max_size=60),
+    giant_atoms=st.integers(5, 25),
+    per_step=st.integers(1, 4),
+    shuffle=st.booleans(),
+    cutoff=st.one_of(st.none(), st.floats(1.0, 3.0)),
+)
+def test_giants_exactly_once_in_whole_steps(
+    sizes, giant_atoms, per_step, shuffle, cutoff
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_packed_sizes(Path(tmp) / "p", sizes)
+        pairs = {} if cutoff is None else {"pairs": "cutoff", "cutoff": cutoff}
+        loader = PackedMemmapLoader(
+            path,
+            4,
+            shuffle=shuffle,
+            giant_atoms=giant_atoms,
+            process_slots=ProcessSlots(per_step),
+            prefetch=0,
+            **pairs,
+        )
+        kinds = loader.batch_kinds()
+        batches = collect(loader.packed_batches())
+        assert np.array_equal(np.sort(real_ids(batches)), np.arange(len(sizes)))
+        if len(loader.budgets) > 1:
+            assert kinds.size % per_step == 0
+            steps = kinds.reshape(-1, per_step)
+            assert (steps == steps[:, :1]).all()
+        for kind, b in zip(kinds, batches):
+            assert loader.kind_of(b) == kind
+            n = b["N"][b["molecule_mask"]]
+            if len(loader.budgets) > 1:
+                assert ((n > giant_atoms) == bool(kind)).all()
+            if cutoff is None:
+                check_packed_invariants(b, loader, int(kind))
+            else:
+                am, pm = b["atom_mask"], b["pair_mask"]
+                want = cutoff_pairs(b["R"][am], n, cutoff)
+                assert np.array_equal(b["dst_idx"][pm], want[0])
+                assert np.array_equal(b["src_idx"][pm], want[1])
