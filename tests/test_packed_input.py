@@ -234,3 +234,42 @@ def test_workflow_on_older_directory_in_kcal_mol(tmp_path: Path) -> None:
     stats = json.loads((workdir / "results/reports/packing_stats.json").read_text())
     mean = np.mean([m["E"] for m in src])
     assert stats["energy"]["mean"] == pytest.approx(mean, rel=1e-9)
+
+
+def _as_padded_npz(packed: Path, npz: Path, factor_e: float) -> Path:
+    """The molecules of ``packed`` as a padded NPZ, energies and forces × factor_e."""
+    ds = PackedDataset(packed)
+    n, width = len(ds), int(np.max(ds.n_atoms))
+    arrays = {
+        "R": np.zeros((n, width, 3), np.float32),
+        "F": np.zeros((n, width, 3), np.float32),
+        "Z": np.zeros((n, width), np.int32),
+        "E": np.asarray(ds.E) * factor_e,
+    }
+    for i, mol in enumerate(ds):
+        k = len(mol["Z"])
+        arrays["Z"][i, :k], arrays["R"][i, :k] = mol["Z"], mol["R"]
+        arrays["F"][i, :k] = mol["F"].astype(np.float64) * factor_e
+    np.savez(npz, **arrays)
+    return npz
+
+
+def test_older_directory_in_kcal_mol_equals_the_npz_in_ev(tmp_path: Path) -> None:
+    """Validation and statistics of an older directory in kcal/mol, read in place
+    with declared units, equal those of the same data converted from an NPZ in eV."""
+    from physpack.data import stats, validate
+
+    legacy = write_legacy_packed(tmp_path / "old", 40, seed=8, energy_unit="kcal/mol")
+    npz = _as_padded_npz(legacy, tmp_path / "same.npz", KCAL)
+    converted = convert_npz(npz, tmp_path / "converted").path
+    desc = write_descriptor(tmp_path / "dataset.json", legacy, {"energy": "kcal/mol"})
+    a, b = (validate.validate_packed(p).summary for p in (desc, converted))
+    for e, ref in b["element_reference_energy_eV"].items():
+        assert a["element_reference_energy_eV"][e] == pytest.approx(ref, rel=1e-9)
+    sa, sb = (stats.packing_stats(p) for p in (desc, converted))
+    for key in ("energy", "energy_per_atom"):
+        assert sa[key]["mean"] == pytest.approx(sb[key]["mean"], rel=1e-12)
+        assert sa[key]["std"] == pytest.approx(sb[key]["std"], rel=1e-9)
+    assert sa["force_magnitude"]["exact"]["mean"] == pytest.approx(
+        sb["force_magnitude"]["exact"]["mean"], rel=1e-6
+    )
