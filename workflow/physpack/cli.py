@@ -27,6 +27,18 @@ STEPS: dict[str, tuple[str, str]] = {
         "physpack.evaluation.evaluate",
         "test-set metrics, predictions and figures",
     ),
+    "ensemble": (
+        "physpack.evaluation.ensemble",
+        "committee error, spread and calibration from members' predictions",
+    ),
+    "compare": (
+        "physpack.evaluation.compare",
+        "one comparison report of several runs",
+    ),
+    "predict": (
+        "physpack.evaluation.predict",
+        "energies and forces of new structures (one model or a committee)",
+    ),
 }
 
 

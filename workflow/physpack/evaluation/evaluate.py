@@ -72,10 +72,14 @@ class SplitPredictions:
         offsets: int64 (M + 1,) start of each molecule in the per-atom arrays.
         Z: int32 (A,) atomic numbers, A = n_atoms.sum().
         E_true, E_pred: float64 (M,) total energies [eV].
-        F_true, F_pred: float64 (A, 3) forces [eV/Å], or ``None`` when the data
-            has no forces.
-        D_true, D_pred: float64 (M, 3) dipole moments [e·Å], or ``None`` unless the
-            model predicts dipoles and the data has them.
+        F_true: float64 (A, 3) reference forces [eV/Å], or ``None`` when the data
+            has no forces; F_pred: predicted forces (always present when built
+            by :func:`predict_split`).
+        D_true: float64 (M, 3) reference dipole moments [e·Å], or ``None`` unless
+            kept; D_pred: predicted dipoles, or ``None`` unless the model
+            predicts them.
+        Q_pred: float64 (A,) predicted atomic charges [e], or ``None`` unless the
+            model predicts them.
     """
 
     mol_index: np.ndarray
@@ -88,6 +92,7 @@ class SplitPredictions:
     F_pred: np.ndarray | None = None
     D_true: np.ndarray | None = None
     D_pred: np.ndarray | None = None
+    Q_pred: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         m, a = self.mol_index.shape[0], int(self.offsets[-1])
@@ -101,16 +106,17 @@ class SplitPredictions:
             "F_pred": (self.F_pred, (a, 3)),
             "D_true": (self.D_true, (m, 3)),
             "D_pred": (self.D_pred, (m, 3)),
+            "Q_pred": (self.Q_pred, (a,)),
         }
         for name, (arr, want) in shapes.items():
             if arr is not None and arr.shape != want:
                 raise ValueError(
                     f"SplitPredictions.{name}: shape {arr.shape}, want {want}"
                 )
-        if (self.F_true is None) != (self.F_pred is None):
-            raise ValueError("SplitPredictions: F_true and F_pred go together")
-        if (self.D_true is None) != (self.D_pred is None):
-            raise ValueError("SplitPredictions: D_true and D_pred go together")
+        if self.F_true is not None and self.F_pred is None:
+            raise ValueError("SplitPredictions: F_true needs F_pred")
+        if self.D_true is not None and self.D_pred is None:
+            raise ValueError("SplitPredictions: D_true needs D_pred")
 
     @property
     def n_molecules(self) -> int:
@@ -365,25 +371,33 @@ def metrics_html_page(metrics: Mapping[str, Any]) -> str:
 # Prediction of a split through the packed loader
 # --------------------------------------------------------------------------------
 def predict_split(
-    ckpt: Checkpoint, loader: PackedMemmapLoader, *, with_dipoles: bool, where: str
+    ckpt: Checkpoint,
+    loader: PackedMemmapLoader,
+    *,
+    with_dipoles: bool,
+    where: str,
+    progress: Callable[[int], None] | None = None,
 ) -> SplitPredictions:
     """Predictions for every molecule of ``loader``'s subset, in dataset order.
 
     Args:
         ckpt: the model.
         loader: an unshuffled loader over the subset (its packed batches are used).
-        with_dipoles: keep reference and predicted dipoles (the model must predict
-            them and the data must have them).
+        with_dipoles: keep reference dipoles (the model must predict dipoles and
+            the data must have them).
         where: name of the data in error messages (path and split).
+        progress: called with the number of molecules done after each batch.
 
     Returns:
         The split's reference values (from the batches, i.e. the packed data as
-        stored) and predictions; atoms keep their order within each molecule.
+        stored) and predictions (forces always; dipoles and atomic charges when
+        the model predicts them); atoms keep their order within each molecule.
     """
     parts: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("mol", "n", "Z", "E", "Ep", "F", "Fp", "D", "Dp")
+        k: [] for k in ("mol", "n", "Z", "E", "Ep", "F", "Fp", "D", "Dp", "Qp")
     }
     has_f = loader.has_forces
+    done = 0
     for batch in loader.packed_batches(epoch=0):
         ckpt.constants.check_batch(batch, where)
         out = ckpt.predict(batch)
@@ -396,12 +410,18 @@ def predict_split(
         parts["Z"].append(batch["Z"][atoms])
         parts["E"].append(batch["E"][slots])
         parts["Ep"].append(out["energy"][slots])
+        parts["Fp"].append(out["forces"][atoms])
         if has_f:
             parts["F"].append(batch["F"][atoms])
-            parts["Fp"].append(out["forces"][atoms])
         if with_dipoles:
             parts["D"].append(batch["D"][slots])
+        if "dipole" in out:
             parts["Dp"].append(out["dipole"][slots])
+        if "charges" in out:
+            parts["Qp"].append(out["charges"][atoms])
+        done += slots.size
+        if progress is not None:
+            progress(done)
     mol = np.concatenate(parts["mol"]).astype(np.int64)
     n = np.concatenate(parts["n"]).astype(np.int32)
     # batches visit molecules in packing order: restore dataset order
@@ -431,6 +451,7 @@ def predict_split(
         F_pred=cat("Fp", np.float64, True),
         D_true=cat("D", np.float64, False),
         D_pred=cat("Dp", np.float64, False),
+        Q_pred=cat("Qp", np.float64, True),
     )
 
 

@@ -1,0 +1,266 @@
+"""``physpack predict``: energies and forces of new structures from one model or a
+committee.
+
+The input is a padded NPZ (converted on the fly, in its declared units), a packed
+directory or dataset descriptor, or any file ASE reads (extxyz, xyz, traj, ...;
+periodic cells are refused: the model is molecular). Molecules go through the
+packed loader's fixed-shape batches, so each model compiles once, and every
+model sees the same batches. The output NPZ holds, molecules in input order:
+
+=================  ============  =====================================================
+key                shape         content
+=================  ============  =====================================================
+``mol_index``      (M,) int64    index of the molecule in the input
+``n_atoms``        (M,) int32    atoms per molecule
+``offsets``        (M + 1,)      start of each molecule in the per-atom arrays
+``Z``              (A,) int32    atomic numbers
+``energy``         (M,) f64      total energy [eV] (committee: mean)
+``forces``         (A, 3) f64    forces [eV/Å] (committee: mean)
+``dipole``         (M, 3) f64    dipole [e·Å], models with charges
+``charges``        (A,) f64      atomic charges [e], models with charges
+``*_std``          as above      committee spread (std over members, ddof 0)
+``energy_members`` (K, M) f64    each member's energies [eV] (committees)
+``E_ref``/``F_ref``              the input's reference values, when it has them
+``units``          str (JSON)    unit of every quantity
+``checkpoints``    (K,) str      the models, in order
+=================  ============  =====================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from physpack import config as cfg
+from physpack.atomic import atomic_write_bytes
+from physpack.data.convert import convert_npz
+from physpack.data.loader import from_config
+from physpack.data.packed import PackedDataset, PackedWriter
+from physpack.errors import InputError, cli_entry
+from physpack.evaluation.evaluate import SplitPredictions, predict_split
+from physpack.model.checkpoint import load as load_checkpoint
+from physpack.units import CANONICAL_UNITS
+
+#: seconds between progress lines
+PROGRESS_EVERY_S = 10.0
+
+
+@contextlib.contextmanager
+def open_structures(
+    path: str | os.PathLike, data: cfg.DataConfig | None = None
+) -> Iterator[PackedDataset]:
+    """The structures of ``path`` as a packed dataset (temporary for NPZ and ASE
+    input, removed on exit). ``data`` gives the input's units (NPZ, and packed
+    directories without a manifest)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if path.is_dir() or path.suffix == ".json":
+        declared = {}
+        if data is not None:
+            declared = {
+                "energy": data.energy_unit,
+                "length": data.length_unit,
+                "dipole": data.dipole_unit,
+            }
+        units = {k: v for k, v in declared.items() if v is not None}
+        yield PackedDataset(path, units=units or None)
+        return
+    with tempfile.TemporaryDirectory(prefix="physpack-predict-") as tmp:
+        packed = Path(tmp) / "packed"
+        if path.suffix == ".npz":
+            convert_npz(path, packed, data)
+        else:
+            _ase_to_packed(path, packed)
+        yield PackedDataset(packed)
+
+
+def _ase_to_packed(path: Path, out: Path) -> None:
+    """Write every structure of an ASE-readable file as a packed directory (Å, eV;
+    energies NaN and no forces unless every structure has them)."""
+    from ase.io import read
+
+    try:
+        frames = read(path, index=":")
+    except Exception as exc:  # ASE raises many types for unreadable files
+        raise InputError(f"{path}: ASE cannot read it ({exc})") from exc
+    if not isinstance(frames, list):
+        frames = [frames]
+    if not frames:
+        raise InputError(f"{path}: no structures")
+    energies, forces = [], []
+    for i, atoms in enumerate(frames):
+        if atoms.pbc.any():
+            raise InputError(
+                f"{path}: structure {i} is periodic (pbc={atoms.pbc.tolist()}); "
+                f"the model is molecular"
+            )
+        results = atoms.calc.results if atoms.calc is not None else {}
+        energies.append(float(results["energy"]) if "energy" in results else np.nan)
+        forces.append(results.get("forces"))
+    has_forces = all(f is not None for f in forces)
+    n = np.array([len(a) for a in frames], np.int32)
+    charges = [
+        float(a.info["charge"])
+        if "charge" in a.info
+        else float(np.sum(a.get_initial_charges()))
+        for a in frames
+    ]
+    arrays: dict[str, Any] = {
+        "Z": np.concatenate([a.numbers for a in frames]),
+        "R": np.concatenate([a.positions for a in frames]),
+        "E": np.array(energies),
+        "Qtot": np.array(charges),
+    }
+    if has_forces:
+        arrays["F"] = np.concatenate([np.asarray(f) for f in forces])
+    with PackedWriter(out, has_forces=has_forces, has_dipoles=False) as writer:
+        writer.source = {"file": str(path), "reader": "ase.io.read"}
+        writer.append(n, **arrays)
+
+
+def _progress_printer(total: int, label: str) -> Callable[[int], None]:
+    start = last = time.monotonic()
+
+    def report(done: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY_S or done == total:
+            rate = done / max(now - start, 1e-9)
+            eta = (total - done) / rate if rate > 0 else float("inf")
+            print(
+                f"{label}: {done}/{total} molecules ({100 * done / total:.0f} %), "
+                f"{rate:.0f} mol/s, ETA {eta:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            last = now
+
+    return report
+
+
+def combine_members(
+    members: Sequence[SplitPredictions], checkpoints: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The output arrays (module docstring) of one or several models' predictions
+    of the same molecules."""
+    first = members[0]
+    out: dict[str, np.ndarray] = {
+        "mol_index": first.mol_index,
+        "n_atoms": first.n_atoms,
+        "offsets": first.offsets,
+        "Z": first.Z,
+    }
+    fields = {
+        "energy": "E_pred",
+        "forces": "F_pred",
+        "dipole": "D_pred",
+        "charges": "Q_pred",
+    }
+    for name, attr in fields.items():
+        values = [getattr(m, attr) for m in members]
+        if any(v is None for v in values):
+            continue
+        stacked = np.stack(values)
+        out[name] = stacked.mean(axis=0)
+        if len(members) > 1:
+            out[f"{name}_std"] = stacked.std(axis=0)
+    if len(members) > 1:
+        out["energy_members"] = np.stack([m.E_pred for m in members])
+    if np.isfinite(first.E_true).all():
+        out["E_ref"] = first.E_true
+    if first.F_true is not None:
+        out["F_ref"] = first.F_true
+    units = {
+        "energy": CANONICAL_UNITS["energy"],
+        "forces": CANONICAL_UNITS["forces"],
+        "dipole": CANONICAL_UNITS["dipole"],
+        "charges": CANONICAL_UNITS["charge"],
+    }
+    out["units"] = np.array(json.dumps(units))
+    out["checkpoints"] = np.array([str(c) for c in checkpoints])
+    return out
+
+
+def predict(
+    checkpoints: Sequence[str | os.PathLike],
+    structures: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    loader: cfg.LoaderConfig | None = None,
+    data: cfg.DataConfig | None = None,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Predict ``structures`` with every model of ``checkpoints`` and write
+    ``output`` (NPZ, atomically). Returns the written arrays."""
+    if not checkpoints:
+        raise InputError("predict: no checkpoint given")
+    models = [load_checkpoint(c) for c in checkpoints]
+    loader = loader or cfg.LoaderConfig()
+    with open_structures(structures, data) as dataset:
+        lo = from_config(dataset, loader, shuffle=False)
+        members = []
+        for path, ckpt in zip(checkpoints, models, strict=True):
+            report = (
+                _progress_printer(lo.n_molecules, f"predict {Path(path).name}")
+                if progress
+                else None
+            )
+            members.append(
+                predict_split(
+                    ckpt, lo, with_dipoles=False, where=str(structures), progress=report
+                )
+            )
+    arrays = combine_members(members, [str(c) for c in checkpoints])
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(output, buf.getvalue())
+    return arrays
+
+
+@cli_entry("physpack predict")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="physpack predict",
+        description="Energies and forces (dipoles, charges) of new structures from "
+        "one checkpoint or a committee (mean and std).",
+    )
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
+    parser.add_argument(
+        "input", help="padded NPZ, packed directory, or any file ASE reads"
+    )
+    parser.add_argument("--output", required=True, help="predictions NPZ to write")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress lines on stderr"
+    )
+    cfg.add_section_arguments(parser, cfg.DataConfig, "data", option="--data-config")
+    cfg.add_section_arguments(
+        parser, cfg.LoaderConfig, "loader", option="--loader-config"
+    )
+    args = parser.parse_args(argv)
+    data = cfg.section_from_args(cfg.DataConfig, args, "data")
+    loader = cfg.section_from_args(cfg.LoaderConfig, args, "loader")
+    arrays = predict(
+        args.checkpoints,
+        args.input,
+        args.output,
+        loader=loader,
+        data=data,
+        progress=not args.no_progress,
+    )
+    print(
+        f"predicted {arrays['mol_index'].size} molecules with "
+        f"{len(args.checkpoints)} model(s) -> {args.output}"
+    )
+    return 0
