@@ -286,3 +286,17 @@ def test_progress_lines_in_the_log(packed: Path, monkeypatch, capsys) -> None:
     sha = [line for line in err if line.startswith("validate packed: sha256: ")]
     assert len(content) >= 3 and "60/60 molecules (100 %)" in content[-1]
     assert sha and "MB (100 %)" in sha[-1]
+
+
+def test_failed_reference_fit_is_a_warning(packed: Path, monkeypatch) -> None:
+    """What the loader refuses (e.g. a molecule beyond its size limit) does not
+    turn the report into a traceback: the energy checks are skipped with a reason."""
+    from physpack.errors import InputError
+
+    def refuse(*args, **kwargs):
+        raise InputError("molecule 3 has 5000 atoms, above loader.max_molecule_atoms")
+
+    monkeypatch.setattr(validate, "fit_energy_constants", refuse)
+    report = validate.validate_packed(packed)
+    assert report.ok and report.warning_counts.get("energy_reference") == 1
+    assert "no reference fit: molecule 3" in report.warnings[0].message

@@ -560,7 +560,11 @@ def _outliers(
     usable = state.usable
     if usable.sum() < 3:
         return summary
-    table, elements = _fit_references(ds, usable, col)
+    try:
+        table, elements = _fit_references(ds, usable, col)
+    except PhyspackError as exc:  # e.g. a molecule beyond the loader's size limit
+        col.add("energy_reference", f"no reference fit: {exc}", level="warning")
+        return summary
     summary["element_reference_energy_eV"] = {
         chemical_symbols[e]: float(table[e]) for e in elements
     }
