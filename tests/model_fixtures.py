@@ -27,6 +27,7 @@ from physpack.training.reference import fit_energy_constants
 TINY_MODEL = ModelConfig(
     features=8,
     max_degree=1,
+    vector_features=8,
     num_iterations=1,
     num_basis_functions=8,
     cutoff=4.0,

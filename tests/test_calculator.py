@@ -27,7 +27,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "packed": PackedDataset(packed),
         "plain": root / "plain.ckpt",
         "plain_ckpt": make_checkpoint(
-            root / "plain.ckpt", packed, seed=1, scale_factor=5.0
+            root / "plain.ckpt", packed, seed=1, scale_factor=10.0
         ),
         "charged": root / "charged.ckpt",
         "charged_ckpt": make_checkpoint(root / "charged.ckpt", packed, charges=True),
@@ -136,9 +136,43 @@ def test_total_charge_is_used(data: dict) -> None:
     atoms = smallest(data)
     atoms.calc = data["charged_calc"]
     assert atoms.get_charges().sum() == pytest.approx(0.0, abs=1e-4)
-    atoms.info["charge"] = 1.0
-    atoms.calc.reset()
+    neutral = atoms.get_potential_energy()
+    atoms.info["charge"] = 1.0  # no reset(): the change alone invalidates the cache
     assert atoms.get_charges().sum() == pytest.approx(1.0, abs=1e-4)
+    assert atoms.get_potential_energy() != neutral
+    del atoms.info["charge"]
+    atoms.set_initial_charges([0.5] + [0.0] * (len(atoms) - 1))
+    assert atoms.get_charges().sum() == pytest.approx(0.5, abs=1e-4)
+    atoms.set_initial_charges(None)
+    assert atoms.get_charges().sum() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_coincident_atoms_are_refused(data: dict) -> None:
+    atoms = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0]])
+    atoms.calc = data["plain_calc"]
+    with pytest.raises(InputError, match=r"atoms 0 \(H\) and 1 \(H\) are 0 Å apart"):
+        atoms.get_potential_energy()
+
+
+def test_coincident_atoms_in_a_packed_batch_are_named() -> None:
+    from physpack.model.geometry import check_batch_coincident_atoms
+
+    mols = [
+        {"Z": np.array([8, 1, 1]), "R": np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0.0]])},
+        {"Z": np.array([6, 1, 1]), "R": np.array([[0, 0, 0], [1, 0, 0], [1, 0, 0.0]])},
+    ]
+    batch = molecules_to_batch(mols)
+    with pytest.raises(InputError, match=r"molecule 1: atoms 1 \(H\) and 2 \(H\)"):
+        check_batch_coincident_atoms(batch, "predict")
+    check_batch_coincident_atoms(molecules_to_batch(mols[:1]), "predict")
+
+
+def test_predict_refuses_coincident_atoms(data: dict) -> None:
+    mol = data["packed"].molecule(0)
+    mol["R"] = mol["R"].copy()
+    mol["R"][1] = mol["R"][0]
+    with pytest.raises(InputError, match=r"predict: molecule 0: atoms 0 \(.*\) and 1"):
+        data["plain_ckpt"].predict(molecules_to_batch([mol]))
 
 
 def test_unknown_element_is_refused(data: dict) -> None:

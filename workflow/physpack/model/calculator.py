@@ -11,6 +11,11 @@
 Units are ASE's: energies in eV, forces in eV/Å, dipole moments in e·Å, charges in
 e — the checkpoint's canonical units, so nothing is converted.
 
+Total charge (used by models with charges), first found of: ``atoms.info["charge"]``,
+the sum of ``atoms.get_initial_charges()`` when the atoms have initial charges, the
+calculator's ``charge`` argument. A change of it, like a change of positions,
+invalidates the cached results.
+
 Each molecule is one packed batch of the loader's contract (one molecule slot plus
 the padding slot, all ordered atom pairs i ≠ j, as the loader builds them); the
 model is compiled once per atom count and the compiled function kept, so a
@@ -35,6 +40,7 @@ from ase.data import chemical_symbols
 from physpack.errors import InputError
 from physpack.model.checkpoint import Checkpoint
 from physpack.model.checkpoint import load as load_checkpoint
+from physpack.model.geometry import check_coincident_atoms
 from physpack.model.physnet import device_inputs, energy_and_forces, molecules_to_batch
 from physpack.units import CANONICAL_UNITS
 
@@ -56,14 +62,14 @@ class PhysNetCalculator(Calculator):
     Args:
         checkpoint: path of a ``best.ckpt`` (or an already loaded
             :class:`~physpack.model.checkpoint.Checkpoint`).
-        charge: total charge of the molecule in e, used by models with charges;
-            ``atoms.info["charge"]`` overrides it per structure.
+        charge: total charge of the molecule in e, used by models with charges,
+            when the atoms carry none (:meth:`total_charge`).
         **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.
 
     Raises:
         InputError: the checkpoint is missing, truncated, of a newer format or not
             in eV/Å; at calculation time, an element the model was never trained
-            for or periodic boundary conditions.
+            for, periodic boundary conditions or coincident atoms.
     """
 
     default_parameters: ClassVar[dict[str, Any]] = {"charge": 0.0}
@@ -118,6 +124,25 @@ class PhysNetCalculator(Calculator):
         return self._compiled[n]
 
     # -- ASE interface ------------------------------------------------------------
+    def total_charge(self, atoms: Atoms) -> float:
+        """Total charge of ``atoms`` in e: ``atoms.info["charge"]``, else the sum of
+        the initial charges when set, else the calculator's ``charge``."""
+        if "charge" in atoms.info:
+            return float(atoms.info["charge"])
+        if atoms.has("initial_charges"):
+            return float(np.sum(atoms.get_initial_charges()))
+        return float(self.parameters.charge)
+
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's changes since the last calculation, plus ``"charge"`` when the
+        total charge changed (``atoms.info`` is not part of ASE's comparison)."""
+        changes = list(super().check_state(atoms, tol))
+        if self.atoms is not None and self.total_charge(atoms) != self.total_charge(
+            self.atoms
+        ):
+            changes.append("charge")
+        return changes
+
     def _check(self, atoms: Atoms) -> np.ndarray:
         if atoms.pbc.any():
             raise InputError(
@@ -140,6 +165,7 @@ class PhysNetCalculator(Calculator):
                 f"of {self.checkpoint_path or 'this checkpoint'} (trained elements: "
                 f"{', '.join(chemical_symbols[e] for e in self._known)})"
             )
+        check_coincident_atoms(z, atoms.get_positions(), "PhysNetCalculator")
         return z
 
     def calculate(
@@ -158,7 +184,7 @@ class PhysNetCalculator(Calculator):
         batch["Z"][:n] = z
         batch["R"] = entry.template["R"].copy()
         batch["R"][:n] = self.atoms.get_positions()
-        charge = float(self.atoms.info.get("charge", self.parameters.charge))
+        charge = self.total_charge(self.atoms)
         batch["Qtot"] = entry.template["Qtot"].copy()
         batch["Qtot"][0] = charge
         out = entry.run(self._params, device_inputs(batch), self._scale)

@@ -40,6 +40,7 @@ from physpack import __version__
 from physpack.atomic import atomic_write_bytes
 from physpack.config import ModelConfig, section_from_mapping
 from physpack.errors import ConfigError, InputError
+from physpack.model.geometry import check_batch_coincident_atoms
 from physpack.model.physnet import (
     EnergyConstants,
     Params,
@@ -89,7 +90,14 @@ class Checkpoint:
         return model_from_config(self.model_config)
 
     def predict(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """:func:`physpack.model.physnet.predict` with this checkpoint's model and params."""
+        """:func:`physpack.model.physnet.predict` with this checkpoint's model and
+        params.
+
+        Raises:
+            InputError: two atoms of a molecule coincide (named; the model would
+                give NaN energies and forces).
+        """
+        check_batch_coincident_atoms(batch, "predict")
         return predict(self.params, batch, self.model, self.constants)
 
 

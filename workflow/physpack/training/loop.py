@@ -387,11 +387,12 @@ def _end_epoch(run: Run, epoch: int) -> None:
     accepted = max(sums["steps"] - sums["rejected"], 1.0)
     steady = sums["time"] / sums["timed_steps"] if sums["timed_steps"] else 0.0
     epoch_s = steady * sums["steps"] + valid_s
+    _adapt_schedule(run, epoch, metrics["valid_loss"], epoch_s)
     row = {
         "epoch": epoch + 1,
         "train_loss": sums["loss_sum"] / max(sums["n_mol"], 1.0),
         **metrics,
-        "lr": current_learning_rate(run),
+        "lr": current_learning_rate(run),  # of the next step
         "steps": int(sums["steps"]),
         "rejected_steps": int(sums["rejected"]),
         "grad_norm_mean": sums["grad_norm_sum"] / accepted,
@@ -422,7 +423,6 @@ def _end_epoch(run: Run, epoch: int) -> None:
             "rejected (non-finite loss or gradient; parameters unchanged)"
         )
     p.epoch_sums = new_epoch_sums()
-    _adapt_schedule(run, epoch, metrics["valid_loss"], epoch_s)
     if epoch + 1 >= cfg.epochs:
         p.finished, p.stop_reason = True, "epochs"
     elif p.bad_epochs >= cfg.patience:

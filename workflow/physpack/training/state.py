@@ -43,16 +43,9 @@ RESUMABLE_ACROSS = {
 }
 #: Keys that may be raised to continue a run that stopped on them.
 EXTENDABLE = {"epochs": "epochs", "max_minutes": "max_minutes"}
-#: Sources whose edits make a saved state foreign (relative to the package).
-CODE_FILES = (
-    "model/physnet.py",
-    "data/loader.py",
-    "training/losses.py",
-    "training/optim.py",
-    "training/steps.py",
-    "training/parallel.py",
-    "training/reference.py",
-)
+#: Sources whose edits make a saved state foreign (globs relative to the package):
+#: the model, the batch order and all of the training code.
+CODE_FILES = ("model/*.py", "data/loader.py", "training/*.py")
 
 
 @struct.dataclass
@@ -195,8 +188,10 @@ def code_fingerprint() -> str:
 
     h = hashlib.sha256()
     package = Path(__file__).parent.parent
-    for name in CODE_FILES:
-        h.update((package / name).read_bytes())
+    for pattern in CODE_FILES:
+        for path in sorted(package.glob(pattern)):
+            h.update(path.relative_to(package).as_posix().encode())
+            h.update(path.read_bytes())
     for mod in (jax, flax, e3x, optax, np):
         h.update(f"{mod.__name__} {mod.__version__};".encode())
     return h.hexdigest()
