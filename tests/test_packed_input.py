@@ -273,3 +273,19 @@ def test_older_directory_in_kcal_mol_equals_the_npz_in_ev(tmp_path: Path) -> Non
     assert sa["force_magnitude"]["exact"]["mean"] == pytest.approx(
         sb["force_magnitude"]["exact"]["mean"], rel=1e-6
     )
+
+
+def test_describe_needs_declared_units_without_manifest(tmp_path: Path) -> None:
+    from physpack.config import DataConfig
+    from physpack.data.descriptor import describe_packed, main
+
+    legacy = write_legacy_packed(tmp_path / "old", 4, seed=1, energy_unit="kcal/mol")
+    out = tmp_path / "d.json"
+    with pytest.raises(ConfigError, match="set data.energy_unit, data.length_unit"):
+        describe_packed(DataConfig(packed=str(legacy)), out)
+    with pytest.raises(ConfigError, match="exactly one of data.npz"):
+        describe_packed(DataConfig(npz="x.npz", packed=str(legacy)), out)
+    assert not out.exists()
+    config = '{"packed": "%s", "energy_unit": "kcal/mol", "length_unit": "Angstrom"}'
+    assert main(["--output", str(out), "--config", config % legacy]) == 0
+    assert PackedDataset(out).scale("E") == pytest.approx(KCAL, rel=1e-12)
