@@ -96,7 +96,8 @@ class DataConfig:
     Exactly one of ``npz`` and ``packed`` is set for a workflow run
     (:meth:`source`). Units left ``None`` mean eV, Å, e·Å for an NPZ and the
     manifest's for a packed directory; a packed directory without
-    ``manifest.json`` needs all three declared (:meth:`declared_units`).
+    ``manifest.json`` needs its energy and length units declared, and its dipole
+    unit when it has dipoles (:meth:`declared_units`).
     """
 
     npz: str | None
