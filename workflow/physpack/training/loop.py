@@ -318,7 +318,9 @@ def _heartbeat(
         left_epoch = max(total - done, 0) * step_s
         epochs_left = max(run.cfg.epochs - epoch - 1, 0)
         valid_s = (
-            run.progress.history[-1]["valid_time_s"] if run.progress.history else 0
+            run.progress.history[-1].get("valid_time_s", 0.0)
+            if run.progress.history
+            else 0.0
         )
         left_run = left_epoch + epochs_left * (total * step_s + valid_s)
         if run.cfg.max_minutes is not None:
