@@ -18,7 +18,9 @@ distinct). Then runs, each in its own subprocess, ``--repeats`` times in turn:
 
 Peak RSS of each comes from ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` read
 by a small wrapper process that has exactly that one child. Throughput is NPZ bytes
-per second of wall time (best of the repeats; the median is printed too). The NPZ
+per second of wall time (best of the repeats; the median is printed too); CPU is
+user + system seconds of all threads (the least of the repeats), the work done
+whatever the load. The NPZ
 is freshly written, so every run reads it from the page cache (this measures the
 converter, not the disk). ``--profile`` also prints where the time goes in both
 (cProfile of one in-process conversion, grouped: zip reading, sha256/CRC,
@@ -63,8 +65,18 @@ def _measure_child(cmd: list[str]) -> int:
     start = time.perf_counter()
     code = subprocess.run(cmd, check=False).returncode
     seconds = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KB on Linux
-    print(json.dumps({"seconds": seconds, "peak_rss_MB": peak_kb * 1024 / 1e6}))
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_kb = usage.ru_maxrss  # KB on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "peak_rss_MB": peak_kb * 1024 / 1e6,
+            }
+        )
+    )
     return code
 
 
@@ -244,18 +256,21 @@ def run(
         }
         print(
             f"\n{'method':<42} {'best [s]':>9} {'median':>7} {'MB/s':>7} "
-            f"{'peak RSS [MB]':>14}"
+            f"{'CPU [s]':>8} {'peak RSS [MB]':>14}"
         )
         best = {}
         for name, ms in runs.items():
             secs = sorted(m["seconds"] for m in ms)
             best[name] = secs[0]
+            cpu = min(m["cpu_seconds"] for m in ms)
             print(
                 f"{labels[name]:<42} {secs[0]:9.2f} {secs[len(secs) // 2]:7.2f} "
-                f"{npz_mb / secs[0]:7.0f} {max(m['peak_rss_MB'] for m in ms):14.0f}"
+                f"{npz_mb / secs[0]:7.0f} {cpu:8.2f} "
+                f"{max(m['peak_rss_MB'] for m in ms):14.0f}"
             )
         print(
-            f"{'interpreter floor (import)':<42} {'':>25} {floor['peak_rss_MB']:14.0f}"
+            f"{'interpreter floor (import)':<42} {'':>25} "
+            f"{floor['cpu_seconds']:8.2f} {floor['peak_rss_MB']:14.0f}"
         )
         print(
             f"\nthroughput new/today: {best['today'] / best['new']:.2f}x (best of "
