@@ -262,7 +262,7 @@ def _train_epoch(run: Run, epoch: int, sigterm: SigtermFlag, rate: _Rate) -> Non
         if compiling:  # keep compilation out of the throughput figures
             jax.block_until_ready(info)
             run.log(f"train step compiled and run in {time.monotonic() - t0:.1f} s")
-            t0 = time.monotonic()
+            t0 = last_beat = time.monotonic()
         stop = alone and sigterm.raised
         if pending is not None:  # read the previous step: dispatch stays async
             stop |= _account(run, *pending)
@@ -307,7 +307,7 @@ def _heartbeat(
     run: Run, epoch: int, step: int, total: int, step_s: float | None
 ) -> str:
     sums = run.progress.epoch_sums
-    done = int(sums["steps"])
+    done = run.train_loader.position // run.dp.batches_per_step
     loss = sums["loss_sum"] / max(sums["n_mol"], 1.0)
     mol_s = sums["timed_mol"] / max(sums["time"], 1e-9)
     text = (
@@ -383,9 +383,7 @@ def _end_epoch(run: Run, epoch: int) -> None:
     """Validate the EMA parameters, record the epoch, keep the best, adapt the
     schedule, decide whether to stop, save the state."""
     p, sums, cfg = run.progress, run.progress.epoch_sums, run.cfg
-    t0 = time.monotonic()
-    metrics = validate(run, run.state.ema)
-    valid_s = time.monotonic() - t0
+    metrics, valid_s = validate(run, run.state.ema)
     accepted = max(sums["steps"] - sums["rejected"], 1.0)
     steady = sums["time"] / sums["timed_steps"] if sums["timed_steps"] else 0.0
     epoch_s = steady * sums["steps"] + valid_s
@@ -401,7 +399,7 @@ def _end_epoch(run: Run, epoch: int) -> None:
         "grad_norm_max": sums["grad_norm_max"],
         "clipped_fraction": sums["clipped"] / accepted,
         "molecules_per_s": sums["timed_mol"] / max(sums["time"], 1e-9),
-        "epoch_time_s": epoch_s,
+        "epoch_time_s": epoch_s,  # steps and validation, without compilation
         "valid_time_s": valid_s,
         "wall_time_s": run.elapsed(),
     }
@@ -481,17 +479,28 @@ def _adapt_schedule(run: Run, epoch: int, valid_loss: float, epoch_s: float) -> 
         )
 
 
-def validate(run: Run, params: Params) -> dict[str, float]:
-    """Validation metrics; every process gets the totals over all devices."""
+def validate(run: Run, params: Params) -> tuple[dict[str, float], float]:
+    """Validation metrics (every process gets the totals over all devices) and
+    the seconds validation takes without compilation (the first step, when it
+    compiled, is replaced by the mean of the others)."""
     totals: dict[str, float] = {}
+    compiling = run.steps.compilations["eval_step"] == 0
     batches = run.valid_loader.packed_batches()
-    for i, group in enumerate(parallel.local_step_batches(batches, run.dp)):
+    t0 = time.monotonic()
+    t_first = t0
+    n = 0
+    for group in parallel.local_step_batches(batches, run.dp):
         sums = host(run.steps.eval(params, _place(run, group), run.scale))
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + float(v)
-        if i == 0:
+        n += 1
+        if n == 1:
+            t_first = time.monotonic()
             run.event("validation", int(host(run.state.step)))
-    return metrics_from_sums(totals, run.weights)
+    seconds = time.monotonic() - t0
+    if compiling and n > 1:
+        seconds = (time.monotonic() - t_first) * n / (n - 1)
+    return metrics_from_sums(totals, run.weights), seconds
 
 
 def metric_text(m: Mapping[str, float]) -> str:
