@@ -20,6 +20,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -32,3 +33,4 @@ rule all:
         PATHS["stats_json"],
         PATHS["best"],
         PATHS["metrics"],
+        PATHS["data_report"],

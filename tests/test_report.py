@@ -8,7 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import make_workdir, snakemake
+import yaml
+from conftest import snakemake
+from test_workflow import completed_workdir, copy_workdir
 
 #: every item the report must embed, with a phrase of its caption
 REPORT_ITEMS = {
@@ -20,7 +22,10 @@ REPORT_ITEMS = {
     "force_mae_by_element.png": "<strong>Force MAE per element.</strong>",
     "metrics.html": "<strong>Error metrics of the trained model</strong>",
     "metrics.json": "All evaluation metrics as JSON",
+    "data.html": "<strong>Is the data sound?</strong>",
 }
+#: the report's categories, numbered without gaps
+CATEGORIES = ("1. Data", "2. Evaluation")
 
 _EMBEDDED = re.compile(
     r"data:(?P<mime>[\w/+.-]+);charset=[^;]*;filename=(?P<name>[^;]+);"
@@ -28,12 +33,22 @@ _EMBEDDED = re.compile(
 )
 
 
-@pytest.mark.slow
-def test_report_of_a_tiny_run_is_self_contained(tmp_path: Path) -> None:
-    wd = make_workdir(tmp_path / "wf")
-    snakemake(wd, "--cores", "2")
+@pytest.fixture(scope="module")
+def report_page(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, str]:
+    """README's ``snakemake --report results/report.html`` on a copy of the
+    session's completed tiny run: the run's directory and the report page."""
+    wd = copy_workdir(
+        completed_workdir(tmp_path_factory), tmp_path_factory.mktemp("report") / "wf"
+    )
     snakemake(wd, "--report", "results/report.html")
-    page = (wd / "results" / "report.html").read_text()
+    return wd, (wd / "results" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_report_of_a_tiny_run_is_self_contained(report_page) -> None:
+    wd, page = report_page
 
     embedded = {m["name"]: m for m in _EMBEDDED.finditer(page)}
     for name, caption in REPORT_ITEMS.items():
@@ -54,3 +69,34 @@ def test_report_of_a_tiny_run_is_self_contained(tmp_path: Path) -> None:
     mae = metrics["splits"]["test"]["forces"]["mae"]["meV/Angstrom"]
     assert f"<td>{mae:.4g}</td>" in table
     assert set(metrics["splits"]) == {"test", "valid"}
+
+
+def test_report_front_page_says_what_was_trained(report_page) -> None:
+    """workflow.rst is filled from the run's configuration: the input, the split,
+    the model and the training settings; its categories are numbered 1, 2, ..."""
+    wd, page = report_page
+    config = yaml.safe_load((wd / "config.yaml").read_text())
+    text = re.sub(r"<[^>]+>", "", page.replace('\\"', '"'))
+    text = " ".join(text.replace("\\n", " ").split())
+    assert f"The padded NPZ {config['data']['npz']}" in text
+    assert f"PhysNet with {config['model']['features']} features" in text
+    assert f"at most {config['train']['epochs']} epochs" in text
+    assert "How good is the model?" in text and "Is the data sound?" in text
+    found = sorted(set(re.findall(r'"(\d+\. [A-Z][a-z]+)"', page)))
+    assert tuple(found) == CATEGORIES, found
+
+
+def test_data_page_shows_validation_and_packing_statistics(report_page) -> None:
+    """The data page has a row per validation check with its result, and the
+    packing-statistics tables with the numbers of packing_stats.json."""
+    wd, _ = report_page
+    page = (wd / "results" / "reports" / "data.html").read_text()
+    validation = json.loads((wd / "results" / "data" / "validation.json").read_text())
+    stats = json.loads((wd / "results" / "reports" / "packing_stats.json").read_text())
+    assert validation["checks"]
+    for check in validation["checks"]:
+        row = re.search(rf"<tr><td><code>{check}</code></td>.*?</tr>", page)
+        assert row and "passed" in row.group(0), check
+    assert f"<td>molecules</td><td>{stats['n_molecules']}</td>" in page
+    assert "Padding efficiency" in page and "<td>packed</td>" in page
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page

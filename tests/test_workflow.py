@@ -53,6 +53,7 @@ FINAL_OUTPUTS = (
     "results/eval/metrics.md",
     "results/eval/metrics.html",
     "results/eval/predictions.npz",
+    "results/reports/data.html",
 )
 _COMPLETE = ".physpack-test-complete"
 _JOB_LINE = re.compile(r"^\s*(?:local)?rule (\w+):\s*$", re.MULTILINE)
@@ -320,7 +321,7 @@ def test_slurm_profile_resources(tmp_path: Path) -> None:
     partition and each asks for its own threads as CPUs."""
     workdir = make_workdir(tmp_path / "wf")
     resources = resources_planned(workdir, "--profile", "profiles/slurm")
-    assert set(resources) == set(RULES), resources
+    assert set(resources) == {*RULES, "report_data"}, resources
     for rule in RULES[:4]:
         assert "slurm_partition" not in resources[rule], resources[rule]
         assert "gpu" not in resources[rule]

@@ -1,3 +1,4 @@
+import ast
 import json
 import os
 import shlex
@@ -18,6 +19,7 @@ SOURCE = WORKFLOW_ROOT / "workflow"
 # declare as inputs (also in a conda environment, which holds only the third-party
 # dependencies). The same package checks the configuration here.
 sys.path.insert(0, str(SOURCE))
+from physpack.cli import STEPS
 from physpack.config import check_input_paths, check_workflow_config
 from physpack.errors import ConfigError
 
@@ -55,6 +57,7 @@ PATHS = {
     "figures": "results/eval/figures",
     "logs": "results/logs",
     "benchmarks": "results/benchmarks",
+    "data_report": "results/reports/data.html",
 }
 
 
@@ -100,64 +103,66 @@ PATHS["dataset"] = (
     PATHS["descriptor"] if data_source()[0] == "packed" else PATHS["packed"]
 )
 
-# The package's files, as inputs of the rules: relative to the working directory
-# if the workflow lies inside it (a checkout used as the project directory), else
-# absolute.
-PACKAGE = os.path.relpath(SOURCE / "physpack")
-if PACKAGE.startswith(".."):
-    PACKAGE = str(SOURCE / "physpack")
 
-# The modules each stage runs, beyond the shared ones: a stage whose code changes
-# reruns, and so does everything downstream of it (issue: rerun only what is stale).
-SHARED_MODULES = [
-    "__init__.py",
-    "errors.py",
-    "config.py",
-    "units.py",
-    "atomic.py",
-    "data/__init__.py",
-    "data/packed.py",
-    "data/manifest.py",
-    "data/descriptor.py",
-]
-STAGE_MODULES = {
-    "convert": ["data/convert.py"],
-    "describe": [],
-    "validate": [
-        "data/validate.py",
-        "data/plausibility.py",
-        "data/loader.py",
-        "training/__init__.py",
-        "training/reference.py",
-        "model/__init__.py",
-        "model/physnet.py",
-    ],
-    "stats": ["data/stats.py", "data/loader.py"],
-    "split": ["data/split.py"],
-    "train": [
-        "training/__init__.py",
-        "training/train.py",
-        "training/parallel.py",
-        "model/__init__.py",
-        "model/physnet.py",
-        "model/checkpoint.py",
-        "data/loader.py",
-    ],
-    "evaluate": [
-        "evaluation/__init__.py",
-        "evaluation/evaluate.py",
-        "evaluation/plots.py",
-        "model/__init__.py",
-        "model/physnet.py",
-        "model/checkpoint.py",
-        "data/loader.py",
-    ],
-}
+def workflow_file(relative):
+    """A file of the workflow source (``workflow/...``), as an input of a rule:
+    relative to the working directory if the workflow lies inside it (a checkout
+    used as the project directory), else absolute."""
+    path = os.path.relpath(SOURCE / relative)
+    return str(SOURCE / relative) if path.startswith("..") else path
+
+
+PACKAGE = workflow_file("physpack")
+
+# The entry module of each stage (`python -m physpack <step>`, see physpack.cli).
+STAGE_ENTRY = {step: module for step, (module, _) in STEPS.items()}
+STAGE_ENTRY["describe"] = "physpack.data.descriptor"
+
+
+def _module_file(module):
+    """``physpack.a.b`` -> ``a/b.py`` or ``a/b/__init__.py`` (None: not ours)."""
+    parts = module.split(".")
+    if parts[0] != "physpack":
+        return None
+    rel = "/".join(parts[1:])
+    package = SOURCE / "physpack"
+    if rel and (package / f"{rel}.py").is_file():
+        return f"{rel}.py"
+    if (package / rel / "__init__.py").is_file():
+        return f"{rel}/__init__.py" if rel else "__init__.py"
+    return None
+
+
+def _imported_files(module, seen):
+    """Files of ``module`` and of every physpack module it imports, transitively
+    (static imports, also inside functions), with the packages' ``__init__.py``."""
+    path = _module_file(module)
+    if path is None or path in seen:
+        return seen
+    seen.add(path)
+    parts = module.split(".")
+    for k in range(1, len(parts)):
+        _imported_files(".".join(parts[:k]), seen)
+    tree = ast.parse((SOURCE / "physpack" / path).read_text())
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            _imported_files(name, seen)
+    return seen
 
 
 def stage_code(stage):
-    """Source files of the package that ``stage`` runs (declared as inputs)."""
-    return [f"{PACKAGE}/{name}" for name in SHARED_MODULES + STAGE_MODULES[stage]]
+    """Source files of the package that ``stage`` runs, declared as the rule's
+    inputs: a stage whose code changes reruns, and so does everything downstream
+    of it. Found from the imports of the stage's module (and of the command line,
+    ``python -m physpack``), so a new module is never left out."""
+    files = _imported_files(STAGE_ENTRY[stage], set())
+    _imported_files("physpack.__main__", files)
+    return [f"{PACKAGE}/{name}" for name in sorted(files)]
 
 
 def section(name):

@@ -9,14 +9,14 @@ rule evaluate_model:
         metrics=report(
             PATHS["metrics"],
             caption="../report/metrics_json.rst",
-            category="3. Evaluation",
+            category="2. Evaluation",
             labels={"result": "metrics (JSON)"},
         ),
         metrics_md=PATHS["metrics_md"],
         metrics_html=report(
             PATHS["metrics_html"],
             caption="../report/metrics.rst",
-            category="3. Evaluation",
+            category="2. Evaluation",
             labels={"result": "metrics table"},
         ),
         predictions=PATHS["predictions"],
@@ -24,7 +24,7 @@ rule evaluate_model:
             directory(PATHS["figures"]),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
-            category="3. Evaluation",
+            category="2. Evaluation",
             labels={"result": "{name}"},
         ),
     log:
