@@ -32,6 +32,10 @@ def softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x)
 
 
+def softplus_inverse(y: np.ndarray) -> np.ndarray:
+    return np.log(np.expm1(y))
+
+
 def test_polynomial_cutoff_is_physnets_and_smooth():
     r = np.linspace(0.0, 6.0, 601)
     x = r / 5.0
@@ -64,14 +68,13 @@ def test_radial_basis_matches_the_paper():
 
 
 def _dense(p: dict, x: np.ndarray) -> np.ndarray:
-    """An e3x Dense on scalar features (n, F), as plain W·x + b."""
-    q = p["dense"]["0+"]
-    return x @ np.asarray(q["kernel"]) + (np.asarray(q["bias"]) if "bias" in q else 0)
+    """A dense layer W·x + b of the parameters ``p`` (kernel, optional bias)."""
+    return x @ np.asarray(p["kernel"]) + (np.asarray(p["bias"]) if "bias" in p else 0)
 
 
 def _residual(p: dict, x: np.ndarray) -> np.ndarray:
-    y = _dense(p["Dense_0"], ssp(x))
-    return x + _dense(p["Dense_1"], ssp(y))
+    y = _dense(p["dense_0"], ssp(x))
+    return x + _dense(p["dense_1"], ssp(y))
 
 
 def _physnet_numpy(params: dict, cfg: ModelConfig, Z, R) -> np.ndarray:
@@ -80,7 +83,10 @@ def _physnet_numpy(params: dict, cfg: ModelConfig, Z, R) -> np.ndarray:
     i, j = np.nonzero(~np.eye(n, dtype=bool))  # i receives from j
     r = np.linalg.norm(R[j] - R[i], axis=-1)
     rb = params["radial_basis"]
-    mu, beta = softplus(np.asarray(rb["centres"])), softplus(np.asarray(rb["widths"]))
+    mu0 = np.linspace(1.0, np.exp(-cfg.cutoff), cfg.num_basis_functions)
+    beta0 = (2.0 / cfg.num_basis_functions * (1.0 - np.exp(-cfg.cutoff))) ** -2
+    mu = softplus(softplus_inverse(mu0) + np.asarray(rb["centre_shifts"]))
+    beta = softplus(softplus_inverse(beta0) + np.asarray(rb["width_shifts"]))
     x = r / cfg.cutoff
     phi = np.where(x < 1, 1 - 6 * x**5 + 15 * x**4 - 10 * x**3, 0.0)
     g = phi[:, None] * np.exp(-beta * (np.exp(-r)[:, None] - mu) ** 2)  # (P, K)
@@ -89,13 +95,13 @@ def _physnet_numpy(params: dict, cfg: ModelConfig, Z, R) -> np.ndarray:
     for m in range(cfg.num_iterations):
         p = params[f"interaction_{m}"]
         xa = ssp(feats)
-        v = ssp(_dense(p["dense_i"], xa))
+        v = ssp(_dense(p["dense_i"]["scalar"], xa))
         filt = g @ np.asarray(p["k2f"]["kernel"])
-        msg = filt * ssp(_dense(p["dense_j"], xa))[j]
+        msg = filt * ssp(_dense(p["dense_j"]["scalar"], xa))[j]
         np.add.at(v, i, msg)
         for k in range(cfg.n_res_interaction):
             v = _residual(p[f"residual_{k}"], v)
-        feats = np.asarray(p["u"])[0] * feats + _dense(p["dense"], ssp(v))
+        feats = np.asarray(p["u"]) * feats + _dense(p["dense"]["scalar"], ssp(v))
         for k in range(cfg.n_res):
             feats = _residual(params[f"atomic_residual_{m}_{k}"], feats)
         out = params[f"output_{m}"]

@@ -259,7 +259,10 @@ def test_vector_features_reach_the_energy(setup):
         return jnp.sum(out["energy_residual"])
 
     grads = jax.grad(energy)(params)
-    assert float(jnp.abs(grads["interaction_1"]["degree1_to_scalar"]).max()) > 1e-4
+    assert (
+        float(jnp.abs(grads["interaction_1"]["vector_to_scalar"]["kernel"]).max())
+        > 1e-4
+    )
 
 
 def test_batch_over_budget_is_refused():

@@ -183,9 +183,13 @@ class ModelConfig:
     num_basis_functions: int
     cutoff: float
     max_atomic_number: int
-    n_res: int
+    n_res: int  # atomic residual blocks per module
+    n_res_interaction: int  # residual blocks on the message, per module
+    n_res_output: int  # residual blocks in each output block
+    vector_features: int  # channels of the degree >= 1 features
     zbl: bool
     charges: bool
+    dipole_origin: Literal["center_of_mass", "center_of_nuclear_charge"]
 
 
 @dataclasses.dataclass(frozen=True)

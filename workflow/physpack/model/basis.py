@@ -6,7 +6,8 @@ Unke & Meuwly (JCTC 2019, eq. 7–8) expand a distance r [Å] as
 
 with the centres μ_k spaced evenly between exp(−r_cut) and 1, the widths
 β_k = (2 K⁻¹ (1 − exp(−r_cut)))⁻², both learnable (kept positive through a
-softplus, as the reference implementation does), and the smooth cutoff
+softplus, as the reference implementation does; the parameters are the shifts
+from these initial values in softplus space), and the smooth cutoff
 φ(r) = 1 − 6 x⁵ + 15 x⁴ − 10 x³ for x = r / r_cut < 1, 0 beyond.
 
 e3x's ``exponential_gaussian`` maps distances through exp(−γ r) onto (0, 1] with
@@ -66,17 +67,11 @@ class ExponentialRadialBasis(nn.Module):
     def __call__(self, r: jax.Array) -> jax.Array:
         """r: float (P,) distances [Å] → float (P, K), zero for r ≥ cutoff."""
         centres0, width0 = initial_centres_and_widths(self.num, self.cutoff)
-        raw_centres = self.param(
-            "centres",
-            lambda _: jnp.asarray(_softplus_inverse(centres0), r.dtype),
-        )
-        raw_widths = self.param(
-            "widths",
-            lambda _: jnp.full(
-                (self.num,), _softplus_inverse(np.array(width0)), r.dtype
-            ),
-        )
-        centres = jax.nn.softplus(raw_centres)
-        widths = jax.nn.softplus(raw_widths)
+        # Learnable shifts in softplus space, zero at PhysNet's initial values
+        # (so that zero-centred perturbations of the parameters stay near them).
+        centre_shifts = self.param("centre_shifts", nn.initializers.zeros, (self.num,))
+        width_shifts = self.param("width_shifts", nn.initializers.zeros, (self.num,))
+        centres = jax.nn.softplus(_softplus_inverse(centres0) + centre_shifts)
+        widths = jax.nn.softplus(_softplus_inverse(np.array(width0)) + width_shifts)
         gauss = jnp.exp(-widths * (jnp.exp(-r)[:, None] - centres) ** 2)
         return polynomial_cutoff(r, self.cutoff)[:, None] * gauss

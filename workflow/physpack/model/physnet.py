@@ -1,4 +1,4 @@
-"""PhysNet (Unke & Meuwly, JCTC 2019) on packed batches, built from e3x layers.
+"""PhysNet (Unke & Meuwly, JCTC 2019) on packed batches, in flax with e3x helpers.
 
 With ``max_degree: 0`` this is the published PhysNet: atomic numbers are embedded;
 ``num_iterations`` modules follow, each an interaction block (pre-activation,
@@ -11,7 +11,9 @@ exponential radial basis with its polynomial cutoff (:mod:`physpack.model.basis`
 and the module outputs are summed, then scaled and shifted per element:
 e_i = s[Z_i] Σ_m y_i^m + b[Z_i] (the same for charges). The blocks are in
 :mod:`physpack.model.blocks`; ``max_degree ≥ 1`` extends the same blocks with
-equivariant (vector, ...) features, as physnetjax's ``EF`` does.
+``vector_features`` equivariant channels of degrees 1 … L that exchange information
+with the scalars in every interaction (physnetjax's ``EF`` extends PhysNet in the
+same direction, with e3x's full tensor products).
 
 Optional physical terms: ZBL repulsion at very short range
 (:mod:`physpack.model.zbl`) and, with ``charges``, charges constrained to the total
@@ -128,6 +130,7 @@ class PhysNet(nn.Module):
     n_res: int = 2
     n_res_interaction: int = 2
     n_res_output: int = 1
+    vector_features: int = 16
     zbl: bool = False
     charges: bool = False
     dipole_origin: DipoleOrigin = "center_of_mass"
@@ -170,28 +173,31 @@ class PhysNet(nn.Module):
                 safe / distances[:, None], self.max_degree, r_is_normalized=True
             )
 
-        x = e3x.nn.Embed(
+        s = e3x.nn.Embed(
             self.max_atomic_number + 1,
             self.features,
             embedding_init=_uniform_embedding,
             name="embedding",
-        )(atomic_numbers)[:, 0, :, :]  # (A, 1, F)
-        if self.max_degree > 0:  # higher degrees start at zero
-            x = jnp.pad(x, ((0, 0), (0, (self.max_degree + 1) ** 2 - 1), (0, 0)))
+        )(atomic_numbers)[:, 0, 0, :]  # (A, F)
+        v = None
+        if self.max_degree > 0:  # equivariant features start at zero
+            n_components = (self.max_degree + 1) ** 2 - 1
+            v = jnp.zeros((s.shape[0], n_components, self.vector_features), s.dtype)
         n_out = 2 if self.charges else 1
         module_outputs = []
         for m in range(self.num_iterations):
-            x = InteractionBlock(
+            s, v = InteractionBlock(
                 self.features,
                 self.max_degree,
+                self.vector_features,
                 self.n_res_interaction,
                 name=f"interaction_{m}",
-            )(x, rbf, harmonics, dst_idx, src_idx)
+            )((s, v), rbf, harmonics, dst_idx, src_idx)
             for k in range(self.n_res):
-                x = ResidualBlock(self.features, name=f"atomic_residual_{m}_{k}")(x)
+                s = ResidualBlock(self.features, name=f"atomic_residual_{m}_{k}")(s)
             y = OutputBlock(
                 self.features, n_out, self.n_res_output, name=f"output_{m}"
-            )(x)
+            )(s)
             module_outputs.append(y * atom_w[:, None])
         stacked = jnp.stack(module_outputs)  # (num_iterations, A, n_out)
 
