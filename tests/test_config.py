@@ -217,3 +217,9 @@ def test_workflow_config_error_is_one_line(tmp_path):
     (line,) = [ln for ln in output.splitlines() if "train.epochs" in ln]
     assert line.startswith("config: train.epochs: -3 is less than the minimum"), line
     assert "properties" not in output and "additionalProperties" not in output
+
+
+def test_config_error_is_one_line_for_any_value():
+    with pytest.raises(ConfigError) as info:
+        cfg.section_from_mapping(cfg.SplitConfig, {"group_by": "a\nb\nc"}, "split")
+    assert "\n" not in str(info.value) and str(info.value).startswith("split.group_by")

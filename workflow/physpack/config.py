@@ -260,7 +260,7 @@ def _check(instance: Any, schema: dict[str, Any], prefix: str) -> None:
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
     if error is not None:
-        raise ConfigError(_one_line(error, prefix))
+        raise ConfigError(" ".join(_one_line(error, prefix).split()))
 
 
 def section_from_mapping(
