@@ -382,7 +382,7 @@ def _multinode_recipe() -> dict[str, object]:
     """The multi-node recipe that profiles/slurm/config.yaml gives in comments
     under train_model, parsed as YAML."""
     lines = (ROOT / "profiles/slurm/config.yaml").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if "x 4 GPUs: add" in line)
+    start = next(i for i, line in enumerate(lines) if "x 4 GPUs" in line)
     recipe = []
     for line in lines[start + 1 :]:
         if not line.startswith("    #   "):
