@@ -1,0 +1,459 @@
+"""Accuracy per CPU-minute: physpack's shipped recipe against mlip's MACE, side by
+side in one run, on the same split of the demo data and the same wall budget.
+
+Three trainings run one after another, each in its own process (so that peak RSS
+is each one's own): physpack with the shipped ``config.yaml`` (``model``,
+``train``, ``loader``, ``split`` sections; ``train.max_minutes`` = the budget), and
+InstaDeep's ``mlip`` MACE (64 channels, 2 layers, l_max 1, correlation 3, cutoff
+5 Å, batch 32, AMSGrad lr 0.01, EMA 0.99, MSE loss with weights E 1 (per-atom
+energy) / F 25), once as is and once with the weights flipped to E 25 / F 1 for
+the last 25 % of the budget (at the first epoch boundary past 75 %). Each run
+then predicts the test split and runs the MD stability test: NVE (velocity
+Verlet) at 300 K, 0.5 fs steps, for ``--md-ps`` picoseconds, on the largest test
+molecules (one conformation per compound); a molecule whose bond (atoms closer
+than 1.2 × the sum of covalent radii at the start) stretches beyond 1.5× its
+starting length is broken. The table gives test energy MAE (meV, meV/atom),
+force MAE (meV/Å), training structures/s, peak RSS, parameter count, MD
+stable/total and the total-energy drift of the stable runs (meV/atom/ps).
+
+MACE runs in the interpreter given by ``--mace-python``: a virtual environment
+with mlip, made so that the project's environment is not changed::
+
+    python -m venv --system-site-packages /tmp/bench-venv
+    /tmp/bench-venv/bin/pip install -e ".[bench]"
+
+    python benchmarks/bench_accuracy.py                         # 3 × 15 min + MD
+    python benchmarks/bench_accuracy.py --minutes 0.3 --md-ps 0.05   # smoke test
+    python benchmarks/bench_accuracy.py --minutes 30            # 2× the budget
+
+Targets (issue 11): physpack's test energy and force MAE both below the better
+MACE run's; every MD molecule stable for 50 ps; peak RSS ≤ 1 GiB; throughput
+≥ 2× MACE's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MD_TEMPERATURE_K = 300.0
+MD_TIMESTEP_FS = 0.5
+BOND_FACTOR = 1.2  # bonded: closer than this × (r_cov,i + r_cov,j) at the start
+BROKEN_STRETCH = 1.5  # broken: a bond longer than this × its starting length
+MACE_FLIP_FRACTION = 0.75
+
+
+def peak_rss_gib() -> float:
+    """Peak resident set size of this process [GiB] (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# --------------------------------------------------------------------- data
+
+
+def prepare_data(work: Path, config: dict) -> dict:
+    """Pack the demo NPZ, split it with the shipped ``split`` section, and write
+    the three subsets as extxyz (eV, Å, eV/Å) for MACE. Returns the paths."""
+    from physpack.config import SplitConfig, section_from_mapping
+    from physpack.data.convert import convert_npz
+    from physpack.data.packed import PackedDataset
+    from physpack.data.split import make_split, save_split
+
+    packed = work / "packed"
+    if not packed.exists():
+        convert_npz(ROOT / config["data"]["npz"], packed)
+    split_cfg = section_from_mapping(SplitConfig, config.get("split"), "split")
+    split = save_split(make_split(packed, split_cfg), work / "split.npz")
+    data = PackedDataset(packed)
+    subsets = dict(np.load(split))
+    paths = {"packed": str(packed), "split": str(split)}
+    for name in ("train", "valid", "test"):
+        paths[name] = str(write_extxyz(data, subsets[name], work / f"{name}.xyz"))
+    paths["md"] = str(
+        write_extxyz(data, md_molecules(data, subsets["test"]), work / "md.xyz")
+    )
+    return paths
+
+
+def write_extxyz(data, indices: np.ndarray, path: Path) -> Path:
+    """Molecules ``indices`` of a packed dataset as extxyz with energy and forces."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    frames = []
+    for i in np.asarray(indices):
+        mol = data.molecule(int(i))
+        atoms = Atoms(numbers=mol["Z"], positions=mol["R"])
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=float(mol["E"]), forces=np.asarray(mol["F"])
+        )
+        frames.append(atoms)
+    write(path, frames, format="extxyz")
+    return path
+
+
+def md_molecules(data, test: np.ndarray, count: int = 6) -> np.ndarray:
+    """The largest test molecules, one conformation per composition."""
+    seen: set[tuple[int, ...]] = set()
+    chosen = []
+    n_atoms = np.diff(data.offsets)[np.asarray(test)]
+    for i in np.asarray(test)[np.argsort(-n_atoms, kind="stable")]:
+        key = tuple(np.bincount(data.molecule(int(i))["Z"], minlength=100))
+        if key not in seen:
+            seen.add(key)
+            chosen.append(int(i))
+        if len(chosen) == count:
+            break
+    return np.asarray(chosen)
+
+
+# ----------------------------------------------------------------- metrics
+
+
+def error_metrics(
+    e_true, e_pred, n_atoms, f_true: np.ndarray, f_pred: np.ndarray
+) -> dict[str, float]:
+    """Test MAEs: energy [meV], energy per atom [meV/atom], forces [meV/Å]."""
+    de = np.abs(np.asarray(e_pred, float) - np.asarray(e_true, float))
+    return {
+        "energy_mae_meV": 1e3 * float(de.mean()),
+        "energy_mae_meV_per_atom": 1e3 * float((de / np.asarray(n_atoms)).mean()),
+        "forces_mae_meV_per_A": 1e3 * float(np.abs(f_pred - f_true).mean()),
+    }
+
+
+def md_stability(
+    molecules, make_calculator: Callable, picoseconds: float
+) -> dict[str, float]:
+    """NVE at 300 K of each molecule (ASE atoms); stable/total and the mean
+    absolute total-energy drift of the stable runs [meV/atom/ps]."""
+    from ase import units
+    from ase.data import covalent_radii
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+    from ase.md.verlet import VelocityVerlet
+
+    steps = max(1, round(picoseconds * 1000 / MD_TIMESTEP_FS))
+    check_every = min(20, steps)
+    stable, drifts = 0, []
+    for k, start in enumerate(molecules):
+        atoms = start.copy()
+        atoms.calc = make_calculator(atoms)
+        r0 = atoms.get_all_distances()
+        radii = covalent_radii[atoms.numbers]
+        bonded = np.triu(r0 < BOND_FACTOR * (radii[:, None] + radii[None, :]), 1)
+        thermalize_momenta(
+            atoms, temperature_K=MD_TEMPERATURE_K, rng=np.random.default_rng(k)
+        )
+        Stationary(atoms)
+        dyn = VelocityVerlet(atoms, timestep=MD_TIMESTEP_FS * units.fs)
+        e0 = atoms.get_total_energy()
+        broken = False
+        for _ in range(0, steps, check_every):
+            dyn.run(check_every)
+            stretch = atoms.get_all_distances()[bonded] / r0[bonded]
+            if not np.all(np.isfinite(stretch)) or stretch.max() > BROKEN_STRETCH:
+                broken = True
+                break
+        if not broken:
+            stable += 1
+            drift = (atoms.get_total_energy() - e0) / len(atoms) / picoseconds
+            drifts.append(1e3 * abs(drift))
+    return {
+        "md_stable": stable,
+        "md_total": len(molecules),
+        "md_drift_meV_per_atom_ps": float(np.mean(drifts)) if drifts else float("nan"),
+    }
+
+
+# ------------------------------------------------------------------ physpack
+
+
+def run_physpack(paths: dict, work: Path, minutes: float, md_ps: float) -> dict:
+    """Train the shipped recipe for ``minutes``, evaluate on test, run MD."""
+    import yaml
+    from ase.io import read
+    from physpack.config import (
+        LoaderConfig,
+        ModelConfig,
+        TrainConfig,
+        section_from_mapping,
+    )
+    from physpack.data.loader import PackedMemmapLoader
+    from physpack.evaluation.evaluate import predict_split
+    from physpack.model.calculator import PhysNetCalculator
+    from physpack.model.checkpoint import load
+    from physpack.training.train import train
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    model_cfg = section_from_mapping(ModelConfig, config.get("model"), "model")
+    loader_cfg = section_from_mapping(LoaderConfig, config.get("loader"), "loader")
+    train_cfg = section_from_mapping(
+        TrainConfig, {**config.get("train", {}), "max_minutes": minutes}, "train"
+    )
+    out = work / "physpack"
+    out.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    result = train(
+        paths["packed"],
+        paths["split"],
+        out / "best.ckpt",
+        out / "history.csv",
+        out / "state",
+        model_cfg,
+        train_cfg,
+        loader_cfg,
+        progress=False,
+        log=lambda _: None,
+        overwrite=True,
+    )
+    wall = time.perf_counter() - start
+    with open(result.history, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    # steady state: the first epoch (compilation) excluded when possible
+    throughput = float(np.mean([float(r["molecules_per_s"]) for r in rows[1:] or rows]))
+    ckpt = load(result.checkpoint)
+    test = np.load(paths["split"])["test"]
+    loader = PackedMemmapLoader(
+        paths["packed"], batch_size=loader_cfg.batch_size, shuffle=False, indices=test
+    )
+    pred = predict_split(ckpt, loader, with_dipoles=False, where="test")
+    metrics = error_metrics(
+        pred.E_true, pred.E_pred, pred.n_atoms, pred.F_true, pred.F_pred
+    )
+    params = sum(int(np.size(a)) for a in _leaves(ckpt.params))
+    md = md_stability(
+        read(paths["md"], index=":"), lambda _: PhysNetCalculator(ckpt), md_ps
+    )
+    return {
+        "name": "physpack (shipped config)",
+        **metrics,
+        "structures_per_s": throughput,
+        "epochs": result.epochs,
+        "train_wall_s": wall,
+        "params": params,
+        **md,
+        "peak_rss_GiB": peak_rss_gib(),
+    }
+
+
+def _leaves(tree) -> list:
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+# ---------------------------------------------------------------------- MACE
+
+
+def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
+    """Train mlip's MACE for ``minutes`` (optionally with the late weight flip),
+    evaluate on test, run MD. Runs in the interpreter that has mlip."""
+    import jax
+    import jax.numpy as jnp
+    from ase.io import read
+    from mlip.data import GraphDatasetBuilder
+    from mlip.data.chemical_systems_readers.extxyz_reader import ExtxyzReader
+    from mlip.inference.batched_inference import run_batched_inference
+    from mlip.models import ForceField, Mace
+    from mlip.models.loss import MSELoss
+    from mlip.simulation.ase.mlip_ase_calculator import MLIPForceFieldASECalculator
+    from mlip.training import TrainingLoop
+    from mlip.training.optimizer import get_default_mlip_optimizer
+    from mlip.training.optimizer_config import OptimizerConfig
+    from mlip.training.training_loop_config import TrainingLoopConfig
+
+    readers = {name: [ExtxyzReader(paths[name])] for name in ("train", "valid")}
+    builder = GraphDatasetBuilder(
+        readers, GraphDatasetBuilder.Config(graph_cutoff_angstrom=5.0, batch_size=32)
+    )
+    datasets = builder.get_datasets()
+    mace = Mace(
+        Mace.Config(num_channels=64, num_layers=2, l_max=1, correlation=3),
+        builder.dataset_info,
+    )
+    force_field = ForceField.from_mlip_network(mace)
+    # The flip is signalled through the epoch number the loop passes to the loss
+    # (the schedules are traced once): past the flip, epochs count from FLIPPED.
+    flipped = 10**6
+
+    def energy_weight(epoch):
+        return jnp.where(epoch >= flipped, 25.0, 1.0)
+
+    def forces_weight(epoch):
+        return jnp.where(epoch >= flipped, 1.0, 25.0)
+
+    loss = MSELoss(energy_weight, forces_weight) if flip else MSELoss()
+    optimizer = get_default_mlip_optimizer(
+        OptimizerConfig(
+            init_learning_rate=0.01, peak_learning_rate=0.01, final_learning_rate=0.01
+        )
+    )
+    budget_s = 60.0 * minutes
+    epoch_seconds: list[float] = []
+    start = time.perf_counter()
+
+    class BudgetLoop(TrainingLoop):
+        def _run_training_epoch(self) -> None:
+            t0 = time.perf_counter()
+            super()._run_training_epoch()
+            epoch_seconds.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - start
+            if (
+                flip
+                and self.epoch_number < flipped
+                and elapsed > (MACE_FLIP_FRACTION * budget_s)
+            ):
+                self.epoch_number += flipped
+            if elapsed > budget_s:
+                self.epoch_number = self.config.num_epochs
+
+    loop = BudgetLoop(
+        datasets["train"],
+        datasets["valid"],
+        force_field,
+        loss,
+        optimizer,
+        TrainingLoopConfig(num_epochs=10**7, ema_decay=0.99),
+    )
+    loop.run()
+    wall = time.perf_counter() - start
+    # the best parameters come back as numpy arrays; inference indexes them with
+    # traced species indices, which needs device arrays
+    best = dataclasses.replace(
+        loop.best_model, params=jax.tree.map(jnp.asarray, loop.best_model.params)
+    )
+    test_atoms = read(paths["test"], index=":")
+    preds = run_batched_inference(test_atoms, best, batch_size=32)
+    f_true = np.concatenate([a.get_forces() for a in test_atoms])
+    f_pred = np.concatenate([np.asarray(p.forces) for p in preds])
+    metrics = error_metrics(
+        [a.get_potential_energy() for a in test_atoms],
+        [float(p.energy) for p in preds],
+        [len(a) for a in test_atoms],
+        f_true,
+        f_pred,
+    )
+    n_train = len(read(paths["train"], index=":"))
+    params = sum(int(np.size(a)) for a in _leaves(best.params))
+    md = md_stability(
+        read(paths["md"], index=":"),
+        lambda atoms: MLIPForceFieldASECalculator(
+            atoms, edge_capacity_multiplier=1.25, force_field=best
+        ),
+        md_ps,
+    )
+    return {
+        "name": "mlip MACE, E/F flip at 75 %" if flip else "mlip MACE, default loss",
+        **metrics,
+        # parameter updates only, first epoch (compilation) excluded when possible
+        "structures_per_s": n_train
+        / float(np.mean(epoch_seconds[1:] or epoch_seconds)),
+        "epochs": len(epoch_seconds),
+        "train_wall_s": wall,
+        "params": params,
+        **md,
+        "peak_rss_GiB": peak_rss_gib(),
+    }
+
+
+# ---------------------------------------------------------------------- main
+
+
+def run_worker(kind: str, python: str, work: Path, args: argparse.Namespace) -> dict:
+    """One training in its own process; returns its result dict."""
+    result = work / f"{kind}.json"
+    cmd = [
+        python,
+        __file__,
+        "--worker",
+        kind,
+        "--workdir",
+        str(work),
+        "--minutes",
+        str(args.minutes),
+        "--md-ps",
+        str(args.md_ps),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow")}
+    subprocess.run(cmd, check=True, env=env)
+    return json.loads(result.read_text())
+
+
+def print_table(results: list[dict], minutes: float, md_ps: float) -> None:
+    rows = (
+        ("energy MAE [meV]", "energy_mae_meV", "{:.1f}"),
+        ("energy MAE [meV/atom]", "energy_mae_meV_per_atom", "{:.2f}"),
+        ("force MAE [meV/Å]", "forces_mae_meV_per_A", "{:.1f}"),
+        ("structures/s (training)", "structures_per_s", "{:.0f}"),
+        ("epochs", "epochs", "{:d}"),
+        ("peak RSS [GiB]", "peak_rss_GiB", "{:.2f}"),
+        ("parameters", "params", "{:,d}"),
+        (f"MD stable ({md_ps:g} ps, 300 K)", None, None),
+        ("MD drift [meV/atom/ps]", "md_drift_meV_per_atom_ps", "{:.2f}"),
+    )
+    width = 30
+    print(f"\ntest split of data/demo.npz, {minutes:g} min of training each")
+    print(f"{'':{width}s}" + "".join(f"{r['name'][:30]:>32s}" for r in results))
+    for label, key, fmt in rows:
+        cells = []
+        for r in results:
+            if key is None:
+                cells.append(f"{r['md_stable']}/{r['md_total']}")
+            else:
+                cells.append(fmt.format(r[key]))
+        print(f"{label:{width}s}" + "".join(f"{c:>32s}" for c in cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=15.0, help="per training")
+    parser.add_argument("--md-ps", type=float, default=5.0, help="MD length [ps]")
+    parser.add_argument(
+        "--mace-python",
+        default="/tmp/bench-venv/bin/python",
+        help="interpreter with mlip installed ('' skips MACE)",
+    )
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--worker", choices=["physpack", "mace", "mace-flip"])
+    args = parser.parse_args()
+    if args.worker:
+        paths = json.loads((args.workdir / "paths.json").read_text())
+        if args.worker == "physpack":
+            result = run_physpack(paths, args.workdir, args.minutes, args.md_ps)
+        else:
+            result = run_mace(
+                paths, args.minutes, args.md_ps, flip=args.worker == "mace-flip"
+            )
+        (args.workdir / f"{args.worker}.json").write_text(json.dumps(result))
+        return
+    import yaml
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        paths = prepare_data(work, config)
+        (work / "paths.json").write_text(json.dumps(paths))
+        results = [run_worker("physpack", sys.executable, work, args)]
+        if args.mace_python:
+            for kind in ("mace", "mace-flip"):
+                results.append(run_worker(kind, args.mace_python, work, args))
+        print_table(results, args.minutes, args.md_ps)
+
+
+if __name__ == "__main__":
+    main()
