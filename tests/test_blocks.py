@@ -16,11 +16,16 @@ from physpack.model.basis import (
     polynomial_switch,
 )
 from physpack.model.physnet import (
+    EnergyConstants,
+    device_inputs,
+    energy_and_forces,
     init_params,
     model_from_config,
     molecules_to_batch,
     nh_penalty,
+    predict,
 )
+from scipy.spatial.transform import Rotation
 
 
 def ssp(x: np.ndarray) -> np.ndarray:
@@ -177,3 +182,43 @@ def test_nh_penalty_by_hand():
     # hierarchical outputs (each module 10× smaller) give a small penalty
     decaying = np.stack([np.full((3, 2), 10.0**-m, np.float32) for m in range(3)])
     assert float(nh_penalty(jnp.asarray(decaying), jnp.asarray(mask))) < 0.03
+
+
+def test_degree_two_features_keep_the_energy_invariant_and_reach_it():
+    cfg = ModelConfig(
+        features=8,
+        max_degree=2,
+        vector_features=4,
+        num_iterations=2,
+        num_basis_functions=6,
+        cutoff=4.0,
+        max_atomic_number=9,
+        n_res=1,
+        n_res_interaction=1,
+    )
+    rng = np.random.default_rng(0)
+    Z = np.array([6, 1, 8, 7, 1, 1], np.int32)
+    R = rng.uniform(-1.5, 1.5, (6, 3)).astype(np.float32)
+    model = model_from_config(cfg)
+    batch = molecules_to_batch([{"Z": Z, "R": R}])
+    params = init_params(model, jax.random.PRNGKey(0), batch)
+    params = jax.tree.map(
+        lambda a: (np.asarray(a) + rng.normal(0.0, 0.5, a.shape)).astype(np.float32),
+        params,
+    )
+    constants = EnergyConstants(np.zeros(10), 1.0, (1, 6, 7, 8))
+    rot = Rotation.random(random_state=3).as_matrix()
+    turned = molecules_to_batch([{"Z": Z, "R": (R @ rot.T).astype(np.float32)}])
+    a = predict(params, batch, model, constants)
+    b = predict(params, turned, model, constants)
+    assert np.abs(a["forces"]).max() > 1.0
+    assert b["energy"][0] == pytest.approx(a["energy"][0], abs=1e-3)
+    np.testing.assert_allclose(b["forces"][:6], a["forces"][:6] @ rot.T, atol=1e-3)
+
+    def energy(p):
+        out = energy_and_forces(p, model, device_inputs(batch), jnp.float32(1.0))
+        return jnp.sum(out["energy_residual"])
+
+    kernel = jax.grad(energy)(params)["interaction_1"]["vector_to_scalar"]["kernel"]
+    per_degree = np.abs(np.asarray(kernel)).reshape(2, 4, -1).max(axis=(1, 2))
+    assert np.all(per_degree > 1e-3)  # degree 1 and degree 2 both reach the energy
