@@ -59,3 +59,23 @@ def test_run_from_a_project_directory_outside_the_checkout(tmp_path: Path) -> No
     assert (
         planned_jobs(project, "-s", str(snakefile), "--configfile", "config.yaml") == []
     )
+
+
+def test_workflow_used_as_a_snakemake_module(tmp_path: Path) -> None:
+    """A project's own Snakefile that uses the workflow as a module (as
+    snakedeploy writes it) plans every stage, with the workflow's files found in
+    the workflow (dry run)."""
+    snakefile = copy_workflow(tmp_path / "physpack")
+    project = tmp_path / "myproject"
+    (project / "data").mkdir(parents=True)
+    write_padded_npz(project / "data" / "tiny.npz", TINY_N_MOL, seed=3)
+    (project / "config.yaml").write_text(TINY_CONFIG.read_text())
+    (project / "Snakefile").write_text(
+        'configfile: "config.yaml"\n\n\n'
+        f"module physpack:\n    snakefile:\n        {str(snakefile)!r}\n"
+        "    config:\n        config\n\n\n"
+        "use rule * from physpack as physpack_*\n"
+    )
+    jobs = planned_jobs(project)
+    expected = sorted(f"physpack_{r}" for r in (*RULES, "report_data", "all"))
+    assert jobs == expected, jobs
