@@ -77,6 +77,8 @@ def schema_section(name: str) -> Callable[[type[_C]], type[_C]]:
                     f"{SCHEMA_PATH.name}"
                 )
             default = keys[field]["default"]
+            if isinstance(default, list):  # dataclass defaults must be immutable
+                default = tuple(default)
             if field in cls.__dict__ and cls.__dict__[field] != default:
                 raise ConfigError(
                     f"{cls.__name__}.{field} = {cls.__dict__[field]!r} differs from "
@@ -167,9 +169,9 @@ class LoaderConfig:
     max_pairs: int | None
     max_molecules: int | None
     prefetch: int
-    pairs: Literal["all", "cutoff"]  # cutoff: pairs within model.cutoff
-    giant_atoms: int | Literal["auto"] | None  # larger molecules: a second budget (None: off)
-    max_molecule_atoms: int | None  # larger molecules are refused
+    pairs: Literal["all", "cutoff"]
+    giant_atoms: int | Literal["auto"] | None
+    max_molecule_atoms: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,8 +219,14 @@ class TrainConfig:
     devices: int | Literal["all"]
     state_every_steps: int  # resumable state written at least this often
     max_nonfinite_steps: int  # consecutive rejected steps before stopping
-    reference_energies: str | dict[str, float]  # or {symbol: E0}
-    reference_energy_unit: str  # unit of the values in reference_energies
+    reference_energies: str | dict[str, float] = "fit"  # or {symbol: E0}
+    reference_energy_unit: str = "eV"  # unit of the values in reference_energies
+    init_from: str | None = None  # checkpoint to fine-tune from
+    refit_reference: bool = True  # with init_from: refit E0 on this data
+    freeze: tuple[str, ...] = ()  # parameter groups kept fixed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "freeze", tuple(self.freeze))
 
 
 Section = TypeVar("Section")

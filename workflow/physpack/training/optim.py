@@ -14,18 +14,25 @@ weight decay (AdamW style, any optimiser when ``weight_decay`` > 0)
 * ``lr_scale``: 1, or, for ``plateau``, the factor of optax's
   ``reduce_on_plateau`` driven by the validation loss once per epoch, as MACE does
   (:func:`plateau_transform`).
+
+``train.freeze`` (fine-tuning) gives the named parameter groups zero updates
+(:func:`freeze_labels`, optax's ``multi_transform``).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from physpack.config import TrainConfig
+from physpack.errors import ConfigError
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -49,7 +56,56 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
         parts.append(optax.scale_by_adam())
     if cfg.weight_decay > 0:
         parts.append(optax.add_decayed_weights(cfg.weight_decay))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    if not cfg.freeze:
+        return tx
+    frozen = set(cfg.freeze)
+    # frozen groups get zero updates and no optimiser state; clipping and the
+    # moments see only the trained parameters
+    return optax.multi_transform(
+        {"trained": tx, "frozen": optax.set_to_zero()},
+        lambda params: freeze_labels(params, frozen),
+    )
+
+
+def parameter_group(name: str) -> str:
+    """The group of a top-level parameter collection: its name without the
+    module indices (``interaction_2`` -> ``interaction``,
+    ``atomic_residual_0_1`` -> ``atomic_residual``)."""
+    return re.sub(r"(_\d+)+$", "", name)
+
+
+def parameter_groups(params: Mapping[str, Any]) -> list[str]:
+    """The groups of ``params`` that ``train.freeze`` may name, in order."""
+    return list(dict.fromkeys(parameter_group(k) for k in params))
+
+
+def _wanted(group: str, frozen: set[str]) -> bool:
+    return group in frozen or f"{group}s" in frozen
+
+
+def freeze_labels(params: Mapping[str, Any], frozen: set[str]) -> dict[str, Any]:
+    """``"frozen"``/``"trained"`` for every leaf of ``params`` (the label tree of
+    :func:`optax.multi_transform`)."""
+    labels = {}
+    for name, sub in params.items():
+        label = "frozen" if _wanted(parameter_group(name), frozen) else "trained"
+        labels[name] = jax.tree.map(lambda _, label=label: label, sub)
+    return labels
+
+
+def check_freeze(params: Mapping[str, Any], cfg: TrainConfig) -> None:
+    """Refuse ``train.freeze`` groups that name no parameters, listing the groups."""
+    groups = parameter_groups(params)
+    known = set(groups) | {f"{g}s" for g in groups}
+    unknown = [g for g in cfg.freeze if g not in known]
+    if unknown:
+        raise ConfigError(
+            f"train.freeze: no parameter group {', '.join(map(repr, unknown))}; "
+            f"the model's groups are {', '.join(groups)}"
+        )
+    if set(groups) <= {g for g in groups if _wanted(g, set(cfg.freeze))}:
+        raise ConfigError("train.freeze: every parameter group is frozen")
 
 
 def learning_rate(

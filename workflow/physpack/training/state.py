@@ -143,12 +143,17 @@ class Progress:
 def config_sections(
     model: ModelConfig, train: TrainConfig, loader: LoaderConfig
 ) -> dict[str, dict[str, Any]]:
-    """The config sections as plain dicts (stored in the state)."""
-    return {
-        "model": dataclasses.asdict(model),
-        "train": dataclasses.asdict(train),
-        "loader": dataclasses.asdict(loader),
-    }
+    """The config sections as plain JSON values (stored in the state; tuples
+    become lists, as they come back from the file)."""
+    return json.loads(
+        json.dumps(
+            {
+                "model": dataclasses.asdict(model),
+                "train": dataclasses.asdict(train),
+                "loader": dataclasses.asdict(loader),
+            }
+        )
+    )
 
 
 def config_hash(model: ModelConfig, train: TrainConfig, loader: LoaderConfig) -> str:

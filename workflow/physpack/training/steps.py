@@ -131,8 +131,10 @@ def build_steps(
         t = state.step.astype(jnp.float32)
         # EMA warm-up: early averages would otherwise be dominated by the init.
         decay = jnp.minimum(cfg.ema_decay, (1.0 + t) / (10.0 + t))
+        # e + (1 - d)(p - e): the same average, and exactly e where p == e (frozen
+        # parameters stay bit for bit what they were)
         ema = jax.tree.map(
-            lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params
+            lambda e, p: e + (1.0 - decay) * (p - e), state.ema, params
         )
         new_state = state.replace(
             params=keep(params, state.params),

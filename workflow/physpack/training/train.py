@@ -52,7 +52,7 @@ from physpack.config import (
     section_from_args,
 )
 from physpack.data.loader import from_config, read_split
-from physpack.data.packed import PackedDataset
+from physpack.data.packed import PackedDataset, sha256_file
 from physpack.errors import ConfigError, cli_entry
 from physpack.model import checkpoint as ckpt_io
 from physpack.model.physnet import (
@@ -71,7 +71,7 @@ from physpack.training.loop import (
     train_and_evaluate,
 )
 from physpack.training.losses import LossWeights
-from physpack.training.optim import make_optimizer
+from physpack.training.optim import check_freeze, make_optimizer
 from physpack.training.parallel import DataParallel
 from physpack.training.reference import energy_constants_for, fit_energy_constants
 from physpack.training.state import (
@@ -176,6 +176,9 @@ def train(
     dataset = PackedDataset(packed)
     train_idx, valid_idx = _subset(Path(split), "train"), _subset(Path(split), "valid")
     fingerprint = dataset_fingerprint(dataset, train_idx, valid_idx)
+    init = _init_checkpoint(train_cfg, model_cfg)
+    if init is not None:  # a fine-tuned run depends on its starting point too
+        fingerprint = f"{fingerprint}+init:{init.training['init_sha256']}"
     # Results depend on the devices only through the batches per step: record that
     # number, not the config's "all" (which resolves per machine).
     hashed_cfg = dataclasses.replace(train_cfg, devices=dp.batches_per_step)
@@ -222,6 +225,10 @@ def train(
         constants, data_stats = energy_constants_for(
             fit_loader, model_cfg.max_atomic_number, train_cfg, log=log
         )
+        if init is not None and not train_cfg.refit_reference:
+            constants = init.constants
+            data_stats["reference_energies"] = "init_from"
+            log(f"reference energies kept from {train_cfg.init_from}")
     parallel.check_batches_per_epoch(
         train_loader.num_batches(), dp, f"{dataset.path} (train subset)"
     )
@@ -241,6 +248,13 @@ def train(
     params = init_params(
         model, jax.random.PRNGKey(train_cfg.seed), train_loader.assemble(np.arange(1))
     )
+    if init is not None:
+        params = _start_from(params, init, train_cfg)
+        log(
+            f"fine-tuning from {train_cfg.init_from}"
+            + (f", frozen: {', '.join(train_cfg.freeze)}" if train_cfg.freeze else "")
+        )
+    check_freeze(params, train_cfg)
     params = parallel.broadcast_from_main(params)  # seeded alike; made exact
     state = create_train_state(params, tx, train_cfg.epochs * steps_per_epoch)
     progress_ = Progress()
@@ -276,7 +290,7 @@ def train(
         state_dir=state_dir,
         save_state=lambda r: _save_state(r, sections, fingerprint, code),
         write_best=lambda r, ema, epoch, metrics: _write_best(
-            r, model_cfg, loader_cfg, fingerprint, dataset, ema, epoch, metrics
+            r, model_cfg, loader_cfg, fingerprint, dataset, ema, epoch, metrics, init
         ),
         log=log,
         on_step=on_step,
@@ -294,6 +308,59 @@ def train(
 
     valid_loader.device_put = prepare_checked
     return train_and_evaluate(run)
+
+
+def _init_checkpoint(
+    train_cfg: TrainConfig, model_cfg: ModelConfig
+) -> ckpt_io.Checkpoint | None:
+    """The checkpoint of ``train.init_from`` (its sha256 in ``training``), or None.
+
+    Raises:
+        InputError: unreadable checkpoint.
+        ConfigError: its model section differs from this run's (naming the keys).
+    """
+    if train_cfg.init_from is None:
+        return None
+    init = ckpt_io.load(train_cfg.init_from)
+    mine, theirs = dataclasses.asdict(model_cfg), dataclasses.asdict(init.model_config)
+    differ = [
+        f"model.{k}: {theirs.get(k)!r} there, {v!r} here"
+        for k, v in mine.items()
+        if theirs.get(k) != v
+    ]
+    if differ:
+        raise ConfigError(
+            f"train.init_from = {train_cfg.init_from}: the checkpoint's model differs "
+            f"from this run's ({'; '.join(differ)}); fine-tuning keeps the "
+            "architecture"
+        )
+    training = dict(init.training, init_sha256=sha256_file(train_cfg.init_from))
+    return dataclasses.replace(init, training=training)
+
+
+def _start_from(
+    params: Params, init: ckpt_io.Checkpoint, train_cfg: TrainConfig
+) -> Params:
+    """``init``'s parameters in the structure of ``params`` (same shapes)."""
+    try:
+        restored = serialization.from_state_dict(params, init.params)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"train.init_from = {train_cfg.init_from}: its parameters do not fit "
+            f"this model ({exc})"
+        ) from exc
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(params),
+        jax.tree.leaves(restored),
+        strict=True,
+    ):
+        if np.shape(a) != np.shape(b):
+            raise ConfigError(
+                f"train.init_from = {train_cfg.init_from}: parameter "
+                f"{jax.tree_util.keystr(path)} has shape {np.shape(b)}, this model "
+                f"needs {np.shape(a)}"
+            )
+    return jax.tree.map(lambda x: np.asarray(x, np.float32), restored)
 
 
 def _refuse_overwrite(
@@ -343,6 +410,7 @@ def _write_best(
     ema: Params,
     epoch: int,
     metrics: Mapping[str, float],
+    init: ckpt_io.Checkpoint | None = None,
 ) -> None:
     ckpt_io.save(
         run.output,
@@ -364,6 +432,14 @@ def _write_best(
                 "data_stats": run.data_stats,
                 "reference_energies": run.data_stats.get("reference_energies", "fit"),
                 "packed": str(dataset.path),
+                "init_from": None
+                if init is None
+                else {
+                    "path": str(run.cfg.init_from),
+                    "sha256": init.training["init_sha256"],
+                    "refit_reference": run.cfg.refit_reference,
+                    "freeze": list(run.cfg.freeze),
+                },
             },
         ),
     )
