@@ -1,5 +1,5 @@
-"""``physpack`` command line: JAX's CPU backend is held to ``OMP_NUM_THREADS``,
-which Snakemake sets to the rule's ``threads:``."""
+"""``physpack`` command line: a stage is held to ``OMP_NUM_THREADS`` CPUs (which
+Snakemake sets to the rule's ``threads:``); JAX's own thread pools ignore it."""
 
 from __future__ import annotations
 
@@ -10,64 +10,67 @@ import sys
 import pytest
 from physpack import cli
 
-
-def test_one_thread_sets_the_single_thread_xla_flags() -> None:
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("one CPU: nothing to limit")
-    env = {"OMP_NUM_THREADS": "1", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
-    assert cli.limit_cpu_threads(env) == 1
-    flags = env["XLA_FLAGS"].split()
-    assert flags[0] == "--xla_dump_to=/tmp/x"  # the user's flags are kept
-    assert set(cli.SINGLE_THREAD_XLA_FLAGS) <= set(flags)
-    assert cli.limit_cpu_threads(env) == 1
-    assert len(env["XLA_FLAGS"].split()) == len(flags)  # not added twice
+CPUS = len(os.sched_getaffinity(0))
 
 
-@pytest.mark.parametrize("value", ["", "zero", "0", "-2", "100000"])
-def test_no_limit_without_a_usable_thread_count(value: str) -> None:
-    env = {"OMP_NUM_THREADS": value} if value else {}
-    assert cli.limit_cpu_threads(env) is None
-    assert "XLA_FLAGS" not in env
-
-
-def test_several_threads_restrict_the_cpus() -> None:
-    """In a child process (the restriction is per process): n of the CPUs."""
-    cpus = len(os.sched_getaffinity(0))
-    if cpus < 3:
-        pytest.skip(f"{cpus} CPUs: a limit between 1 and all needs at least 3")
-    code = (
-        "import os; from physpack.cli import limit_cpu_threads; "
-        "print(limit_cpu_threads(), len(os.sched_getaffinity(0)))"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    out = subprocess.run(
+def _child(code: str, threads: str | None) -> list[str]:
+    """Run ``code`` in a fresh interpreter (affinity is per process)."""
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = threads
+    return subprocess.run(
         [sys.executable, "-c", code],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
-    assert out == ["2", "2"]
 
 
-def test_cli_applies_the_limit_before_jax_starts() -> None:
-    """``python -m physpack <step>`` with OMP_NUM_THREADS=1: the step's process
-    runs JAX with the single-thread flags."""
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("one CPU: nothing to limit")
+LIMIT = (
+    "import os; from physpack.cli import limit_cpu_threads; "
+    "print(limit_cpu_threads(), len(os.sched_getaffinity(0)))"
+)
+
+
+@pytest.mark.skipif(CPUS < 2, reason="one CPU: nothing to limit")
+def test_one_thread_is_one_cpu() -> None:
+    assert _child(LIMIT, "1") == ["1", "1"]
+
+
+@pytest.mark.skipif(CPUS < 3, reason="a limit between 1 and all needs 3 CPUs")
+def test_several_threads_are_that_many_cpus() -> None:
+    assert _child(LIMIT, "2") == ["2", "2"]
+
+
+@pytest.mark.parametrize("value", [None, "", "zero", "0", "-2", str(CPUS), "100000"])
+def test_no_limit_without_a_usable_thread_count(value: str | None) -> None:
+    assert _child(LIMIT, value) == ["None", str(CPUS)]
+
+
+@pytest.mark.skipif(CPUS < 2, reason="one CPU: nothing to limit")
+def test_concurrent_stages_do_not_share_one_cpu() -> None:
+    """The CPU chosen rotates with the process id, so one-thread stages started
+    side by side spread over the machine instead of all taking the first CPU."""
     code = (
-        "import sys, os; from physpack import cli; "
-        "cli.STEPS['probe'] = ('json', ''); "
-        "import json; json.main = lambda argv: print(os.environ['XLA_FLAGS']) or 0; "
+        "import os; from physpack.cli import limit_cpu_threads; "
+        "limit_cpu_threads(); print(*os.sched_getaffinity(0))"
+    )
+    chosen = {tuple(_child(code, "1")) for _ in range(12)}
+    assert len(chosen) > 1, chosen
+
+
+@pytest.mark.skipif(CPUS < 2, reason="one CPU: nothing to limit")
+def test_cli_applies_the_limit_before_the_step_runs() -> None:
+    """``python -m physpack <step>``: the step runs restricted (before JAX is
+    imported by the step's module)."""
+    code = (
+        "import sys, os, types; from physpack import cli; "
+        "probe = types.ModuleType('probe'); "
+        "probe.main = lambda argv: print(len(os.sched_getaffinity(0))) or 0; "
+        "sys.modules['probe'] = probe; cli.STEPS['probe'] = ('probe', ''); "
         "sys.exit(cli.main(['probe']))"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("XLA_FLAGS", None)
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "--xla_cpu_multi_thread_eigen=false" in out
+    assert _child(code, "1") == ["1"]
+    assert cli.limit_cpu_threads({}) is None  # no OMP_NUM_THREADS: no limit

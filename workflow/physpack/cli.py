@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from physpack import __version__
 
@@ -53,22 +53,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-#: XLA flags that make its CPU backend run each operation on one thread.
-SINGLE_THREAD_XLA_FLAGS = (
-    "--xla_cpu_multi_thread_eigen=false",
-    "intra_op_parallelism_threads=1",
-)
-
-
-def limit_cpu_threads(environ: MutableMapping[str, str] | None = None) -> int | None:
-    """Make JAX's CPU backend use at most ``OMP_NUM_THREADS`` cores.
+def limit_cpu_threads(environ: Mapping[str, str] | None = None) -> int | None:
+    """Make JAX's CPU backend (and everything else of this process) use at most
+    ``OMP_NUM_THREADS`` cores.
 
     Snakemake sets ``OMP_NUM_THREADS`` to a rule's ``threads:`` (and SLURM jobs to
-    their CPUs), but XLA sizes its thread pool from the CPUs the process may run
-    on and ignores it. One thread: XLA's single-thread flags are added to
-    ``XLA_FLAGS``; more, but fewer than the CPUs available: the process is
-    restricted to that many of them (as ``taskset`` would). Must run before JAX
-    is imported. Returns the limit applied, or None (unset, invalid, or not
+    their CPUs), but XLA ignores it: it sizes its thread pools from the CPUs the
+    process may run on, and its single-thread flags still leave the work spread
+    over several threads. So the process is restricted to that many CPUs, as
+    ``taskset`` would do; which ones rotates with the process id, so that
+    concurrent one-thread stages do not all share the first CPU. Must run before
+    JAX is imported. Returns the limit applied, or None (unset, invalid, or not
     below the CPUs available).
     """
     environ = os.environ if environ is None else environ
@@ -79,12 +74,8 @@ def limit_cpu_threads(environ: MutableMapping[str, str] | None = None) -> int | 
     cpus = sorted(os.sched_getaffinity(0))
     if threads < 1 or threads >= len(cpus):
         return None
-    if threads == 1:
-        flags = environ.get("XLA_FLAGS", "").split()
-        extra = [f for f in SINGLE_THREAD_XLA_FLAGS if f not in flags]
-        environ["XLA_FLAGS"] = " ".join(flags + extra)
-    else:
-        os.sched_setaffinity(0, cpus[:threads])
+    start = os.getpid() % len(cpus)
+    os.sched_setaffinity(0, [cpus[(start + k) % len(cpus)] for k in range(threads)])
     return threads
 
 
