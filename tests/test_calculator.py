@@ -195,3 +195,33 @@ def test_bad_checkpoints_are_refused(data: dict, tmp_path: Path) -> None:
     truncated.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(InputError, match="truncated"):
         PhysNetCalculator(truncated)
+
+
+def test_committee_mean_and_spread_equal_numpy_over_single_models(
+    tmp_path: Path,
+) -> None:
+    """Several checkpoints: the mean of the members, and their std (ddof 0)."""
+    packed, _ = make_packed(tmp_path, n_mol=8)
+    paths = []
+    for seed in range(3):
+        paths.append(tmp_path / f"m{seed}.ckpt")
+        make_checkpoint(paths[-1], packed, seed=seed)
+    atoms = atoms_of(PackedDataset(packed).molecule(0))
+    singles = []
+    for p in paths:
+        a = atoms.copy()
+        a.calc = PhysNetCalculator(p)
+        singles.append((a.get_potential_energy(), a.get_forces()))
+    e = np.array([s[0] for s in singles])
+    f = np.stack([s[1] for s in singles])
+    assert e.std() > 0  # the members differ
+    committee = atoms.copy()
+    committee.calc = PhysNetCalculator(paths)
+    assert committee.calc.committee_size == 3
+    np.testing.assert_allclose(committee.get_potential_energy(), e.mean(), rtol=1e-6)
+    np.testing.assert_allclose(committee.get_forces(), f.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(committee.calc.results["energy_std"], e.std(), rtol=1e-5)
+    np.testing.assert_allclose(
+        committee.calc.results["forces_std"], f.std(0), rtol=1e-4, atol=1e-7
+    )
+    assert committee.calc.results["forces_std"].shape == (len(atoms), 3)

@@ -16,6 +16,12 @@ the sum of ``atoms.get_initial_charges()`` when the atoms have initial charges, 
 calculator's ``charge`` argument. A change of it, like a change of positions,
 invalidates the cached results.
 
+Several checkpoints make a committee: the results are the members' mean, and
+``results["energy_std"]`` (eV) and ``results["forces_std"]`` ((n_atoms, 3), eV/Å)
+hold their spread (standard deviation over members, ddof 0), with each member's
+energy in ``results["energy_members"]``; the members' predictions take an element
+only if every member was trained on it.
+
 Each molecule is one packed batch of the loader's contract (one molecule slot plus
 the padding slot, all ordered atom pairs i ≠ j, as the loader builds them); the
 model is compiled once per atom count and the compiled function kept, so a
@@ -56,12 +62,46 @@ class _Compiled:
     run: Callable[..., dict[str, jax.Array]]
 
 
+@dataclasses.dataclass
+class _Member:
+    """One model of the calculator: checkpoint, device parameters, compiled sizes."""
+
+    checkpoint: Checkpoint
+    path: Path | None
+    params: Any
+    scale: jax.Array
+    compiled: dict[int, _Compiled]
+
+
+def _load_member(checkpoint: str | os.PathLike | Checkpoint) -> _Member:
+    if isinstance(checkpoint, Checkpoint):
+        ckpt, path = checkpoint, None
+    else:
+        path = Path(checkpoint)
+        ckpt = load_checkpoint(path)
+    for kind, unit in _ASE_UNITS.items():
+        found = ckpt.units.get(kind, CANONICAL_UNITS[kind])
+        if found != unit:
+            raise InputError(
+                f"{path or 'checkpoint'}: units.{kind} is {found!r}; the calculator "
+                f"needs {unit!r}"
+            )
+    return _Member(
+        checkpoint=ckpt,
+        path=path,
+        params=jax.device_put(ckpt.params),
+        scale=jnp.float32(ckpt.constants.scale),
+        compiled={},
+    )
+
+
 class PhysNetCalculator(Calculator):
     """ASE calculator of energy, forces (and, with charges, dipole and charges).
 
     Args:
         checkpoint: path of a ``best.ckpt`` (or an already loaded
-            :class:`~physpack.model.checkpoint.Checkpoint`).
+            :class:`~physpack.model.checkpoint.Checkpoint`), or a sequence of them
+            (a committee: mean and spread).
         charge: total charge of the molecule in e, used by models with charges,
             when the atoms carry none (:meth:`total_charge`).
         **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.
@@ -75,53 +115,56 @@ class PhysNetCalculator(Calculator):
     default_parameters: ClassVar[dict[str, Any]] = {"charge": 0.0}
 
     def __init__(
-        self, checkpoint: str | os.PathLike | Checkpoint, charge: float = 0.0, **kwargs
+        self,
+        checkpoint: str | os.PathLike | Checkpoint | Sequence[str | os.PathLike],
+        charge: float = 0.0,
+        **kwargs,
     ):
         super().__init__(charge=float(charge), **kwargs)
-        if isinstance(checkpoint, Checkpoint):
-            self.checkpoint, self.checkpoint_path = checkpoint, None
-        else:
-            self.checkpoint_path = Path(checkpoint)
-            self.checkpoint = load_checkpoint(self.checkpoint_path)
-        where = self.checkpoint_path or "checkpoint"
-        for kind, unit in _ASE_UNITS.items():
-            found = self.checkpoint.units.get(kind, CANONICAL_UNITS[kind])
-            if found != unit:
-                raise InputError(
-                    f"{where}: units.{kind} is {found!r}; the calculator needs {unit!r}"
-                )
-        self.model = self.checkpoint.model
+        many = not isinstance(checkpoint, (str, os.PathLike, Checkpoint))
+        sources = list(checkpoint) if many else [checkpoint]
+        if not sources:
+            raise InputError("PhysNetCalculator: no checkpoint given")
+        self._members = [_load_member(c) for c in sources]
+        first = self._members[0]
+        self.checkpoint, self.checkpoint_path = first.checkpoint, first.path
+        self.model = first.checkpoint.model
         self.implemented_properties: list[str] = ["energy", "free_energy", "forces"]
-        if self.checkpoint.model_config.charges:
+        if all(m.checkpoint.model_config.charges for m in self._members):
             self.implemented_properties += ["dipole", "charges"]
-        self._params = jax.device_put(self.checkpoint.params)
-        self._scale = jnp.float32(self.checkpoint.constants.scale)
-        self._known = np.asarray(self.checkpoint.constants.elements, np.int64)
-        self._compiled: dict[int, _Compiled] = {}
+        known = set.intersection(
+            *(set(m.checkpoint.constants.elements) for m in self._members)
+        )
+        self._known = np.asarray(sorted(known), np.int64)
+
+    @property
+    def committee_size(self) -> int:
+        """Number of models (1 for a single checkpoint)."""
+        return len(self._members)
 
     # -- compilation ------------------------------------------------------------
     @property
     def compiled_sizes(self) -> tuple[int, ...]:
         """Atom counts for which the model has been compiled, in order."""
-        return tuple(self._compiled)
+        return tuple(self._members[0].compiled)
 
-    def _for_size(self, n: int) -> _Compiled:
+    def _for_size(self, member: _Member, n: int) -> _Compiled:
         """The template batch and compiled function for molecules of ``n`` atoms."""
-        if n not in self._compiled:
+        if n not in member.compiled:
             template = molecules_to_batch(
                 [{"Z": np.ones(n, np.int32), "R": np.zeros((n, 3), np.float32)}]
             )
             inputs = device_inputs(template)
-            model = self.model
+            model = member.checkpoint.model
 
             def run(
                 params: Any, inputs: dict[str, jax.Array], scale: jax.Array
             ) -> dict[str, jax.Array]:
                 return energy_and_forces(params, model, inputs, scale)
 
-            compiled = jax.jit(run).lower(self._params, inputs, self._scale).compile()
-            self._compiled[n] = _Compiled(template=template, run=compiled)
-        return self._compiled[n]
+            compiled = jax.jit(run).lower(member.params, inputs, member.scale).compile()
+            member.compiled[n] = _Compiled(template=template, run=compiled)
+        return member.compiled[n]
 
     # -- ASE interface ------------------------------------------------------------
     def total_charge(self, atoms: Atoms) -> float:
@@ -177,25 +220,44 @@ class PhysNetCalculator(Calculator):
         """Compute every implemented property of ``atoms`` into ``self.results``."""
         super().calculate(atoms, properties, system_changes)
         z = self._check(self.atoms)
+        charge = self.total_charge(self.atoms)
+        outs = [
+            self._member_results(m, z, self.atoms.get_positions(), charge)
+            for m in self._members
+        ]
+        self.results = {}
+        for key in outs[0]:
+            stacked = np.stack([o[key] for o in outs])
+            self.results[key] = stacked.mean(axis=0)
+            if key == "energy":
+                self.results["energy"] = float(self.results["energy"])
+                self.results["energy_members"] = stacked
+        self.results["free_energy"] = self.results["energy"]
+        if len(outs) > 1:
+            self.results["energy_std"] = float(self.results["energy_members"].std())
+            self.results["forces_std"] = np.stack([o["forces"] for o in outs]).std(0)
+
+    def _member_results(
+        self, member: _Member, z: np.ndarray, positions: np.ndarray, charge: float
+    ) -> dict[str, Any]:
+        """One model's energy (eV), forces (n, 3) eV/Å (and dipole, charges)."""
         n = int(z.size)
-        entry = self._for_size(n)
+        entry = self._for_size(member, n)
         batch = dict(entry.template)
         batch["Z"] = entry.template["Z"].copy()
         batch["Z"][:n] = z
         batch["R"] = entry.template["R"].copy()
-        batch["R"][:n] = self.atoms.get_positions()
-        charge = self.total_charge(self.atoms)
+        batch["R"][:n] = positions
         batch["Qtot"] = entry.template["Qtot"].copy()
         batch["Qtot"][0] = charge
-        out = entry.run(self._params, device_inputs(batch), self._scale)
+        out = entry.run(member.params, device_inputs(batch), member.scale)
         # reference energies are large: add them in float64 on the host
-        reference = float(self.checkpoint.constants.reference_energies[z].sum())
-        energy = reference + float(np.asarray(out["energy_residual"])[0])
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
+        reference = float(member.checkpoint.constants.reference_energies[z].sum())
+        results: dict[str, Any] = {
+            "energy": reference + float(np.asarray(out["energy_residual"])[0]),
             "forces": np.asarray(out["forces"], np.float64)[:n].copy(),
         }
-        if "dipole" in out:
-            self.results["dipole"] = np.asarray(out["dipole"], np.float64)[0].copy()
-            self.results["charges"] = np.asarray(out["charges"], np.float64)[:n].copy()
+        if "dipole" in self.implemented_properties:
+            results["dipole"] = np.asarray(out["dipole"], np.float64)[0].copy()
+            results["charges"] = np.asarray(out["charges"], np.float64)[:n].copy()
+        return results
