@@ -20,6 +20,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/runs.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -31,6 +32,6 @@ rule all:
     input:
         PATHS["validation"],
         PATHS["stats_json"],
-        PATHS["best"],
-        PATHS["metrics"],
         PATHS["data_report"],
+        # named runs, if any, else the one model of results/model/
+        run_outputs() or [PATHS["best"], PATHS["metrics"]],

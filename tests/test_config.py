@@ -28,6 +28,7 @@ def schema_defaults() -> dict:
 
 def test_schema_defaults_equal_dataclass_defaults():
     defaults = schema_defaults()
+    assert defaults.pop("runs") == {}  # named runs: none unless configured
     assert set(defaults) == set(cfg.SECTIONS)
     for name, cls in cfg.SECTIONS.items():
         # as JSON: a list default is a tuple in the (immutable) dataclass
@@ -101,7 +102,8 @@ def test_every_key_has_a_field_and_a_description():
     """Each schema key is a dataclass field and vice versa, and each key says what
     it means (the CLI help and README are made from these descriptions)."""
     schema = yaml.safe_load(SCHEMA.read_text())
-    assert set(schema["properties"]) == set(cfg.SECTIONS)
+    assert set(schema["properties"]) == {*cfg.SECTIONS, "runs"}
+    assert str(schema["properties"]["runs"]["description"]).strip()
     for name, cls in cfg.SECTIONS.items():
         keys = schema["properties"][name]["properties"]
         assert set(keys) == {f.name for f in dataclasses.fields(cls)}, name

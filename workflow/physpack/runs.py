@@ -186,6 +186,19 @@ def run_sections(config: Mapping[str, Any], run: Run) -> dict[str, dict[str, Any
     return out
 
 
+def check_runs(config: Mapping[str, Any], runs: Mapping[str, Run]) -> None:
+    """Check every run's sections against the schema (one-line
+    :class:`ConfigError` naming the run and key)."""
+    from physpack.config import SECTIONS, section_from_mapping
+
+    for name, run in runs.items():
+        for section, values in run_sections(config, run).items():
+            try:
+                section_from_mapping(SECTIONS[section], values, section)
+            except ConfigError as exc:
+                raise ConfigError(f"runs.{name}: {exc}") from None
+
+
 def ensembles(runs: Mapping[str, Run]) -> dict[str, list[str]]:
     """Committee name -> its member runs, in order."""
     out: dict[str, list[str]] = {}

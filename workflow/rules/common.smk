@@ -177,3 +177,72 @@ def log_path(rule_name):
 
 def benchmark_path(rule_name):
     return f"{PATHS['benchmarks']}/{rule_name}.tsv"
+
+
+# Named runs (`runs:`, physpack.runs): run R trains in results/runs/R/ with its own
+# model/train/loader sections; the one model of results/model/ is the config's own.
+# Train and evaluate rules serve both through the `run_dir` wildcard.
+from physpack.runs import (
+    check_runs,
+    differing_keys,
+    ensembles,
+    expand_runs,
+    run_sections,
+)
+
+try:
+    RUNS = expand_runs(config.get("runs"))
+    check_runs(config, RUNS)
+except ConfigError as exc:
+    raise WorkflowError(f"config: {exc}") from None
+ENSEMBLES = ensembles(RUNS)
+RUN_DIR = r"results(/runs/[^/]+)?"
+
+
+def run_dir(run=None):
+    """Directory of run ``run`` (None: the config's own model)."""
+    return "results" if run is None else f"results/runs/{run}"
+
+
+def run_config(directory):
+    """The model/train/loader sections of the run in ``directory``; a
+    ``train.init_from`` that names a run becomes that run's best checkpoint."""
+    if directory == "results":
+        sections = {s: dict(config.get(s, {})) for s in ("model", "train", "loader")}
+    else:
+        sections = run_sections(config, RUNS[directory.rsplit("/", 1)[-1]])
+    init = sections["train"].get("init_from")
+    if init in RUNS:
+        sections["train"]["init_from"] = f"{run_dir(init)}/model/best.ckpt"
+    return sections
+
+
+def run_section(name):
+    """``params`` of a run rule: section ``name`` of the job's run, as canonical
+    JSON (editing one run reruns only that run)."""
+    return lambda wildcards: json.dumps(
+        run_config(wildcards.run_dir)[name], sort_keys=True
+    )
+
+
+def init_checkpoint(wildcards):
+    """The checkpoint a fine-tuned run starts from (an input: trained first)."""
+    init = run_config(wildcards.run_dir)["train"].get("init_from")
+    return [] if init is None else [init]
+
+
+def run_outputs():
+    """What `snakemake` (rule all) makes of the named runs: each run's evaluation,
+    each committee's, and the comparison."""
+    if not RUNS:
+        return []
+    return [
+        *(f"{run_dir(r)}/eval/metrics.json" for r in RUNS),
+        *(f"results/ensembles/{e}/metrics.json" for e in ENSEMBLES),
+        PATHS["comparison_md"],
+    ]
+
+
+PATHS["comparison_md"] = "results/comparison.md"
+PATHS["comparison_html"] = "results/comparison.html"
+PATHS["comparison_figures"] = "results/comparison"

@@ -2,35 +2,37 @@ rule evaluate_model:
     input:
         packed=PATHS["dataset"],
         split=PATHS["split"],
-        best=PATHS["best"],
-        history=PATHS["history"],
+        best="{run_dir}/model/best.ckpt",
+        history="{run_dir}/model/history.csv",
         code=stage_code("evaluate"),
     output:
         metrics=report(
-            PATHS["metrics"],
+            "{run_dir}/eval/metrics.json",
             caption="../report/metrics_json.rst",
             category="2. Evaluation",
             labels={"result": "metrics (JSON)"},
         ),
-        metrics_md=PATHS["metrics_md"],
+        metrics_md="{run_dir}/eval/metrics.md",
         metrics_html=report(
-            PATHS["metrics_html"],
+            "{run_dir}/eval/metrics.html",
             caption="../report/metrics.rst",
             category="2. Evaluation",
             labels={"result": "metrics table"},
         ),
-        predictions=PATHS["predictions"],
+        predictions="{run_dir}/eval/predictions.npz",
         figures=report(
-            directory(PATHS["figures"]),
+            directory("{run_dir}/eval/figures"),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="2. Evaluation",
             labels={"result": "{name}"},
         ),
     log:
-        log_path("evaluate_model"),
+        "{run_dir}/logs/evaluate_model.log",
     benchmark:
-        benchmark_path("evaluate_model")
+        "{run_dir}/benchmarks/evaluate_model.tsv"
+    wildcard_constraints:
+        run_dir=RUN_DIR,
     conda:
         "../../envs/physpack-cuda.yaml"
     threads: 4
@@ -40,7 +42,7 @@ rule evaluate_model:
         mem_mb=16000,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
-        loader=section("loader"),
+        loader=run_section("loader"),
     shell:
         # the loader section first, as every stage's log starts with its config
         "printf 'config loader: %s\\n' {params.loader:q} > {log:q};"

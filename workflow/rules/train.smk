@@ -3,14 +3,17 @@ rule train_model:
         packed=PATHS["dataset"],
         split=PATHS["split"],
         validation=PATHS["validation"],
+        init=init_checkpoint,
         code=stage_code("train"),
     output:
-        best=PATHS["best"],
-        history=PATHS["history"],
+        best="{run_dir}/model/best.ckpt",
+        history="{run_dir}/model/history.csv",
     log:
-        log_path("train_model"),
+        "{run_dir}/logs/train_model.log",
     benchmark:
-        benchmark_path("train_model")
+        "{run_dir}/benchmarks/train_model.tsv"
+    wildcard_constraints:
+        run_dir=RUN_DIR,
     conda:
         "../../envs/physpack-cuda.yaml"
     threads: 8
@@ -22,10 +25,10 @@ rule train_model:
         runtime=720,
         mpi="",
     params:
-        model=section("model"),
-        train=section("train"),
-        loader=section("loader"),
-        state=PATHS["state"],
+        model=run_section("model"),
+        train=run_section("train"),
+        loader=run_section("loader"),
+        state=lambda wildcards: f"{wildcards.run_dir}/model/state",
     shell:
         "{resources.mpi} python -m physpack train {input.packed:q}"
         " --split {input.split:q}"

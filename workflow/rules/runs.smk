@@ -1,0 +1,68 @@
+rule evaluate_ensemble:
+    input:
+        predictions=lambda wildcards: [
+            f"{run_dir(m)}/eval/predictions.npz" for m in ENSEMBLES[wildcards.ensemble]
+        ],
+        code=stage_code("ensemble"),
+    output:
+        "results/ensembles/{ensemble}/metrics.json",
+    log:
+        "results/logs/evaluate_ensemble_{ensemble}.log",
+    conda:
+        "../../envs/physpack.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=lambda wildcards, attempt: 30 * attempt,
+    shell:
+        "python -m physpack ensemble {input.predictions:q} --output {output:q}"
+        " > {log:q} 2>&1"
+
+
+rule compare_runs:
+    input:
+        metrics=[f"{run_dir(r)}/eval/metrics.json" for r in RUNS],
+        histories=[f"{run_dir(r)}/model/history.csv" for r in RUNS],
+        ensembles=[f"results/ensembles/{e}/metrics.json" for e in ENSEMBLES],
+        code=stage_code("compare"),
+    output:
+        md=PATHS["comparison_md"],
+        html=report(
+            PATHS["comparison_html"],
+            caption="../report/comparison.rst",
+            category="3. Comparison of runs",
+            labels={"result": "table"},
+        ),
+        figures=report(
+            directory(PATHS["comparison_figures"]),
+            patterns=["{name}.png"],
+            caption="../report/comparison.rst",
+            category="3. Comparison of runs",
+            labels={"result": "{name}"},
+        ),
+    log:
+        log_path("compare_runs"),
+    conda:
+        "../../envs/physpack.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=lambda wildcards, attempt: 30 * attempt,
+    params:
+        # the inputs above as command-line arguments, quoted for the shell
+        runs=" ".join(
+            "--run "
+            + shlex.quote(
+                f"{r}={run_dir(r)}/eval/metrics.json,{run_dir(r)}/model/history.csv"
+            )
+            for r in RUNS
+        ),
+        ensembles=" ".join(
+            "--ensemble " + shlex.quote(f"{e}=results/ensembles/{e}/metrics.json")
+            for e in ENSEMBLES
+        ),
+        differing=json.dumps(differing_keys(config, RUNS), sort_keys=True),
+    shell:
+        "python -m physpack compare {params.runs} {params.ensembles}"
+        " --params {params.differing:q} --markdown {output.md:q}"
+        " --html {output.html:q} --figures {output.figures:q} > {log:q} 2>&1"
