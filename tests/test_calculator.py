@@ -173,6 +173,12 @@ def test_predict_refuses_coincident_atoms(data: dict) -> None:
     mol["R"][1] = mol["R"][0]
     with pytest.raises(InputError, match=r"predict: molecule 0: atoms 0 \(.*\) and 1"):
         data["plain_ckpt"].predict(molecules_to_batch([mol]))
+    # the model's own predict, which evaluation and physpack predict go through
+    from physpack.model.physnet import predict
+
+    ckpt = data["plain_ckpt"]
+    with pytest.raises(InputError, match=r"predict: molecule 0: atoms 0 \(.*\) and 1"):
+        predict(ckpt.params, molecules_to_batch([mol]), ckpt.model, ckpt.constants)
 
 
 def test_unknown_element_is_refused(data: dict) -> None:

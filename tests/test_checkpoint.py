@@ -121,6 +121,12 @@ def test_existing_checkpoint_replaced_only_when_complete(
         ),
         (
             lambda b: serialization.msgpack_serialize(
+                {**serialization.msgpack_restore(b), "format_version": 1}
+            ),
+            "format_version 1 holds a model of an older physpack",
+        ),
+        (
+            lambda b: serialization.msgpack_serialize(
                 {**serialization.msgpack_restore(b), "format": "something-else"}
             ),
             "not a checkpoint",

@@ -40,7 +40,6 @@ from physpack import __version__
 from physpack.atomic import atomic_write_bytes
 from physpack.config import ModelConfig, section_from_mapping
 from physpack.errors import ConfigError, InputError
-from physpack.model.geometry import check_batch_coincident_atoms
 from physpack.model.physnet import (
     EnergyConstants,
     Params,
@@ -51,7 +50,10 @@ from physpack.model.physnet import (
 from physpack.units import CANONICAL_UNITS
 
 FORMAT_NAME = "physpack-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the oldest checkpoint format this module reads: version 1 held the parameters
+#: of the simplified model that preceded the published PhysNet (other names)
+OLDEST_FORMAT_VERSION = 2
 STATE_FORMAT_NAME = "physpack-train-state"
 STATE_FORMAT_VERSION = 1
 STATE_FILE = "state.msgpack"
@@ -97,7 +99,6 @@ class Checkpoint:
             InputError: two atoms of a molecule coincide (named; the model would
                 give NaN energies and forces).
         """
-        check_batch_coincident_atoms(batch, "predict")
         return predict(self.params, batch, self.model, self.constants)
 
 
@@ -126,6 +127,12 @@ def load(path: str | os.PathLike) -> Checkpoint:
     """
     path = Path(path)
     payload = _read_msgpack(path, FORMAT_NAME, FORMAT_VERSION, "checkpoint")
+    if payload["format_version"] < OLDEST_FORMAT_VERSION:
+        raise InputError(
+            f"{path}: checkpoint format_version {payload['format_version']} holds a "
+            "model of an older physpack (before the published PhysNet); retrain it "
+            "with this version"
+        )
     try:
         model_config = section_from_mapping(
             ModelConfig, payload["model_config"], "model"

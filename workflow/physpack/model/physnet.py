@@ -64,6 +64,7 @@ from physpack.model.electrostatics import (
     coulomb_pair_energy,
     dipole_moment,
 )
+from physpack.model.geometry import check_batch_coincident_atoms
 from physpack.model.zbl import ZBLRepulsion
 
 __all__ = [
@@ -463,7 +464,12 @@ def predict(
         host); ``energy_residual`` float32 (M,) eV; ``forces`` float32 (A, 3) eV/Å;
         with charges also ``charges`` float32 (A,) e and ``dipole`` float32 (M, 3)
         e·Å.
+
+    Raises:
+        InputError: two atoms of a molecule coincide (named; the model would give
+            NaN energies and forces).
     """
+    check_batch_coincident_atoms(batch, "predict")
     out = _predict_device(
         params, model, device_inputs(batch), jnp.float32(constants.scale)
     )

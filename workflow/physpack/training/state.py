@@ -45,7 +45,16 @@ RESUMABLE_ACROSS = {
 EXTENDABLE = {"epochs": "epochs", "max_minutes": "max_minutes"}
 #: Sources whose edits make a saved state foreign (globs relative to the package):
 #: the model, the batch order and all of the training code.
-CODE_FILES = ("model/*.py", "data/loader.py", "training/*.py")
+CODE_FILES = (
+    "model/*.py",
+    "training/*.py",
+    # what the batches hold and in which order
+    "data/loader.py",
+    "data/pairs.py",
+    "data/budget.py",
+    "data/prefetch.py",
+    "data/packed.py",
+)
 
 
 @struct.dataclass
