@@ -51,13 +51,11 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     from physpack.data.loader import PackedMemmapLoader
     from physpack.model.physnet import init_params, model_from_config
     from physpack.training import parallel
-    from physpack.training.train import (
-        LossWeights,
-        build_steps,
-        fit_energy_constants,
-        make_optimizer,
-        prepare_batch,
-    )
+    from physpack.training.losses import LossWeights
+    from physpack.training.optim import make_optimizer
+    from physpack.training.reference import fit_energy_constants
+    from physpack.training.state import create_train_state
+    from physpack.training.steps import build_steps, prepare_batch
 
     plain = args._child == 0
     dp = parallel.select_devices(max(args._child, 1))
@@ -86,14 +84,9 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         device_put=prepare,
     )
     model = model_from_config(model_cfg)
-    tx, _ = make_optimizer(train_cfg, steps_per_epoch=1000)
+    tx = make_optimizer(train_cfg)
     params = init_params(model, jax.random.PRNGKey(0), loader.assemble(np.arange(1)))
-    state = {
-        "params": params,
-        "opt_state": tx.init(params),
-        "ema": jax.tree.map(np.array, params),  # own buffers: state is donated
-        "step": np.zeros((), np.int32),
-    }
+    state = create_train_state(params, tx, horizon=1000)
     weights = LossWeights(1.0, 50.0, 0.0)
     if plain:
         state = jax.device_put(state)

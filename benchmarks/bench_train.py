@@ -39,13 +39,11 @@ from physpack.data.convert import convert_npz
 from physpack.data.loader import PackedMemmapLoader
 from physpack.data.synthetic import write_padded_npz
 from physpack.model.physnet import init_params, model_from_config
-from physpack.training.train import (
-    LossWeights,
-    build_steps,
-    fit_energy_constants,
-    make_optimizer,
-    prepare_batch,
-)
+from physpack.training.losses import LossWeights
+from physpack.training.optim import make_optimizer
+from physpack.training.reference import fit_energy_constants
+from physpack.training.state import create_train_state
+from physpack.training.steps import build_steps, prepare_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,17 +134,12 @@ def bench_dataset(
     constants, _ = fit_energy_constants(probe, model_cfg.max_atomic_number)
     width = loader_cfg.num_atoms or int(probe.sizes.max())
     weights = LossWeights(train_cfg.energy_weight, train_cfg.forces_weight, 0.0)
-    tx, _ = make_optimizer(train_cfg, 1000)
+    tx = make_optimizer(train_cfg)
     scale = jnp.float32(constants.scale)
 
     def fresh_state() -> dict:
         params = init_params(model, jax.random.PRNGKey(0), probe.assemble(np.arange(1)))
-        return {
-            "params": params,
-            "opt_state": tx.init(params),
-            "ema": jax.tree.map(jnp.copy, params),
-            "step": jnp.zeros((), jnp.int32),
-        }
+        return create_train_state(params, tx, horizon=1000)
 
     def put(b: dict) -> dict:
         return jax.device_put(prepare_batch(b, constants))
