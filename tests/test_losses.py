@@ -78,3 +78,31 @@ def test_validation_loss_is_the_training_loss(tmp_path):
 def test_mae_rmse():
     assert mae_rmse(np.array([3.0, -4.0])) == pytest.approx((3.5, np.sqrt(12.5)))
     assert all(np.isnan(mae_rmse(np.zeros(0))))
+
+
+def test_nh_term_is_the_weighted_penalty_of_the_model(tmp_path):
+    """train.nh_weight adds nh_weight · nh_penalty (the model's definition) to the
+    loss, normalised by the batch's real atoms."""
+    from physpack.model.physnet import nh_penalty
+
+    packed, _ = write_toy(tmp_path, n_mol=12)
+    loader = PackedMemmapLoader(packed, 6, shuffle=False)
+    constants, _ = fit_energy_constants(loader, MODEL.max_atomic_number)
+    model = model_from_config(dataclasses.replace(MODEL, num_iterations=2))
+    batch = prepare_batch(next(iter(loader.packed_batches())), constants)
+    params = init_params(model, jax.random.PRNGKey(0), batch)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+    params = jax.tree.unflatten(
+        tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    )
+    scale = jnp.float32(constants.scale)
+    with_nh = dataclasses.replace(WEIGHTS, nh=0.5)
+    plain = combine_loss(*loss_partials(params, model, batch, scale, WEIGHTS), WEIGHTS)
+    s, c = loss_partials(params, model, batch, scale, with_nh)
+    out = energy_and_forces(params, model, batch, scale)
+    penalty = float(nh_penalty(out["module_outputs"], batch["atom_mask"]))
+    assert penalty > 0
+    assert float(combine_loss(s, c, with_nh)) == pytest.approx(
+        float(plain) + 0.5 * penalty, rel=1e-5
+    )

@@ -215,6 +215,7 @@ class TrainConfig:
     energy_weight: float
     forces_weight: float
     dipole_weight: float
+    nh_weight: float
     seed: int
     devices: int | Literal["all"]
     state_every_steps: int  # resumable state written at least this often

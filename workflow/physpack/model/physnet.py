@@ -277,11 +277,21 @@ def nh_penalty(
             over devices).
         eps: ε, keeps 0/0 at zero.
     """
+    n = jnp.sum(atom_mask) if normalizer is None else normalizer
+    return nh_penalty_sum(module_outputs, atom_mask, eps) / (
+        jnp.maximum(n, 1) * module_outputs.shape[-1]
+    )
+
+
+def nh_penalty_sum(
+    module_outputs: jax.Array, atom_mask: jax.Array, eps: float = 1e-7
+) -> jax.Array:
+    """The double sum of :func:`nh_penalty` (before dividing by N · n_out), additive
+    over batches and devices; float32 ()."""
     y2 = module_outputs**2
     ratio = y2[1:] / (y2[1:] + y2[:-1] + eps)  # (num_iterations - 1, A, n_out)
     per_atom = jnp.sum(ratio, axis=(0, 2)) * atom_mask.astype(ratio.dtype)
-    n = jnp.sum(atom_mask) if normalizer is None else normalizer
-    return jnp.sum(per_atom) / (jnp.maximum(n, 1) * module_outputs.shape[-1])
+    return jnp.sum(per_atom)
 
 
 def model_from_config(config: ModelConfig) -> PhysNet:

@@ -8,9 +8,13 @@ the report are the same formulas.
 Loss of a batch (masked: padding atoms and molecule slots contribute nothing)::
 
     energy_weight · mean((ΔE/N)²) + forces_weight · mean(ΔF²) + dipole_weight · mean(ΔD²)
+        + nh_weight · L_nh
+
 
 in eV², (eV/Å)² and (e·Å)²: ΔE per molecule divided by its number of atoms, ΔF
-per Cartesian force component, ΔD per dipole component. Every term is a sum and a
+per Cartesian force component, ΔD per dipole component; L_nh is PhysNet's
+non-hierarchicality penalty (:func:`physpack.model.physnet.nh_penalty`, a mean
+over real atoms and output channels). Every term is a sum and a
 count (:func:`loss_partials`), so sums over batches or devices followed by one
 division (:func:`combine_loss`) give the loss of the concatenated batch.
 """
@@ -25,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from physpack.model.physnet import Params, PhysNet, energy_and_forces
+from physpack.model.physnet import Params, PhysNet, energy_and_forces, nh_penalty_sum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +39,11 @@ class LossWeights:
     energy: float
     forces: float
     dipole: float
+    nh: float = 0.0
 
     def of(self, term: str) -> float:
-        """The weight of ``term`` (``"energy"``, ``"forces"`` or ``"dipole"``)."""
+        """The weight of ``term`` (``"energy"``, ``"forces"``, ``"dipole"`` or
+        ``"nh"``)."""
         return float(getattr(self, term))
 
 
@@ -60,8 +66,9 @@ def loss_partials(
     Returns:
         ``(sums, counts)``: ``sums["energy"]`` = Σ_mol (ΔE/N)² eV²,
         ``sums["forces"]`` = Σ ΔF² over real atoms' components (eV/Å)²,
-        ``sums["dipole"]`` = Σ ΔD² (e·Å)²; ``counts`` the matching numbers of
-        molecules / components (float32 ()).
+        ``sums["dipole"]`` = Σ ΔD² (e·Å)², ``sums["nh"]`` the penalty's sum
+        (dimensionless, models of several modules); ``counts`` the matching
+        numbers of molecules / components / atom channels (float32 ()).
     """
     out = energy_and_forces(params, model, batch, scale)
     mol = batch["molecule_mask"]
@@ -78,6 +85,12 @@ def loss_partials(
         dd = jnp.where(mol[:, None], out["dipole"] - batch["D"], 0.0)
         sums["dipole"] = jnp.sum(dd**2)
         counts["dipole"] = 3.0 * counts["energy"]
+    if weights.nh > 0 and out["module_outputs"].shape[0] > 1:
+        outputs = out["module_outputs"]
+        sums["nh"] = nh_penalty_sum(outputs, batch["atom_mask"])
+        counts["nh"] = outputs.shape[-1] * jnp.sum(batch["atom_mask"]).astype(
+            jnp.float32
+        )
     return sums, counts
 
 

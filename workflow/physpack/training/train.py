@@ -214,6 +214,7 @@ def train(
         energy=train_cfg.energy_weight,
         forces=train_cfg.forces_weight if dataset.has("F") else 0.0,
         dipole=train_cfg.dipole_weight if has_dipole_loss else 0.0,
+        nh=train_cfg.nh_weight,
     )
     if saved is not None:
         constants = EnergyConstants.from_dict(saved["constants"])
