@@ -222,6 +222,60 @@ def test_slurm_commands(tmp_path: Path) -> None:
     assert any("physpack-mycluster" in c and c.startswith("snakemake") for c in seen)
 
 
+# --------------------------------------------------------------------------------
+# Many runs
+
+
+def _section(title: str) -> str:
+    start = README.index(title)
+    return README[start : README.index("\n## ", start + 1)]
+
+
+def _many_runs_lines() -> list[str]:
+    return _bash_blocks(_section("## Many runs"))
+
+
+def test_many_runs_commands(tmp_path: Path) -> None:
+    """The README's runs: block plans one training per run (4 members, 4 sweep
+    points, 1 fine-tuned run after its parent); its predict line runs on the
+    committee's checkpoints and writes the committee's mean and spread."""
+    import numpy as np
+    import yaml
+    from ase import Atoms
+    from ase.io import write
+    from model_fixtures import make_checkpoint, make_packed
+    from physpack.data.packed import PackedDataset
+
+    (runs_yaml,) = re.findall(r"```yaml\n(.*?)```", _section("## Many runs"), re.DOTALL)
+    workdir = make_workdir(tmp_path / "wf")
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config.update(yaml.safe_load(runs_yaml))
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    snake, predict = _many_runs_lines()
+    out = run(dry(snake), workdir)
+    assert re.search(r"^train_model\s+9$", out, re.MULTILINE), out
+    assert "--output results/runs/ccsdt/model/best.ckpt" in out
+    assert '"init_from": "results/runs/committee-0/model/best.ckpt"' in out
+    (tmp_path / "data").mkdir()
+    packed, _ = make_packed(tmp_path / "data", n_mol=6)
+    for i in range(4):
+        path = workdir / f"results/runs/committee-{i}/model/best.ckpt"
+        path.parent.mkdir(parents=True)
+        make_checkpoint(path, packed, seed=i)
+    ds = PackedDataset(packed)
+    frames = [
+        Atoms(numbers=ds.molecule(i)["Z"], positions=ds.molecule(i)["R"])
+        for i in range(3)
+    ]
+    write(workdir / "new_molecules.extxyz", frames, format="extxyz")
+    assert predict.startswith("physpack predict ")
+    run(f"{shlex.quote(sys.executable)} -m {predict}", workdir)
+    got = np.load(workdir / "predictions.npz")
+    assert got["energy"].shape == got["energy_std"].shape == (3,)
+    assert got["energy_members"].shape == (4, 3)
+    assert got["forces_std"].shape == got["forces"].shape
+
+
 FIVE_LINES = (
     "mkdir myproject",
     "printf 'data:",
@@ -235,6 +289,7 @@ CHECKED_BLOCK_COMMANDS = [
     or c.endswith("results/model/best.ckpt")
     or "pytest" in c
     or c in _slurm_lines()
+    or c in _many_runs_lines()
 ]
 CHECKED_INLINE_COMMANDS = [
     c
