@@ -171,7 +171,8 @@ def test_every_rule_runs_as_a_slurm_job(slurm_run: tuple[Path, str]) -> None:
     table = slurm_jobs()
     for name, (job_id,) in jobs.items():
         assert table[job_id]["state"] == "COMPLETED", (name, table[job_id])
-        assert table[job_id]["comment"] == f"rule_{name}"
+        # rule_<rule>, or rule_<rule>_wildcards_<values> for a rule with wildcards
+        assert re.fullmatch(rf"rule_{name}(_wildcards_.*)?", table[job_id]["comment"])
         expected = "gpu" if name in GPU_RULES else "cpu"
         assert table[job_id]["partition"] == expected, name
         kind = "group" if name == DATA_GROUP else "rule"
@@ -246,7 +247,8 @@ def _cancel_training_after_first_state(
         running = [
             job_id
             for job_id, job in slurm_jobs().items()
-            if job["comment"] == "rule_train_model" and job["state"] == "RUNNING"
+            if re.fullmatch(r"rule_train_model(_wildcards_.*)?", job["comment"])
+            and job["state"] == "RUNNING"
         ]
         saved = state_file.exists() and state_file.stat().st_mtime_ns > state_before
         if running and saved:
