@@ -154,3 +154,29 @@ def test_cutoff_pairs_of_a_large_molecule_use_the_tree_and_agree() -> None:
     d = positions[all_src] - positions[all_dst]
     keep = np.einsum("ij,ij->i", d, d) < np.float32(16.0)
     assert np.array_equal(dst, all_dst[keep]) and np.array_equal(src, all_src[keep])
+
+
+def test_loader_pairs_follow_the_model(tmp_path) -> None:
+    """loader.pairs auto: pairs within the model's cutoff unless the model has
+    charges (all pairs, for the Coulomb term); cutoff with charges is refused."""
+    import dataclasses
+
+    from model_fixtures import TINY_MODEL, write_toy
+    from physpack.config import LoaderConfig
+    from physpack.data.loader import from_config, pair_options
+    from physpack.errors import ConfigError
+
+    charged = dataclasses.replace(TINY_MODEL, charges=True)
+    assert pair_options("auto", TINY_MODEL) == {
+        "pairs": "cutoff",
+        "cutoff": TINY_MODEL.cutoff,
+    }
+    assert pair_options("auto", charged) == {"pairs": "all"}
+    assert pair_options("auto", None) == {"pairs": "all"}
+    assert pair_options("all", TINY_MODEL) == {"pairs": "all"}
+    with pytest.raises(ConfigError, match="Coulomb term needs every atom pair"):
+        pair_options("cutoff", charged)
+    packed, _ = write_toy(tmp_path, n_mol=10)
+    lo = from_config(packed, LoaderConfig(batch_size=4), model=TINY_MODEL)
+    assert (lo.pairs, lo.cutoff) == ("cutoff", TINY_MODEL.cutoff)
+    assert from_config(packed, LoaderConfig(batch_size=4), model=charged).pairs == "all"

@@ -169,7 +169,7 @@ class LoaderConfig:
     max_pairs: int | None
     max_molecules: int | None
     prefetch: int
-    pairs: Literal["all", "cutoff"]
+    pairs: Literal["auto", "all", "cutoff"]
     giant_atoms: int | Literal["auto"] | None
     max_molecule_atoms: int | None
 

@@ -232,8 +232,8 @@ def init_checkpoint(wildcards):
 
 
 def run_outputs():
-    """What `snakemake` (rule all) makes of the named runs: each run's evaluation,
-    each committee's, and the comparison."""
+    """The targets of the named runs for the default target: each run's
+    evaluation, each committee's, and the comparison."""
     if not RUNS:
         return []
     return [
@@ -241,6 +241,24 @@ def run_outputs():
         *(f"results/ensembles/{e}/metrics.json" for e in ENSEMBLES),
         PATHS["comparison_md"],
     ]
+
+
+def ensemble_predictions(wildcards):
+    """The test predictions of the members of committee ``wildcards.ensemble``."""
+    return [f"{run_dir(m)}/eval/predictions.npz" for m in ENSEMBLES[wildcards.ensemble]]
+
+
+def compare_arguments():
+    """``--run`` and ``--ensemble`` arguments of ``physpack compare`` for every
+    run and committee, quoted for the shell."""
+    args = []
+    for r in RUNS:
+        files = f"{run_dir(r)}/eval/metrics.json,{run_dir(r)}/model/history.csv"
+        args.append(f"--run {shlex.quote(f'{r}={files}')}")
+    for e in ENSEMBLES:
+        path = f"results/ensembles/{e}/metrics.json"
+        args.append(f"--ensemble {shlex.quote(f'{e}={path}')}")
+    return " ".join(args)
 
 
 PATHS["comparison_md"] = "results/comparison.md"

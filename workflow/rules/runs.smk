@@ -1,8 +1,6 @@
 rule evaluate_ensemble:
     input:
-        predictions=lambda wildcards: [
-            f"{run_dir(m)}/eval/predictions.npz" for m in ENSEMBLES[wildcards.ensemble]
-        ],
+        predictions=ensemble_predictions,
         code=stage_code("ensemble"),
     output:
         "results/ensembles/{ensemble}/metrics.json",
@@ -49,20 +47,10 @@ rule compare_runs:
         mem_mb=4000,
         runtime=lambda wildcards, attempt: 30 * attempt,
     params:
-        # the inputs above as command-line arguments, quoted for the shell
-        runs=" ".join(
-            "--run "
-            + shlex.quote(
-                f"{r}={run_dir(r)}/eval/metrics.json,{run_dir(r)}/model/history.csv"
-            )
-            for r in RUNS
-        ),
-        ensembles=" ".join(
-            "--ensemble " + shlex.quote(f"{e}=results/ensembles/{e}/metrics.json")
-            for e in ENSEMBLES
-        ),
+        # the inputs above as command-line arguments
+        runs=compare_arguments(),
         differing=json.dumps(differing_keys(config, RUNS), sort_keys=True),
     shell:
-        "python -m physpack compare {params.runs} {params.ensembles}"
+        "python -m physpack compare {params.runs}"
         " --params {params.differing:q} --markdown {output.md:q}"
         " --html {output.html:q} --figures {output.figures:q} > {log:q} 2>&1"

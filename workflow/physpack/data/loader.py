@@ -72,7 +72,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from physpack.config import LoaderConfig
+from physpack.config import LoaderConfig, ModelConfig
 from physpack.data.budget import (
     PAIR_BYTES,
     Budget,
@@ -1113,12 +1113,16 @@ def from_config(
     split_name: str | None = None,
     shuffle: bool = True,
     seed: int = 0,
+    model: ModelConfig | None = None,
     **kwargs: Any,
 ) -> PackedMemmapLoader:
     """A loader configured by the ``loader`` section, optionally over one subset of
     a split file (both ``split_path`` and ``split_name`` given). ``kwargs`` go to
     :class:`PackedMemmapLoader` (e.g. ``cutoff`` for ``loader.pairs: cutoff``,
-    ``process_slots``, ``indices``) and take precedence."""
+    ``process_slots``, ``indices``) and take precedence.
+
+    ``model``, the model the batches are for, decides ``loader.pairs`` (see
+    :func:`pair_options`)."""
     if (split_path is None) != (split_name is None):
         raise ConfigError(
             "from_config: give both split_path and split_name, or neither"
@@ -1134,15 +1138,38 @@ def from_config(
         "prefetch": cfg.prefetch,
         "num_atoms": cfg.num_atoms,
     }
-    for key in ("pairs", "giant_atoms", "max_molecule_atoms"):
+    for key in ("giant_atoms", "max_molecule_atoms"):
         if hasattr(cfg, key):
             options[key] = getattr(cfg, key)
+    options |= pair_options(getattr(cfg, "pairs", "all"), model)
     options |= kwargs
     if split_path is not None:
         return PackedMemmapLoader.from_split(
             path, split_path, str(split_name), **options
         )
     return PackedMemmapLoader(path, **options)
+
+
+def pair_options(pairs: str, model: ModelConfig | None) -> dict[str, Any]:
+    """The loader's ``pairs``/``cutoff`` for ``loader.pairs`` and the model.
+
+    ``auto``: pairs within ``model.cutoff`` unless the model has charges (its
+    Coulomb term needs every pair), all pairs without a model; ``cutoff``: within
+    ``model.cutoff`` (refused for a model with charges); ``all``: every pair.
+
+    Raises:
+        ConfigError: ``cutoff`` with a model that has charges.
+    """
+    if pairs == "all" or (pairs == "auto" and (model is None or model.charges)):
+        return {"pairs": "all"}
+    if model is None:
+        return {"pairs": pairs}  # the caller gives the cutoff
+    if model.charges:
+        raise ConfigError(
+            "loader.pairs: cutoff with model.charges: the Coulomb term needs every "
+            "atom pair; set loader.pairs to auto or all"
+        )
+    return {"pairs": "cutoff", "cutoff": float(model.cutoff)}
 
 
 def epoch_padding_stats(

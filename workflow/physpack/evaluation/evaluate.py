@@ -36,7 +36,7 @@ from ase.data import chemical_symbols
 
 from physpack import __version__
 from physpack.atomic import StagedOutputs
-from physpack.config import LoaderConfig, section_from_mapping
+from physpack.config import LoaderConfig, ModelConfig, section_from_mapping
 from physpack.data.loader import PackedMemmapLoader, from_config, read_split
 from physpack.data.packed import PackedDataset
 from physpack.errors import ConfigError, InputError, cli_entry
@@ -460,10 +460,11 @@ def _shared_budget_loaders(
     split: Path,
     names: Sequence[str],
     loader_cfg: LoaderConfig,
+    model: ModelConfig | None = None,
 ) -> dict[str, PackedMemmapLoader]:
     """Unshuffled loaders over the non-empty subsets ``names`` of ``split``, all
     with the same batch budget (the largest of their own), so that prediction
-    compiles once for every split."""
+    compiles once for every split; ``model`` decides ``loader.pairs``."""
     loaders: dict[str, PackedMemmapLoader] = {}
     for name in names:
         try:
@@ -473,7 +474,9 @@ def _shared_budget_loaders(
             if name == names[0]:
                 raise
             continue  # an optional split missing from the file
-        loaders[name] = from_config(dataset, loader_cfg, split, name, shuffle=False)
+        loaders[name] = from_config(
+            dataset, loader_cfg, split, name, shuffle=False, model=model
+        )
     if not loaders:
         raise InputError(f"{split}: the subsets {', '.join(names)} are all empty")
     budgets = [dataclasses.astuple(lo.budget) for lo in loaders.values()]
@@ -486,6 +489,7 @@ def _shared_budget_loaders(
                 split,
                 name,
                 shuffle=False,
+                model=model,
                 max_atoms=shared[0],
                 max_pairs=shared[1],
                 max_molecules=shared[2],
@@ -662,7 +666,7 @@ def evaluate(
     split = Path(split)
     hist = plots.read_history(history) if history is not None else None
     loaders = _shared_budget_loaders(
-        dataset, split, list(splits), loader_cfg or LoaderConfig()
+        dataset, split, list(splits), loader_cfg or LoaderConfig(), ckpt.model_config
     )
     with_dipoles = ckpt.model_config.charges and dataset.has("D")
     preds = {

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -193,6 +194,14 @@ def combine_members(
     return out
 
 
+def _pair_model(models: Sequence[Any]) -> cfg.ModelConfig:
+    """The model config that decides the batches' pairs for every model: the
+    largest cutoff, and all pairs if any model has charges."""
+    configs = [m.model_config for m in models]
+    widest = max(configs, key=lambda c: c.cutoff)
+    return dataclasses.replace(widest, charges=any(c.charges for c in configs))
+
+
 def predict(
     checkpoints: Sequence[str | os.PathLike],
     structures: str | os.PathLike,
@@ -209,7 +218,7 @@ def predict(
     models = [load_checkpoint(c) for c in checkpoints]
     loader = loader or cfg.LoaderConfig()
     with open_structures(structures, data) as dataset:
-        lo = from_config(dataset, loader, shuffle=False)
+        lo = from_config(dataset, loader, shuffle=False, model=_pair_model(models))
         members = []
         for path, ckpt in zip(checkpoints, models, strict=True):
             report = (

@@ -204,10 +204,20 @@ def train(
         )
 
     train_loader = from_config(
-        dataset, loader_cfg, shuffle=True, seed=train_cfg.seed, indices=train_idx
+        dataset,
+        loader_cfg,
+        model=model_cfg,
+        shuffle=True,
+        seed=train_cfg.seed,
+        indices=train_idx,
     )
     valid_loader = from_config(
-        dataset, loader_cfg, shuffle=False, seed=train_cfg.seed, indices=valid_idx
+        dataset,
+        loader_cfg,
+        model=model_cfg,
+        shuffle=False,
+        seed=train_cfg.seed,
+        indices=valid_idx,
     )
     has_dipole_loss = dataset.has("D") and model_cfg.charges
     weights = LossWeights(
@@ -221,7 +231,12 @@ def train(
         data_stats = dict(saved["data_stats"])
     else:
         fit_loader = from_config(
-            dataset, loader_cfg, shuffle=False, seed=0, indices=train_idx
+            dataset,
+            loader_cfg,
+            model=model_cfg,
+            shuffle=False,
+            seed=0,
+            indices=train_idx,
         )
         constants, data_stats = energy_constants_for(
             fit_loader, model_cfg.max_atomic_number, train_cfg, log=log
