@@ -257,3 +257,32 @@ def _cancel_training_after_first_state(
             return job_id
         time.sleep(0.2)
     raise AssertionError("training never saved a state")
+
+
+def test_ensemble_members_are_one_slurm_job_each(
+    slurm_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A 3-member committee added to the finished run: three training jobs and
+    three evaluation jobs, all submitted (the data stages are shared and done);
+    the committee's evaluation and the comparison run on the submitting machine."""
+    workdir = copy_workdir(slurm_run[0], tmp_path / "wf")
+    path = workdir / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["runs"] = {"committee": {"ensemble": 3}}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = subprocess.run(
+        slurm_snakemake(workdir), check=False, cwd=workdir, capture_output=True,
+        text=True, timeout=RUN_TIMEOUT_S,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    jobs = submitted_jobs(output)
+    assert sorted(jobs) == sorted(GPU_RULES), output
+    assert all(len(ids) == 3 for ids in jobs.values()), jobs
+    table = slurm_jobs()
+    for ids in jobs.values():
+        for job_id in ids:
+            assert table[job_id]["state"] == "COMPLETED", table[job_id]
+    metrics = workdir / "results/ensembles/committee/metrics.json"
+    assert '"members": 3' in metrics.read_text()
+    assert (workdir / "results/comparison.md").is_file()

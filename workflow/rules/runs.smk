@@ -1,3 +1,10 @@
+# The committee's numbers and the comparison take seconds: no cluster job of their
+# own.
+localrules:
+    evaluate_ensemble,
+    compare_runs,
+
+
 rule evaluate_ensemble:
     input:
         predictions=ensemble_predictions,
