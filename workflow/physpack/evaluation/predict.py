@@ -34,10 +34,8 @@ import dataclasses
 import io
 import json
 import os
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +46,11 @@ from physpack.atomic import atomic_write_bytes
 from physpack.data.convert import convert_npz
 from physpack.data.loader import from_config
 from physpack.data.packed import PackedDataset, PackedWriter
+from physpack.data.progress import Progress
 from physpack.errors import InputError, cli_entry
 from physpack.evaluation.evaluate import SplitPredictions, predict_split
 from physpack.model.checkpoint import load as load_checkpoint
 from physpack.units import CANONICAL_UNITS
-
-#: seconds between progress lines
-PROGRESS_EVERY_S = 10.0
 
 
 @contextlib.contextmanager
@@ -131,26 +127,6 @@ def _ase_to_packed(path: Path, out: Path) -> None:
         writer.append(n, **arrays)
 
 
-def _progress_printer(total: int, label: str) -> Callable[[int], None]:
-    start = last = time.monotonic()
-
-    def report(done: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - last >= PROGRESS_EVERY_S or done == total:
-            rate = done / max(now - start, 1e-9)
-            eta = (total - done) / rate if rate > 0 else float("inf")
-            print(
-                f"{label}: {done}/{total} molecules ({100 * done / total:.0f} %), "
-                f"{rate:.0f} mol/s, ETA {eta:.0f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-            last = now
-
-    return report
-
-
 def combine_members(
     members: Sequence[SplitPredictions], checkpoints: Sequence[str]
 ) -> dict[str, np.ndarray]:
@@ -221,16 +197,20 @@ def predict(
         lo = from_config(dataset, loader, shuffle=False, model=_pair_model(models))
         members = []
         for path, ckpt in zip(checkpoints, models, strict=True):
-            report = (
-                _progress_printer(lo.n_molecules, f"predict {Path(path).name}")
-                if progress
-                else None
-            )
+            bar = Progress(lo.n_molecules, f"predict {Path(path).name}")
             members.append(
                 predict_split(
-                    ckpt, lo, with_dipoles=False, where=str(structures), progress=report
+                    ckpt,
+                    lo,
+                    with_dipoles=False,
+                    where=str(structures),
+                    progress=(lambda done, b=bar: b.update(done - b.done))
+                    if progress
+                    else None,
                 )
             )
+            if progress:
+                bar.close()
     arrays = combine_members(members, [str(c) for c in checkpoints])
     buf = io.BytesIO()
     np.savez(buf, **arrays)
