@@ -56,3 +56,26 @@ def snakemake(
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Runs of one config compile the same programs: let XLA reuse them within a
+    test module (tracing, which the compilation counters see, still happens in
+    every run)."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    options = {
+        "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla-cache")),
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_persistent_cache_min_entry_size_bytes": -1,
+    }
+    before = {k: getattr(jax.config, k) for k in options}
+    for k, v in options.items():
+        jax.config.update(k, v)
+    cc.reset_cache()
+    yield
+    for k, v in before.items():
+        jax.config.update(k, v)
+    cc.reset_cache()

@@ -37,29 +37,11 @@ TRAIN = TrainConfig(
     forces_weight=10.0,
 )
 
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
 
 class Killed(Exception):
     """Stands in for SIGKILL: nothing after it runs (no handler saves anything)."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Runs of one config compile the same programs: let XLA reuse them."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    options = {
-        "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla-cache")),
-        "jax_persistent_cache_min_compile_time_secs": 0.0,
-        "jax_persistent_cache_min_entry_size_bytes": -1,
-    }
-    before = {k: getattr(jax.config, k) for k in options}
-    for k, v in options.items():
-        jax.config.update(k, v)
-    cc.reset_cache()
-    yield
-    for k, v in before.items():
-        jax.config.update(k, v)
-    cc.reset_cache()
 
 
 @pytest.fixture(scope="module")

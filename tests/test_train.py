@@ -39,6 +39,8 @@ TRAIN = TrainConfig(
     forces_weight=10.0,
 )
 
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> tuple[Path, Path]:
@@ -90,27 +92,6 @@ def crash_at(n: int):
             raise Killed(f"killed at step {n}")
 
     return hook
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Runs of one config compile the same programs: let XLA reuse them (tracing,
-    which the compilation counters see, still happens in every run)."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    options = {
-        "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla-cache")),
-        "jax_persistent_cache_min_compile_time_secs": 0.0,
-        "jax_persistent_cache_min_entry_size_bytes": -1,
-    }
-    before = {k: getattr(jax.config, k) for k in options}
-    for k, v in options.items():
-        jax.config.update(k, v)
-    cc.reset_cache()
-    yield
-    for k, v in before.items():
-        jax.config.update(k, v)
-    cc.reset_cache()
 
 
 def test_reference_energies_are_the_least_squares_fit(toy):
