@@ -25,7 +25,7 @@ from physpack.atomic import StagedOutputs
 from physpack.errors import InputError, cli_entry
 from physpack.evaluation.plots import figure, read_history, save_figure
 
-#: (column title, path into a split's metrics, factor to the shown unit)
+#: (column title, path into a split's metrics: the value in the title's unit)
 RUN_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("energy MAE [meV]", ("energy", "per_molecule", "mae", "meV")),
     ("energy MAE [meV/atom]", ("energy", "per_atom", "mae", "meV/atom")),
