@@ -175,6 +175,7 @@ def md_stability(
     return {
         "md_stable": stable,
         "md_total": len(molecules),
+        "md_ps": picoseconds,
         "md_drift_meV_per_atom_ps": float(np.mean(drifts)) if drifts else float("nan"),
     }
 
@@ -373,9 +374,17 @@ def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
 # ---------------------------------------------------------------------- main
 
 
+RUNS = ("physpack", "mace", "mace-flip")
+
+
+def result_path(work: Path, kind: str, minutes: float) -> Path:
+    """Where a run's result dict is kept in the work directory."""
+    return work / f"{kind}-{minutes:g}min.json"
+
+
 def run_worker(kind: str, python: str, work: Path, args: argparse.Namespace) -> dict:
     """One training in its own process; returns its result dict."""
-    result = work / f"{kind}.json"
+    result = result_path(work, kind, args.minutes)
     cmd = [
         python,
         __file__,
@@ -393,7 +402,7 @@ def run_worker(kind: str, python: str, work: Path, args: argparse.Namespace) -> 
     return json.loads(result.read_text())
 
 
-def print_table(results: list[dict], minutes: float, md_ps: float) -> None:
+def print_table(results: list[dict], minutes: float) -> None:
     rows = (
         ("energy MAE [meV]", "energy_mae_meV", "{:.1f}"),
         ("energy MAE [meV/atom]", "energy_mae_meV_per_atom", "{:.2f}"),
@@ -402,7 +411,7 @@ def print_table(results: list[dict], minutes: float, md_ps: float) -> None:
         ("epochs", "epochs", "{:d}"),
         ("peak RSS [GiB]", "peak_rss_GiB", "{:.2f}"),
         ("parameters", "params", "{:,d}"),
-        (f"MD stable ({md_ps:g} ps, 300 K)", None, None),
+        ("MD stable (300 K, NVE)", None, None),
         ("MD drift [meV/atom/ps]", "md_drift_meV_per_atom_ps", "{:.2f}"),
     )
     width = 30
@@ -412,7 +421,7 @@ def print_table(results: list[dict], minutes: float, md_ps: float) -> None:
         cells = []
         for r in results:
             if key is None:
-                cells.append(f"{r['md_stable']}/{r['md_total']}")
+                cells.append(f"{r['md_stable']}/{r['md_total']} in {r['md_ps']:g} ps")
             else:
                 cells.append(fmt.format(r[key]))
         print(f"{label:{width}s}" + "".join(f"{c:>32s}" for c in cells))
@@ -428,7 +437,13 @@ def main() -> None:
         help="interpreter with mlip installed ('' skips MACE)",
     )
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--worker", choices=["physpack", "mace", "mace-flip"])
+    parser.add_argument(
+        "--runs",
+        default=",".join(RUNS),
+        help="comma-separated runs to train now; with --workdir, the table also "
+        "shows the other runs' results kept there for the same --minutes",
+    )
+    parser.add_argument("--worker", choices=RUNS)
     args = parser.parse_args()
     if args.worker:
         paths = json.loads((args.workdir / "paths.json").read_text())
@@ -438,7 +453,9 @@ def main() -> None:
             result = run_mace(
                 paths, args.minutes, args.md_ps, flip=args.worker == "mace-flip"
             )
-        (args.workdir / f"{args.worker}.json").write_text(json.dumps(result))
+        result_path(args.workdir, args.worker, args.minutes).write_text(
+            json.dumps(result)
+        )
         return
     import yaml
 
@@ -448,11 +465,19 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         paths = prepare_data(work, config)
         (work / "paths.json").write_text(json.dumps(paths))
-        results = [run_worker("physpack", sys.executable, work, args)]
-        if args.mace_python:
-            for kind in ("mace", "mace-flip"):
-                results.append(run_worker(kind, args.mace_python, work, args))
-        print_table(results, args.minutes, args.md_ps)
+        chosen = [r for r in args.runs.split(",") if r]
+        unknown = sorted(set(chosen) - set(RUNS))
+        if unknown:
+            parser.error(f"--runs: unknown {unknown}; choose from {list(RUNS)}")
+        results = []
+        for kind in RUNS:
+            python = sys.executable if kind == "physpack" else args.mace_python
+            kept = result_path(work, kind, args.minutes)
+            if kind in chosen and python:
+                results.append(run_worker(kind, python, work, args))
+            elif kept.exists():
+                results.append(json.loads(kept.read_text()))
+        print_table(results, args.minutes)
 
 
 if __name__ == "__main__":

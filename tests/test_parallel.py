@@ -363,6 +363,12 @@ def test_two_processes_train_alike_and_only_process_0_writes(
     np.testing.assert_array_equal(p0["params"], p1["params"])
     np.testing.assert_allclose(p0["params"], single["params"], rtol=1e-5, atol=1e-7)
     assert int(p0["steps"]) == int(single["steps"])
+    # each process assembled only its own batches: together, each training
+    # molecule once per epoch (as the single process did alone)
+    n_train = np.load(toy_data[1])["train"].size
+    total = int(p0["assembled"]) + int(p1["assembled"])
+    assert total == int(single["assembled"]) == n_train * int(single["epochs"])
+    assert 0 < int(p0["assembled"]) < total and 0 < int(p1["assembled"]) < total
     written = {"best.ckpt", "history.csv", "state"}
     assert written <= {f.name for f in (tmp_path / "p0" / "1x1").iterdir()}
     assert not any((tmp_path / "p1" / "1x1").iterdir())
@@ -570,7 +576,19 @@ def worker_fit(out: Path, args: argparse.Namespace) -> None:
         args.coordinator, args.num_processes, args.process_id
     )
     from physpack.config import LoaderConfig, ModelConfig, TrainConfig
+    from physpack.data.loader import PackedMemmapLoader
     from physpack.training.train import train
+
+    # molecules this process assembles for training (the shuffled loader)
+    assembled = [0]
+    original = PackedMemmapLoader.assemble
+
+    def counting(self: Any, positions: np.ndarray, kind: int = 0) -> Any:
+        if self.shuffle:
+            assembled[0] += int(np.size(positions))
+        return original(self, positions, kind)
+
+    PackedMemmapLoader.assemble = counting  # type: ignore[method-assign]
 
     model_cfg = ModelConfig(**TINY_MODEL)
     loader_cfg = LoaderConfig(batch_size=4, bucket_size=64, prefetch=1)
@@ -588,6 +606,7 @@ def worker_fit(out: Path, args: argparse.Namespace) -> None:
         dp = par.select_devices(devices, batches_per_device=per_device)
         files = out / run
         files.mkdir(parents=True)
+        assembled[0] = 0
         result = train(
             args.packed,
             args.split,
@@ -606,6 +625,8 @@ def worker_fit(out: Path, args: argparse.Namespace) -> None:
             out / f"{run}.npz",
             params=_flat(result.params),
             steps=result.steps,
+            assembled=assembled[0],
+            epochs=result.epochs,
             devices=dp.num_devices,
             processes=setup.num_processes,
             agree_same=par.all_processes_agree("same"),

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from model_fixtures import REFERENCE, TINY_MODEL, write_toy
 from physpack.config import LoaderConfig, TrainConfig, section_to_json
-from physpack.data.loader import PackedMemmapLoader
+from physpack.data.loader import PackedMemmapLoader, from_config
 from physpack.errors import ConfigError
 from physpack.model import checkpoint as ckpt_io
 from physpack.model.physnet import EnergyConstants, init_params, model_from_config
@@ -476,3 +476,17 @@ def test_given_reference_energies_are_used_and_stored(toy, tmp_path):
     assert ckpt.training["reference_energies"] == given
     for z, e in REFERENCE.items():
         assert ckpt.constants.reference_energies[z] == e
+
+
+def test_giant_molecules_train_in_their_own_budget_compiled_once(toy, tmp_path):
+    """Molecules above loader.giant_atoms go into batches of a second budget: the
+    train and eval steps compile once per budget, not once per batch, and every
+    training molecule is in one batch per epoch."""
+    loader = dataclasses.replace(LOADER, giant_atoms=6)
+    train_loader = from_config(
+        toy[0], loader, toy[1], "train", shuffle=True, seed=TRAIN.seed, model=MODEL
+    )
+    assert len(train_loader.budgets) == 2
+    result = run(tmp_path, toy, dataclasses.replace(TRAIN, epochs=2), loader_cfg=loader)
+    assert result.compilations == {"train_step": 2, "eval_step": 2}
+    assert result.steps == sum(train_loader.num_batches(e) for e in range(2))

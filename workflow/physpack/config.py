@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import glob
 import inspect
 import json
 import os
@@ -102,7 +103,7 @@ class DataConfig:
     unit when it has dipoles (:meth:`declared_units`).
     """
 
-    npz: str | None
+    npz: str | tuple[str, ...] | None  # one NPZ, a list of shards or a glob
     packed: str | None
     energy_unit: str | None
     length_unit: str | None
@@ -118,6 +119,54 @@ class DataConfig:
                 f"(a packed directory), and the other to null; got {both}"
             )
         return ("npz", self.npz) if self.npz is not None else ("packed", self.packed)  # type: ignore[return-value]
+
+    @property
+    def sharded(self) -> bool:
+        """Whether ``npz`` names shards: a list, or a glob pattern."""
+        return isinstance(self.npz, (list, tuple)) or (
+            isinstance(self.npz, str) and glob.has_magic(self.npz)
+        )
+
+    def npz_files(self, workdir: str | os.PathLike = ".") -> list[str]:
+        """The NPZ files of ``npz``: one, the list, or the glob's matches in sorted
+        order (relative to ``workdir``, returned as written).
+
+        Raises:
+            ConfigError: ``npz`` unset, a glob without matches, a file listed twice,
+                or two shards of the same name (the file name without ``.npz``,
+                which names the shard's packed directory).
+        """
+        if self.npz is None:
+            raise ConfigError("data.npz is not set")
+        if isinstance(self.npz, str) and not glob.has_magic(self.npz):
+            return [self.npz]
+        files: list[str] = []
+        patterns = [self.npz] if isinstance(self.npz, str) else list(self.npz)
+        for pattern in patterns:
+            if glob.has_magic(pattern):
+                base = Path(workdir)
+                found = sorted(
+                    str(Path(m).relative_to(base))
+                    if not Path(pattern).is_absolute()
+                    else m
+                    for m in glob.glob(str(base / pattern))
+                )
+                if not found:
+                    raise ConfigError(f"data.npz: no file matches {pattern!r}")
+                files += found
+            else:
+                files.append(pattern)
+        names: dict[str, str] = {}
+        for f in files:
+            name = shard_name(f)
+            if name in names:
+                what = "is listed twice" if names[name] == f else f"and {names[name]!r}"
+                raise ConfigError(
+                    f"data.npz: {f!r} {what}: each shard needs its own file name "
+                    f"(it names results/data/shards/{name}/)"
+                )
+            names[name] = f
+        return files
 
     def declared_units(self) -> dict[str, str]:
         """The units set here, by kind (``energy``, ``length``, ``dipole``)."""
@@ -214,6 +263,9 @@ class TrainConfig:
     ema_decay: float
     energy_weight: float
     forces_weight: float
+    energy_stage_start: float | None  # fraction of the horizon; None: one stage
+    energy_stage_energy_weight: float
+    energy_stage_forces_weight: float
     dipole_weight: float
     nh_weight: float
     seed: int
@@ -423,6 +475,13 @@ def check_workflow_config(
 
 
 #: Keys of the ``data`` section that name an existing input (file or directory).
+def shard_name(npz: str | os.PathLike) -> str:
+    """The name of the shard converted from ``npz``: its file name without
+    ``.npz`` (the directory ``results/data/shards/<name>/``)."""
+    name = Path(npz).name
+    return name.removesuffix(".npz")
+
+
 INPUT_KEYS = {"npz": "file", "packed": "directory"}
 
 
@@ -434,8 +493,12 @@ def check_input_paths(data: Mapping[str, Any], workdir: str | os.PathLike) -> No
         value = data.get(key)
         if value is None:
             continue
-        path = Path(workdir, value)
-        ok = path.is_file() if kind == "file" else path.is_dir()
-        if not ok:
-            where = "" if Path(value).is_absolute() else f" (in {Path(workdir)})"
-            raise ConfigError(f"data.{key}: no such {kind} {value!r}{where}")
+        values = [value]
+        if key == "npz":  # a list of shards or a glob
+            values = DataConfig(npz=value).npz_files(workdir)
+        for v in values:
+            path = Path(workdir, v)
+            ok = path.is_file() if kind == "file" else path.is_dir()
+            if not ok:
+                where = "" if Path(v).is_absolute() else f" (in {Path(workdir)})"
+                raise ConfigError(f"data.{key}: no such {kind} {v!r}{where}")

@@ -20,7 +20,12 @@ SOURCE = WORKFLOW_ROOT / "workflow"
 # dependencies). The same package checks the configuration here.
 sys.path.insert(0, str(SOURCE))
 from physpack.cli import STEPS
-from physpack.config import check_input_paths, check_workflow_config
+from physpack.config import (
+    DataConfig,
+    check_input_paths,
+    check_workflow_config,
+    shard_name,
+)
 from physpack.errors import ConfigError
 
 shell.prefix(
@@ -95,13 +100,39 @@ def data_source():
     return "packed", packed
 
 
-# The dataset every later stage reads: the directory converted from data.npz, or a
-# descriptor of the data.packed directory and its units (that directory is read in
-# place, never copied or written into).
+# The dataset every later stage reads: the directory converted from data.npz; the
+# descriptor of its shards (a list or glob of NPZ files, each converted by its own
+# job); or a descriptor of the data.packed directory and its units (that directory
+# is read in place, never copied or written into).
 PATHS["descriptor"] = "results/data/dataset.json"
+PATHS["shard"] = "results/data/shards/{shard}"
+PATHS["shard_validation"] = "results/data/validation/{shard}.json"
+
+
+def npz_shards():
+    """``{shard name: NPZ file}`` of a sharded ``data.npz`` (a list or a glob), in
+    dataset order; empty for one NPZ or a packed directory."""
+    data = DataConfig(npz=config["data"].get("npz"))
+    if data.npz is None or not data.sharded:
+        return {}
+    try:
+        files = data.npz_files(os.getcwd())
+    except ConfigError as exc:
+        raise WorkflowError(f"config: {exc}") from None
+    return {shard_name(f): f for f in files}
+
+
+SHARDS = npz_shards()
 PATHS["dataset"] = (
-    PATHS["descriptor"] if data_source()[0] == "packed" else PATHS["packed"]
+    PATHS["descriptor"] if data_source()[0] == "packed" or SHARDS else PATHS["packed"]
 )
+
+
+def shard_data_section(wildcards):
+    """The data section of one shard's conversion: ``npz`` is that shard's file,
+    so adding a shard leaves the other shards' jobs as they are."""
+    data = {**config.get("data", {}), "npz": SHARDS[wildcards.shard]}
+    return json.dumps(data, sort_keys=True)
 
 
 def workflow_file(relative):

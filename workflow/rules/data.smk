@@ -1,4 +1,71 @@
-if data_source()[0] == "npz":
+if SHARDS:
+
+    rule convert_shard:
+        input:
+            npz=lambda wildcards: SHARDS[wildcards.shard],
+            code=stage_code("convert"),
+        output:
+            directory(PATHS["shard"]),
+        log:
+            log_path("convert_shard_{shard}"),
+        benchmark:
+            benchmark_path("convert_shard_{shard}")
+        conda:
+            "../../envs/physpack.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=lambda wildcards, attempt: 60 * attempt,
+        params:
+            data=shard_data_section,
+        shell:
+            "python -m physpack convert {input.npz:q} {output:q}"
+            " --config {params.data:q}"
+            " --no-progress > {log:q} 2>&1"
+
+    rule describe_shards:
+        input:
+            shards=expand(PATHS["shard"], shard=SHARDS),
+            code=stage_code("describe"),
+        output:
+            PATHS["descriptor"],
+        log:
+            log_path("describe_shards"),
+        group:
+            "data"
+        conda:
+            "../../envs/physpack.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=lambda wildcards, attempt: 10 * attempt,
+        shell:
+            "python -m physpack.data.descriptor --output {output:q}"
+            " --shards {input.shards:q} > {log:q} 2>&1"
+
+    rule validate_shard:
+        input:
+            packed=PATHS["shard"],
+            code=stage_code("validate"),
+        output:
+            PATHS["shard_validation"],
+        log:
+            log_path("validate_shard_{shard}"),
+        benchmark:
+            benchmark_path("validate_shard_{shard}")
+        conda:
+            "../../envs/physpack.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=lambda wildcards, attempt: 60 * attempt,
+        params:
+            validate=section("validate"),
+        shell:
+            "python -m physpack validate {input.packed:q} --output {output:q}"
+            " --config {params.validate:q} > {log:q} 2>&1"
+
+elif data_source()[0] == "npz":
 
     rule convert_npz:
         input:
@@ -52,29 +119,57 @@ else:
             " --config {params.data:q} > {log:q} 2>&1"
 
 
-rule validate_packed:
-    input:
-        packed=PATHS["dataset"],
-        code=stage_code("validate"),
-    output:
-        PATHS["validation"],
-    log:
-        log_path("validate_packed"),
-    benchmark:
-        benchmark_path("validate_packed")
-    group:
-        "data"
-    conda:
-        "../../envs/physpack.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=lambda wildcards, attempt: 60 * attempt,
-    params:
-        validate=section("validate"),
-    shell:
-        "python -m physpack validate {input.packed:q} --output {output:q}"
-        " --config {params.validate:q} > {log:q} 2>&1"
+if SHARDS:
+
+    rule validate_packed:
+        input:
+            packed=PATHS["dataset"],
+            shards=expand(PATHS["shard_validation"], shard=SHARDS),
+            code=stage_code("validate"),
+        output:
+            PATHS["validation"],
+        log:
+            log_path("validate_packed"),
+        group:
+            "data"
+        conda:
+            "../../envs/physpack.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=lambda wildcards, attempt: 10 * attempt,
+        params:
+            validate=section("validate"),
+        shell:
+            "python -m physpack validate {input.packed:q} --output {output:q}"
+            " --shard-reports {input.shards:q}"
+            " --config {params.validate:q} > {log:q} 2>&1"
+
+else:
+
+    rule validate_packed:
+        input:
+            packed=PATHS["dataset"],
+            code=stage_code("validate"),
+        output:
+            PATHS["validation"],
+        log:
+            log_path("validate_packed"),
+        benchmark:
+            benchmark_path("validate_packed")
+        group:
+            "data"
+        conda:
+            "../../envs/physpack.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=lambda wildcards, attempt: 60 * attempt,
+        params:
+            validate=section("validate"),
+        shell:
+            "python -m physpack validate {input.packed:q} --output {output:q}"
+            " --config {params.validate:q} > {log:q} 2>&1"
 
 
 rule packing_stats:
@@ -103,10 +198,12 @@ rule packing_stats:
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         loader=section("loader"),
+        model=section("model"),
     shell:
         "python -m physpack stats {input.packed:q} --json {output.json:q}"
         " --markdown {output.md:q}"
-        " --figure {output.png:q} --config {params.loader:q} > {log:q} 2>&1"
+        " --figure {output.png:q} --config {params.loader:q}"
+        " --model-config {params.model:q} > {log:q} 2>&1"
 
 
 rule split_dataset:

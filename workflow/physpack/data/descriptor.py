@@ -1,4 +1,5 @@
-"""Dataset descriptors: a packed directory used in place, with its declared units.
+"""Dataset descriptors: a packed directory used in place with its declared units,
+or the shards of a sharded dataset.
 
 A packed directory that the workflow did not write (``data.packed``, e.g. from the
 older packed-memmap tooling) is read where it is, never copied or written into. The
@@ -14,6 +15,21 @@ take a directory (``PackedDataset("results/data/dataset.json")``)::
 
 ``units`` are the directory's stored units (``physpack.units`` names); the arrays
 are converted to eV, Å, eV/Å, e·Å on reading (:meth:`PackedDataset.scale`).
+
+A sharded dataset (format version 2) lists its shards instead, in order, with the
+counts each had when the descriptor was written (a shard replaced since is
+refused), paths relative to the descriptor's directory::
+
+    {
+      "format": "physpack-dataset",
+      "format_version": 2,
+      "shards": [{"packed": "shards/a", "n_molecules": 1000, "n_atoms_total": 18000},
+                 ...],
+      "units": {}
+    }
+
+Every stage opens a dataset through :func:`open_dataset`, which takes a packed
+directory or a descriptor of either kind.
 """
 
 from __future__ import annotations
@@ -23,17 +39,18 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from physpack import config as cfg
 from physpack.atomic import atomic_write_bytes
 from physpack.data.packed import ARRAYS, MANIFEST, PackedDataset
+from physpack.data.shards import ShardedDataset
 from physpack.errors import ConfigError, InputError, cli_entry
 
 DESCRIPTOR_FORMAT = "physpack-dataset"
-DESCRIPTOR_VERSION = 1
+DESCRIPTOR_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,18 +58,37 @@ class DatasetDescriptor:
     """A packed directory and the units its arrays are stored in.
 
     Attributes:
-        packed: the packed directory (absolute).
+        packed: the packed directory (absolute); ``None`` for a sharded dataset.
         units: ``{"energy", "length", "dipole"}`` unit names.
+        shards: the shards' directories, in order (sharded datasets).
+        shard_counts: ``(n_molecules, n_atoms_total)`` of each shard as described.
     """
 
-    packed: Path
+    packed: Path | None
     units: dict[str, str]
+    shards: tuple[Path, ...] = ()
+    shard_counts: tuple[tuple[int, int], ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, relative_to: Path | None = None) -> dict[str, Any]:
+        if self.packed is not None:
+            return {
+                "format": DESCRIPTOR_FORMAT,
+                "format_version": 1,
+                "packed": str(self.packed),
+                "units": dict(self.units),
+            }
+        base = None if relative_to is None else relative_to.resolve()
         return {
             "format": DESCRIPTOR_FORMAT,
             "format_version": DESCRIPTOR_VERSION,
-            "packed": str(self.packed),
+            "shards": [
+                {
+                    "packed": os.path.relpath(p.resolve(), base) if base else str(p),
+                    "n_molecules": n,
+                    "n_atoms_total": t,
+                }
+                for p, (n, t) in zip(self.shards, self.shard_counts, strict=True)
+            ],
             "units": dict(self.units),
         }
 
@@ -81,14 +117,89 @@ def read_descriptor(path: str | os.PathLike) -> DatasetDescriptor:
             f"{path}: format_version {version!r} is not supported (this physpack "
             f"reads up to {DESCRIPTOR_VERSION})"
         )
-    packed, units = data.get("packed"), data.get("units")
-    if not isinstance(packed, str) or not packed:
-        raise InputError(f"{path}: key 'packed' must name a directory")
+    units = data.get("units")
     if not isinstance(units, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in units.items()
     ):
         raise InputError(f"{path}: key 'units' must map unit kinds to unit names")
+    if "shards" in data:
+        return _read_shards(path, data["shards"], dict(units))
+    packed = data.get("packed")
+    if not isinstance(packed, str) or not packed:
+        raise InputError(f"{path}: key 'packed' must name a directory")
     return DatasetDescriptor(packed=path.parent / packed, units=dict(units))
+
+
+def _read_shards(path: Path, shards: Any, units: dict[str, str]) -> DatasetDescriptor:
+    if not isinstance(shards, list) or not shards:
+        raise InputError(f"{path}: key 'shards' must be a non-empty list")
+    dirs, counts = [], []
+    for k, entry in enumerate(shards):
+        ok = (
+            isinstance(entry, dict)
+            and isinstance(entry.get("packed"), str)
+            and all(
+                isinstance(entry.get(c), int) and not isinstance(entry.get(c), bool)
+                for c in ("n_molecules", "n_atoms_total")
+            )
+        )
+        if not ok:
+            raise InputError(
+                f"{path}: key shards.{k}: expected an object with 'packed' (a "
+                "directory) and integer 'n_molecules', 'n_atoms_total'"
+            )
+        dirs.append(path.parent / entry["packed"])
+        counts.append((entry["n_molecules"], entry["n_atoms_total"]))
+    if len(set(map(os.path.normpath, dirs))) != len(dirs):
+        raise InputError(f"{path}: key shards: a shard is listed twice")
+    return DatasetDescriptor(None, units, tuple(dirs), tuple(counts))
+
+
+def open_dataset(
+    path: str | os.PathLike, units: Mapping[str, str] | None = None
+) -> PackedDataset:
+    """The dataset at ``path``: a packed directory, a descriptor of one (both a
+    :class:`PackedDataset`) or a descriptor of shards (a
+    :class:`~physpack.data.shards.ShardedDataset`).
+
+    Raises:
+        InputError: unreadable, or a shard whose counts differ from the
+            descriptor's (it was replaced after the dataset was described).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return PackedDataset(path, units=units)
+    described = read_descriptor(path)
+    if described.packed is not None:
+        return PackedDataset(path, units=units)
+    ds = ShardedDataset(path, described.shards, units=units or described.units or None)
+    for shard, (n, t) in zip(ds.shards, described.shard_counts, strict=True):
+        if (shard.n_molecules, shard.n_atoms_total) != (n, t):
+            raise InputError(
+                f"{path}: shard {shard.path} has {shard.n_molecules} molecules and "
+                f"{shard.n_atoms_total} atoms, but the descriptor lists {n} and {t}: "
+                "it was replaced after the dataset was described (rerun the workflow)"
+            )
+    return ds
+
+
+def describe_shards(
+    output: str | os.PathLike, shards: Sequence[str | os.PathLike]
+) -> Path:
+    """Write the descriptor of converted shards (packed directories this package
+    wrote, in canonical units), in the given order, atomically. Every shard is
+    opened first, so a missing or inconsistent one fails here, named."""
+    output = Path(output)
+    dirs = [Path(p) for p in shards]
+    ds = ShardedDataset(output, dirs)
+    described = DatasetDescriptor(
+        None,
+        {},
+        tuple(dirs),
+        tuple((s.n_molecules, s.n_atoms_total) for s in ds.shards),
+    )
+    text = json.dumps(described.to_json(relative_to=output.parent), indent=2)
+    return atomic_write_bytes(output, (text + "\n").encode())
 
 
 def write_descriptor(
@@ -137,11 +248,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="physpack describe",
         description="Describe the data.packed directory (read in place) and its "
-        "units in a dataset descriptor, which every later stage reads.",
+        "units, or converted shards (--shards), in a dataset descriptor, which "
+        "every later stage reads.",
     )
     parser.add_argument("--output", type=Path, required=True, help="descriptor JSON")
+    parser.add_argument(
+        "--shards",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="packed directories of the shards, in dataset order (the data "
+        "section is then not used)",
+    )
     cfg.add_section_arguments(parser, cfg.DataConfig, "data")
     args = parser.parse_args(argv)
+    if args.shards:
+        out = describe_shards(args.output, args.shards)
+        ds = open_dataset(out)
+        print(f"{out}: {len(args.shards)} shards, {ds.n_molecules} molecules")
+        return 0
     data = cfg.section_from_args(cfg.DataConfig, args, "data")
     out = describe_packed(data, args.output)
     ds = read_descriptor(out)

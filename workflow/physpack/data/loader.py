@@ -80,6 +80,7 @@ from physpack.data.budget import (
     derive_budget,
     greedy_bounds,
 )
+from physpack.data.descriptor import open_dataset
 from physpack.data.packed import PackedDataset
 from physpack.data.pairs import (
     all_pairs,
@@ -88,6 +89,7 @@ from physpack.data.pairs import (
     pair_template,
 )
 from physpack.data.prefetch import prefetched
+from physpack.data.shards import ShardedArray, gather
 from physpack.errors import ConfigError, InputError
 
 __all__ = [
@@ -171,6 +173,12 @@ class _Plan:
 
     def kind(self, b: int) -> int:
         return int(self.kinds[self.batches[b]])
+
+
+def _plain(arr: np.ndarray | ShardedArray) -> np.ndarray | ShardedArray:
+    """A plain ndarray view of a memory map (np.memmap's subclass hooks cost more
+    than the copies); sharded arrays as they are."""
+    return arr.view(np.ndarray) if isinstance(arr, np.ndarray) else arr
 
 
 def _repeated(values: np.ndarray) -> np.ndarray:
@@ -294,7 +302,7 @@ class PackedMemmapLoader:
             raise ConfigError(
                 f"loader.pairs=cutoff needs a positive cutoff [Å], got {cutoff!r}"
             )
-        self.dataset = path if isinstance(path, PackedDataset) else PackedDataset(path)
+        self.dataset = path if isinstance(path, PackedDataset) else open_dataset(path)
         self.path = self.dataset.path
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -317,10 +325,8 @@ class PackedMemmapLoader:
         self.has_forces = self.dataset.has("F")
         self.has_dipoles = self.dataset.has("D")
         # plain ndarray views: np.memmap's subclass hooks cost more than the copies
-        self._data = {
-            k: self.dataset.array(k).view(np.ndarray) for k in self.dataset.keys
-        }
-        self._offsets = self.dataset.offsets.view(np.ndarray)
+        self._data = {k: _plain(self.dataset.array(k)) for k in self.dataset.keys}
+        self._offsets = _plain(self.dataset.offsets)
         # stored → canonical unit factors (eV, Å, eV/Å, e·Å), only those != 1: data
         # written by this package are canonical and are copied without arithmetic
         self._scale = {
@@ -922,7 +928,7 @@ class PackedMemmapLoader:
                     continue
                 src = self._data[key]
                 arr = np.zeros((slots, *src.shape[1:]), dtype=src.dtype)
-                np.take(src, rows, axis=0, out=arr[:used], mode="clip")
+                gather(src, rows, arr[:used])
                 if key in self._scale:
                     arr[:used] *= arr.dtype.type(self._scale[key])
                 out[key] = arr

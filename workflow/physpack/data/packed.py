@@ -209,6 +209,11 @@ class PackedDataset:
             from physpack.data.descriptor import read_descriptor
 
             described = read_descriptor(path)
+            if described.packed is None:
+                raise InputError(
+                    f"{path}: describes a sharded dataset; open it with "
+                    "physpack.data.descriptor.open_dataset"
+                )
             if units is not None and full_units(units) != full_units(described.units):
                 raise InputError(
                     f"{path}: declares units {described.units}, but {units} were given"
@@ -405,6 +410,19 @@ class PackedDataset:
         offsets = np.asarray(self.offsets)
         for start, stop in molecule_chunks(offsets, max_atoms):
             yield AtomChunk(start, stop, offsets[start : stop + 1])
+
+    def checksums(self) -> dict[str, str] | None:
+        """sha256 of every array file, by key, from the manifest; ``None`` when the
+        manifest lacks them (older directories)."""
+        arrays = (self.manifest or {}).get("arrays")
+        if arrays and all("sha256" in v for v in arrays.values()):
+            return {k: v["sha256"] for k, v in arrays.items()}
+        return None
+
+    def content_digests(self) -> list[str]:
+        """sha256 of ``offsets.npy`` and of ``E.f64`` (read in full): a content
+        identity for directories without checksums."""
+        return [sha256_file(self.file_paths()[name]) for name in ("offsets", "E")]
 
     def file_paths(self) -> dict[str, Path]:
         """Every file of the dataset that exists, by key (plus offsets, n_atoms)."""

@@ -37,6 +37,7 @@ from ase.formula import Formula
 from physpack import __version__
 from physpack import config as cfg
 from physpack.atomic import StagedOutputs
+from physpack.data.descriptor import open_dataset
 from physpack.data.packed import MAX_Z, PackedDataset
 from physpack.errors import ConfigError, InputError, cli_entry
 
@@ -229,7 +230,7 @@ def make_split(path: str | os.PathLike, config: cfg.SplitConfig | None = None) -
     """The split of the packed directory ``path`` for ``config``."""
     config = config or cfg.SplitConfig()
     _check_fractions(config)
-    ds = PackedDataset(path)
+    ds = open_dataset(path)
     if ds.n_molecules == 0:
         raise InputError(f"{ds.path}: empty dataset, nothing to split")
     groups = None

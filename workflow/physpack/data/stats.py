@@ -10,9 +10,11 @@ three batching strategies at the configured ``batch_size``:
 ``bucketed``  molecules shuffled (seed 0), sorted by size inside buckets of
               ``bucket_size``, cut into batches of ``batch_size``; each batch padded
               to its largest molecule (batch dimension padded to ``batch_size``).
-``packed``    the loader's fixed-budget packed batches, epoch 0
-              (:func:`physpack.data.loader.epoch_padding_stats`); ``source: "estimate"``
-              marks a lower-bound estimate used when the loader is unavailable.
+``packed``    the loader's fixed-budget packed batches, epoch 0, as training makes
+              them (:func:`physpack.data.loader.epoch_padding_stats`): with the
+              giant budget of ``loader.giant_atoms``, and the pairs within the
+              model's cutoff where ``loader.pairs`` gives those (``details.pairs``;
+              real pairs are then those within the cutoff).
 
 Efficiency = real atoms / atom slots and real pairs / pair slots, where pairs are
 the ordered pairs i ≠ j inside one molecule, n·(n-1) per molecule of n atoms, and a
@@ -39,6 +41,8 @@ from matplotlib.figure import Figure
 
 from physpack import config as cfg
 from physpack.atomic import StagedOutputs
+from physpack.data.descriptor import open_dataset
+from physpack.data.loader import epoch_padding_stats, pair_options
 from physpack.data.packed import ARRAYS, MAX_Z, PackedDataset, sample_stride
 from physpack.errors import ConfigError, InputError, cli_entry
 
@@ -56,7 +60,7 @@ class StrategyPadding:
         atom_slots, pair_slots: slots over the epoch (real + padding).
         atom_efficiency, pair_efficiency: real atoms / atom slots, real pairs /
             pair slots (ordered pairs i ≠ j inside a molecule).
-        source: ``"exact"`` (computed here), ``"loader"`` or ``"estimate"``.
+        source: ``"exact"`` (computed here) or ``"loader"``.
         details: strategy parameters (widths, budgets).
     """
 
@@ -134,14 +138,12 @@ def bucketed_padding(
     )
 
 
-def packed_padding(ds: PackedDataset, loader: cfg.LoaderConfig) -> StrategyPadding:
-    """The loader's fixed-budget packed batches (epoch 0, seed 0); falls back to a
-    lower-bound estimate (ideal packing into the same kind of budgets) when
-    :mod:`physpack.data.loader` or its ``epoch_padding_stats`` is unavailable."""
-    try:
-        from physpack.data.loader import epoch_padding_stats
-    except ImportError:
-        return _packed_estimate(np.asarray(ds.n_atoms, dtype=np.int64), loader)
+def packed_padding(
+    ds: PackedDataset, loader: cfg.LoaderConfig, model: cfg.ModelConfig | None = None
+) -> StrategyPadding:
+    """The loader's fixed-budget packed batches (epoch 0, seed 0) as training
+    makes them: the pairs ``loader.pairs`` gives for ``model`` (within its cutoff,
+    or all), and the giant budget of ``loader.giant_atoms``."""
     got = epoch_padding_stats(
         ds,
         batch_size=loader.batch_size,
@@ -151,6 +153,9 @@ def packed_padding(ds: PackedDataset, loader: cfg.LoaderConfig) -> StrategyPaddi
         max_atoms=loader.max_atoms,
         max_pairs=loader.max_pairs,
         max_molecules=loader.max_molecules,
+        giant_atoms=loader.giant_atoms,
+        max_molecule_atoms=loader.max_molecule_atoms,
+        **pair_options(loader.pairs, model),
     )
     n_batches = int(got["n_batches"])
     return StrategyPadding(
@@ -167,42 +172,21 @@ def packed_padding(ds: PackedDataset, loader: cfg.LoaderConfig) -> StrategyPaddi
                 "max_pairs",
                 "max_molecules",
                 "mean_molecules_per_batch",
+                "giant_n_batches",
+                "giant_n_molecules",
+                "giant_max_atoms",
             )
             if k in got
-        },
+        }
+        | {"pairs": "cutoff" if pairs_within_cutoff(loader, model) else "all"},
     )
 
 
-def _packed_estimate(sizes: np.ndarray, loader: cfg.LoaderConfig) -> StrategyPadding:
-    """Budgets sized for ``batch_size`` average molecules; batches counted as if
-    packing were perfect (a lower bound on batches, upper bound on efficiency)."""
-    pairs = sizes * (sizes - 1)
-    mean_n, mean_p = float(sizes.mean()), float(pairs.mean())
-    max_atoms = loader.max_atoms or max(
-        math.ceil(loader.batch_size * mean_n) + 1, int(sizes.max()) + 1
-    )
-    max_pairs = loader.max_pairs or max(
-        math.ceil((max_atoms - 1) * mean_p / mean_n), int(pairs.max())
-    )
-    max_molecules = loader.max_molecules or math.ceil(1.25 * loader.batch_size) + 1
-    n_batches = max(
-        math.ceil(sizes.sum() / (max_atoms - 1)),
-        math.ceil(pairs.sum() / max_pairs) if max_pairs else 1,
-        math.ceil(sizes.size / (max_molecules - 1)),
-    )
-    return StrategyPadding(
-        n_batches=n_batches,
-        atom_slots=n_batches * max_atoms,
-        pair_slots=n_batches * max_pairs,
-        atom_efficiency=_efficiency(int(sizes.sum()), n_batches * max_atoms),
-        pair_efficiency=_efficiency(int(pairs.sum()), n_batches * max_pairs),
-        source="estimate",
-        details={
-            "max_atoms": max_atoms,
-            "max_pairs": max_pairs,
-            "max_molecules": max_molecules,
-        },
-    )
+def pairs_within_cutoff(
+    loader: cfg.LoaderConfig, model: cfg.ModelConfig | None
+) -> bool:
+    """Whether the batches hold only the pairs within the model's cutoff."""
+    return pair_options(loader.pairs, model)["pairs"] == "cutoff"
 
 
 def _distribution(values: np.ndarray, unit: str) -> dict[str, Any]:
@@ -241,15 +225,18 @@ def packing_stats(
     path: str | os.PathLike,
     loader: cfg.LoaderConfig | None = None,
     *,
+    model: cfg.ModelConfig | None = None,
     atoms_per_chunk: int = 1 << 20,
 ) -> dict[str, Any]:
-    """All statistics of the packed directory ``path`` as a JSON-ready dict.
+    """All statistics of the dataset ``path`` (a packed directory or a descriptor)
+    as a JSON-ready dict; the packed batches are those training makes for
+    ``model`` (``None``: all pairs).
 
     Units are in the keys or in ``unit`` fields: energies eV (per atom: eV/atom),
     forces eV/Å, sizes in MB (10⁶ bytes).
     """
     loader = loader or cfg.LoaderConfig()
-    ds = PackedDataset(path)
+    ds = open_dataset(path)
     if ds.n_molecules == 0:
         raise InputError(f"{ds.path}: empty dataset, nothing to report")
     sizes = np.asarray(ds.n_atoms, dtype=np.int64)
@@ -310,7 +297,7 @@ def packing_stats(
             "max": f_max,
         }
         stats["force_magnitude"] = forces
-    packed = sum(p.stat().st_size for p in ds.path.iterdir() if p.is_file())
+    packed = sum(f.stat().st_size for f in ds.file_paths().values())
     padded = padded_bytes(ds.n_molecules, width, ds.F is not None, ds.D is not None)
     stats["bytes"] = {
         "packed_MB": packed / MB,
@@ -321,7 +308,7 @@ def packing_stats(
     strategies = {
         "dense": dense_padding(sizes, loader.batch_size, width),
         "bucketed": bucketed_padding(sizes, loader.batch_size, loader.bucket_size),
-        "packed": packed_padding(ds, loader),
+        "packed": packed_padding(ds, loader, model),
     }
     stats["batch_size"] = loader.batch_size
     stats["padding"] = {k: dataclasses.asdict(v) for k, v in strategies.items()}
@@ -456,14 +443,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="physpack stats",
         description="Packing statistics of a packed directory: JSON, Markdown, PNG.",
     )
-    parser.add_argument("packed", type=Path, help="packed directory")
+    parser.add_argument(
+        "packed", type=Path, help="packed directory or dataset descriptor"
+    )
     parser.add_argument("--json", type=Path, required=True, help="JSON output")
     parser.add_argument("--markdown", type=Path, required=True, help="Markdown output")
     parser.add_argument("--figure", type=Path, required=True, help="PNG output")
     cfg.add_section_arguments(parser, cfg.LoaderConfig, "loader")
+    cfg.add_section_arguments(parser, cfg.ModelConfig, "model", option="--model-config")
     args = parser.parse_args(argv)
     loader = cfg.section_from_args(cfg.LoaderConfig, args, "loader")
-    stats = packing_stats(args.packed, loader)
+    model = cfg.section_from_args(cfg.ModelConfig, args, "model")
+    stats = packing_stats(args.packed, loader, model=model)
     write_outputs(stats, args.json, args.markdown, args.figure)
     pad = stats["padding"]
     print(

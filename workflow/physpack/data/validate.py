@@ -671,6 +671,12 @@ def validate_packed(
     require = config.require_manifest
     if path.is_file():  # a dataset descriptor: the directory and its units
         described = read_descriptor(path)
+        if described.packed is None:  # shards: each checked, then one summary
+            reports = [
+                validate_packed(shard, config, atoms_per_chunk=atoms_per_chunk)
+                for shard in described.shards
+            ]
+            return combine_shard_reports(path, reports, config)
         path, units = described.packed, described.units
     if require is None:
         # a directory physpack converted always has one; one described or given
@@ -755,6 +761,141 @@ def validate_packed(
     )
 
 
+def combine_shard_reports(
+    dataset: str | Path,
+    reports: Sequence[ValidationReport],
+    config: cfg.ValidateConfig | None = None,
+) -> ValidationReport:
+    """One report for a sharded dataset from its shards' reports.
+
+    The shards are those of the descriptor ``dataset``, in its order; each report
+    must be of its shard (same directory, same counts as described), else that is
+    an error of the ``shards`` check. Problems keep their messages (which name the
+    shard's files) and their molecule indices become global; counts add up; the
+    summary lists every shard. Checks across shards (outliers against the whole
+    dataset) are those of each shard.
+
+    Args:
+        dataset: the dataset descriptor listing the shards.
+        reports: one report per shard (:func:`validate_packed` of the shard, or
+            :func:`report_from_json` of its file), in the descriptor's order.
+    """
+    config = config or cfg.ValidateConfig()
+    dataset = Path(dataset)
+    described = read_descriptor(dataset)
+    col = _Collector(config.max_reported)
+    if described.packed is not None:
+        raise InputError(f"{dataset}: not a sharded dataset (it names one directory)")
+    if len(reports) != len(described.shards):
+        col.add(
+            "shards",
+            f"{dataset}: lists {len(described.shards)} shards but "
+            f"{len(reports)} shard reports were given",
+        )
+    errors: list[Problem] = []
+    warned: list[Problem] = []
+    counts: dict[str, dict[str, int]] = {"error": {}, "warning": {}}
+    checks: list[str] = ["shards"]
+    skipped: dict[str, str] = {}
+    shards = []
+    start = 0
+    for k, (shard, report) in enumerate(zip(described.shards, reports, strict=False)):
+        n, t = described.shard_counts[k]
+        got = (report.summary.get("n_molecules"), report.summary.get("n_atoms_total"))
+        if shard.resolve() != Path(report.path).resolve():
+            col.add(
+                "shards",
+                f"{dataset}: shard {k} is {shard}, but its report is of {report.path}",
+            )
+        elif report.ok and got != (n, t):
+            col.add(
+                "shards",
+                f"{dataset}: shard {shard} has {got[0]} molecules and {got[1]} atoms, "
+                f"but the descriptor lists {n} and {t} (replaced after it was "
+                "described; rerun the workflow)",
+            )
+        for level, problems, into in (
+            ("error", report.errors, errors),
+            ("warning", report.warnings, warned),
+        ):
+            for p in problems:
+                into.append(_in_shard(p, report.path, start))
+            source = report.error_counts if level == "error" else report.warning_counts
+            for check, c in source.items():
+                counts[level][check] = counts[level].get(check, 0) + c
+        checks += [c for c in report.checks if c not in checks]
+        for check, why in report.skipped.items():
+            skipped.setdefault(check, f"{shard.name}: {why}")
+        shards.append(
+            {
+                "path": report.path,
+                "ok": report.ok,
+                "n_molecules": got[0],
+                "n_errors": report.n_errors,
+                "n_warnings": report.n_warnings,
+            }
+        )
+        start += n
+    for level, into in (("error", errors), ("warning", warned)):
+        into[:0] = col.listed[level]
+        for check, c in col.counts[level].items():
+            counts[level][check] = counts[level].get(check, 0) + c
+    summaries = [r.summary for r in reports]
+    summary: dict[str, Any] = {
+        "units": {"distance": "Angstrom", "energy": "eV", "forces": "eV/Angstrom"},
+        "n_shards": len(described.shards),
+        "n_molecules": int(sum(n for n, _ in described.shard_counts)),
+        "n_atoms_total": int(sum(t for _, t in described.shard_counts)),
+        "shards": shards,
+    }
+    if summaries and all("max_atoms" in s for s in summaries):
+        summary["max_atoms"] = max(s["max_atoms"] for s in summaries)
+    return ValidationReport(
+        path=str(dataset),
+        errors=tuple(errors),
+        warnings=tuple(warned),
+        error_counts={k: v for k, v in counts["error"].items() if v},
+        warning_counts={k: v for k, v in counts["warning"].items() if v},
+        summary=summary,
+        checks=tuple(checks),
+        skipped=skipped,
+        config=config,
+    )
+
+
+def _in_shard(problem: Problem, shard: str, start: int) -> Problem:
+    """A shard's problem as one of the dataset: the message names the shard (and
+    the molecule's dataset index), the molecule index is global."""
+    message = problem.message
+    if not message.startswith(shard):
+        message = f"{shard}: {message}"
+    if problem.molecule is None:
+        return dataclasses.replace(problem, message=message)
+    index = problem.molecule + start
+    return dataclasses.replace(
+        problem, molecule=index, message=f"{message} (dataset molecule {index})"
+    )
+
+
+def report_from_json(data: dict[str, Any], source: str | Path) -> ValidationReport:
+    """A report written by :meth:`ValidationReport.to_json` (``source``: its file,
+    for messages). Raises InputError when it is not one."""
+    try:
+        return ValidationReport(
+            path=str(data["path"]),
+            errors=tuple(Problem(**p) for p in data["errors"]),
+            warnings=tuple(Problem(**p) for p in data["warnings"]),
+            error_counts=dict(data["error_counts"]),
+            warning_counts=dict(data["warning_counts"]),
+            summary=dict(data["summary"]),
+            checks=tuple(data["checks"]),
+            skipped=dict(data["skipped"]),
+            config=cfg.ValidateConfig(**data["config"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{source}: not a validation report ({exc!r})") from exc
+
+
 def failed_report_path(output: Path) -> Path:
     """Where the report goes when validation fails (never at ``output`` itself, so
     that the workflow sees the stage fail): ``validation.json`` →
@@ -785,14 +926,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Integrity checks of a packed directory; writes a JSON report "
         "and exits non-zero when there are errors.",
     )
-    parser.add_argument("packed", type=Path, help="packed directory")
+    parser.add_argument(
+        "packed",
+        type=Path,
+        help="packed directory, or dataset descriptor (a sharded dataset: every "
+        "shard is checked)",
+    )
     parser.add_argument(
         "--output", type=Path, required=True, help="validation report (JSON)"
+    )
+    parser.add_argument(
+        "--shard-reports",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="combine these reports of the shards (in the descriptor's order; "
+        "failed ones included) into the sharded dataset's report, without "
+        "reading the shards again",
     )
     cfg.add_section_arguments(parser, cfg.ValidateConfig, "validate")
     args = parser.parse_args(argv)
     config = cfg.section_from_args(cfg.ValidateConfig, args, "validate")
-    report = validate_packed(args.packed, config)
+    if args.shard_reports:
+        reports = []
+        for path in args.shard_reports:
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise InputError(
+                    f"{path}: unreadable validation report ({exc})"
+                ) from exc
+            reports.append(report_from_json(data, path))
+        report = combine_shard_reports(args.packed, reports, config)
+    else:
+        report = validate_packed(args.packed, config)
     written = write_report(report, args.output)
     if not report.ok:
         raise InputError(f"{report.one_line()} (report: {written})")

@@ -37,6 +37,7 @@ from ase.data import chemical_symbols
 from physpack import __version__
 from physpack.atomic import StagedOutputs
 from physpack.config import LoaderConfig, ModelConfig, section_from_mapping
+from physpack.data.descriptor import open_dataset
 from physpack.data.loader import PackedMemmapLoader, from_config, read_split
 from physpack.data.packed import PackedDataset
 from physpack.errors import ConfigError, InputError, cli_entry
@@ -662,7 +663,7 @@ def evaluate(
         Nothing is written then.
     """
     ckpt = load_checkpoint(checkpoint)
-    dataset = PackedDataset(packed)
+    dataset = open_dataset(packed)
     split = Path(split)
     hist = plots.read_history(history) if history is not None else None
     loaders = _shared_budget_loaders(

@@ -44,6 +44,7 @@ import numpy as np
 from physpack import config as cfg
 from physpack.atomic import atomic_write_bytes
 from physpack.data.convert import convert_npz
+from physpack.data.descriptor import open_dataset
 from physpack.data.loader import from_config
 from physpack.data.packed import PackedDataset, PackedWriter
 from physpack.data.progress import Progress
@@ -72,7 +73,7 @@ def open_structures(
                 "dipole": data.dipole_unit,
             }
         units = {k: v for k, v in declared.items() if v is not None}
-        yield PackedDataset(path, units=units or None)
+        yield open_dataset(path, units=units or None)
         return
     with tempfile.TemporaryDirectory(prefix="physpack-predict-") as tmp:
         packed = Path(tmp) / "packed"

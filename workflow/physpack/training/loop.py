@@ -20,7 +20,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -35,8 +35,13 @@ from physpack.errors import PhyspackError
 from physpack.model.physnet import EnergyConstants, Params
 from physpack.training import parallel
 from physpack.training.history import write_history
-from physpack.training.losses import LossWeights, metrics_from_sums
-from physpack.training.optim import budget_horizon, learning_rate, plateau_transform
+from physpack.training.losses import LossWeights, metrics_from_sums, stage_weights
+from physpack.training.optim import (
+    budget_horizon,
+    in_energy_stage,
+    learning_rate,
+    plateau_transform,
+)
 from physpack.training.parallel import DataParallel
 from physpack.training.state import Progress, TrainState, new_epoch_sums
 from physpack.training.steps import STOP_KEY, Steps
@@ -122,6 +127,16 @@ class Run:
         return parallel.steps_per_epoch(
             self.train_loader.num_batches(epoch), self.dp.batches_per_step
         )
+
+    def loss_stage(self) -> int:
+        """1, or 2 once the next step is in the late energy stage."""
+        s = host(self.state)
+        return 2 if bool(in_energy_stage(self.cfg, s.accepted, s.horizon)) else 1
+
+    def weights_now(self) -> LossWeights:
+        """The loss weights of the next step (those of the late energy stage once
+        it has begun): the validation loss uses the same."""
+        return stage_weights(self.weights, self.cfg, self.loss_stage() == 2)
 
     def event(self, name: str, step: int) -> None:
         if self.on_event is not None:
@@ -218,13 +233,32 @@ class _Rate:
         return self.seconds / self.steps if self.steps else None
 
 
-def _place(
-    run: Run, group: Sequence[Mapping[str, np.ndarray]], stop: bool = False
-) -> dict[str, jax.Array]:
-    """This process's batches of one step, stacked and sharded over the mesh;
-    ``stop`` (this process got SIGTERM) rides along as :data:`STOP_KEY`."""
-    flag = np.float32(stop)
-    return parallel.shard_batches(run.dp, [{**b, STOP_KEY: flag} for b in group])
+def _placed_steps(run: Run, loader: PackedMemmapLoader) -> Iterator[dict[str, Any]]:
+    """The rest of ``loader``'s epoch as placed steps: this process assembles only
+    its own batches of each step (the loader's ``process_slots``), and they are
+    stacked and sharded over the mesh in the loader's prefetch thread, while the
+    previous step runs."""
+    return loader.packed_steps(
+        transfer=lambda group: parallel.shard_batches(run.dp, group)
+    )
+
+
+class _StopFlags:
+    """The per-device SIGTERM flags (:data:`STOP_KEY`) of a step, placed once: a
+    signal must reach the step taken after it, so the flag is not part of the
+    batches prepared ahead in the prefetch thread."""
+
+    def __init__(self, run: Run) -> None:
+        slots = run.dp.num_local_devices * run.dp.batches_per_device
+        self._placed = {
+            stop: parallel.shard_batches(
+                run.dp, [{STOP_KEY: np.float32(stop)}] * slots
+            )[STOP_KEY]
+            for stop in (False, True)
+        }
+
+    def __call__(self, stop: bool) -> jax.Array:
+        return self._placed[bool(stop)]
 
 
 def _train_epoch(run: Run, epoch: int, sigterm: SigtermFlag, rate: _Rate) -> None:
@@ -253,15 +287,24 @@ def _train_epoch(run: Run, epoch: int, sigterm: SigtermFlag, rate: _Rate) -> Non
     )
     pending: tuple[dict[str, jax.Array], int, bool] | None = None
     step = int(host(run.state.step))
-    batches = run.train_loader.packed_batches()
-    for group in parallel.local_step_batches(batches, run.dp):
-        compiling = run.steps.compilations["train_step"] == 0
-        batch = _place(run, group, sigterm.raised)
+    stop_flags = _StopFlags(run)
+    for placed in _placed_steps(run, run.train_loader):
+        traced = run.steps.compilations["train_step"]
+        batch = {**placed, STOP_KEY: stop_flags(sigterm.raised)}
+        t_call = time.monotonic()
         run.state, info = run.steps.train(run.state, batch, run.scale)
         step += 1
-        if compiling:  # keep compilation out of the throughput figures
+        # a new batch shape (the first step, the giant budget's first) compiles:
+        # kept out of the throughput figures
+        compiling = run.steps.compilations["train_step"] > traced
+        if compiling:
             jax.block_until_ready(info)
-            run.log(f"train step compiled and run in {time.monotonic() - t0:.1f} s")
+            run.log(
+                f"train step compiled ({run.steps.compilations['train_step']} "
+                f"shape(s) so far) and run in {time.monotonic() - t_call:.1f} s"
+            )
+            time_before += t_call - t0  # the steps before it keep their time
+            sums["time"] = time_before
             t0 = last_beat = time.monotonic()
         stop = alone and sigterm.raised
         if pending is not None:  # read the previous step: dispatch stays async
@@ -383,6 +426,17 @@ def _end_epoch(run: Run, epoch: int) -> None:
     """Validate the EMA parameters, record the epoch, keep the best, adapt the
     schedule, decide whether to stop, save the state."""
     p, sums, cfg = run.progress, run.progress.epoch_sums, run.cfg
+    stage = run.loss_stage()
+    if stage == 2 and (not p.history or p.history[-1].get("loss_stage", 1) == 1):
+        # The validation loss changes with the weights: the best model and the
+        # patience restart, so that best.ckpt is the late stage's best.
+        w = run.weights_now()
+        run.log(
+            f"epoch {epoch + 1}: late energy stage (train.energy_stage_start="
+            f"{cfg.energy_stage_start}): weights energy {w.energy:g}, forces "
+            f"{w.forces:g}; the best checkpoint restarts with this stage's loss"
+        )
+        p.best_loss, p.bad_epochs = math.inf, 0
     metrics, valid_s = validate(run, run.state.ema)
     accepted = max(sums["steps"] - sums["rejected"], 1.0)
     steady = sums["time"] / sums["timed_steps"] if sums["timed_steps"] else 0.0
@@ -393,6 +447,7 @@ def _end_epoch(run: Run, epoch: int) -> None:
         "train_loss": sums["loss_sum"] / max(sums["n_mol"], 1.0),
         **metrics,
         "lr": current_learning_rate(run),  # of the next step
+        "loss_stage": stage,
         "steps": int(sums["steps"]),
         "rejected_steps": int(sums["rejected"]),
         "grad_norm_mean": sums["grad_norm_sum"] / accepted,
@@ -485,12 +540,11 @@ def validate(run: Run, params: Params) -> tuple[dict[str, float], float]:
     compiled, is replaced by the mean of the others)."""
     totals: dict[str, float] = {}
     compiling = run.steps.compilations["eval_step"] == 0
-    batches = run.valid_loader.packed_batches()
     t0 = time.monotonic()
     t_first = t0
     n = 0
-    for group in parallel.local_step_batches(batches, run.dp):
-        sums = host(run.steps.eval(params, _place(run, group), run.scale))
+    for placed in _placed_steps(run, run.valid_loader):
+        sums = host(run.steps.eval(params, placed, run.scale))
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + float(v)
         n += 1
@@ -500,7 +554,7 @@ def validate(run: Run, params: Params) -> tuple[dict[str, float], float]:
     seconds = time.monotonic() - t0
     if compiling and n > 1:
         seconds = (time.monotonic() - t_first) * n / (n - 1)
-    return metrics_from_sums(totals, run.weights), seconds
+    return metrics_from_sums(totals, run.weights_now()), seconds
 
 
 def metric_text(m: Mapping[str, float]) -> str:

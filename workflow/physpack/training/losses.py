@@ -14,7 +14,9 @@ Loss of a batch (masked: padding atoms and molecule slots contribute nothing)::
 in eV², (eV/Å)² and (e·Å)²: ΔE per molecule divided by its number of atoms, ΔF
 per Cartesian force component, ΔD per dipole component; L_nh is PhysNet's
 non-hierarchicality penalty (:func:`physpack.model.physnet.nh_penalty`, a mean
-over real atoms and output channels). Every term is a sum and a
+over real atoms and output channels). With a late energy stage
+(``train.energy_stage_start``) the energy and force weights change to the stage's
+from that step on (:func:`stage_weights`). Every term is a sum and a
 count (:func:`loss_partials`), so sums over batches or devices followed by one
 division (:func:`combine_loss`) give the loss of the concatenated batch.
 """
@@ -29,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from physpack.config import TrainConfig
 from physpack.model.physnet import Params, PhysNet, energy_and_forces, nh_penalty_sum
 
 
@@ -41,10 +44,40 @@ class LossWeights:
     dipole: float
     nh: float = 0.0
 
-    def of(self, term: str) -> float:
+    def of(self, term: str) -> float | jax.Array:
         """The weight of ``term`` (``"energy"``, ``"forces"``, ``"dipole"`` or
-        ``"nh"``)."""
-        return float(getattr(self, term))
+        ``"nh"``): a float, or a traced float32 () inside a step with a late
+        energy stage."""
+        value = getattr(self, term)
+        return value if isinstance(value, jax.Array) else float(value)
+
+
+def stage_weights(
+    weights: LossWeights, cfg: TrainConfig, in_stage: bool | jax.Array
+) -> LossWeights:
+    """The weights in effect: ``weights``, or in the late energy stage its energy
+    and force weights replaced by ``cfg.energy_stage_energy_weight`` and
+    ``cfg.energy_stage_forces_weight`` (a term that is off, weight 0, stays off).
+
+    Args:
+        weights: the run's weights (which terms are on).
+        cfg: the train section.
+        in_stage: bool, or traced bool () inside a step
+            (:func:`physpack.training.optim.in_energy_stage`).
+    """
+    if cfg.energy_stage_start is None:
+        return weights
+    energy = cfg.energy_stage_energy_weight if weights.energy > 0 else 0.0
+    forces = cfg.energy_stage_forces_weight if weights.forces > 0 else 0.0
+    if isinstance(in_stage, jax.Array):
+        return dataclasses.replace(
+            weights,
+            energy=jnp.where(in_stage, energy, weights.energy),
+            forces=jnp.where(in_stage, forces, weights.forces),
+        )
+    if in_stage:
+        return dataclasses.replace(weights, energy=energy, forces=forces)
+    return weights
 
 
 def loss_partials(

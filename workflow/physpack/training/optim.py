@@ -139,6 +139,24 @@ def learning_rate(
     return jnp.where(count < warmup, warm, after)
 
 
+def in_energy_stage(
+    cfg: TrainConfig, count: jax.Array | int, horizon: jax.Array | int
+) -> jax.Array:
+    """Whether accepted step ``count`` is in the late energy stage: from
+    ``⌈energy_stage_start · horizon⌉`` on (never without ``energy_stage_start``).
+
+    Args:
+        count, horizon: int32 () as for :func:`learning_rate`.
+
+    Returns:
+        bool () array.
+    """
+    if cfg.energy_stage_start is None:
+        return jnp.zeros((), bool)
+    start = jnp.ceil(cfg.energy_stage_start * jnp.asarray(horizon, jnp.float32))
+    return jnp.asarray(count, jnp.float32) >= start
+
+
 def plateau_transform(cfg: TrainConfig) -> optax.GradientTransformationExtraArgs:
     """optax ``reduce_on_plateau`` fed once per epoch with the validation loss:
     the learning rate is multiplied by ``plateau_factor`` after

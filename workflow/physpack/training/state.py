@@ -31,7 +31,7 @@ import optax
 from flax import struct
 
 from physpack.config import LoaderConfig, ModelConfig, TrainConfig
-from physpack.data.packed import PackedDataset, sha256_file
+from physpack.data.packed import PackedDataset
 from physpack.errors import ConfigError
 from physpack.model.physnet import Params
 
@@ -217,16 +217,12 @@ def dataset_fingerprint(
     """sha256 over the dataset's contents (the manifest's per-file checksums, or
     offsets and energies for directories without one) and the split's subsets."""
     h = hashlib.sha256()
-    arrays = (dataset.manifest or {}).get("arrays")
-    if arrays and all("sha256" in v for v in arrays.values()):
-        h.update(
-            json.dumps(
-                {k: v["sha256"] for k, v in arrays.items()}, sort_keys=True
-            ).encode()
-        )
+    checksums = dataset.checksums()
+    if checksums is not None:
+        h.update(json.dumps(checksums, sort_keys=True).encode())
     else:
-        for name in ("offsets", "E"):
-            h.update(sha256_file(dataset.file_paths()[name]).encode())
+        for digest in dataset.content_digests():
+            h.update(digest.encode())
     h.update(np.ascontiguousarray(train_idx, "<i8").tobytes())
     h.update(b"|")
     h.update(np.ascontiguousarray(valid_idx, "<i8").tobytes())

@@ -19,8 +19,14 @@ import optax
 
 from physpack.config import TrainConfig
 from physpack.model.physnet import MODEL_INPUTS, EnergyConstants, Params, PhysNet
-from physpack.training.losses import LossWeights, combine_loss, eval_sums, loss_partials
-from physpack.training.optim import learning_rate
+from physpack.training.losses import (
+    LossWeights,
+    combine_loss,
+    eval_sums,
+    loss_partials,
+    stage_weights,
+)
+from physpack.training.optim import in_energy_stage, learning_rate
 from physpack.training.parallel import (
     DataParallel,
     data_parallel_sums,
@@ -76,7 +82,9 @@ def build_steps(
     """``train(state, batch, scale) -> (state, info)`` and
     ``eval(params, batch, scale) -> sums`` for one run.
 
-    ``state`` is a :class:`TrainState`, ``scale`` float32 () eV. A step whose loss
+    ``state`` is a :class:`TrainState`, ``scale`` float32 () eV. The loss
+    weights are ``weights``, or the late energy stage's from its first step on
+    (:func:`physpack.training.losses.stage_weights`; no recompilation). A step whose loss
     or gradient is not finite leaves params, optimiser state, EMA and the schedule
     counter unchanged (``info["finite"]`` False); ``step`` counts every step.
     ``info``: ``loss`` float32 (), ``finite`` bool, ``n_mol`` molecules of the
@@ -92,7 +100,10 @@ def build_steps(
     compilations = {"train_step": 0, "eval_step": 0}
 
     def loss_and_grad(
-        params: Params, batch: Mapping[str, jax.Array], scale: jax.Array
+        params: Params,
+        batch: Mapping[str, jax.Array],
+        scale: jax.Array,
+        now: LossWeights,
     ) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Params]:
         def partial_fn(p: Params, b: Mapping[str, jax.Array]) -> Any:
             sums, counts = loss_partials(p, model, b, scale, weights)
@@ -101,7 +112,7 @@ def build_steps(
             return sums, counts
 
         def combine(sums: Any, counts: Any) -> jax.Array:
-            return combine_loss(sums, counts, weights)
+            return combine_loss(sums, counts, now)
 
         if dp is not None:
             vg = data_parallel_value_and_grad(partial_fn, combine, dp.mesh)
@@ -118,7 +129,11 @@ def build_steps(
         state: TrainState, batch: Mapping[str, jax.Array], scale: jax.Array
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         compilations["train_step"] += 1  # runs at trace time only
-        (loss, counts), grads = loss_and_grad(state.params, batch, scale)
+        # the weights of this step: the late energy stage's from its start on
+        now = stage_weights(
+            weights, cfg, in_energy_stage(cfg, state.accepted, state.horizon)
+        )
+        (loss, counts), grads = loss_and_grad(state.params, batch, scale, now)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         lr = learning_rate(cfg, state.accepted, state.horizon) * state.lr_scale
@@ -133,9 +148,7 @@ def build_steps(
         decay = jnp.minimum(cfg.ema_decay, (1.0 + t) / (10.0 + t))
         # e + (1 - d)(p - e): the same average, and exactly e where p == e (frozen
         # parameters stay bit for bit what they were)
-        ema = jax.tree.map(
-            lambda e, p: e + (1.0 - decay) * (p - e), state.ema, params
-        )
+        ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state.ema, params)
         new_state = state.replace(
             params=keep(params, state.params),
             opt_state=keep(opt_state, state.opt_state),

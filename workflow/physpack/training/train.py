@@ -51,7 +51,8 @@ from physpack.config import (
     add_section_arguments,
     section_from_args,
 )
-from physpack.data.loader import from_config, read_split
+from physpack.data.descriptor import open_dataset
+from physpack.data.loader import ProcessSlots, from_config, read_split
 from physpack.data.packed import PackedDataset, sha256_file
 from physpack.errors import ConfigError, cli_entry
 from physpack.model import checkpoint as ckpt_io
@@ -173,7 +174,7 @@ def train(
     if main_process:
         for path in remove_orphans(output.parent, history.parent, state_dir):
             log(f"removed {path}, left by an interrupted write")
-    dataset = PackedDataset(packed)
+    dataset = open_dataset(packed)
     train_idx, valid_idx = _subset(Path(split), "train"), _subset(Path(split), "valid")
     fingerprint = dataset_fingerprint(dataset, train_idx, valid_idx)
     init = _init_checkpoint(train_cfg, model_cfg)
@@ -203,6 +204,12 @@ def train(
             "all nodes share"
         )
 
+    # Each process assembles only the batches of its own devices.
+    slots = ProcessSlots(
+        dp.batches_per_step,
+        first=dp.first_shard * dp.batches_per_device,
+        count=dp.num_local_devices * dp.batches_per_device,
+    )
     train_loader = from_config(
         dataset,
         loader_cfg,
@@ -210,6 +217,7 @@ def train(
         shuffle=True,
         seed=train_cfg.seed,
         indices=train_idx,
+        process_slots=slots,
     )
     valid_loader = from_config(
         dataset,
@@ -218,6 +226,7 @@ def train(
         shuffle=False,
         seed=train_cfg.seed,
         indices=valid_idx,
+        process_slots=slots,
     )
     has_dipole_loss = dataset.has("D") and model_cfg.charges
     weights = LossWeights(
@@ -314,8 +323,8 @@ def train(
         heartbeat_s=heartbeat_s,
         show_progress=progress and main_process,
     )
-    # The prefetch threads prepare the batches (float64 residuals) while the
-    # previous step runs; the main thread stacks one per device and places them.
+    # The prefetch threads prepare the batches (float64 residuals), stack them and
+    # place them on the devices while the previous step runs (loop._placed_steps).
     train_loader.device_put = lambda b: prepare_batch(b, constants)
 
     def prepare_checked(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
