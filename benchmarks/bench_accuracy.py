@@ -54,6 +54,8 @@ MD_TIMESTEP_FS = 0.5
 BOND_FACTOR = 1.2  # bonded: closer than this × (r_cov,i + r_cov,j) at the start
 BROKEN_STRETCH = 1.5  # broken: a bond longer than this × its starting length
 MACE_FLIP_FRACTION = 0.75
+#: physpack's NVE runs this long (the target), whatever --md-ps gives MACE
+PHYSPACK_MD_PS = 50.0
 
 
 def peak_rss_gib() -> float:
@@ -139,26 +141,21 @@ def error_metrics(
 def md_stability(
     molecules, make_calculator: Callable, picoseconds: float
 ) -> dict[str, float]:
-    """NVE at 300 K of each molecule (ASE atoms); stable/total and the mean
-    absolute total-energy drift of the stable runs [meV/atom/ps]."""
+    """NVE at 300 K of each molecule (ASE atoms) with ASE's velocity Verlet;
+    stable/total and the mean absolute total-energy drift of the stable runs
+    [meV/atom/ps]. Initial momenta from :func:`start_state`."""
     from ase import units
     from ase.data import covalent_radii
-    from ase.md.velocitydistribution import Stationary, thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
     steps = max(1, round(picoseconds * 1000 / MD_TIMESTEP_FS))
     check_every = min(20, steps)
     stable, drifts = 0, []
-    for k, start in enumerate(molecules):
-        atoms = start.copy()
+    for atoms in start_state(molecules):
         atoms.calc = make_calculator(atoms)
         r0 = atoms.get_all_distances()
         radii = covalent_radii[atoms.numbers]
         bonded = np.triu(r0 < BOND_FACTOR * (radii[:, None] + radii[None, :]), 1)
-        thermalize_momenta(
-            atoms, temperature_K=MD_TEMPERATURE_K, rng=np.random.default_rng(k)
-        )
-        Stationary(atoms)
         dyn = VelocityVerlet(atoms, timestep=MD_TIMESTEP_FS * units.fs)
         e0 = atoms.get_total_energy()
         broken = False
@@ -180,11 +177,145 @@ def md_stability(
     }
 
 
+def start_state(molecules) -> list:
+    """Each molecule (ASE atoms) with the test's initial momenta: Maxwell-Boltzmann
+    at :data:`MD_TEMPERATURE_K` from ``default_rng(k)``, centre of mass at rest (the
+    same draws as :func:`md_stability`)."""
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+
+    started = []
+    for k, start in enumerate(molecules):
+        atoms = start.copy()
+        thermalize_momenta(
+            atoms, temperature_K=MD_TEMPERATURE_K, rng=np.random.default_rng(k)
+        )
+        Stationary(atoms)
+        started.append(atoms)
+    return started
+
+
+def md_stability_jitted(
+    molecules, ckpt, picoseconds: float, also_at: float | None = None
+) -> dict[str, float]:
+    """:func:`md_stability` for a physpack checkpoint, integrated in JAX: the
+    molecules side by side in one packed batch (independent: no pair crosses
+    molecules), velocity Verlet (the algorithm of ASE's ``VelocityVerlet``) in
+    jitted blocks of 20 steps, the bond check after every block on the host. A
+    broken molecule is frozen (not integrated further). Same molecules, initial
+    momenta, time step and criterion as :func:`md_stability`; fast enough for
+    the 50 ps target. ``also_at`` [ps]: stable count at that time as well."""
+    import jax
+    import jax.numpy as jnp
+    from ase import units
+    from ase.data import covalent_radii
+    from physpack.model.physnet import (
+        device_inputs,
+        energy_and_forces,
+        molecules_to_batch,
+    )
+
+    started = start_state(molecules)
+    batch = molecules_to_batch(
+        [{"Z": a.numbers, "R": a.positions.astype(np.float32)} for a in started]
+    )
+    inputs = device_inputs(batch)
+    n = [len(a) for a in started]
+    A = batch["Z"].shape[0]
+    real = np.asarray(batch["atom_mask"])
+    masses = np.ones(A)
+    masses[real] = np.concatenate([a.get_masses() for a in started])
+    velocities = np.zeros((A, 3))
+    velocities[real] = np.concatenate([a.get_velocities() for a in started])
+    params, model = jax.device_put(ckpt.params), ckpt.model
+    scale = jnp.float32(ckpt.constants.scale)
+    dt = MD_TIMESTEP_FS * units.fs
+    inv_m = jnp.asarray(1.0 / masses, jnp.float32)[:, None]
+    segments = np.asarray(batch["batch_segments"])
+
+    def forces(r):
+        out = energy_and_forces(params, model, {**inputs, "R": r}, scale)
+        return out["forces"], out["energy_residual"]
+
+    @jax.jit
+    def block(r, v, f, active):
+        move = active[inputs["batch_segments"]][:, None] & inputs["atom_mask"][:, None]
+
+        def step(_, state):
+            r, v, f = state
+            v_half = v + 0.5 * dt * f * inv_m
+            r_new = jnp.where(move, r + dt * v_half, r)
+            f_new, _ = forces(r_new)
+            v_new = jnp.where(move, v_half + 0.5 * dt * f_new * inv_m, v)
+            return r_new, v_new, f_new
+
+        r, v, f = jax.lax.fori_loop(0, 20, step, (r, v, f))
+        return r, v, f, forces(r)[1]
+
+    def total_energy(e_res, v):
+        kinetic = np.bincount(
+            segments,
+            0.5 * masses * (np.asarray(v, np.float64) ** 2).sum(1),
+            minlength=len(n) + 1,
+        )[: len(n)]
+        return np.asarray(e_res, np.float64)[: len(n)] + kinetic
+
+    r = jnp.asarray(batch["R"])
+    v = jnp.asarray(velocities, jnp.float32)
+    f, e_res = forces(r)
+    e0 = total_energy(e_res, v)
+    r0 = [a.get_all_distances() for a in started]
+    bonded = []
+    for a, d in zip(started, r0, strict=True):
+        radii = covalent_radii[a.numbers]
+        bonded.append(np.triu(d < BOND_FACTOR * (radii[:, None] + radii[None, :]), 1))
+    starts = np.concatenate([[0], np.cumsum(n)])
+    active = np.ones(len(n) + 1, bool)
+    active[-1] = False
+    blocks = max(1, round(picoseconds * 1000 / MD_TIMESTEP_FS / 20))
+    check_at = None if also_at is None else round(also_at * 1000 / MD_TIMESTEP_FS / 20)
+    stable_then = None
+    t0 = time.perf_counter()
+    for b in range(1, blocks + 1):
+        r, v, f, e_res = block(r, v, f, jnp.asarray(active))
+        pos = np.asarray(r, np.float64)
+        for k in np.flatnonzero(active[:-1]):
+            x = pos[starts[k] : starts[k + 1]]
+            d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+            stretch = d[bonded[k]] / r0[k][bonded[k]]
+            if not np.all(np.isfinite(stretch)) or stretch.max() > BROKEN_STRETCH:
+                active[k] = False
+        if b == check_at:
+            stable_then = int(active[:-1].sum())
+    e_end = total_energy(e_res, v)
+    drift = 1e3 * np.abs(e_end - e0) / np.asarray(n) / picoseconds
+    ok = active[:-1]
+    result = {
+        "md_stable": int(ok.sum()),
+        "md_total": len(n),
+        "md_ps": picoseconds,
+        "md_drift_meV_per_atom_ps": float(drift[ok].mean())
+        if ok.any()
+        else float("nan"),
+        "md_seconds": time.perf_counter() - t0,
+    }
+    if stable_then is not None:
+        result["md_stable_at"] = {f"{also_at:g}": stable_then}
+    return result
+
+
 # ------------------------------------------------------------------ physpack
 
 
-def run_physpack(paths: dict, work: Path, minutes: float, md_ps: float) -> dict:
-    """Train the shipped recipe for ``minutes``, evaluate on test, run MD."""
+def run_physpack(
+    paths: dict,
+    work: Path,
+    minutes: float,
+    md_ps: float,
+    settings: list[str],
+    variant: str,
+) -> dict:
+    """Train the shipped recipe (with ``settings``) for ``minutes``, evaluate on
+    test, run MD."""
     import yaml
     from ase.io import read
     from physpack.config import (
@@ -195,17 +326,17 @@ def run_physpack(paths: dict, work: Path, minutes: float, md_ps: float) -> dict:
     )
     from physpack.data.loader import PackedMemmapLoader
     from physpack.evaluation.evaluate import predict_split
-    from physpack.model.calculator import PhysNetCalculator
     from physpack.model.checkpoint import load
     from physpack.training.train import train
 
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = apply_settings(config, settings)
     model_cfg = section_from_mapping(ModelConfig, config.get("model"), "model")
     loader_cfg = section_from_mapping(LoaderConfig, config.get("loader"), "loader")
     train_cfg = section_from_mapping(
         TrainConfig, {**config.get("train", {}), "max_minutes": minutes}, "train"
     )
-    out = work / "physpack"
+    out = work / (f"physpack-{variant}" if variant else "physpack")
     out.mkdir(exist_ok=True)
     start = time.perf_counter()
     result = train(
@@ -236,11 +367,12 @@ def run_physpack(paths: dict, work: Path, minutes: float, md_ps: float) -> dict:
         pred.E_true, pred.E_pred, pred.n_atoms, pred.F_true, pred.F_pred
     )
     params = sum(int(np.size(a)) for a in _leaves(ckpt.params))
-    md = md_stability(
-        read(paths["md"], index=":"), lambda _: PhysNetCalculator(ckpt), md_ps
+    md = md_stability_jitted(
+        read(paths["md"], index=":"), ckpt, max(md_ps, PHYSPACK_MD_PS), also_at=md_ps
     )
     return {
-        "name": "physpack (shipped config)",
+        "name": f"physpack ({variant or 'shipped config'})",
+        "settings": settings,
         **metrics,
         "structures_per_s": throughput,
         "epochs": result.epochs,
@@ -377,14 +509,30 @@ def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
 RUNS = ("physpack", "mace", "mace-flip")
 
 
-def result_path(work: Path, kind: str, minutes: float) -> Path:
+def result_path(work: Path, kind: str, minutes: float, variant: str = "") -> Path:
     """Where a run's result dict is kept in the work directory."""
-    return work / f"{kind}-{minutes:g}min.json"
+    tag = f"-{variant}" if variant else ""
+    return work / f"{kind}{tag}-{minutes:g}min.json"
+
+
+def apply_settings(config: dict, settings: list[str]) -> dict:
+    """``config`` with ``section.key=value`` settings (values parsed as YAML)."""
+    import yaml
+
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for item in settings:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not name:
+            raise SystemExit(f"--physpack-set {item!r}: expected section.key=value")
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
 
 
 def run_worker(kind: str, python: str, work: Path, args: argparse.Namespace) -> dict:
     """One training in its own process; returns its result dict."""
-    result = result_path(work, kind, args.minutes)
+    variant = args.physpack_variant if kind == "physpack" else ""
+    result = result_path(work, kind, args.minutes, variant)
     cmd = [
         python,
         __file__,
@@ -397,6 +545,9 @@ def run_worker(kind: str, python: str, work: Path, args: argparse.Namespace) -> 
         "--md-ps",
         str(args.md_ps),
     ]
+    if kind == "physpack":
+        cmd += ["--physpack-variant", variant]
+        cmd += [f"--physpack-set={item}" for item in args.physpack_set]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow")}
     subprocess.run(cmd, check=True, env=env)
     return json.loads(result.read_text())
@@ -421,7 +572,10 @@ def print_table(results: list[dict], minutes: float) -> None:
         cells = []
         for r in results:
             if key is None:
-                cells.append(f"{r['md_stable']}/{r['md_total']} in {r['md_ps']:g} ps")
+                text = f"{r['md_stable']}/{r['md_total']} in {r['md_ps']:g} ps"
+                for at, count in r.get("md_stable_at", {}).items():
+                    text = f"{count}/{r['md_total']} in {at} ps, {text}"
+                cells.append(text)
             else:
                 cells.append(fmt.format(r[key]))
         print(f"{label:{width}s}" + "".join(f"{c:>32s}" for c in cells))
@@ -443,17 +597,36 @@ def main() -> None:
         help="comma-separated runs to train now; with --workdir, the table also "
         "shows the other runs' results kept there for the same --minutes",
     )
+    parser.add_argument(
+        "--physpack-set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="train physpack with this setting changed from config.yaml "
+        "(repeatable; give --physpack-variant a name for the run)",
+    )
+    parser.add_argument(
+        "--physpack-variant", default="", help="name of the physpack variant"
+    )
     parser.add_argument("--worker", choices=RUNS)
     args = parser.parse_args()
     if args.worker:
         paths = json.loads((args.workdir / "paths.json").read_text())
         if args.worker == "physpack":
-            result = run_physpack(paths, args.workdir, args.minutes, args.md_ps)
+            result = run_physpack(
+                paths,
+                args.workdir,
+                args.minutes,
+                args.md_ps,
+                args.physpack_set,
+                args.physpack_variant,
+            )
         else:
             result = run_mace(
                 paths, args.minutes, args.md_ps, flip=args.worker == "mace-flip"
             )
-        result_path(args.workdir, args.worker, args.minutes).write_text(
+        variant = args.physpack_variant if args.worker == "physpack" else ""
+        result_path(args.workdir, args.worker, args.minutes, variant).write_text(
             json.dumps(result)
         )
         return
@@ -469,14 +642,23 @@ def main() -> None:
         unknown = sorted(set(chosen) - set(RUNS))
         if unknown:
             parser.error(f"--runs: unknown {unknown}; choose from {list(RUNS)}")
+        if args.physpack_set and not args.physpack_variant:
+            parser.error("--physpack-set needs --physpack-variant NAME")
         results = []
         for kind in RUNS:
             python = sys.executable if kind == "physpack" else args.mace_python
-            kept = result_path(work, kind, args.minutes)
             if kind in chosen and python:
                 results.append(run_worker(kind, python, work, args))
-            elif kept.exists():
-                results.append(json.loads(kept.read_text()))
+            kept = sorted(work.glob(f"{kind}*-{args.minutes:g}min.json"))
+            if kind == "physpack":  # the shipped recipe first, then variants
+                kept.sort(key=lambda p: p.name != f"physpack-{args.minutes:g}min.json")
+            done = {r["name"] for r in results}
+            for path in kept:
+                if path.name.startswith("mace-flip") and kind == "mace":
+                    continue
+                kept_result = json.loads(path.read_text())
+                if kept_result["name"] not in done:
+                    results.append(kept_result)
         print_table(results, args.minutes)
 
 

@@ -28,6 +28,12 @@ unpadding, dtype conversion, writing, checks). Temporary files are removed at th
 end unless ``--keep``.
 
     python benchmarks/bench_convert.py [--size-gb 2] [--repeats 3] [--profile]
+
+``--parallel 1,2`` measures sharded conversion instead: the same molecules as
+``P`` shard NPZs of ``size/P`` each, converted by ``P`` concurrent ``physpack
+convert`` processes (as Snakemake runs the ``convert_shard`` jobs), against
+today's converter on the one NPZ, in turn: aggregate throughput and the peak RSS
+of one job.
 """
 
 from __future__ import annotations
@@ -195,6 +201,105 @@ def profile(npz: Path, out: Path, chunk_mb: float, env: dict[str, str]) -> dict:
     return phases
 
 
+def measure_parallel(
+    cmds: list[list[str]], env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Run ``cmds`` concurrently (each in its wrapper); wall time of all [s], the
+    largest peak RSS of one [MB], CPU seconds of all."""
+    wrapper = [sys.executable, __file__, "--_measure", "--"]
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen([*wrapper, *c], stdout=subprocess.PIPE, text=True, env=env)
+        for c in cmds
+    ]
+    outs = [p.communicate()[0] for p in procs]
+    wall = time.perf_counter() - start
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"a conversion failed: {outs}")
+    got = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    return {
+        "seconds": wall,
+        "cpu_seconds": sum(g["cpu_seconds"] for g in got),
+        "peak_rss_MB": max(g["peak_rss_MB"] for g in got),
+    }
+
+
+def run_parallel(
+    size_gb: float,
+    workdir: Path | None,
+    chunk_mb: float,
+    n_base: int,
+    repeats: int,
+    baseline_rev: str,
+    jobs: list[int],
+) -> None:
+    """Sharded conversion with ``P`` concurrent jobs for each ``P`` of ``jobs``,
+    beside today's converter on the single NPZ of the same molecules."""
+    from physpack.data.synthetic import write_padded_npz
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_convert_par_", dir=workdir))
+    try:
+        reps = max(1, round(size_gb * 1e9 / BYTES_PER_MOLECULE / n_base))
+        reps -= reps % int(np.lcm.reduce(jobs))  # equal shards for every P
+        reps = max(reps, int(np.lcm.reduce(jobs)))
+        write_padded_npz(tmp / "base.npz", n_base, seed=0, amax=29)
+        whole = tiled_npz(tmp / "base.npz", tmp / "whole.npz", reps)
+        shards = {
+            P: [
+                tiled_npz(tmp / "base.npz", tmp / f"p{P}_{k}.npz", reps // P)
+                for k in range(P)
+            ]
+            for P in jobs
+            if P > 1
+        }
+        shards[1] = [whole]
+        npz_mb = whole.stat().st_size / 1e6
+        print(f"synthetic NPZ: {reps * n_base} molecules, {npz_mb:.0f} MB")
+        old_path = export_baseline(baseline_rev, tmp / "baseline")
+        flags = ["--no-progress", "--chunk-mb", str(chunk_mb)]
+        convert = [sys.executable, "-m", "physpack.data.convert"]
+        results: dict[str, list[dict[str, float]]] = {"today": []}
+        results |= {f"new x{P}": [] for P in jobs}
+        today_env = {**os.environ, "PYTHONPATH": str(old_path)}
+        for _ in range(repeats):
+            out = tmp / "today_out"
+            shutil.rmtree(out, ignore_errors=True)
+            results["today"].append(
+                measure([*convert, str(whole), str(out), *flags], today_env)
+            )
+            for P in jobs:
+                outs = [tmp / f"new{P}_{k}" for k in range(P)]
+                for o in outs:
+                    shutil.rmtree(o, ignore_errors=True)
+                cmds = [
+                    [*convert, str(f), str(o), *flags] for f, o in zip(shards[P], outs)
+                ]
+                results[f"new x{P}"].append(measure_parallel(cmds))
+        print(
+            f"\n{'method':<48} {'best [s]':>9} {'MB/s':>7} {'vs today':>9} "
+            f"{'CPU [s]':>8} {'RSS/job [MB]':>13}"
+        )
+        best_today = min(m["seconds"] for m in results["today"])
+        for name, ms in results.items():
+            best = min(m["seconds"] for m in ms)
+            label = (
+                f"today's convert ({baseline_rev}), one NPZ"
+                if name == "today"
+                else f"physpack convert, {name[5:]} shard job(s) at once"
+            )
+            print(
+                f"{label:<48} {best:9.2f} {npz_mb / best:7.0f} "
+                f"{best_today / best:8.2f}x {min(m['cpu_seconds'] for m in ms):8.2f} "
+                f"{max(m['peak_rss_MB'] for m in ms):13.0f}"
+            )
+        print(
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+            f"best of {repeats}"
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run(
     size_gb: float,
     workdir: Path | None,
@@ -321,7 +426,24 @@ def main() -> int:
     )
     parser.add_argument("--naive", action="store_true", help="also the np.load way")
     parser.add_argument("--profile", action="store_true", help="time per phase")
+    parser.add_argument(
+        "--parallel",
+        default=None,
+        help="comma-separated job counts: sharded conversion with that many "
+        "concurrent shard jobs (e.g. 1,2)",
+    )
     args = parser.parse_args()
+    if args.parallel:
+        run_parallel(
+            args.size_gb,
+            args.workdir,
+            args.chunk_mb,
+            args.base_molecules,
+            args.repeats,
+            args.baseline_rev,
+            [int(p) for p in args.parallel.split(",")],
+        )
+        return 0
     run(
         args.size_gb,
         args.workdir,

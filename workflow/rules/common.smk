@@ -196,10 +196,13 @@ def stage_code(stage):
     return [f"{PACKAGE}/{name}" for name in sorted(files)]
 
 
-def section(name):
+def section(name, keys=None):
     """The config section ``name`` as canonical JSON: the rule's ``params`` trigger
-    then sees exactly this section, and nothing else."""
-    return json.dumps(config.get(name, {}), sort_keys=True)
+    then sees exactly this section (or only its ``keys``), and nothing else."""
+    values = config.get(name, {})
+    if keys is not None:
+        values = {k: v for k, v in values.items() if k in keys}
+    return json.dumps(values, sort_keys=True)
 
 
 def log_path(rule_name):

@@ -198,7 +198,7 @@ rule packing_stats:
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         loader=section("loader"),
-        model=section("model"),
+        model=section("model", keys=("cutoff", "charges")),
     shell:
         "python -m physpack stats {input.packed:q} --json {output.json:q}"
         " --markdown {output.md:q}"
