@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -144,22 +143,6 @@ def test_small_buckets_and_fixed_width(tiny) -> None:
     atom_eff, pair_eff, _ = _brute_dense(12)
     assert s["padding"]["dense"]["atom_efficiency"] == pytest.approx(atom_eff)
     assert s["bytes"]["padded_width"] == 12
-
-
-def test_estimate_without_loader(tiny, monkeypatch) -> None:
-    path, _ = tiny
-    monkeypatch.setitem(sys.modules, "physpack.data.loader", None)  # import fails
-    s = stats.packing_stats(path, LoaderConfig(batch_size=B))
-    packed = s["padding"]["packed"]
-    assert packed["source"] == "estimate"
-    d = packed["details"]
-    assert d["max_atoms"] > max(SIZES)
-    # every atom and pair fits the slots counted
-    assert packed["n_batches"] * (d["max_atoms"] - 1) >= sum(SIZES)
-    assert packed["n_batches"] * d["max_pairs"] >= sum(k * (k - 1) for k in SIZES)
-    assert packed["atom_efficiency"] == pytest.approx(
-        sum(SIZES) / (packed["n_batches"] * d["max_atoms"])
-    )
 
 
 def test_directory_without_manifest(tmp_path: Path) -> None:

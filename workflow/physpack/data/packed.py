@@ -411,6 +411,10 @@ class PackedDataset:
         for start, stop in molecule_chunks(offsets, max_atoms):
             yield AtomChunk(start, stop, offsets[start : stop + 1])
 
+    def stored_bytes(self) -> int:
+        """Bytes of every file of the directory (arrays, offsets, manifest)."""
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
     def checksums(self) -> dict[str, str] | None:
         """sha256 of every array file, by key, from the manifest; ``None`` when the
         manifest lacks them (older directories)."""

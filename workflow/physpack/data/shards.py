@@ -239,6 +239,9 @@ class ShardedDataset(PackedDataset):
             for start, stop in molecule_chunks(offsets, max_atoms):
                 yield AtomChunk(m0 + start, m0 + stop, offsets[start : stop + 1] + a0)
 
+    def stored_bytes(self) -> int:
+        return sum(shard.stored_bytes() for shard in self.shards)
+
     def checksums(self) -> dict[str, str] | None:
         parts: dict[str, str] = {}
         for s, shard in enumerate(self.shards):

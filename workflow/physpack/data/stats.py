@@ -297,7 +297,7 @@ def packing_stats(
             "max": f_max,
         }
         stats["force_magnitude"] = forces
-    packed = sum(f.stat().st_size for f in ds.file_paths().values())
+    packed = ds.stored_bytes()
     padded = padded_bytes(ds.n_molecules, width, ds.F is not None, ds.D is not None)
     stats["bytes"] = {
         "packed_MB": packed / MB,

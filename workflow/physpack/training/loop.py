@@ -447,7 +447,6 @@ def _end_epoch(run: Run, epoch: int) -> None:
         "train_loss": sums["loss_sum"] / max(sums["n_mol"], 1.0),
         **metrics,
         "lr": current_learning_rate(run),  # of the next step
-        "loss_stage": stage,
         "steps": int(sums["steps"]),
         "rejected_steps": int(sums["rejected"]),
         "grad_norm_mean": sums["grad_norm_sum"] / accepted,
@@ -458,6 +457,8 @@ def _end_epoch(run: Run, epoch: int) -> None:
         "valid_time_s": valid_s,
         "wall_time_s": run.elapsed(),
     }
+    if cfg.energy_stage_start is not None:
+        row["loss_stage"] = stage  # 1, or 2: the late energy stage
     p.history.append(row)
     improved = metrics["valid_loss"] < p.best_loss  # False for NaN
     if improved:
