@@ -7,10 +7,12 @@ QM9-sized molecules through the data stages, each measured in its own process.
    Snakemake runs the ``convert_shard`` jobs) and described
    (``results/data/dataset.json``-style descriptor);
 3. ``physpack split``, ``physpack stats`` and one epoch of the training loader
-   (every packed batch of the whole dataset assembled, pairs within 5 Å, no model)
+   (every packed batch of the whole dataset assembled, no model)
    run on the sharded dataset, each in a fresh process: wall time, peak RSS, and
    the loader's index memory per molecule (RSS after building the loader minus
-   RSS after opening the dataset).
+   RSS after opening the dataset). Batches of 32 molecules with all pairs (the
+   loader benchmarks' setting; pairs within the cutoff add a counting pass over
+   the positions and a neighbour search per batch).
 
 Beside each figure the same stage on one shard (``1/S`` of the data) is printed:
 the ratio shows whether time grows linearly and memory stays flat.
@@ -50,7 +52,7 @@ def rss_mb():
 
 stage, path, out = sys.argv[1], sys.argv[2], sys.argv[3]
 import physpack.data.loader, physpack.data.split, physpack.data.stats
-from physpack.config import LoaderConfig, ModelConfig, SplitConfig
+from physpack.config import LoaderConfig, SplitConfig
 from physpack.data.descriptor import open_dataset
 base = rss_mb()
 t0 = time.perf_counter()
@@ -59,17 +61,13 @@ if stage == "split":
     split = physpack.data.split.make_split(path, SplitConfig(valid=0.05, test=0.05))
     result["n_train"] = int(split.train.size)
 elif stage == "stats":
-    stats = physpack.data.stats.packing_stats(
-        path, LoaderConfig(batch_size=32), model=ModelConfig(cutoff=5.0)
-    )
+    stats = physpack.data.stats.packing_stats(path, LoaderConfig(batch_size=32))
     result["packed_atom_efficiency"] = stats["padding"]["packed"]["atom_efficiency"]
     result["packed_pair_efficiency"] = stats["padding"]["packed"]["pair_efficiency"]
 elif stage == "epoch":
     ds = open_dataset(path)
     opened = rss_mb()
-    loader = physpack.data.loader.PackedMemmapLoader(
-        ds, batch_size=32, pairs="cutoff", cutoff=5.0, prefetch=2
-    )
+    loader = physpack.data.loader.PackedMemmapLoader(ds, batch_size=32, prefetch=2)
     built = rss_mb()
     result["index_bytes_per_molecule"] = (built - opened) * 2**20 / ds.n_molecules
     result["open_MB"] = opened - base
