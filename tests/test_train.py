@@ -490,18 +490,3 @@ def test_giant_molecules_train_in_their_own_budget_compiled_once(toy, tmp_path):
     result = run(tmp_path, toy, dataclasses.replace(TRAIN, epochs=2), loader_cfg=loader)
     assert result.compilations == {"train_step": 2, "eval_step": 2}
     assert result.steps == sum(train_loader.num_batches(e) for e in range(2))
-
-
-def test_the_budget_horizon_shortens_when_epochs_become_slower():
-    from physpack.training.optim import revised_horizon
-
-    cfg = dataclasses.replace(TRAIN, epochs=1000, max_minutes=10.0)
-    # 20 epochs of 10 s done in 200 s, 100 steps each: 40 more fit the 600 s
-    assert revised_horizon(cfg, 6000, 2000, 100, 200.0, [10.0] * 20) == 6000
-    # the last ten epochs took 20 s: 20 more fit, the horizon becomes 4000 steps
-    times = [10.0] * 10 + [20.0] * 10
-    assert revised_horizon(cfg, 6000, 2000, 100, 200.0, times) == 4000
-    # faster epochs never lengthen it; the epochs cap still holds
-    assert revised_horizon(cfg, 3000, 2000, 100, 200.0, [5.0] * 20) == 3000
-    capped = dataclasses.replace(cfg, epochs=25)
-    assert revised_horizon(capped, 6000, 2000, 100, 200.0, [10.0] * 20) == 2500

@@ -41,7 +41,6 @@ from physpack.training.optim import (
     in_energy_stage,
     learning_rate,
     plateau_transform,
-    revised_horizon,
 )
 from physpack.training.parallel import DataParallel
 from physpack.training.state import Progress, TrainState, new_epoch_sums
@@ -497,9 +496,8 @@ def _end_epoch(run: Run, epoch: int) -> None:
 
 def _adapt_schedule(run: Run, epoch: int, valid_loss: float, epoch_s: float) -> None:
     """After the first epoch of a run with ``max_minutes``: the cosine horizon
-    becomes the budget's estimated steps; after each later one it is shortened
-    when the epochs have become slower (:func:`revised_horizon`). Every epoch
-    with ``plateau``: the validation loss drives the learning-rate factor."""
+    becomes the budget's estimated steps. Every epoch with ``plateau``: the
+    validation loss drives the learning-rate factor."""
     cfg = run.cfg
     if (
         epoch == 0
@@ -518,25 +516,6 @@ def _adapt_schedule(run: Run, epoch: int, valid_loss: float, epoch_s: float) -> 
             f"{horizon} steps ({horizon / max(run.steps_per_epoch(0), 1):.0f} epochs "
             "estimated to fit the budget)"
         )
-    elif (
-        cfg.max_minutes is not None
-        and cfg.schedule == "cosine"
-        and run.progress.horizon_estimated
-    ):
-        s = host(run.state)
-        horizon = revised_horizon(
-            cfg,
-            int(s.horizon),
-            int(s.accepted),
-            run.steps_per_epoch(),
-            run.elapsed(),
-            [*(r["epoch_time_s"] for r in run.progress.history), epoch_s],
-        )
-        horizon = int(parallel.broadcast_from_main(np.int32(horizon)))
-        if horizon < int(s.horizon):
-            run.state = run.state.replace(
-                horizon=parallel.replicate(run.dp, np.int32(horizon))
-            )
     if cfg.schedule == "plateau":
         tx = plateau_transform(cfg)
         init = tx.init(jnp.zeros(()))

@@ -157,39 +157,6 @@ def in_energy_stage(
     return jnp.asarray(count, jnp.float32) >= start
 
 
-def revised_horizon(
-    cfg: TrainConfig,
-    horizon: int,
-    steps_done: int,
-    steps_per_epoch: int,
-    elapsed_s: float,
-    epoch_times_s: list[float],
-) -> int:
-    """The schedule horizon of a ``max_minutes`` run after a later epoch: the
-    first epoch's estimate (:func:`budget_horizon`) shortened when the epochs have
-    become slower, so that the learning rate still anneals by the end of the
-    budget. Only ever shortened (a horizon that grew could move the late energy
-    stage's start past steps already taken in it), and from the mean of the last
-    (up to 10) epoch times, so that one slow epoch does not cut it.
-
-    Args:
-        horizon: the current horizon (steps).
-        steps_done: optimisation steps taken.
-        steps_per_epoch: steps of one epoch.
-        elapsed_s: seconds of the run so far.
-        epoch_times_s: seconds of each finished epoch (steps and validation).
-    """
-    assert cfg.max_minutes is not None
-    recent = [t for t in epoch_times_s[-10:] if t > 0]
-    if not recent:
-        return horizon
-    epoch_s = sum(recent) / len(recent)
-    more = math.floor(max(60.0 * cfg.max_minutes - elapsed_s, 0.0) / epoch_s)
-    epochs_left = max(cfg.epochs - len(epoch_times_s), 0)
-    estimate = steps_done + min(more, epochs_left) * steps_per_epoch
-    return max(min(horizon, estimate), 1)
-
-
 def plateau_transform(cfg: TrainConfig) -> optax.GradientTransformationExtraArgs:
     """optax ``reduce_on_plateau`` fed once per epoch with the validation loss:
     the learning rate is multiplied by ``plateau_factor`` after
