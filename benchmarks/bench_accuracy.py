@@ -592,7 +592,8 @@ def print_table(results: list[dict], minutes: float) -> None:
             if key is None:
                 text = f"{r['md_stable']}/{r['md_total']} in {r['md_ps']:g} ps"
                 for at, count in r.get("md_stable_at", {}).items():
-                    text = f"{count}/{r['md_total']} in {at} ps, {text}"
+                    if float(at) != r["md_ps"]:
+                        text = f"{count}/{r['md_total']} in {at} ps, {text}"
                 cells.append(text)
             else:
                 cells.append(fmt.format(r[key]))

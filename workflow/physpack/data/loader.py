@@ -923,12 +923,13 @@ class PackedMemmapLoader:
         # per-atom arrays gather atom rows, per-molecule arrays molecule rows
         gathers = ((("Z", "R", "F"), A, atom_src, t), (("E", "Qtot", "D"), M, ids, k))
         for keys, slots, rows, used in gathers:
+            cache: dict[int, Any] = {}  # the rows' partition into shards, if any
             for key in keys:
                 if key not in self._data:
                     continue
                 src = self._data[key]
                 arr = np.zeros((slots, *src.shape[1:]), dtype=src.dtype)
-                gather(src, rows, arr[:used])
+                gather(src, rows, arr[:used], cache)
                 if key in self._scale:
                     arr[:used] *= arr.dtype.type(self._scale[key])
                 out[key] = arr

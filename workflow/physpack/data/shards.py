@@ -117,31 +117,65 @@ class ShardedArray:
         self.take(rows.reshape(-1), out.reshape(-1, *self._trailing))
         return out
 
-    def take(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """``out[j] = self[rows[j]]`` for int ``rows`` (k,) in range; ``out``
-        (k, ...) of this dtype. One gather per shard the rows touch."""
+    def partition(self, rows: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """``[(shard, where, local), ...]``: the positions ``where`` of ``rows``
+        (int (k,)) that lie in each shard and their rows there. Arrays with the
+        same shard sizes share it (one partition per batch for Z, R and F)."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
-            return out
+            return []
         shard = np.searchsorted(self.starts, rows, side="right") - 1
         lo, hi = int(shard.min()), int(shard.max())
-        if lo == hi:  # the common case: a batch from one shard
-            local = rows - self.starts[lo]
-            np.take(self.parts[lo], local, axis=0, out=out, mode="clip")
+        if lo == hi:
+            return [(lo, slice(None), rows - self.starts[lo])]
+        order = np.argsort(shard, kind="stable")
+        bounds = np.searchsorted(shard[order], np.arange(lo, hi + 2))
+        parts = []
+        for s in range(lo, hi + 1):
+            a, b = bounds[s - lo], bounds[s - lo + 1]
+            if b > a:
+                where = order[a:b]
+                parts.append((s, where, rows[where] - self.starts[s]))
+        return parts
+
+    def take(
+        self,
+        rows: np.ndarray,
+        out: np.ndarray,
+        parts: list[tuple[int, np.ndarray, np.ndarray]] | None = None,
+    ) -> np.ndarray:
+        """``out[j] = self[rows[j]]`` for int ``rows`` (k,) in range; ``out``
+        (k, ...) of this dtype. One gather per shard the rows touch; ``parts``:
+        :meth:`partition` of ``rows``, when already made for another array."""
+        if parts is None:
+            parts = self.partition(rows)
+        for s, where, local in parts:
+            if isinstance(where, slice):
+                np.take(self.parts[s], local, axis=0, out=out, mode="clip")
+            else:
+                out[where] = np.take(self.parts[s], local, axis=0, mode="clip")
             if self.shifts is not None:
-                out += self.shifts[lo]
-            return out
-        for s in np.unique(shard):
-            where = np.flatnonzero(shard == s)
-            out[where] = self._part(int(s), rows[where] - self.starts[s])
+                out[where] += self.shifts[s]
         return out
 
 
-def gather(src: np.ndarray | ShardedArray, rows: np.ndarray, out: np.ndarray) -> None:
+def gather(
+    src: np.ndarray | ShardedArray,
+    rows: np.ndarray,
+    out: np.ndarray,
+    cache: dict[int, Any] | None = None,
+) -> None:
     """``out[:] = src[rows]`` without temporaries, for arrays and sharded arrays
-    (``rows`` int (k,) in range)."""
+    (``rows`` int (k,) in range). ``cache``: a dict kept for the gathers of one
+    set of ``rows``, in which the partition into shards is made once."""
     if isinstance(src, ShardedArray):
-        src.take(rows, out)
+        key = len(src.parts)
+        if cache is None:
+            src.take(rows, out)
+            return
+        if key not in cache:
+            cache[key] = src.partition(rows)
+        src.take(rows, out, cache[key])
     else:
         # mode="clip" writes into out directly (rows are in range by contract)
         np.take(src, rows, axis=0, out=out, mode="clip")
