@@ -142,6 +142,18 @@ def slurm_jobs() -> dict[str, dict[str, str]]:
     return table
 
 
+def run_on_cluster(workdir: Path) -> str:
+    """Snakemake on the test cluster in ``workdir`` (its default targets); the
+    output, after asserting that it succeeded."""
+    proc = subprocess.run(
+        slurm_snakemake(workdir), check=False, cwd=workdir, capture_output=True,
+        text=True, timeout=RUN_TIMEOUT_S,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    return output
+
+
 @pytest.fixture(scope="module")
 def slurm_run(
     slurm_node: dict[str, int], tmp_path_factory: pytest.TempPathFactory
@@ -149,12 +161,7 @@ def slurm_run(
     """The whole tiny workflow run on the cluster: its directory and output."""
     workdir = make_workdir(tmp_path_factory.mktemp("slurm") / "wf")
     write_test_profile(workdir, slurm_node)
-    proc = subprocess.run(
-        slurm_snakemake(workdir), check=False, cwd=workdir, capture_output=True,
-        text=True, timeout=RUN_TIMEOUT_S,
-    )  # fmt: skip
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
+    output = run_on_cluster(workdir)
     return workdir, output
 
 
@@ -270,12 +277,7 @@ def test_ensemble_members_are_one_slurm_job_each(
     config = yaml.safe_load(path.read_text())
     config["runs"] = {"committee": {"ensemble": 3}}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    proc = subprocess.run(
-        slurm_snakemake(workdir), check=False, cwd=workdir, capture_output=True,
-        text=True, timeout=RUN_TIMEOUT_S,
-    )  # fmt: skip
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
+    output = run_on_cluster(workdir)
     jobs = submitted_jobs(output)
     assert sorted(jobs) == sorted(GPU_RULES), output
     assert all(len(ids) == 3 for ids in jobs.values()), jobs

@@ -923,7 +923,7 @@ class PackedMemmapLoader:
         # per-atom arrays gather atom rows, per-molecule arrays molecule rows
         gathers = ((("Z", "R", "F"), A, atom_src, t), (("E", "Qtot", "D"), M, ids, k))
         for keys, slots, rows, used in gathers:
-            cache: dict[int, Any] = {}  # the rows' partition into shards, if any
+            cache: dict[str, Any] = {}  # the rows' partition into shards
             for key in keys:
                 if key not in self._data:
                     continue

@@ -163,22 +163,22 @@ def gather(
     src: np.ndarray | ShardedArray,
     rows: np.ndarray,
     out: np.ndarray,
-    cache: dict[int, Any] | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> None:
     """``out[:] = src[rows]`` without temporaries, for arrays and sharded arrays
     (``rows`` int (k,) in range). ``cache``: a dict kept for the gathers of one
-    set of ``rows``, in which the partition into shards is made once."""
-    if isinstance(src, ShardedArray):
-        key = len(src.parts)
-        if cache is None:
-            src.take(rows, out)
-            return
-        if key not in cache:
-            cache[key] = src.partition(rows)
-        src.take(rows, out, cache[key])
-    else:
+    set of ``rows`` from arrays with the same shard sizes, in which their
+    partition into shards (:meth:`ShardedArray.partition`) is made once."""
+    if not isinstance(src, ShardedArray):
         # mode="clip" writes into out directly (rows are in range by contract)
         np.take(src, rows, axis=0, out=out, mode="clip")
+        return
+    if cache is None:
+        src.take(rows, out)
+        return
+    if "parts" not in cache:
+        cache["parts"] = src.partition(rows)
+    src.take(rows, out, cache["parts"])
 
 
 class ShardedDataset(PackedDataset):

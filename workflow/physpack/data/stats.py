@@ -144,6 +144,7 @@ def packed_padding(
     """The loader's fixed-budget packed batches (epoch 0, seed 0) as training
     makes them: the pairs ``loader.pairs`` gives for ``model`` (within its cutoff,
     or all), and the giant budget of ``loader.giant_atoms``."""
+    pairs = pair_options(loader.pairs, model)
     got = epoch_padding_stats(
         ds,
         batch_size=loader.batch_size,
@@ -155,7 +156,7 @@ def packed_padding(
         max_molecules=loader.max_molecules,
         giant_atoms=loader.giant_atoms,
         max_molecule_atoms=loader.max_molecule_atoms,
-        **pair_options(loader.pairs, model),
+        **pairs,
     )
     n_batches = int(got["n_batches"])
     return StrategyPadding(
@@ -178,15 +179,8 @@ def packed_padding(
             )
             if k in got
         }
-        | {"pairs": "cutoff" if pairs_within_cutoff(loader, model) else "all"},
+        | {"pairs": pairs["pairs"]},
     )
-
-
-def pairs_within_cutoff(
-    loader: cfg.LoaderConfig, model: cfg.ModelConfig | None
-) -> bool:
-    """Whether the batches hold only the pairs within the model's cutoff."""
-    return pair_options(loader.pairs, model)["pairs"] == "cutoff"
 
 
 def _distribution(values: np.ndarray, unit: str) -> dict[str, Any]:

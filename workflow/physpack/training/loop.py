@@ -130,8 +130,8 @@ class Run:
 
     def loss_stage(self) -> int:
         """1, or 2 once the next step is in the late energy stage."""
-        s = host(self.state)
-        return 2 if bool(in_energy_stage(self.cfg, s.accepted, s.horizon)) else 1
+        accepted, horizon = host((self.state.accepted, self.state.horizon))
+        return 2 if bool(in_energy_stage(self.cfg, accepted, horizon)) else 1
 
     def weights_now(self) -> LossWeights:
         """The loss weights of the next step (those of the late energy stage once
@@ -430,7 +430,7 @@ def _end_epoch(run: Run, epoch: int) -> None:
     if stage == 2 and (not p.history or p.history[-1].get("loss_stage", 1) == 1):
         # The validation loss changes with the weights: the best model and the
         # patience restart, so that best.ckpt is the late stage's best.
-        w = run.weights_now()
+        w = stage_weights(run.weights, cfg, True)
         run.log(
             f"epoch {epoch + 1}: late energy stage (train.energy_stage_start="
             f"{cfg.energy_stage_start}): weights energy {w.energy:g}, forces "
