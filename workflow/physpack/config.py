@@ -31,6 +31,7 @@ from typing import Any, Literal, TypeVar
 import jsonschema
 import yaml
 
+from physpack.dispersion import DispersionSettings
 from physpack.errors import ConfigError
 
 #: The configuration schema (JSON schema written as YAML). Resolved from the package
@@ -100,7 +101,9 @@ class DataConfig:
     (:meth:`source`). Units left ``None`` mean eV, Å, e·Å for an NPZ and the
     manifest's for a packed directory; a packed directory without
     ``manifest.json`` needs its energy and length units declared, and its dipole
-    unit when it has dipoles (:meth:`declared_units`).
+    unit when it has dipoles (:meth:`declared_units`). ``dispersion`` (a mapping
+    or :class:`~physpack.dispersion.DispersionSettings`; ``None``: none) is the
+    D3 term conversion subtracts from energies and forces.
     """
 
     npz: str | tuple[str, ...] | None  # one NPZ, a list of shards or a glob
@@ -108,6 +111,12 @@ class DataConfig:
     energy_unit: str | None
     length_unit: str | None
     dipole_unit: str | None
+    dispersion: DispersionSettings | None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dispersion, Mapping):  # as the schema checked it
+            settings = DispersionSettings.from_mapping(self.dispersion)
+            object.__setattr__(self, "dispersion", settings)
 
     def source(self) -> tuple[Literal["npz", "packed"], str]:
         """``("npz", path)`` or ``("packed", path)``; ConfigError unless exactly

@@ -19,6 +19,12 @@ Values are converted to eV, Å, eV/Å, e·Å in float64 and stored at the format
 dtypes (positions and forces float32). Every inconsistency stops the conversion
 with an :class:`~physpack.errors.InputError` naming the file, key and molecule, and
 nothing is left at the output path (see :class:`~physpack.data.packed.PackedWriter`).
+
+With ``data.dispersion`` set, the D3 energy and forces of every molecule
+(:class:`~physpack.dispersion.D3`, from the float64 positions in Å) are subtracted
+from ``E`` and ``F`` after their conversion to eV and eV/Å; the energies
+subtracted are stored as ``E_dispersion`` float64 (n,) [eV] and the settings, with
+the dftd3 version, as the manifest's ``dispersion``.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from physpack.data.packed import (
     full_units,
 )
 from physpack.data.progress import Progress
+from physpack.dispersion import D3
 from physpack.errors import ConfigError, InputError, cli_entry
 from physpack.units import dipole_factor, energy_factor, length_factor
 
@@ -90,7 +97,8 @@ class ConvertResult:
         n_molecules, n_atoms_total, max_atoms: counts of the packed dataset.
         input_bytes: size of the NPZ file [bytes].
         packed_bytes: total size of the packed directory's files [bytes].
-        keys: keys stored (``Z R E Qtot`` plus ``F``/``D`` when present).
+        keys: keys stored (``Z R E Qtot`` plus ``F``/``D`` when present, and
+            ``E_dispersion`` with ``data.dispersion``).
     """
 
     path: Path
@@ -514,8 +522,10 @@ def _chunk(
     rows: int,
     units: UnitFactors,
     charge_key: str | None,
+    d3: D3 | None = None,
 ) -> dict[str, np.ndarray]:
-    """Read, check, unpad and convert molecules ``start .. start + rows - 1``."""
+    """Read, check, unpad and convert molecules ``start .. start + rows - 1``
+    (and subtract ``d3`` from their energies and forces)."""
     raw = {key: r.read(start, rows) for key, r in readers.items()}
     z = _atomic_numbers(npz, raw["Z"], start)
     n_given = raw["N"].reshape(rows) if "N" in raw else None
@@ -528,12 +538,23 @@ def _chunk(
         np.take(raw["R"].reshape(-1, 3), real, axis=0), units.length, "<f4"
     )
     _check_finite(npz, "R", out["R"], counts, start)
+    if d3 is not None:
+        positions = _scaled(
+            np.take(raw["R"].reshape(-1, 3), real, axis=0), units.length, "<f8"
+        )
+        e_d3, f_d3 = d3.molecules(out["Z"], positions, counts, str(npz), start)
+        out["E_dispersion"] = e_d3
     if "F" in raw:
         f = np.take(raw["F"].reshape(-1, 3), real, axis=0)
-        out["F"] = _scaled(f, units.forces, "<f4")
+        if d3 is None:
+            out["F"] = _scaled(f, units.forces, "<f4")
+        else:  # subtracted in float64, then stored as float32
+            out["F"] = (_scaled(f, units.forces, "<f8") - f_d3).astype("<f4")
         _check_finite(npz, "F", out["F"], counts, start)
     out["E"] = _scaled(raw["E"].reshape(rows), units.energy, "<f8")
     _check_finite(npz, "E", out["E"], None, start)
+    if d3 is not None:
+        out["E"] -= out["E_dispersion"]
     if charge_key is not None:
         out["Qtot"] = _scaled(raw[charge_key].reshape(rows), 1.0, "<f8")
         _check_finite(npz, charge_key, out["Qtot"], None, start)
@@ -565,7 +586,8 @@ def convert_npz(
         npz: the padded NPZ (keys in the module docstring).
         out: the packed directory to create (written to a temporary sibling and
             renamed when complete).
-        data: the ``data`` config section (input units); defaults when ``None``.
+        data: the ``data`` config section (input units, dispersion); defaults when
+            ``None``.
         progress: show a tqdm progress bar on stderr; otherwise a progress line
             is logged every 10 s (:class:`~physpack.data.progress.Progress`).
         chunk_mb: padded input bytes read per chunk, all members together [MB];
@@ -578,10 +600,12 @@ def convert_npz(
     Raises:
         InputError: unreadable/corrupt NPZ, missing key, inconsistent shapes or
             values (the message names file, key and molecule).
-        ConfigError: unknown unit.
+        ConfigError: unknown unit; ``data.dispersion`` set without dftd3 installed,
+            or with a functional dftd3 does not know.
     """
     data = data or cfg.DataConfig()
     units = UnitFactors.from_config(data)
+    d3 = None if data.dispersion is None else D3(data.dispersion, "conversion")
     npz, out = Path(npz), Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out}: already exists; remove it or pass --overwrite")
@@ -617,14 +641,18 @@ def convert_npz(
                     out,
                     has_forces="F" in readers,
                     has_dipoles="D" in readers,
+                    has_dispersion=d3 is not None,
                     overwrite=overwrite,
                 ) as writer,
                 Progress(n_mol, f"convert {npz.name}", bar=progress) as bar,
             ):
-                writer.extra = {"input_units": _input_units(data)}
+                writer.extra = {
+                    "input_units": _input_units(data),
+                    "dispersion": None if d3 is None else d3.record(),
+                }
                 for start in range(0, n_mol, rows_per_chunk):
                     rows = min(rows_per_chunk, n_mol - start)
-                    chunk = _chunk(npz, readers, start, rows, units, charge_key)
+                    chunk = _chunk(npz, readers, start, rows, units, charge_key, d3)
                     writer.append(**chunk)
                     for reader in direct_readers.values():
                         reader.done(start, rows)

@@ -219,12 +219,20 @@ def describe_packed(data: cfg.DataConfig, output: str | os.PathLike) -> Path:
     Raises:
         ConfigError: ``data.packed`` not set (or ``data.npz`` too), or a directory
             without ``manifest.json`` whose energy and length units (and dipole
-            unit, when it has dipoles) are not declared.
+            unit, when it has dipoles) are not declared; ``data.dispersion`` set
+            (it is applied when converting an NPZ; a packed directory carries its
+            own in its manifest).
         InputError: the directory is missing or unreadable.
     """
     kind, where = data.source()
     if kind != "packed":
         raise ConfigError("data.packed is not set: nothing to describe")
+    if data.dispersion is not None:
+        raise ConfigError(
+            f"data.dispersion = {data.dispersion.label} applies when data.npz is "
+            "converted; a data.packed directory is read as it is (its manifest "
+            "says whether D3 was subtracted): set data.dispersion to null"
+        )
     packed = Path(where)
     if not packed.is_dir():
         raise InputError(f"data.packed: {packed}: packed directory not found")

@@ -64,6 +64,14 @@ def check_manifest(manifest: Any, mpath: Path) -> dict[str, Any]:
     files = [entry["file"] for entry in manifest["arrays"].values()]
     if len(set(files)) != len(files):
         raise InputError(f"{mpath}: key arrays: a file is listed twice ({files})")
+    if (
+        manifest.get("dispersion") is not None
+        and "E_dispersion" not in manifest["arrays"]
+    ):
+        raise InputError(
+            f"{mpath}: key dispersion: set, but arrays lists no E_dispersion (the "
+            "D3 energies subtracted from E)"
+        )
     return manifest
 
 

@@ -10,8 +10,11 @@ A packed dataset is a directory::
     E.f64           float64 (n_mol,)             total energies [eV]
     Qtot.f64        float64 (n_mol,)             total charges [e]      (optional)
     D.f64           float64 (n_mol, 3)           dipole moments [e·Å]   (optional)
+    E_dispersion.f64 float64 (n_mol,)            D3 energy subtracted from E and its
+                                                 forces from F [eV] (optional; see
+                                                 :mod:`physpack.dispersion`)
     manifest.json   format version, counts, units, per-file dtype/shape/bytes/sha256,
-                    source file and its sha256
+                    source file and its sha256, the D3 settings (``dispersion``)
 
 The ``*.int32``/``*.f32``/``*.f64`` files are raw little-endian binaries, so that
 directories written by the older packed-memmap tooling (same names, no manifest)
@@ -95,6 +98,7 @@ ARRAYS: dict[str, ArraySpec] = {
         ArraySpec("E", "E.f64", "<f8", "molecule", (), True),
         ArraySpec("Qtot", "Qtot.f64", "<f8", "molecule", (), False),
         ArraySpec("D", "D.f64", "<f8", "molecule", (3,), False),
+        ArraySpec("E_dispersion", "E_dispersion.f64", "<f8", "molecule", (), False),
     )
 }
 
@@ -115,7 +119,13 @@ class PackedDataWarning(UserWarning):
 #: unit kinds a directory's units can be declared for (``physpack.units`` names)
 UNIT_KINDS = ("energy", "length", "dipole")
 #: how the stored array ``key`` converts to canonical units
-_SCALE_KIND = {"E": "energy", "R": "length", "F": "forces", "D": "dipole"}
+_SCALE_KIND = {
+    "E": "energy",
+    "R": "length",
+    "F": "forces",
+    "D": "dipole",
+    "E_dispersion": "energy",
+}
 #: rows checked per step when scanning offsets or forces
 _SCAN_ROWS = 1 << 20
 #: largest atomic number (oganesson): atomic numbers are 1..MAX_Z
@@ -197,6 +207,9 @@ class PackedDataset:
         n_atoms: int32 (n_molecules,), memory-mapped.
         Z, R, E, Qtot: always present (Qtot: zeros when the directory has no
         ``Qtot.f64``); F, D: ``None`` when absent (F also when every force is 0).
+        dispersion: the manifest's record of the D3 term subtracted from E and F
+        (``damping``, ``functional``, ``label``, ``dftd3_version``), ``None``
+        when none was (:mod:`physpack.dispersion`).
 
     Raises:
         InputError: a missing or truncated file, offsets that do not increase,
@@ -224,6 +237,7 @@ class PackedDataset:
             raise InputError(f"{self.path}: packed directory not found")
         self.manifest: dict[str, Any] | None = read_manifest(self.path)
         self._units = self._resolve_units(units)
+        self.dispersion: dict[str, Any] | None = (self.manifest or {}).get("dispersion")
         self.offsets = self._load_index(OFFSETS, np.int64)
         if self.offsets.ndim != 1 or self.offsets.size < 1 or self.offsets[0] != 0:
             raise InputError(
@@ -334,7 +348,8 @@ class PackedDataset:
         return self.n_molecules
 
     def has(self, key: str) -> bool:
-        """Whether the optional array ``key`` (``"F"`` or ``"D"``) is present."""
+        """Whether the optional array ``key`` (``"F"``, ``"D"``,
+        ``"E_dispersion"``) is present."""
         return self._arrays.get(key) is not None
 
     def array(self, key: str) -> np.ndarray:
@@ -604,6 +619,9 @@ class PackedWriter:
         with PackedWriter(out, has_forces=True, has_dipoles=False) as w:
             w.append(n_atoms=..., Z=..., R=..., F=..., E=..., Qtot=...)
             w.source = {"file": "data.npz", "sha256": "..."}
+
+    ``has_dispersion`` adds the ``E_dispersion`` array (the caller records the
+    settings in :attr:`extra`).
     """
 
     def __init__(
@@ -612,6 +630,7 @@ class PackedWriter:
         *,
         has_forces: bool,
         has_dipoles: bool,
+        has_dispersion: bool = False,
         overwrite: bool = False,
     ):
         self.path = Path(path)
@@ -627,6 +646,7 @@ class PackedWriter:
             or k == "Qtot"
             or (k == "F" and has_forces)
             or (k == "D" and has_dipoles)
+            or (k == "E_dispersion" and has_dispersion)
         ]
         self.overwrite = overwrite
         self.tmp = temporary_sibling(self.path)

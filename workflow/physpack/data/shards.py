@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from physpack.data.packed import ARRAYS, AtomChunk, PackedDataset, molecule_chunks
+from physpack.dispersion import check_same
 from physpack.errors import InputError
 
 
@@ -196,10 +197,12 @@ class ShardedDataset(PackedDataset):
         shards: the open shards (:class:`PackedDataset`).
         molecule_starts: int64 (S + 1,) first global molecule of each shard.
         atom_starts: int64 (S + 1,) first global atom of each shard.
+        dispersion: the shards' D3 record (the first one's; every shard has the
+            same settings).
 
     Raises:
-        InputError: a shard that cannot be opened, or shards that differ in units or
-            in which arrays they have (named).
+        InputError: a shard that cannot be opened, or shards that differ in units,
+            in D3 dispersion settings or in which arrays they have (named).
     """
 
     def __init__(
@@ -214,6 +217,12 @@ class ShardedDataset(PackedDataset):
         self.shards = [PackedDataset(p, units=units) for p in shards]
         first = self.shards[0]
         for shard in self.shards[1:]:
+            check_same(
+                shard.dispersion,
+                first.dispersion,
+                (str(shard.path), str(first.path)),
+                "the shards of one dataset share their data.dispersion",
+            )
             if shard.units != first.units:
                 raise InputError(
                     f"{shard.path}: stored in {shard.units}, but {first.path} in "
@@ -225,6 +234,7 @@ class ShardedDataset(PackedDataset):
                     f"{first.keys}; every shard of a dataset has the same arrays"
                 )
         self.manifest = None
+        self.dispersion = first.dispersion
         self._units = first.units
         self.molecule_starts = np.concatenate(
             [[0], np.cumsum([s.n_molecules for s in self.shards])]

@@ -12,6 +12,10 @@ the mean as Gaussian with standard deviation ``s·σ``: the maximum-likelihood
 scale is ``s = sqrt(mean((error/σ)²))``; a calibrated committee has ``s`` near 1,
 an over-confident one ``s > 1``. Multiply the committee's σ by ``s`` to get
 uncertainties that match the observed errors on the test split.
+
+Members trained with D3 dispersion subtracted were evaluated residual against
+residual (:mod:`physpack.evaluation.evaluate`): the errors are those of the totals,
+and ``metrics.json`` carries the members' shared ``dispersion`` note.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from physpack.atomic import atomic_write_bytes
+from physpack.dispersion import committee_dispersion
 from physpack.errors import InputError, cli_entry
 
 #: quantile bins of σ in the calibration curve
@@ -121,6 +126,21 @@ def _read_split(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
         if key not in out:
             raise InputError(f"{path}: no {split}_{key} (not a predictions file?)")
     return out
+
+
+def members_dispersion(paths: Sequence[str | os.PathLike]) -> dict[str, Any] | None:
+    """The D3 note the members' ``predictions.npz`` share (``None``: none, also
+    for files written before it was recorded); InputError when they differ."""
+    notes = []
+    for path in paths:
+        try:
+            with np.load(path) as data:
+                text = str(data["dispersion"]) if "dispersion" in data.files else ""
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read predictions ({exc})") from exc
+        notes.append((str(path), json.loads(text) if text else None))
+    shared = committee_dispersion(notes)
+    return None if shared is None else dict(shared)
 
 
 def calibration(error: np.ndarray, sigma: np.ndarray) -> dict[str, Any]:
@@ -230,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pred = combine(args.predictions, args.split)
     metrics = {"split": args.split, "members_predictions": args.predictions}
+    metrics["dispersion"] = members_dispersion(args.predictions)
     metrics |= ensemble_metrics(pred)
     atomic_write_bytes(args.output, (json.dumps(metrics, indent=2) + "\n").encode())
     for q, unit in (("energy", "meV"), ("forces", "meV/Angstrom")):

@@ -17,6 +17,12 @@ parameters of ``best.ckpt`` and writes
 
 Every output is written under a temporary name and renamed only when all of them
 are complete, so a failed run leaves nothing that looks finished.
+
+A model trained with D3 dispersion subtracted (``data.dispersion``) is evaluated on
+data with the same D3 subtracted (any other data is refused): stored residuals are
+compared with predicted residuals, which is the comparison of the totals, since the
+same D3 term is on both sides. ``metrics.json`` (``dispersion``), the tables and
+``predictions.npz`` say so.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from physpack.config import LoaderConfig, ModelConfig, section_from_mapping
 from physpack.data.descriptor import open_dataset
 from physpack.data.loader import PackedMemmapLoader, from_config, read_split
 from physpack.data.packed import PackedDataset
+from physpack.dispersion import check_same, settings_of
 from physpack.errors import ConfigError, InputError, cli_entry
 from physpack.evaluation import plots
 from physpack.model.checkpoint import Checkpoint
@@ -315,6 +322,26 @@ _TABLE_NOTE = (
 )
 
 
+def dispersion_note(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The report's ``dispersion`` entry: the model's D3 record and what it means
+    for the numbers (``None``: trained without dispersion)."""
+    settings = settings_of(record)
+    if settings is None:
+        return None
+    note = (
+        f"{settings.label} dispersion was subtracted from reference and prediction "
+        "alike (it is not part of the network's output): the errors are those of "
+        "the total energies and forces"
+    )
+    return {**record, "note": note}
+
+
+def _notes(metrics: Mapping[str, Any]) -> list[str]:
+    """The sentences under the metrics table."""
+    dispersion = metrics.get("dispersion")
+    return [_TABLE_NOTE] + ([dispersion["note"]] if dispersion else [])
+
+
 def metrics_markdown(metrics: Mapping[str, Any]) -> str:
     """The metrics table in Markdown (one column per split)."""
     names = list(metrics["splits"])
@@ -327,7 +354,7 @@ def metrics_markdown(metrics: Mapping[str, Any]) -> str:
     for row in metrics_rows(metrics):
         cells = [_fmt(row.values[n]) if n in row.values else "" for n in names]
         lines.append(f"| {row.quantity} | {row.unit} | " + " | ".join(cells) + " |")
-    lines += ["", _TABLE_NOTE]
+    lines += ["", *_notes(metrics)]
     return "\n".join(lines) + "\n"
 
 
@@ -357,13 +384,13 @@ def metrics_html_page(metrics: Mapping[str, Any]) -> str:
         "thead th{background:#eee}"
         "tbody th{text-align:left;font-weight:normal}"
     )
+    notes = "".join(f"<p>{esc(note)}</p>" for note in _notes(metrics))
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
         f"<title>{title}</title><style>{style}</style></head><body>"
         f"<h3>{title}</h3>"
         f"<table><thead><tr><th>Quantity</th><th>Unit</th>{head}</tr></thead>"
-        f"<tbody>{''.join(body)}</tbody></table>"
-        f"<p>{esc(_TABLE_NOTE)}</p>"
+        f"<tbody>{''.join(body)}</tbody></table>{notes}"
         "</body></html>\n"
     )
 
@@ -664,6 +691,13 @@ def evaluate(
     """
     ckpt = load_checkpoint(checkpoint)
     dataset = open_dataset(packed)
+    check_same(
+        ckpt.dispersion,
+        dataset.dispersion,
+        (str(checkpoint), str(dataset.path)),
+        "a model is evaluated on data with the D3 dispersion it was trained with "
+        "subtracted (residuals against residuals)",
+    )
     split = Path(split)
     hist = plots.read_history(history) if history is not None else None
     loaders = _shared_budget_loaders(
@@ -704,6 +738,7 @@ def evaluate(
             "valid_metrics": dict(ckpt.metrics),
         },
         "model_config": dataclasses.asdict(ckpt.model_config),
+        "dispersion": dispersion_note(ckpt.dispersion),
         "splits": per_split,
     }
     report = _json_ready(report)
@@ -720,6 +755,7 @@ def evaluate(
             arrays: dict[str, np.ndarray] = {
                 "splits": np.array(list(preds), dtype=str),
                 "units": np.array(json.dumps(CANONICAL_UNITS)),
+                "dispersion": np.array(json.dumps(report["dispersion"])),
             }
             for name, p in preds.items():
                 arrays |= p.to_arrays(name)

@@ -21,9 +21,22 @@ key                shape         content
 ``*_std``          as above      committee spread (std over members, ddof 0)
 ``energy_members`` (K, M) f64    each member's energies [eV] (committees)
 ``E_ref``/``F_ref``              the input's reference values, when it has them
+``energy_dispersion`` (M,) f64   D3 energy included in ``energy`` [eV] (models with
+                                 dispersion)
+``forces_dispersion`` (A, 3) f64 D3 forces included in ``forces`` [eV/Å] (idem)
+``dispersion``     str (JSON)    the D3 record and a note saying what includes it, or
+                                 ``null``
 ``units``          str (JSON)    unit of every quantity
 ``checkpoints``    (K,) str      the models, in order
 =================  ============  =====================================================
+
+A model trained on data with D3 subtracted (its checkpoint's ``dispersion``) gets
+D3 of each input geometry added to its energy and forces
+(:class:`physpack.dispersion.D3`); the members of a committee share their
+settings. The reference values are totals: an input whose energies and forces had
+D3 subtracted at conversion (a packed directory with ``E_dispersion``) has it added
+back to ``E_ref`` (its stored ``E_dispersion``) and ``F_ref`` (D3 forces of its
+settings).
 """
 
 from __future__ import annotations
@@ -48,6 +61,12 @@ from physpack.data.descriptor import open_dataset
 from physpack.data.loader import from_config
 from physpack.data.packed import PackedDataset, PackedWriter
 from physpack.data.progress import Progress
+from physpack.dispersion import (
+    D3,
+    DispersionSettings,
+    committee_dispersion,
+    settings_of,
+)
 from physpack.errors import InputError, cli_entry
 from physpack.evaluation.evaluate import SplitPredictions, predict_split
 from physpack.model.checkpoint import load as load_checkpoint
@@ -129,10 +148,12 @@ def _ase_to_packed(path: Path, out: Path) -> None:
 
 
 def combine_members(
-    members: Sequence[SplitPredictions], checkpoints: Sequence[str]
+    members: Sequence[SplitPredictions],
+    checkpoints: Sequence[str],
+    dispersion: Dispersion | None = None,
 ) -> dict[str, np.ndarray]:
     """The output arrays (module docstring) of one or several models' predictions
-    of the same molecules."""
+    of the same molecules (``dispersion``: the D3 part they include)."""
     first = members[0]
     out: dict[str, np.ndarray] = {
         "mol_index": first.mol_index,
@@ -166,9 +187,102 @@ def combine_members(
         "dipole": CANONICAL_UNITS["dipole"],
         "charges": CANONICAL_UNITS["charge"],
     }
+    note = None
+    if dispersion is not None:
+        out["energy_dispersion"] = dispersion.energies
+        out["forces_dispersion"] = dispersion.forces
+        units["energy_dispersion"] = CANONICAL_UNITS["energy"]
+        units["forces_dispersion"] = CANONICAL_UNITS["forces"]
+        note = {**dispersion.record, "note": dispersion.note}
+    out["dispersion"] = np.array(json.dumps(note))
     out["units"] = np.array(json.dumps(units))
     out["checkpoints"] = np.array([str(c) for c in checkpoints])
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Dispersion:
+    """The D3 part of a prediction, molecules in prediction order.
+
+    Attributes:
+        record: the checkpoints' D3 record (settings, label, dftd3 version).
+        energies: float64 (M,) [eV]; forces: float64 (A, 3) [eV/Å].
+    """
+
+    record: dict[str, Any]
+    energies: np.ndarray
+    forces: np.ndarray
+
+    @property
+    def note(self) -> str:
+        return (
+            f"energy and forces include {self.record['label']} dispersion (dftd3 "
+            f"{self.record['dftd3_version']}), computed for each geometry and added "
+            "to the network's; E_ref and F_ref are totals"
+        )
+
+
+class _D3Terms:
+    """D3 of the predicted molecules, computed once per settings.
+
+    Args:
+        dataset: the input structures; pred: predictions of them (their order).
+    """
+
+    def __init__(self, dataset: PackedDataset, pred: SplitPredictions, where: str):
+        self._where = where
+        self._n_atoms = pred.n_atoms
+        self._z = pred.Z
+        starts = np.asarray(dataset.offsets[pred.mol_index], np.int64)
+        rows = np.repeat(starts - pred.offsets[:-1], pred.n_atoms)
+        rows += np.arange(int(pred.offsets[-1]), dtype=np.int64)
+        self._positions = np.asarray(dataset.R[rows], np.float64) * dataset.scale("R")
+        self._done: dict[DispersionSettings, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, d3: D3) -> tuple[np.ndarray, np.ndarray]:
+        """Energies (M,) [eV] and forces (A, 3) [eV/Å] of ``d3``."""
+        if d3.settings not in self._done:
+            self._done[d3.settings] = d3.molecules(
+                self._z, self._positions, self._n_atoms, self._where
+            )
+        return self._done[d3.settings]
+
+
+def _with_d3(
+    members: list[SplitPredictions],
+    dataset: PackedDataset,
+    d3: D3 | None,
+    where: str,
+) -> tuple[list[SplitPredictions], Dispersion | None]:
+    """Predictions and references as totals: the checkpoints' D3 (``d3``) added to
+    every member's predictions, the dataset's subtracted D3 to the references."""
+    first = members[0]
+    stored = settings_of(dataset.dispersion)
+    if d3 is None and stored is None:
+        return members, None
+    terms = _D3Terms(dataset, first, where)
+    if stored is not None:  # the input's E and F had D3 subtracted: restore them
+        energies = np.asarray(dataset.array("E_dispersion")[first.mol_index])
+        energies = energies * dataset.scale("E_dispersion")
+        same = d3 is not None and d3.settings == stored
+        subtracted = d3 if same else D3(stored, f"{where} (D3 subtracted from E, F)")
+        _, forces = terms(subtracted)
+        members = [
+            dataclasses.replace(
+                m,
+                E_true=m.E_true + energies,
+                F_true=None if m.F_true is None else m.F_true + forces,
+            )
+            for m in members
+        ]
+    if d3 is None:
+        return members, None
+    energies, forces = terms(d3)
+    members = [
+        dataclasses.replace(m, E_pred=m.E_pred + energies, F_pred=m.F_pred + forces)
+        for m in members
+    ]
+    return members, Dispersion(d3.record(), energies, forces)
 
 
 def _pair_model(models: Sequence[Any]) -> cfg.ModelConfig:
@@ -193,6 +307,14 @@ def predict(
     if not checkpoints:
         raise InputError("predict: no checkpoint given")
     models = [load_checkpoint(c) for c in checkpoints]
+    settings = settings_of(
+        committee_dispersion(
+            [(str(c), m.dispersion) for c, m in zip(checkpoints, models, strict=True)]
+        )
+    )
+    d3 = None
+    if settings is not None:  # before any prediction: dftd3 may be missing
+        d3 = D3(settings, f"{checkpoints[0]} (trained with D3 subtracted)")
     loader = loader or cfg.LoaderConfig()
     with open_structures(structures, data) as dataset:
         lo = from_config(dataset, loader, shuffle=False, model=_pair_model(models))
@@ -212,7 +334,8 @@ def predict(
             )
             if progress:
                 bar.close()
-    arrays = combine_members(members, [str(c) for c in checkpoints])
+        members, dispersion = _with_d3(members, dataset, d3, str(structures))
+    arrays = combine_members(members, [str(c) for c in checkpoints], dispersion)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(output, buf.getvalue())

@@ -22,6 +22,14 @@ hold their spread (standard deviation over members, ddof 0), with each member's
 energy in ``results["energy_members"]``; the members' predictions take an element
 only if every member was trained on it.
 
+A model trained on data with D3 dispersion subtracted (``data.dispersion``; the
+checkpoint's ``dispersion``) gets D3 added back: ``energy`` and ``forces`` are the
+network's plus D3 of the geometry at hand (:class:`physpack.dispersion.D3`, which
+needs the ``d3`` extra), ``results["energy_dispersion"]`` (eV) and
+``results["forces_dispersion"]`` ((n_atoms, 3), eV/Å) hold the D3 part, and
+:attr:`PhysNetCalculator.dispersion_label` says which (e.g. ``D3(BJ)/pbe0``). The
+members of a committee share their dispersion settings.
+
 Each molecule is one packed batch of the loader's contract (one molecule slot plus
 the padding slot, all ordered atom pairs i ≠ j, as the loader builds them); the
 model is compiled once per atom count and the compiled function kept, so a
@@ -43,6 +51,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
+from physpack.dispersion import D3, committee_dispersion, settings_of
 from physpack.errors import InputError
 from physpack.model.checkpoint import Checkpoint
 from physpack.model.checkpoint import load as load_checkpoint
@@ -108,8 +117,10 @@ class PhysNetCalculator(Calculator):
 
     Raises:
         InputError: the checkpoint is missing, truncated, of a newer format or not
-            in eV/Å; at calculation time, an element the model was never trained
-            for, periodic boundary conditions or coincident atoms.
+            in eV/Å; committee members with different dispersion settings; at
+            calculation time, an element the model was never trained for,
+            periodic boundary conditions or coincident atoms.
+        ConfigError: a checkpoint with dispersion and dftd3 not installed.
     """
 
     default_parameters: ClassVar[dict[str, Any]] = {"charge": 0.0}
@@ -136,6 +147,28 @@ class PhysNetCalculator(Calculator):
             *(set(m.checkpoint.constants.elements) for m in self._members)
         )
         self._known = np.asarray(sorted(known), np.int64)
+        self._d3 = self._dispersion_model()
+
+    def _dispersion_model(self) -> D3 | None:
+        """The members' shared D3 (``None``: trained without dispersion)."""
+        names = [str(m.path or f"member {k}") for k, m in enumerate(self._members)]
+        settings = settings_of(
+            committee_dispersion(
+                [
+                    (n, m.checkpoint.dispersion)
+                    for n, m in zip(names, self._members, strict=True)
+                ]
+            )
+        )
+        if settings is None:
+            return None
+        return D3(settings, f"{names[0]} (trained with D3 subtracted)")
+
+    @property
+    def dispersion_label(self) -> str | None:
+        """The D3 variant that energies and forces include, e.g. ``D3(BJ)/pbe0``
+        (``None``: none)."""
+        return None if self._d3 is None else self._d3.settings.label
 
     @property
     def committee_size(self) -> int:
@@ -221,11 +254,16 @@ class PhysNetCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         z = self._check(self.atoms)
         charge = self.total_charge(self.atoms)
-        outs = [
-            self._member_results(m, z, self.atoms.get_positions(), charge)
-            for m in self._members
-        ]
+        positions = self.atoms.get_positions()
+        outs = [self._member_results(m, z, positions, charge) for m in self._members]
         self.results = {}
+        if self._d3 is not None:
+            energy, forces = self._d3.molecule(z, positions, "PhysNetCalculator")
+            for out in outs:
+                out["energy"] += energy
+                out["forces"] += forces
+            self.results["energy_dispersion"] = energy
+            self.results["forces_dispersion"] = forces
         for key in outs[0]:
             stacked = np.stack([o[key] for o in outs])
             self.results[key] = stacked.mean(axis=0)

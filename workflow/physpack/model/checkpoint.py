@@ -17,6 +17,10 @@ A checkpoint is self-describing; its top-level keys are::
     units             canonical units of every quantity (eV, Angstrom, ...)
     metrics           validation metrics of the saved epoch (floats, labelled units)
     training          epoch, step, train/loader config, dataset fingerprint
+    dispersion        the D3 term subtracted from the training data (the packed
+                      manifest's record: damping, functional, label,
+                      dftd3_version), which predictions must add back; ``None``
+                      when the data had none (:mod:`physpack.dispersion`)
     params            the model parameters (flax ``params`` pytree, float32)
 
 Load one with :func:`load`; ``load(path).predict(batch)`` gives energies, forces
@@ -39,6 +43,7 @@ from flax import serialization
 from physpack import __version__
 from physpack.atomic import atomic_write_bytes
 from physpack.config import ModelConfig, section_from_mapping
+from physpack.dispersion import settings_of
 from physpack.errors import ConfigError, InputError
 from physpack.model.physnet import (
     EnergyConstants,
@@ -71,6 +76,8 @@ class Checkpoint:
             ``valid_forces_mae_eV_per_A``.
         units: canonical unit of each quantity.
         training: epoch, step, train/loader config, dataset fingerprint.
+        dispersion: D3 record of the training data (``None``: none); the network
+            predicts energies and forces without it.
         format_version, physpack_version, created_utc: provenance.
     """
 
@@ -82,6 +89,7 @@ class Checkpoint:
         default_factory=lambda: dict(CANONICAL_UNITS)
     )
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dispersion: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     physpack_version: str = __version__
     created_utc: str = ""
@@ -114,6 +122,7 @@ def save(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
         "units": dict(ckpt.units),
         "metrics": {k: float(v) for k, v in ckpt.metrics.items()},
         "training": _plain(ckpt.training),
+        "dispersion": _plain(ckpt.dispersion),
         "params": _numpy_tree(ckpt.params),
     }
     return atomic_write_bytes(path, serialization.msgpack_serialize(payload))
@@ -154,10 +163,22 @@ def load(path: str | os.PathLike) -> Checkpoint:
         metrics=dict(payload.get("metrics", {})),
         units=dict(payload.get("units", CANONICAL_UNITS)),
         training=dict(payload.get("training", {})),
+        dispersion=_dispersion(path, payload.get("dispersion")),
         format_version=int(payload["format_version"]),
         physpack_version=str(payload.get("physpack_version", "")),
         created_utc=str(payload.get("created_utc", "")),
     )
+
+
+def _dispersion(path: Path, record: Any) -> dict[str, Any] | None:
+    """The checkpoint's D3 record, checked (InputError naming the file)."""
+    if record is None:
+        return None
+    try:
+        settings_of(record)
+    except (ConfigError, TypeError) as exc:
+        raise InputError(f"{path}: key dispersion: {exc}") from exc
+    return dict(record)
 
 
 def save_state(state_dir: str | os.PathLike, state: Mapping[str, Any]) -> Path:

@@ -445,6 +445,8 @@ def _write_best(
             constants=run.constants,
             metrics=dict(metrics),
             units=dict(CANONICAL_UNITS),
+            # trained on D3-subtracted data: predictions must add D3 back
+            dispersion=dataset.dispersion,
             training={
                 "epoch": epoch,
                 "step": int(host(run.state.step)),
