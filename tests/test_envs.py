@@ -2,8 +2,9 @@
 
 The rules run the package from the workflow source (``PYTHONPATH``), so an
 environment holds the package's third-party dependencies only, pinned exactly as
-``pyproject.toml`` pins them; no ``pip: -e ../`` (Snakemake copies the env files
-to ``.snakemake/conda/``, where ``../`` is not the project).
+``pyproject.toml`` pins them, and those of the extras that workflow options need
+(``d3`` for ``data.dispersion``); no ``pip: -e ../`` (Snakemake copies the env
+files to ``.snakemake/conda/``, where ``../`` is not the project).
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ ENGINE = {"snakemake", "snakemake-executor-plugin-slurm", "pulp"}
 #: Import name -> distribution name, where they differ.
 DISTRIBUTION = {"yaml": "pyyaml"}
 ENVS = {"physpack.yaml": set(), "physpack-cuda.yaml": {"cuda12"}}
+#: Extras that workflow options need (imported only when the option is set).
+WORKFLOW_EXTRAS = ("d3",)
 
 
 def _runtime_requirements() -> dict[str, Requirement]:
     reqs = [Requirement(r) for r in PYPROJECT["dependencies"]]
+    for extra in WORKFLOW_EXTRAS:
+        reqs += [Requirement(r) for r in PYPROJECT["optional-dependencies"][extra]]
     return {r.name.lower(): r for r in reqs if r.name.lower() not in ENGINE}
 
 
