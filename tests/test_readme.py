@@ -276,6 +276,29 @@ def test_many_runs_commands(tmp_path: Path) -> None:
     assert got["forces_std"].shape == got["forces"].shape
 
 
+# --------------------------------------------------------------------------------
+# D3 dispersion
+
+
+def _dispersion_lines() -> list[str]:
+    return _bash_blocks(_section("### D3 dispersion"))
+
+
+def test_dispersion_commands(demo_workdir: Path) -> None:
+    """The install names the d3 extra; the conversion runs on the demo data and
+    records D3(BJ)/pbe0 in the manifest."""
+    install, convert = _dispersion_lines()
+    for target in _pip_install_targets(install):
+        check_pip_install(target)
+    assert _pip_install_targets(install) == ['".[d3]"']
+    assert convert.startswith("physpack convert ")
+    run(convert, demo_workdir)
+    out = demo_workdir / "results/data/packed-d3"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dispersion"]["label"] == "D3(BJ)/pbe0"
+    assert (out / "E_dispersion.f64").is_file()
+
+
 FIVE_LINES = (
     "mkdir myproject",
     "printf 'data:",
@@ -290,6 +313,7 @@ CHECKED_BLOCK_COMMANDS = [
     or "pytest" in c
     or c in _slurm_lines()
     or c in _many_runs_lines()
+    or c in _dispersion_lines()
 ]
 CHECKED_INLINE_COMMANDS = [
     c
