@@ -323,9 +323,12 @@ def test_training_copies_the_dispersion_into_the_checkpoint(
     from model_fixtures import TINY_MODEL
     from physpack.training.train import train
 
+    # every element in train (12 molecules; overlapping subsets are fine here)
+    split = tmp_path / "split.npz"
+    np.savez(split, train=np.arange(N_MOL), valid=np.arange(4), test=np.arange(4))
     train(
         data["d3"],
-        data["split"],
+        split,
         tmp_path / "best.ckpt",
         tmp_path / "history.csv",
         tmp_path / "state",
