@@ -273,7 +273,10 @@ def test_packed_input_refuses_dispersion(data: dict, tmp_path: Path) -> None:
 
 
 def test_missing_dftd3_names_the_key_and_the_extra(
-    data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     monkeypatch.setitem(sys.modules, "dftd3", None)
     monkeypatch.setitem(sys.modules, "dftd3.interface", None)
@@ -283,6 +286,10 @@ def test_missing_dftd3_names_the_key_and_the_extra(
     message = str(info.value)
     assert "data.dispersion" in message and "pip install 'physpack[d3]'" in message
     assert "\n" not in message and not out.exists()
+    flag = json.dumps(SETTINGS)
+    assert convert_main([str(data["npz"]), str(out), "--dispersion", flag]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line == f"physpack convert: error: {message}"
     with pytest.raises(ConfigError, match=r"d3\.ckpt.*pip install 'physpack\[d3\]'"):
         PhysNetCalculator(data["d3_ckpt"])
     # without dispersion nothing needs dftd3
