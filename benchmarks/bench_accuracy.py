@@ -366,6 +366,7 @@ def run_physpack(
         overwrite=True,
     )
     wall = time.perf_counter() - start
+    rss_train = peak_rss_gib()
     with open(result.history, newline="") as fh:
         rows = list(csv.DictReader(fh))
     # steady state: the first epoch (compilation) excluded when possible
@@ -392,6 +393,7 @@ def run_physpack(
         "train_wall_s": wall,
         "params": params,
         **md,
+        "peak_rss_train_GiB": rss_train,
         "peak_rss_GiB": peak_rss_gib(),
     }
 
@@ -477,6 +479,7 @@ def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
     )
     loop.run()
     wall = time.perf_counter() - start
+    rss_train = peak_rss_gib()
     # the best parameters come back as numpy arrays; inference indexes them with
     # traced species indices, which needs device arrays
     best = dataclasses.replace(
@@ -512,6 +515,7 @@ def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
         "train_wall_s": wall,
         "params": params,
         **md,
+        "peak_rss_train_GiB": rss_train,
         "peak_rss_GiB": peak_rss_gib(),
     }
 
@@ -578,7 +582,8 @@ def print_table(results: list[dict], minutes: float) -> None:
         ("force MAE [meV/Å]", "forces_mae_meV_per_A", "{:.1f}"),
         ("structures/s (training)", "structures_per_s", "{:.0f}"),
         ("epochs", "epochs", "{:d}"),
-        ("peak RSS [GiB]", "peak_rss_GiB", "{:.2f}"),
+        ("peak RSS, training [GiB]", "peak_rss_train_GiB", "{:.2f}"),
+        ("peak RSS, whole run [GiB]", "peak_rss_GiB", "{:.2f}"),
         ("parameters", "params", "{:,d}"),
         ("MD stable (300 K, NVE)", None, None),
         ("MD drift [meV/atom/ps]", "md_drift_meV_per_atom_ps", "{:.2f}"),
@@ -595,6 +600,8 @@ def print_table(results: list[dict], minutes: float) -> None:
                     if float(at) != r["md_ps"]:
                         text = f"{count}/{r['md_total']} in {at} ps, {text}"
                 cells.append(text)
+            elif key not in r:  # kept by an older version of this script
+                cells.append("-")
             else:
                 cells.append(fmt.format(r[key]))
         print(f"{label:{width}s}" + "".join(f"{c:>32s}" for c in cells))
