@@ -20,6 +20,7 @@ from physpack.data.loader import PackedMemmapLoader, from_config
 from physpack.errors import ConfigError
 from physpack.model import checkpoint as ckpt_io
 from physpack.model.physnet import EnergyConstants, init_params, model_from_config
+from physpack.training import loop as loop_mod
 from physpack.training import train as train_mod
 from physpack.training.losses import LossWeights
 from physpack.training.optim import make_optimizer
@@ -390,6 +391,23 @@ def test_raising_the_budget_or_the_epochs_continues_a_stopped_run(toy, tmp_path)
     third = run(tmp_path, toy, train_cfg=more_epochs)
     assert third.epochs == 4 and third.steps > second.steps
     assert [int(r["epoch"]) for r in read_history(tmp_path)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("patience", "epochs"), [(2, 3), (None, 5)])
+def test_patience_stops_a_run_that_stopped_improving_and_null_never_does(
+    toy, tmp_path, monkeypatch, patience, epochs
+):
+    real = loop_mod.validate
+
+    def flat(run, params):  # the validation loss never improves after epoch 1
+        metrics, seconds = real(run, params)
+        return {**metrics, "valid_loss": 1.0}, seconds
+
+    monkeypatch.setattr(loop_mod, "validate", flat)
+    cfg = dataclasses.replace(TRAIN, epochs=5, patience=patience)
+    result = run(tmp_path, toy, train_cfg=cfg)
+    assert result.epochs == epochs
+    assert result.stop_reason == ("patience" if patience else "epochs")
 
 
 def test_command_line_refuses_to_replace_a_model_without_its_state(

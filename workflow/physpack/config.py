@@ -259,7 +259,7 @@ class TrainConfig:
 
     epochs: int
     max_minutes: float | None  # wall-clock budget; stops at an epoch boundary
-    patience: int  # epochs without validation improvement before stopping
+    patience: int | None  # epochs without improvement before stopping; None: never
     optimizer: Literal["amsgrad", "adam", "adamw"]
     learning_rate: float
     schedule: Literal["cosine", "plateau", "constant"]

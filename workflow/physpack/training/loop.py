@@ -481,7 +481,7 @@ def _end_epoch(run: Run, epoch: int) -> None:
     p.epoch_sums = new_epoch_sums()
     if epoch + 1 >= cfg.epochs:
         p.finished, p.stop_reason = True, "epochs"
-    elif p.bad_epochs >= cfg.patience:
+    elif cfg.patience is not None and p.bad_epochs >= cfg.patience:
         p.finished, p.stop_reason = True, "patience"
     elif cfg.max_minutes is not None and run.elapsed() + epoch_s > 60 * cfg.max_minutes:
         # another epoch would overrun the budget: stop at this boundary
