@@ -260,6 +260,17 @@ def committee_dispersion(
     return first
 
 
+def committee_d3(members: Sequence[tuple[str, Mapping[str, Any] | None]]) -> D3 | None:
+    """The D3 that predictions of the models ``members`` (``(name, checkpoint
+    record)`` each) add back; ``None`` when they were trained without. Made before
+    any prediction, so that a missing dftd3 stops first (ConfigError); InputError
+    when the members disagree (:func:`committee_dispersion`)."""
+    settings = settings_of(committee_dispersion(members))
+    if settings is None:
+        return None
+    return D3(settings, f"{members[0][0]} (trained with D3 subtracted)")
+
+
 def describe(record: Mapping[str, Any] | None) -> str:
     """``D3(BJ)/pbe0`` or ``none``."""
     settings = settings_of(record)

@@ -174,12 +174,12 @@ def gather(
         # mode="clip" writes into out directly (rows are in range by contract)
         np.take(src, rows, axis=0, out=out, mode="clip")
         return
-    if cache is None:
-        src.take(rows, out)
-        return
-    if "parts" not in cache:
-        cache["parts"] = src.partition(rows)
-    src.take(rows, out, cache["parts"])
+    parts = None
+    if cache is not None:
+        if "parts" not in cache:
+            cache["parts"] = src.partition(rows)
+        parts = cache["parts"]
+    src.take(rows, out, parts)
 
 
 class ShardedDataset(PackedDataset):

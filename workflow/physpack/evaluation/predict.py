@@ -64,7 +64,7 @@ from physpack.data.progress import Progress
 from physpack.dispersion import (
     D3,
     DispersionSettings,
-    committee_dispersion,
+    committee_d3,
     settings_of,
 )
 from physpack.errors import InputError, cli_entry
@@ -307,14 +307,9 @@ def predict(
     if not checkpoints:
         raise InputError("predict: no checkpoint given")
     models = [load_checkpoint(c) for c in checkpoints]
-    settings = settings_of(
-        committee_dispersion(
-            [(str(c), m.dispersion) for c, m in zip(checkpoints, models, strict=True)]
-        )
+    d3 = committee_d3(
+        [(str(c), m.dispersion) for c, m in zip(checkpoints, models, strict=True)]
     )
-    d3 = None
-    if settings is not None:  # before any prediction: dftd3 may be missing
-        d3 = D3(settings, f"{checkpoints[0]} (trained with D3 subtracted)")
     loader = loader or cfg.LoaderConfig()
     with open_structures(structures, data) as dataset:
         lo = from_config(dataset, loader, shuffle=False, model=_pair_model(models))

@@ -51,7 +51,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
-from physpack.dispersion import D3, committee_dispersion, settings_of
+from physpack.dispersion import D3, committee_d3
 from physpack.errors import InputError
 from physpack.model.checkpoint import Checkpoint
 from physpack.model.checkpoint import load as load_checkpoint
@@ -151,18 +151,12 @@ class PhysNetCalculator(Calculator):
 
     def _dispersion_model(self) -> D3 | None:
         """The members' shared D3 (``None``: trained without dispersion)."""
-        names = [str(m.path or f"member {k}") for k, m in enumerate(self._members)]
-        settings = settings_of(
-            committee_dispersion(
-                [
-                    (n, m.checkpoint.dispersion)
-                    for n, m in zip(names, self._members, strict=True)
-                ]
-            )
+        return committee_d3(
+            [
+                (str(m.path or f"member {k}"), m.checkpoint.dispersion)
+                for k, m in enumerate(self._members)
+            ]
         )
-        if settings is None:
-            return None
-        return D3(settings, f"{names[0]} (trained with D3 subtracted)")
 
     @property
     def dispersion_label(self) -> str | None:
