@@ -330,16 +330,12 @@ def run_physpack(
     """Train the shipped recipe (with ``settings``) for ``minutes``, evaluate on
     test, run MD."""
     import yaml
-    from ase.io import read
     from physpack.config import (
         LoaderConfig,
         ModelConfig,
         TrainConfig,
         section_from_mapping,
     )
-    from physpack.data.loader import PackedMemmapLoader
-    from physpack.evaluation.evaluate import predict_split
-    from physpack.model.checkpoint import load
     from physpack.training.train import train
 
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -367,6 +363,12 @@ def run_physpack(
     )
     wall = time.perf_counter() - start
     rss_train = peak_rss_gib()
+    # imported after training: the training's peak is what `physpack train` needs
+    from ase.io import read
+    from physpack.data.loader import PackedMemmapLoader
+    from physpack.evaluation.evaluate import predict_split
+    from physpack.model.checkpoint import load
+
     with open(result.history, newline="") as fh:
         rows = list(csv.DictReader(fh))
     # steady state: the first epoch (compilation) excluded when possible

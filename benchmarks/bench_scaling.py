@@ -52,7 +52,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     from physpack.model.physnet import init_params, model_from_config
     from physpack.training import parallel
     from physpack.training.losses import LossWeights
-    from physpack.training.optim import make_optimizer
+    from physpack.training.optim import initial_schedule, make_optimizer
     from physpack.training.reference import fit_energy_constants
     from physpack.training.state import create_train_state
     from physpack.training.steps import build_steps, prepare_batch
@@ -86,7 +86,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     model = model_from_config(model_cfg)
     tx = make_optimizer(train_cfg)
     params = init_params(model, jax.random.PRNGKey(0), loader.assemble(np.arange(1)))
-    state = create_train_state(params, tx, horizon=1000)
+    state = create_train_state(params, tx, initial_schedule(train_cfg, 1000))
     weights = LossWeights(1.0, 50.0, 0.0)
     if plain:
         state = jax.device_put(state)

@@ -40,7 +40,7 @@ from physpack.data.loader import PackedMemmapLoader
 from physpack.data.synthetic import write_padded_npz
 from physpack.model.physnet import init_params, model_from_config
 from physpack.training.losses import LossWeights
-from physpack.training.optim import make_optimizer
+from physpack.training.optim import initial_schedule, make_optimizer
 from physpack.training.reference import fit_energy_constants
 from physpack.training.state import create_train_state
 from physpack.training.steps import build_steps, prepare_batch
@@ -139,7 +139,7 @@ def bench_dataset(
 
     def fresh_state() -> dict:
         params = init_params(model, jax.random.PRNGKey(0), probe.assemble(np.arange(1)))
-        return create_train_state(params, tx, horizon=1000)
+        return create_train_state(params, tx, initial_schedule(train_cfg, 1000))
 
     def put(b: dict) -> dict:
         return jax.device_put(prepare_batch(b, constants))

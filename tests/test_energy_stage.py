@@ -14,7 +14,7 @@ import pytest
 from model_fixtures import write_toy
 from physpack.model import checkpoint as ckpt_io
 from physpack.training.losses import LossWeights, combine_loss, stage_weights
-from physpack.training.optim import in_energy_stage
+from physpack.training.optim import in_energy_stage, initial_schedule
 from test_train import TRAIN, run
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
@@ -29,16 +29,16 @@ STAGED = dataclasses.replace(
 
 
 def test_the_stage_begins_at_its_fraction_of_the_horizon():
-    assert not bool(in_energy_stage(STAGED, 49, 100))
-    assert bool(in_energy_stage(STAGED, 50, 100))
-    assert bool(
-        in_energy_stage(dataclasses.replace(STAGED, energy_stage_start=0.75), 75, 99)
-    )
-    assert not bool(
-        in_energy_stage(dataclasses.replace(STAGED, energy_stage_start=0.75), 74, 99)
-    )
+    def staged(start, count, horizon):
+        cfg = dataclasses.replace(STAGED, energy_stage_start=start)
+        return bool(in_energy_stage(cfg, count, initial_schedule(cfg, horizon)))
+
+    assert not staged(0.5, 49, 100)
+    assert staged(0.5, 50, 100)
+    assert staged(0.75, 75, 99)
+    assert not staged(0.75, 74, 99)
     # without a stage, never
-    assert not bool(in_energy_stage(TRAIN, 10**6, 10))
+    assert not bool(in_energy_stage(TRAIN, 10**6, initial_schedule(TRAIN, 10)))
 
 
 def test_stage_weights_replace_energy_and_forces_only_of_terms_that_are_on():

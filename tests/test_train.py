@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ from physpack.model.physnet import EnergyConstants, init_params, model_from_conf
 from physpack.training import loop as loop_mod
 from physpack.training import train as train_mod
 from physpack.training.losses import LossWeights
-from physpack.training.optim import make_optimizer
+from physpack.training.optim import initial_schedule, make_optimizer
 from physpack.training.reference import fit_energy_constants
 from physpack.training.state import Progress, create_train_state
 from physpack.training.steps import build_steps
@@ -245,7 +246,7 @@ def test_nonfinite_steps_are_rejected(toy):
     tx = make_optimizer(TRAIN)
     params = init_params(model, jax.random.PRNGKey(0), batch)
     steps = build_steps(model, tx, TRAIN, LossWeights(1.0, 1.0, 0.0))
-    state = create_train_state(params, tx, horizon=5)
+    state = create_train_state(params, tx, initial_schedule(TRAIN, 5))
     good = train_mod.prepare_batch(batch, constants)
     bad = {**good, "E_res": good["E_res"].copy()}
     bad["E_res"][0] = np.nan
@@ -454,7 +455,7 @@ def test_plateau_schedule_follows_the_validation_loss():
     params = {"w": jnp.ones(3)}
     fake = loop.Run.__new__(loop.Run)
     fake.cfg, fake.dp = cfg, parallel.select_devices(1)
-    fake.state = create_train_state(params, tx, horizon=10)
+    fake.state = create_train_state(params, tx, initial_schedule(cfg, 10))
     fake.progress = Progress()
     scales = []
     for epoch, valid in enumerate([1.0, 0.5, 0.6, 0.7, 0.4, 0.8, 0.9]):
@@ -475,13 +476,109 @@ def test_budget_horizon_and_cosine_end():
     from physpack.training.optim import budget_horizon, learning_rate
 
     cfg = dataclasses.replace(TRAIN, epochs=100, max_minutes=1.0, warmup_steps=5)
-    # 20 s for epoch 1, 10 s per epoch: 4 more fit into 60 s
-    assert budget_horizon(cfg, 10, 20.0, 10.0) == 50
-    assert budget_horizon(dataclasses.replace(cfg, epochs=3), 10, 20.0, 10.0) == 30
+    # after epoch 1 (10 steps, 20 s) at 10 s per epoch: 4 more fit into 60 s
+    assert budget_horizon(cfg, 10, 1, 10, 20.0, 10.0) == 50
+    assert (
+        budget_horizon(dataclasses.replace(cfg, epochs=3), 10, 1, 10, 20.0, 10.0) == 30
+    )
+    # later: the steps done count, not the epochs' nominal steps
+    assert budget_horizon(cfg, 37, 4, 10, 45.0, 10.0) == 47
+    assert budget_horizon(cfg, 37, 4, 10, 55.0, 10.0) == 37  # nothing more fits
+    schedule = initial_schedule(cfg, 50)
     end = cfg.learning_rate * cfg.final_lr_fraction
-    assert float(learning_rate(cfg, 50, 50)) == pytest.approx(end, rel=1e-5)
-    assert float(learning_rate(cfg, 5, 50)) == pytest.approx(cfg.learning_rate)
-    assert float(learning_rate(cfg, 0, 50)) == 0.0
+    assert float(learning_rate(cfg, 50, schedule)) == pytest.approx(end, rel=1e-5)
+    assert float(learning_rate(cfg, 5, schedule)) == pytest.approx(cfg.learning_rate)
+    assert float(learning_rate(cfg, 0, schedule)) == 0.0
+
+
+def test_a_revised_horizon_keeps_the_rate_continuous_and_ends_at_the_new_horizon():
+    from physpack.training.optim import (
+        in_energy_stage,
+        learning_rate,
+        revise_schedule,
+    )
+
+    cfg = dataclasses.replace(
+        TRAIN, warmup_steps=10, final_lr_fraction=0.01, energy_stage_start=0.8
+    )
+    peak, end = cfg.learning_rate, cfg.learning_rate * 0.01
+    first = initial_schedule(cfg, 110)
+
+    def cosine(t):  # the reference: peak → end over progress t in [0, 1]
+        return end + (peak - end) * 0.5 * (1 + np.cos(np.pi * t))
+
+    assert float(learning_rate(cfg, 60, first)) == pytest.approx(cosine(0.5), 1e-5)
+    # slower than estimated: at step 60 only 40 more steps fit, not 50
+    shorter = revise_schedule(cfg, 60, first, 100)
+    for s in (60, 61):  # the same rate at the revision, and no jump after it
+        assert float(learning_rate(cfg, s, shorter)) == pytest.approx(
+            float(learning_rate(cfg, s, first)), rel=2e-2
+        )
+    assert float(learning_rate(cfg, 60, shorter)) == pytest.approx(cosine(0.5), 1e-5)
+    assert float(learning_rate(cfg, 80, shorter)) == pytest.approx(cosine(0.75), 1e-5)
+    assert float(learning_rate(cfg, 100, shorter)) == pytest.approx(end, rel=1e-5)
+    assert float(learning_rate(cfg, 500, shorter)) == pytest.approx(end, rel=1e-5)
+    # the energy stage moves with the horizon (0.8 × 100) until it has begun ...
+    assert int(first.stage_start) == 88 and int(shorter.stage_start) == 80
+    assert not bool(in_energy_stage(cfg, 79, shorter))
+    assert bool(in_energy_stage(cfg, 80, shorter))
+    # ... and a longer horizon after that does not end it
+    longer = revise_schedule(cfg, 85, shorter, 200)
+    assert int(longer.stage_start) == 80 and bool(in_energy_stage(cfg, 85, longer))
+    assert float(learning_rate(cfg, 85, longer)) == pytest.approx(
+        float(learning_rate(cfg, 85, shorter)), rel=1e-5
+    )
+    assert float(learning_rate(cfg, 200, longer)) == pytest.approx(end, rel=1e-5)
+    # during warmup only the horizon moves
+    early = revise_schedule(cfg, 5, first, 60)
+    assert int(early.anchor_step) == -1 and int(early.horizon) == 60
+    assert float(learning_rate(cfg, 35, early)) == pytest.approx(cosine(0.5), 1e-5)
+    # a run that ends here: the next rate is the final one
+    done = revise_schedule(cfg, 60, first, 60)
+    assert float(learning_rate(cfg, 60, done)) == pytest.approx(end, rel=1e-5)
+
+
+def test_a_run_that_slows_down_still_anneals_to_its_budget(monkeypatch):
+    """Epochs taking ever longer (a machine that slows down): the horizon follows,
+    and the rate of the last epoch's end is the schedule's final one. With one
+    estimate after the first epoch, the run stopped with the rate at a quarter of
+    its peak."""
+    from physpack.training import loop, parallel
+
+    cfg = dataclasses.replace(
+        TRAIN, epochs=1000, max_minutes=1.0, warmup_steps=5, final_lr_fraction=0.01
+    )
+    tx = make_optimizer(cfg)
+    fake = loop.Run.__new__(loop.Run)
+    fake.cfg, fake.dp = cfg, parallel.select_devices(1)
+    fake.state = create_train_state(
+        {"w": jnp.ones(3)}, tx, initial_schedule(cfg, cfg.epochs * 10)
+    )
+    fake.progress = Progress()
+    clock = [0.0]
+    monkeypatch.setattr(fake, "elapsed", lambda: clock[0], raising=False)
+    monkeypatch.setattr(fake, "steps_per_epoch", lambda epoch=None: 10, raising=False)
+    monkeypatch.setattr(fake, "log", lambda _: None, raising=False)
+    rates, epoch = [], 0
+    while True:
+        epoch_s = 2.0 + 0.12 * epoch  # 2 s at first, 5.6 s at the 31st epoch
+        clock[0] += epoch_s
+        fake.state = fake.state.replace(accepted=jnp.int32(10 * (epoch + 1)))
+        before = float(loop.current_learning_rate(fake))
+        loop._adapt_schedule(fake, epoch, 1.0, epoch_s + 0.12)  # the next one's
+        rates.append((before, float(loop.current_learning_rate(fake))))
+        fake.progress.history.append({"epoch_time_s": epoch_s})
+        if clock[0] + epoch_s + 0.12 > 60.0:  # the loop's stop rule
+            break
+        epoch += 1
+    assert 15 < epoch < 25
+    assert rates[-1][1] == pytest.approx(cfg.learning_rate * 0.01, rel=1e-3)
+    # each revision leaves the rate where it was (but for the last: the run ends
+    # there), and the rate only falls
+    for before, after in rates[:-1]:
+        assert after == pytest.approx(before, rel=1e-5)
+    lr = [r for _, r in rates]
+    assert all(b <= a * (1 + 1e-6) for a, b in itertools.pairwise(lr))
 
 
 def test_given_reference_energies_are_used_and_stored(toy, tmp_path):

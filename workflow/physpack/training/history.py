@@ -24,6 +24,7 @@ HISTORY_COLUMNS = (
     "valid_dipole_mae_eA",
     "valid_dipole_rmse_eA",
     "lr",
+    "lr_horizon",
     "loss_stage",
     "steps",
     "rejected_steps",

@@ -41,11 +41,14 @@ from physpack.training.optim import (
     in_energy_stage,
     learning_rate,
     plateau_transform,
+    revise_schedule,
 )
 from physpack.training.parallel import DataParallel
 from physpack.training.state import Progress, TrainState, new_epoch_sums
 from physpack.training.steps import STOP_KEY, Steps
 
+#: Epochs whose mean time predicts the next one's (the budget's decisions).
+RECENT_EPOCHS = 5
 #: Events passed to ``on_event`` (monitoring; tests kill the run at them).
 EVENTS = ("step", "state_saved", "validation", "epoch_recorded")
 
@@ -130,8 +133,8 @@ class Run:
 
     def loss_stage(self) -> int:
         """1, or 2 once the next step is in the late energy stage."""
-        accepted, horizon = host((self.state.accepted, self.state.horizon))
-        return 2 if bool(in_energy_stage(self.cfg, accepted, horizon)) else 1
+        accepted, schedule = host((self.state.accepted, self.state.schedule))
+        return 2 if bool(in_energy_stage(self.cfg, accepted, schedule)) else 1
 
     def weights_now(self) -> LossWeights:
         """The loss weights of the next step (those of the late energy stage once
@@ -419,7 +422,7 @@ def _save(run: Run, step: int) -> None:
 def current_learning_rate(run: Run) -> float:
     """The learning rate of the next step (schedule × plateau factor)."""
     s = host(run.state)
-    return float(learning_rate(run.cfg, s.accepted, s.horizon) * s.lr_scale)
+    return float(learning_rate(run.cfg, s.accepted, s.schedule) * s.lr_scale)
 
 
 def _end_epoch(run: Run, epoch: int) -> None:
@@ -441,12 +444,16 @@ def _end_epoch(run: Run, epoch: int) -> None:
     accepted = max(sums["steps"] - sums["rejected"], 1.0)
     steady = sums["time"] / sums["timed_steps"] if sums["timed_steps"] else 0.0
     epoch_s = steady * sums["steps"] + valid_s
-    _adapt_schedule(run, epoch, metrics["valid_loss"], epoch_s)
+    # the next epoch's expected time: the recent epochs' mean (budget decisions)
+    recent = [r["epoch_time_s"] for r in p.history[-(RECENT_EPOCHS - 1) :]]
+    expected_s = float(np.mean([*recent, epoch_s]))
+    _adapt_schedule(run, epoch, metrics["valid_loss"], expected_s)
     row = {
         "epoch": epoch + 1,
         "train_loss": sums["loss_sum"] / max(sums["n_mol"], 1.0),
         **metrics,
         "lr": current_learning_rate(run),  # of the next step
+        "lr_horizon": int(host(run.state.schedule.horizon)),  # step the cosine ends
         "steps": int(sums["steps"]),
         "rejected_steps": int(sums["rejected"]),
         "grad_norm_mean": sums["grad_norm_sum"] / accepted,
@@ -483,7 +490,10 @@ def _end_epoch(run: Run, epoch: int) -> None:
         p.finished, p.stop_reason = True, "epochs"
     elif cfg.patience is not None and p.bad_epochs >= cfg.patience:
         p.finished, p.stop_reason = True, "patience"
-    elif cfg.max_minutes is not None and run.elapsed() + epoch_s > 60 * cfg.max_minutes:
+    elif (
+        cfg.max_minutes is not None
+        and run.elapsed() + expected_s > 60 * cfg.max_minutes
+    ):
         # another epoch would overrun the budget: stop at this boundary
         p.finished, p.stop_reason = True, "max_minutes"
     # Clocks differ between processes: process 0's decision holds for all.
@@ -495,27 +505,31 @@ def _end_epoch(run: Run, epoch: int) -> None:
 
 
 def _adapt_schedule(run: Run, epoch: int, valid_loss: float, epoch_s: float) -> None:
-    """After the first epoch of a run with ``max_minutes``: the cosine horizon
-    becomes the budget's estimated steps. Every epoch with ``plateau``: the
-    validation loss drives the learning-rate factor."""
-    cfg = run.cfg
-    if (
-        epoch == 0
-        and cfg.max_minutes is not None
-        and cfg.schedule == "cosine"
-        and not run.progress.horizon_estimated
-    ):
-        horizon = budget_horizon(cfg, run.steps_per_epoch(0), run.elapsed(), epoch_s)
+    """After every epoch of a run with ``max_minutes`` (cosine): the horizon
+    becomes the steps that fit the budget if each further epoch takes ``epoch_s``
+    seconds, continuously (:func:`revise_schedule`). Every epoch with
+    ``plateau``: the validation loss drives the learning-rate factor."""
+    cfg, p = run.cfg, run.progress
+    if cfg.max_minutes is not None and cfg.schedule == "cosine":
+        accepted, schedule = host((run.state.accepted, run.state.schedule))
+        horizon = budget_horizon(
+            cfg,
+            int(accepted),
+            epoch + 1,
+            run.steps_per_epoch(epoch + 1),
+            run.elapsed(),
+            epoch_s,
+        )
         horizon = int(parallel.broadcast_from_main(np.int32(horizon)))
-        run.progress.horizon_estimated = True
-        run.state = run.state.replace(
-            horizon=parallel.replicate(run.dp, np.int32(horizon))
-        )
-        run.log(
-            f"train.max_minutes={cfg.max_minutes}: the learning rate anneals over "
-            f"{horizon} steps ({horizon / max(run.steps_per_epoch(0), 1):.0f} epochs "
-            "estimated to fit the budget)"
-        )
+        revised = revise_schedule(cfg, int(accepted), schedule, horizon)
+        run.state = run.state.replace(schedule=parallel.replicate(run.dp, revised))
+        if not p.horizon_estimated:
+            p.horizon_estimated = True
+            run.log(
+                f"train.max_minutes={cfg.max_minutes}: the learning rate anneals over "
+                f"{horizon} steps ({horizon / max(run.steps_per_epoch(0), 1):.0f} "
+                "epochs estimated to fit the budget; revised after every epoch)"
+            )
     if cfg.schedule == "plateau":
         tx = plateau_transform(cfg)
         init = tx.init(jnp.zeros(()))

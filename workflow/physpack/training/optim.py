@@ -7,10 +7,13 @@ weight decay (AdamW style, any optimiser when ``weight_decay`` > 0)
 
 * :func:`learning_rate`: linear warmup from 0 over ``warmup_steps``, then cosine
   decay to ``final_lr_fraction`` at the *horizon* (``cosine``), or constant
-  (``constant``, ``plateau``). The horizon is a value of the training state, not a
-  constant of the compiled step: with ``train.max_minutes`` the run estimates after
-  its first epoch how many steps the budget allows and anneals to that
-  (:func:`budget_horizon`), and a resumed run reads it back.
+  (``constant``, ``plateau``). The horizon is part of the training state
+  (:class:`Schedule`), not a constant of the compiled step: with
+  ``train.max_minutes`` the run estimates after its first epoch how many steps the
+  budget allows (:func:`budget_horizon`) and revises that after every epoch from
+  its recent speed (:func:`revise_schedule`); the cosine continues from where it
+  stands, so the rate never jumps and reaches its end with the budget even when
+  the machine's speed drifts. A resumed run reads the schedule back.
 * ``lr_scale``: 1, or, for ``plateau``, the factor of optax's
   ``reduce_on_plateau`` driven by the validation loss once per epoch, as MACE does
   (:func:`plateau_transform`).
@@ -29,7 +32,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from flax import struct
 
 from physpack.config import TrainConfig
 from physpack.errors import ConfigError
@@ -108,8 +113,72 @@ def check_freeze(params: Mapping[str, Any], cfg: TrainConfig) -> None:
         raise ConfigError("train.freeze: every parameter group is frozen")
 
 
+#: ``Schedule.stage_start`` of a run without a late energy stage.
+NO_STAGE = np.iinfo(np.int32).max
+
+
+@struct.dataclass
+class Schedule:
+    """Where the learning-rate schedule and the loss stage stand (part of the train
+    state; every field a () array).
+
+    Attributes:
+        horizon: int32, accepted step at which the cosine reaches its final value
+            (it stays there afterwards).
+        anchor_step: int32, accepted step from which the cosine's progress grows
+            linearly to 1 at ``horizon``; -1: the end of warmup.
+        anchor_progress: float32, the cosine's progress at ``anchor_step`` (0: peak
+            rate, 1: final rate); 0 with ``anchor_step`` -1.
+        stage_start: int32, first accepted step of the late energy stage
+            (:data:`NO_STAGE`: none).
+    """
+
+    horizon: jax.Array
+    anchor_step: jax.Array
+    anchor_progress: jax.Array
+    stage_start: jax.Array
+
+
+def stage_start_step(cfg: TrainConfig, horizon: int) -> int:
+    """First step of the late energy stage for ``horizon``:
+    ``⌈energy_stage_start · horizon⌉`` (:data:`NO_STAGE` without one)."""
+    if cfg.energy_stage_start is None:
+        return int(NO_STAGE)
+    return math.ceil(cfg.energy_stage_start * horizon)
+
+
+def initial_schedule(cfg: TrainConfig, horizon: int) -> Schedule:
+    """The schedule of a new run that anneals over ``horizon`` accepted steps."""
+    return Schedule(
+        horizon=jnp.asarray(horizon, jnp.int32),
+        anchor_step=jnp.asarray(-1, jnp.int32),
+        anchor_progress=jnp.zeros((), jnp.float32),
+        stage_start=jnp.asarray(stage_start_step(cfg, horizon), jnp.int32),
+    )
+
+
+def _warmup(cfg: TrainConfig, horizon: jax.Array) -> jax.Array:
+    return jnp.minimum(jnp.float32(cfg.warmup_steps), horizon - 1.0)
+
+
+def cosine_progress(
+    cfg: TrainConfig, count: jax.Array | int, schedule: Schedule
+) -> jax.Array:
+    """float32 () progress of the cosine at accepted step ``count``: 0 until the
+    end of warmup, then linear from ``anchor_progress`` at ``anchor_step`` to 1 at
+    ``horizon`` (and 1 after it)."""
+    count = jnp.asarray(count, jnp.float32)
+    horizon = jnp.maximum(jnp.asarray(schedule.horizon, jnp.float32), 1.0)
+    warmup = _warmup(cfg, horizon)
+    anchored = jnp.asarray(schedule.anchor_step) >= 0
+    anchor = jnp.where(anchored, jnp.asarray(schedule.anchor_step, jnp.float32), warmup)
+    t0 = jnp.where(anchored, jnp.asarray(schedule.anchor_progress, jnp.float32), 0.0)
+    span = jnp.maximum(horizon - anchor, 1.0)
+    return jnp.clip(t0 + (1.0 - t0) * (count - anchor) / span, t0, 1.0)
+
+
 def learning_rate(
-    cfg: TrainConfig, count: jax.Array | int, horizon: jax.Array | int
+    cfg: TrainConfig, count: jax.Array | int, schedule: Schedule
 ) -> jax.Array:
     """The schedule's learning rate at accepted step ``count`` (0-based).
 
@@ -118,43 +187,74 @@ def learning_rate(
             ``final_lr_fraction``.
         count: int32 () accepted optimisation steps so far (rejected steps do not
             advance the schedule).
-        horizon: int32 () step at which the cosine reaches its final value (it stays
-            there afterwards).
+        schedule: horizon and anchor (:func:`cosine_progress`).
 
     Returns:
         float32 () learning rate, before the plateau factor.
     """
     peak = jnp.float32(cfg.learning_rate)
-    count = jnp.asarray(count, jnp.float32)
-    horizon = jnp.maximum(jnp.asarray(horizon, jnp.float32), 1.0)
-    warmup = jnp.minimum(jnp.float32(cfg.warmup_steps), horizon - 1.0)
-    warm = peak * count / jnp.maximum(warmup, 1.0)
+    horizon = jnp.maximum(jnp.asarray(schedule.horizon, jnp.float32), 1.0)
+    warmup = _warmup(cfg, horizon)
+    warm = peak * jnp.asarray(count, jnp.float32) / jnp.maximum(warmup, 1.0)
     if cfg.schedule == "cosine":
         end = peak * cfg.final_lr_fraction
-        span = jnp.maximum(horizon - warmup, 1.0)
-        t = jnp.clip((count - warmup) / span, 0.0, 1.0)
+        t = cosine_progress(cfg, count, schedule)
         after = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
     else:
         after = peak
-    return jnp.where(count < warmup, warm, after)
+    return jnp.where(jnp.asarray(count, jnp.float32) < warmup, warm, after)
 
 
 def in_energy_stage(
-    cfg: TrainConfig, count: jax.Array | int, horizon: jax.Array | int
+    cfg: TrainConfig, count: jax.Array | int, schedule: Schedule
 ) -> jax.Array:
     """Whether accepted step ``count`` is in the late energy stage: from
-    ``⌈energy_stage_start · horizon⌉`` on (never without ``energy_stage_start``).
+    ``schedule.stage_start`` on (never without ``energy_stage_start``).
 
     Args:
-        count, horizon: int32 () as for :func:`learning_rate`.
+        count: int32 () as for :func:`learning_rate`.
 
     Returns:
         bool () array.
     """
     if cfg.energy_stage_start is None:
         return jnp.zeros((), bool)
-    start = jnp.ceil(cfg.energy_stage_start * jnp.asarray(horizon, jnp.float32))
-    return jnp.asarray(count, jnp.float32) >= start
+    return jnp.asarray(count, jnp.int32) >= jnp.asarray(schedule.stage_start)
+
+
+def revise_schedule(
+    cfg: TrainConfig, count: int, schedule: Schedule, horizon: int
+) -> Schedule:
+    """``schedule`` with its horizon moved to ``horizon`` at accepted step
+    ``count``, continuously: after warmup the cosine is anchored at its present
+    progress, so the rate at ``count`` is unchanged and it reaches its end at the
+    new horizon; during warmup only the horizon moves. A late energy stage that
+    has not begun moves with the horizon; one that has begun stays.
+
+    Args:
+        count: accepted steps so far.
+        horizon: the new horizon; at most ``count`` (the run ends here) makes
+            the rate the final one from ``count`` on.
+
+    Returns:
+        The revised schedule (host values).
+    """
+    horizon = max(int(horizon), int(count))
+    anchor_step, anchor_progress = schedule.anchor_step, schedule.anchor_progress
+    if horizon == count:
+        anchor_step, anchor_progress = count, 1.0
+    elif count > float(_warmup(cfg, jnp.float32(horizon))):
+        anchor_step = count
+        anchor_progress = cosine_progress(cfg, count, schedule)
+    stage_start = schedule.stage_start
+    if count < int(stage_start):
+        stage_start = max(count, stage_start_step(cfg, horizon))
+    return Schedule(
+        horizon=jnp.asarray(horizon, jnp.int32),
+        anchor_step=jnp.asarray(anchor_step, jnp.int32),
+        anchor_progress=jnp.asarray(anchor_progress, jnp.float32),
+        stage_start=jnp.asarray(stage_start, jnp.int32),
+    )
 
 
 def plateau_transform(cfg: TrainConfig) -> optax.GradientTransformationExtraArgs:
@@ -172,25 +272,29 @@ def plateau_transform(cfg: TrainConfig) -> optax.GradientTransformationExtraArgs
 
 def budget_horizon(
     cfg: TrainConfig,
+    steps_done: int,
+    epochs_done: int,
     steps_per_epoch: int,
     elapsed_s: float,
     epoch_s: float,
 ) -> int:
-    """The schedule horizon (steps) of a run with ``max_minutes``, estimated after
-    its first epoch.
+    """The schedule horizon (accepted steps) of a run with ``max_minutes``: the
+    steps done plus those of the epochs that still fit.
 
     The run stops at the first epoch boundary after which another epoch would
-    overrun the budget, so it completes ``k = 1 + ⌊(budget − elapsed) / epoch⌋``
-    epochs, at most ``cfg.epochs``.
+    overrun the budget, so ``⌊(budget − elapsed) / epoch⌋`` more epochs fit, and at
+    most ``cfg.epochs − epochs_done``.
 
     Args:
         cfg: ``max_minutes`` (must be set) and ``epochs``.
+        steps_done: accepted steps so far.
+        epochs_done: finished epochs.
         steps_per_epoch: optimisation steps per epoch.
-        elapsed_s: seconds of the run after its first epoch (compilation included).
-        epoch_s: seconds of one epoch without compilation (steps and validation).
+        elapsed_s: seconds of the run so far (compilation included).
+        epoch_s: expected seconds of one epoch (steps and validation).
     """
     assert cfg.max_minutes is not None
     budget = 60.0 * cfg.max_minutes
     more = math.floor(max(budget - elapsed_s, 0.0) / max(epoch_s, 1e-9))
-    epochs = min(cfg.epochs, 1 + more)
-    return max(epochs * steps_per_epoch, 1)
+    epochs = max(min(cfg.epochs - epochs_done, more), 0)
+    return max(steps_done + epochs * steps_per_epoch, 1)

@@ -2,7 +2,7 @@
 run needs to continue exactly.
 
 * :class:`TrainState`: the device-side pytree the jitted train step maps to a new
-  one (parameters, optimiser state, EMA, step counters, schedule horizon,
+  one (parameters, optimiser state, EMA, step counters, learning-rate schedule,
   learning-rate factor).
 * :class:`Progress`: the host-side bookkeeping (history rows, best epoch, patience,
   sums of the epoch in progress), plain values.
@@ -34,6 +34,7 @@ from physpack.config import LoaderConfig, ModelConfig, TrainConfig
 from physpack.data.packed import PackedDataset
 from physpack.errors import ConfigError
 from physpack.model.physnet import Params
+from physpack.training.optim import Schedule
 
 #: Config keys that do not change the trained parameters: a state saved with other
 #: values of these is resumed.
@@ -67,7 +68,8 @@ class TrainState:
         ema: exponential moving average of ``params`` (validation, checkpoints).
         step: int32 () steps taken, rejected ones included.
         accepted: int32 () accepted steps: the learning-rate schedule's counter.
-        horizon: int32 () step at which the cosine schedule ends.
+        schedule: the cosine's horizon and anchor, and the late energy stage's
+            first step (:class:`physpack.training.optim.Schedule`).
         lr_scale: float32 () factor on the learning rate (plateau schedule; else 1).
     """
 
@@ -76,12 +78,12 @@ class TrainState:
     ema: Params
     step: jax.Array
     accepted: jax.Array
-    horizon: jax.Array
+    schedule: Schedule
     lr_scale: jax.Array
 
 
 def create_train_state(
-    params: Params, tx: optax.GradientTransformation, horizon: int
+    params: Params, tx: optax.GradientTransformation, schedule: Schedule
 ) -> TrainState:
     """The state before the first step: EMA = params, counters 0, scale 1."""
     return TrainState(
@@ -90,7 +92,7 @@ def create_train_state(
         ema=jax.tree.map(jnp.copy, params),  # own buffers: the state is donated
         step=jnp.zeros((), jnp.int32),
         accepted=jnp.zeros((), jnp.int32),
-        horizon=jnp.asarray(horizon, jnp.int32),
+        schedule=schedule,
         lr_scale=jnp.ones((), jnp.float32),
     )
 
@@ -132,7 +134,7 @@ class Progress:
     elapsed_s: float = 0.0  # training time of earlier processes of this run
     epoch_sums: dict[str, float] = dataclasses.field(default_factory=new_epoch_sums)
     consecutive_rejected: int = 0
-    horizon_estimated: bool = False  # max_minutes: the horizon was set after epoch 1
+    horizon_estimated: bool = False  # max_minutes: the horizon was first set
     plateau: dict[str, float] | None = None  # reduce_on_plateau state (plateau)
     finished: bool = False
     stop_reason: str = "epochs"

@@ -131,12 +131,12 @@ def build_steps(
         compilations["train_step"] += 1  # runs at trace time only
         # the weights of this step: the late energy stage's from its start on
         now = stage_weights(
-            weights, cfg, in_energy_stage(cfg, state.accepted, state.horizon)
+            weights, cfg, in_energy_stage(cfg, state.accepted, state.schedule)
         )
         (loss, counts), grads = loss_and_grad(state.params, batch, scale, now)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        lr = learning_rate(cfg, state.accepted, state.horizon) * state.lr_scale
+        lr = learning_rate(cfg, state.accepted, state.schedule) * state.lr_scale
         updates = jax.tree.map(lambda u: -lr * u, updates)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -72,7 +72,7 @@ from physpack.training.loop import (
     train_and_evaluate,
 )
 from physpack.training.losses import LossWeights
-from physpack.training.optim import check_freeze, make_optimizer
+from physpack.training.optim import check_freeze, initial_schedule, make_optimizer
 from physpack.training.parallel import DataParallel
 from physpack.training.reference import energy_constants_for, fit_energy_constants
 from physpack.training.state import (
@@ -281,7 +281,9 @@ def train(
         )
     check_freeze(params, train_cfg)
     params = parallel.broadcast_from_main(params)  # seeded alike; made exact
-    state = create_train_state(params, tx, train_cfg.epochs * steps_per_epoch)
+    state = create_train_state(
+        params, tx, initial_schedule(train_cfg, train_cfg.epochs * steps_per_epoch)
+    )
     progress_ = Progress()
     if saved is not None:
         state = serialization.from_state_dict(host(state), saved["train_state"])
