@@ -421,8 +421,10 @@ def _save(run: Run, step: int) -> None:
 
 def current_learning_rate(run: Run) -> float:
     """The learning rate of the next step (schedule × plateau factor)."""
-    s = host(run.state)
-    return float(learning_rate(run.cfg, s.accepted, s.schedule) * s.lr_scale)
+    accepted, schedule, scale = host(
+        (run.state.accepted, run.state.schedule, run.state.lr_scale)
+    )
+    return float(learning_rate(run.cfg, accepted, schedule) * scale)
 
 
 def _end_epoch(run: Run, epoch: int) -> None:
@@ -509,7 +511,7 @@ def _adapt_schedule(run: Run, epoch: int, valid_loss: float, epoch_s: float) -> 
     becomes the steps that fit the budget if each further epoch takes ``epoch_s``
     seconds, continuously (:func:`revise_schedule`). Every epoch with
     ``plateau``: the validation loss drives the learning-rate factor."""
-    cfg, p = run.cfg, run.progress
+    cfg = run.cfg
     if cfg.max_minutes is not None and cfg.schedule == "cosine":
         accepted, schedule = host((run.state.accepted, run.state.schedule))
         horizon = budget_horizon(
@@ -523,8 +525,7 @@ def _adapt_schedule(run: Run, epoch: int, valid_loss: float, epoch_s: float) -> 
         horizon = int(parallel.broadcast_from_main(np.int32(horizon)))
         revised = revise_schedule(cfg, int(accepted), schedule, horizon)
         run.state = run.state.replace(schedule=parallel.replicate(run.dp, revised))
-        if not p.horizon_estimated:
-            p.horizon_estimated = True
+        if epoch == 0:
             run.log(
                 f"train.max_minutes={cfg.max_minutes}: the learning rate anneals over "
                 f"{horizon} steps ({horizon / max(run.steps_per_epoch(0), 1):.0f} "

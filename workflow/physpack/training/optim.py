@@ -193,16 +193,16 @@ def learning_rate(
         float32 () learning rate, before the plateau factor.
     """
     peak = jnp.float32(cfg.learning_rate)
-    horizon = jnp.maximum(jnp.asarray(schedule.horizon, jnp.float32), 1.0)
-    warmup = _warmup(cfg, horizon)
-    warm = peak * jnp.asarray(count, jnp.float32) / jnp.maximum(warmup, 1.0)
+    steps = jnp.asarray(count, jnp.float32)
+    warmup = _warmup(cfg, jnp.maximum(jnp.asarray(schedule.horizon, jnp.float32), 1.0))
+    warm = peak * steps / jnp.maximum(warmup, 1.0)
     if cfg.schedule == "cosine":
         end = peak * cfg.final_lr_fraction
         t = cosine_progress(cfg, count, schedule)
         after = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
     else:
         after = peak
-    return jnp.where(jnp.asarray(count, jnp.float32) < warmup, warm, after)
+    return jnp.where(steps < warmup, warm, after)
 
 
 def in_energy_stage(

@@ -134,7 +134,6 @@ class Progress:
     elapsed_s: float = 0.0  # training time of earlier processes of this run
     epoch_sums: dict[str, float] = dataclasses.field(default_factory=new_epoch_sums)
     consecutive_rejected: int = 0
-    horizon_estimated: bool = False  # max_minutes: the horizon was first set
     plateau: dict[str, float] | None = None  # reduce_on_plateau state (plateau)
     finished: bool = False
     stop_reason: str = "epochs"
