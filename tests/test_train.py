@@ -472,6 +472,32 @@ def test_adamw_without_weight_decay_warns():
         make_optimizer(dataclasses.replace(TRAIN, optimizer="adamw", weight_decay=0.0))
 
 
+def test_weight_decay_shrinks_only_the_dense_weight_matrices():
+    """Decoupled decay pulls the dense layers' kernels towards zero; biases, the
+    gates u, per-element scales and the basis are left alone (a decayed
+    element_scale would fight the energy scale the model learned)."""
+    from physpack.model.physnet import molecules_to_batch
+
+    mol = {"Z": np.array([8, 1, 1]), "R": np.eye(3, dtype=np.float32)}
+    batch = molecules_to_batch([mol], max_atoms=4, max_pairs=8, max_molecules=2)
+    model = model_from_config(TINY_MODEL)
+    params = init_params(model, jax.random.PRNGKey(0), batch)
+    tx = make_optimizer(dataclasses.replace(TRAIN, weight_decay=0.1))
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    weights = jax.tree_util.tree_flatten_with_path(params)[0]
+    names = [jax.tree_util.keystr(path) for path, _ in weights]
+    assert any(n.endswith("['kernel']") for n in names)
+    assert any("element_scale" in n for n in names)
+    for (path, w), u in zip(weights, jax.tree.leaves(updates), strict=True):
+        kernel = getattr(path[-1], "key", None) == "kernel"
+        # the update before the rate: weight_decay × the weight, or nothing
+        expected = 0.1 * np.asarray(w) if kernel else np.zeros_like(w)
+        np.testing.assert_allclose(
+            np.asarray(u), expected, rtol=1e-6, err_msg=jax.tree_util.keystr(path)
+        )
+
+
 def test_budget_horizon_and_cosine_end():
     from physpack.training.optim import budget_horizon, learning_rate
 

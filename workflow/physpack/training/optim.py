@@ -1,7 +1,9 @@
 """Optimiser and learning-rate schedules.
 
 The optax chain is global-norm clipping → Adam or AMSGrad moments → decoupled
-weight decay (AdamW style, any optimiser when ``weight_decay`` > 0)
+weight decay (AdamW style, any optimiser when ``weight_decay`` > 0) of the dense
+layers' weight matrices only (:func:`decayed_leaves`; biases, gates, per-element
+scales and shifts and the radial basis are not pulled towards zero)
 (:func:`make_optimizer`). The learning rate is applied by the train step as
 ``learning_rate(step) × lr_scale``:
 
@@ -60,7 +62,7 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     else:
         parts.append(optax.scale_by_adam())
     if cfg.weight_decay > 0:
-        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decayed_leaves))
     tx = optax.chain(*parts)
     if not cfg.freeze:
         return tx
@@ -70,6 +72,14 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.multi_transform(
         {"trained": tx, "frozen": optax.set_to_zero()},
         lambda params: freeze_labels(params, frozen),
+    )
+
+
+def decayed_leaves(params: Any) -> Any:
+    """The mask of weight decay: True for the dense layers' weight matrices
+    (flax's ``kernel`` leaves), False for every other parameter."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "kernel", params
     )
 
 
