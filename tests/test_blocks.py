@@ -6,6 +6,7 @@ against a hand computation."""
 
 from __future__ import annotations
 
+import e3x
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ from physpack.model.basis import (
     polynomial_cutoff,
     polynomial_switch,
 )
+from physpack.model.blocks import InteractionBlock
 from physpack.model.physnet import (
     EnergyConstants,
     device_inputs,
@@ -229,9 +231,6 @@ def test_degree_one_interaction_block_matches_numpy():
     """One degree-1 interaction block against its equations written out in numpy:
     the gates sigmoid(s_c) of the vector channels, the pair messages between
     scalars and vectors, the residual block and the gated update of both."""
-    import e3x
-    from physpack.model.blocks import InteractionBlock
-
     F, V, K, n = 5, 3, 4, 4
     rng = np.random.default_rng(11)
     i, j = np.nonzero(~np.eye(n, dtype=bool))  # i receives from j
@@ -283,6 +282,4 @@ def test_degree_one_interaction_block_matches_numpy():
     m_s = _residual(p["residual_0"], m_s)
     upd_s, upd_v = dense(p["dense"], *act(m_s, m_v))
     np.testing.assert_allclose(out_s, p["u"] * s + upd_s, rtol=2e-4, atol=2e-4)
-    np.testing.assert_allclose(
-        out_v, p["u_vector"] * v + upd_v, rtol=2e-4, atol=2e-4
-    )
+    np.testing.assert_allclose(out_v, p["u_vector"] * v + upd_v, rtol=2e-4, atol=2e-4)
