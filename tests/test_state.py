@@ -77,6 +77,22 @@ def test_a_finished_run_continues_only_when_its_limit_was_raised():
     assert same.resume and same.extended == ()
 
 
+def test_a_finished_run_is_not_returned_for_a_shorter_budget():
+    # max_minutes is not hashed (an unfinished run may resume with another budget),
+    # but a finished run of 30 minutes is not the run a 15-minute budget asks for
+    cfg = TrainConfig(epochs=10000, max_minutes=30.0)
+    shorter = dataclasses.replace(cfg, max_minutes=15.0)
+    for reason in ("max_minutes", "epochs", "patience"):
+        assert not decide(saved(cfg, finished=True, reason=reason), shorter).resume
+    unlimited = dataclasses.replace(cfg, max_minutes=None)
+    assert not decide(saved(unlimited, finished=True), cfg).resume
+    # an unfinished run resumes under the shorter budget
+    assert decide(saved(cfg, finished=False), shorter).resume
+    # a run that stopped on its epochs before a budget that is now raised: done
+    longer = dataclasses.replace(cfg, max_minutes=60.0)
+    assert decide(saved(cfg, finished=True, reason="epochs"), longer).resume
+
+
 def test_progress_of_older_states_gets_defaults():
     progress = Progress.from_dict({"history": [{"epoch": 1}], "epoch_acc": {}})
     assert progress.consecutive_rejected == 0 and progress.epoch_sums["rejected"] == 0

@@ -264,7 +264,8 @@ def check_resumable(
     * same config (up to :data:`RESUMABLE_ACROSS`), data and code: resume;
     * a finished run that stopped on ``epochs`` or ``max_minutes``, where only
       those keys were raised: resume and continue it;
-    * another finished run: start a new one;
+    * a finished run whose ``max_minutes`` was lowered (it may have trained longer
+      than the new budget allows), and any other finished run: start a new one;
     * an unfinished run of other settings: refuse.
 
     Raises:
@@ -289,6 +290,8 @@ def check_resumable(
         extended = _raised_budget(saved_sections, sections, progress)
         if finished and extended:
             return ResumeDecision(True, extended)
+        if finished and _lowered_budget(saved_sections, sections):
+            return ResumeDecision(False)
         return ResumeDecision(True)
     if finished:
         reason = progress.get("stop_reason")
@@ -328,6 +331,16 @@ def _raised_budget(
     if _larger(new, old):
         return (_fmt_change("train.max_minutes", old, new),)
     return ()
+
+
+def _lowered_budget(
+    saved: Mapping[str, Mapping[str, Any]], mine: Mapping[str, Mapping[str, Any]]
+) -> bool:
+    """Whether ``train.max_minutes`` is now lower than the saved run's (``None``:
+    no limit)."""
+    old = saved.get("train", {}).get("max_minutes")
+    new = mine.get("train", {}).get("max_minutes")
+    return new is not None and (old is None or float(new) < float(old))
 
 
 _ORPHAN = re.compile(r"^\..+\.tmp-(\d+)$")
