@@ -326,8 +326,7 @@ def _raised_budget(
     continued when it was raised."""
     if progress.get("stop_reason") != "max_minutes":
         return ()
-    old = saved.get("train", {}).get("max_minutes")
-    new = mine.get("train", {}).get("max_minutes")
+    old, new = _budgets(saved, mine)
     if _larger(new, old):
         return (_fmt_change("train.max_minutes", old, new),)
     return ()
@@ -338,9 +337,18 @@ def _lowered_budget(
 ) -> bool:
     """Whether ``train.max_minutes`` is now lower than the saved run's (``None``:
     no limit)."""
-    old = saved.get("train", {}).get("max_minutes")
-    new = mine.get("train", {}).get("max_minutes")
-    return new is not None and (old is None or float(new) < float(old))
+    old, new = _budgets(saved, mine)
+    return _larger(old, new)
+
+
+def _budgets(
+    saved: Mapping[str, Mapping[str, Any]], mine: Mapping[str, Mapping[str, Any]]
+) -> tuple[Any, Any]:
+    """``train.max_minutes`` of the saved run and of this one."""
+    return (
+        saved.get("train", {}).get("max_minutes"),
+        mine.get("train", {}).get("max_minutes"),
+    )
 
 
 _ORPHAN = re.compile(r"^\..+\.tmp-(\d+)$")
