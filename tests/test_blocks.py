@@ -104,7 +104,10 @@ def _physnet_numpy(params: dict, cfg: ModelConfig, Z, R) -> np.ndarray:
         p = params[f"interaction_{m}"]
         xa = ssp(feats)
         v = ssp(_dense(p["dense_i"]["scalar"], xa))
-        filt = g @ np.asarray(p["k2f"]["kernel"])
+        hidden = g
+        if cfg.radial_filter == "mlp":  # SchNet-style filter network, no biases
+            hidden = ssp(hidden @ np.asarray(p["radial_hidden"]["kernel"]))
+        filt = hidden @ np.asarray(p["k2f"]["kernel"])
         msg = filt * ssp(_dense(p["dense_j"]["scalar"], xa))[j]
         np.add.at(v, i, msg)
         for k in range(cfg.n_res_interaction):
@@ -122,11 +125,23 @@ def _physnet_numpy(params: dict, cfg: ModelConfig, Z, R) -> np.ndarray:
     return (scale * total + shift)[:, 0]
 
 
-def test_invariant_model_is_physnet_as_published():
+def _randomised(model, batch, rng):
+    """The model's parameters, each perturbed so that none is trivially 0 or 1."""
+    params = init_params(model, jax.random.PRNGKey(0), batch)
+    return jax.tree.map(
+        lambda a: (np.asarray(a) + rng.normal(0.0, 0.5, a.shape)).astype(np.float32),
+        params,
+    )
+
+
+@pytest.mark.parametrize("radial_filter", ["linear", "mlp"])
+def test_invariant_model_is_physnet_as_published(radial_filter):
     """max_degree 0 = the paper's PhysNet: pre-activation, W_I/W_J, gate u,
     interaction and atomic residual blocks, output block, per-element scale and
-    shift — every parameter randomised so that none of them is trivially 0 or 1."""
+    shift — every parameter randomised so that none of them is trivially 0 or 1.
+    ``radial_filter: mlp`` changes only the filter G = W₂ σ(W₁ g)."""
     cfg = ModelConfig(
+        radial_filter=radial_filter,
         features=6,
         max_degree=0,
         num_iterations=2,
@@ -142,11 +157,7 @@ def test_invariant_model_is_physnet_as_published():
     R = rng.uniform(-1.5, 1.5, (5, 3)).astype(np.float32)
     model = model_from_config(cfg)
     batch = molecules_to_batch([{"Z": Z, "R": R}], max_atoms=8, max_pairs=24)
-    params = init_params(model, jax.random.PRNGKey(0), batch)
-    params = jax.tree.map(
-        lambda a: (np.asarray(a) + rng.normal(0.0, 0.5, a.shape)).astype(np.float32),
-        params,
-    )
+    params = _randomised(model, batch, rng)
     out = model.apply(
         {"params": params},
         *(
@@ -163,6 +174,43 @@ def test_invariant_model_is_physnet_as_published():
     )
     assert np.all(np.asarray(out["atomic_energies"][5:]) == 0)  # padding atoms
     assert out["module_outputs"].shape == (2, 8, 1)
+
+
+def test_mlp_filter_vanishes_at_the_cutoff():
+    """With the MLP filter a pair at or beyond the cutoff still adds nothing, and
+    the force between two atoms goes to zero as they reach it (no step in E)."""
+    cfg = ModelConfig(
+        features=6,
+        max_degree=0,
+        num_iterations=2,
+        num_basis_functions=5,
+        cutoff=4.0,
+        max_atomic_number=9,
+        radial_filter="mlp",
+    )
+    model = model_from_config(cfg)
+    constants = EnergyConstants(np.zeros(10), 1.0, (6, 8))
+
+    def dimer(d: float) -> dict:
+        R = np.array([[0.0, 0.0, 0.0], [d, 0.0, 0.0]], np.float32)
+        return molecules_to_batch([{"Z": np.array([6, 8], np.int32), "R": R}])
+
+    params = _randomised(model, dimer(1.2), np.random.default_rng(3))
+    atoms = molecules_to_batch(
+        [
+            {"Z": np.array([z], np.int32), "R": np.zeros((1, 3), np.float32)}
+            for z in (6, 8)
+        ]
+    )
+    apart = predict(params, atoms, model, constants)["energy"][:2].sum()
+    near = predict(params, dimer(1.2), model, constants)
+    assert abs(near["energy"][0] - apart) > 1e-3  # the filter is on
+    for d in (4.0, 4.5, 6.0):
+        at = predict(params, dimer(d), model, constants)
+        assert at["energy"][0] == pytest.approx(apart, abs=1e-5)
+    inside = predict(params, dimer(3.999), model, constants)
+    assert inside["energy"][0] == pytest.approx(apart, abs=1e-5)
+    assert np.abs(inside["forces"]).max() < 1e-3
 
 
 def test_nh_penalty_by_hand():
@@ -204,11 +252,7 @@ def test_degree_two_features_keep_the_energy_invariant_and_reach_it():
     R = rng.uniform(-1.5, 1.5, (6, 3)).astype(np.float32)
     model = model_from_config(cfg)
     batch = molecules_to_batch([{"Z": Z, "R": R}])
-    params = init_params(model, jax.random.PRNGKey(0), batch)
-    params = jax.tree.map(
-        lambda a: (np.asarray(a) + rng.normal(0.0, 0.5, a.shape)).astype(np.float32),
-        params,
-    )
+    params = _randomised(model, batch, rng)
     constants = EnergyConstants(np.zeros(10), 1.0, (1, 6, 7, 8))
     rot = Rotation.random(random_state=3).as_matrix()
     turned = molecules_to_batch([{"Z": Z, "R": (R @ rot.T).astype(np.float32)}])

@@ -247,6 +247,7 @@ class ModelConfig:
     n_res_interaction: int  # residual blocks on the message, per module
     n_res_output: int  # residual blocks in each output block
     vector_features: int  # channels of the degree >= 1 features
+    radial_filter: Literal["linear", "mlp"]  # basis → filter map
     zbl: bool
     charges: bool
     dipole_origin: Literal["center_of_mass", "center_of_nuclear_charge"]

@@ -28,7 +28,11 @@ expects e3x's feature layout, so it is written out here).
   m_i = σ(W_I x̃_i + b_I) + Σ_j G(g(r_ij)) ∘ σ(W_J x̃_j + b_J) (self and neighbour
   weights apart, G a bias-free linear map of the radial basis, zero-initialised as
   in the reference code), ``n_res_interaction`` residual blocks on m, then the
-  gated update x' = u ∘ x + W σ(m) + b (u initialised to ones).
+  gated update x' = u ∘ x + W σ(m) + b (u initialised to ones). With
+  ``radial_filter="mlp"`` (not in the paper) G = W₂ σ(W₁ g) instead, SchNet's
+  filter network without biases: as σ(0) = 0, G still vanishes wherever the basis
+  does (at and beyond the cutoff, and on padding pairs), so the energy stays
+  smooth at the cutoff.
 - :class:`OutputBlock`: ``n_res_output`` residual blocks, σ, a bias-free linear
   map to the atomic outputs (zero-initialised: an untrained model adds nothing).
 """
@@ -103,12 +107,15 @@ class InteractionBlock(nn.Module):
         max_degree: L.
         vector_features: V (L ≥ 1).
         n_res_interaction: residual blocks applied to the message.
+        radial_filter: ``"linear"``, G = W g (PhysNet); ``"mlp"``,
+            G = W₂ σ(W₁ g) (module docstring).
     """
 
     features: int
     max_degree: int = 0
     vector_features: int = 16
     n_res_interaction: int = 2
+    radial_filter: str = "linear"
 
     @nn.compact
     def __call__(
@@ -135,6 +142,8 @@ class InteractionBlock(nn.Module):
         self_s, self_v = shifted_softplus(Dense(F, V, name="dense_i")(xa))
         h_s, h_v = shifted_softplus(Dense(F, V, name="dense_j")(xa))
         n_filters = F if v is None else F + 2 * V
+        if self.radial_filter == "mlp":
+            rbf = ssp(nn.Dense(F, use_bias=False, name="radial_hidden")(rbf))
         g = nn.Dense(
             n_filters, use_bias=False, kernel_init=nn.initializers.zeros, name="k2f"
         )(rbf)

@@ -132,6 +132,7 @@ class PhysNet(nn.Module):
     n_res_interaction: int = 2
     n_res_output: int = 1
     vector_features: int = 16
+    radial_filter: str = "linear"
     zbl: bool = False
     charges: bool = False
     dipole_origin: DipoleOrigin = "center_of_mass"
@@ -192,6 +193,7 @@ class PhysNet(nn.Module):
                 self.max_degree,
                 self.vector_features,
                 self.n_res_interaction,
+                self.radial_filter,
                 name=f"interaction_{m}",
             )((s, v), rbf, harmonics, dst_idx, src_idx)
             for k in range(self.n_res):
