@@ -6,6 +6,8 @@ against a hand computation."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import e3x
 import jax
 import jax.numpy as jnp
@@ -134,24 +136,27 @@ def _randomised(model, batch, rng):
     )
 
 
+#: A two-module invariant model small enough to write out in numpy.
+SMALL = ModelConfig(
+    features=6,
+    max_degree=0,
+    num_iterations=2,
+    num_basis_functions=5,
+    cutoff=4.0,
+    max_atomic_number=9,
+    n_res=1,
+    n_res_interaction=1,
+    n_res_output=1,
+)
+
+
 @pytest.mark.parametrize("radial_filter", ["linear", "mlp"])
 def test_invariant_model_is_physnet_as_published(radial_filter):
     """max_degree 0 = the paper's PhysNet: pre-activation, W_I/W_J, gate u,
     interaction and atomic residual blocks, output block, per-element scale and
     shift — every parameter randomised so that none of them is trivially 0 or 1.
     ``radial_filter: mlp`` changes only the filter G = W₂ σ(W₁ g)."""
-    cfg = ModelConfig(
-        radial_filter=radial_filter,
-        features=6,
-        max_degree=0,
-        num_iterations=2,
-        num_basis_functions=5,
-        cutoff=4.0,
-        max_atomic_number=9,
-        n_res=1,
-        n_res_interaction=1,
-        n_res_output=1,
-    )
+    cfg = dataclasses.replace(SMALL, radial_filter=radial_filter)
     rng = np.random.default_rng(7)
     Z = np.array([6, 1, 8, 1, 7], np.int32)
     R = rng.uniform(-1.5, 1.5, (5, 3)).astype(np.float32)
@@ -179,16 +184,7 @@ def test_invariant_model_is_physnet_as_published(radial_filter):
 def test_mlp_filter_vanishes_at_the_cutoff():
     """With the MLP filter a pair at or beyond the cutoff still adds nothing, and
     the force between two atoms goes to zero as they reach it (no step in E)."""
-    cfg = ModelConfig(
-        features=6,
-        max_degree=0,
-        num_iterations=2,
-        num_basis_functions=5,
-        cutoff=4.0,
-        max_atomic_number=9,
-        radial_filter="mlp",
-    )
-    model = model_from_config(cfg)
+    model = model_from_config(dataclasses.replace(SMALL, radial_filter="mlp"))
     constants = EnergyConstants(np.zeros(10), 1.0, (6, 8))
 
     def dimer(d: float) -> dict:

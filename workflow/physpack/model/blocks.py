@@ -142,11 +142,12 @@ class InteractionBlock(nn.Module):
         self_s, self_v = shifted_softplus(Dense(F, V, name="dense_i")(xa))
         h_s, h_v = shifted_softplus(Dense(F, V, name="dense_j")(xa))
         n_filters = F if v is None else F + 2 * V
+        basis = rbf
         if self.radial_filter == "mlp":
-            rbf = ssp(nn.Dense(F, use_bias=False, name="radial_hidden")(rbf))
+            basis = ssp(nn.Dense(F, use_bias=False, name="radial_hidden")(rbf))
         g = nn.Dense(
             n_filters, use_bias=False, kernel_init=nn.initializers.zeros, name="k2f"
-        )(rbf)
+        )(basis)
         num_atoms = s.shape[0]
         m_s = self_s + jax.ops.segment_sum(
             g[:, :F] * h_s[src_idx], dst_idx, num_segments=num_atoms
