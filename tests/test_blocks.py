@@ -323,3 +323,13 @@ def test_degree_one_interaction_block_matches_numpy():
     upd_s, upd_v = dense(p["dense"], *act(m_s, m_v))
     np.testing.assert_allclose(out_s, p["u"] * s + upd_s, rtol=2e-4, atol=2e-4)
     np.testing.assert_allclose(out_v, p["u_vector"] * v + upd_v, rtol=2e-4, atol=2e-4)
+
+
+def test_unknown_radial_filter_is_refused():
+    """A misspelt filter through the Python API must not silently give PhysNet's."""
+    model = model_from_config(dataclasses.replace(SMALL, radial_filter="MLP"))
+    batch = molecules_to_batch(
+        [{"Z": np.array([6, 8], np.int32), "R": np.eye(2, 3, dtype=np.float32)}]
+    )
+    with pytest.raises(ValueError, match="radial_filter must be one of"):
+        init_params(model, jax.random.PRNGKey(0), batch)

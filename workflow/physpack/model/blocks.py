@@ -48,6 +48,9 @@ Features = tuple[jax.Array, jax.Array | None]
 
 _LOG2 = float(np.log(2.0))
 
+#: Values of ``radial_filter`` (the schema's ``model.radial_filter``).
+RADIAL_FILTERS = ("linear", "mlp")
+
 
 def ssp(x: jax.Array) -> jax.Array:
     """Shifted softplus ln(1 + eˣ) − ln 2, elementwise."""
@@ -142,6 +145,11 @@ class InteractionBlock(nn.Module):
         self_s, self_v = shifted_softplus(Dense(F, V, name="dense_i")(xa))
         h_s, h_v = shifted_softplus(Dense(F, V, name="dense_j")(xa))
         n_filters = F if v is None else F + 2 * V
+        if self.radial_filter not in RADIAL_FILTERS:
+            raise ValueError(
+                f"radial_filter must be one of {RADIAL_FILTERS}, "
+                f"got {self.radial_filter!r}"
+            )
         basis = rbf
         if self.radial_filter == "mlp":
             basis = ssp(nn.Dense(F, use_bias=False, name="radial_hidden")(rbf))
