@@ -1,8 +1,10 @@
 """PhysNet's components against independent numpy re-implementations of the paper's
 equations: radial basis and cutoff, one whole module (interaction block with
 pre-activation, W_I/W_J, gate u, residual blocks; output block; per-element scale
-and shift), one degree-1 interaction block, and the non-hierarchicality penalty
-against a hand computation."""
+and shift), one degree-1 interaction block (first, middle and last module), the
+angular invariants (SpookyNet's local interaction) against their three-body sum
+over Legendre polynomials, and the non-hierarchicality penalty against a hand
+computation."""
 
 from __future__ import annotations
 
@@ -13,15 +15,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from physpack.config import ModelConfig
+from physpack.config import ConfigError, ModelConfig
 from physpack.model.basis import (
     ExponentialRadialBasis,
     polynomial_cutoff,
     polynomial_switch,
 )
-from physpack.model.blocks import InteractionBlock
+from physpack.model.blocks import (
+    ANGULAR_NORMALISATION,
+    AngularDensity,
+    InteractionBlock,
+)
 from physpack.model.physnet import (
     EnergyConstants,
+    PhysNet,
     device_inputs,
     energy_and_forces,
     init_params,
@@ -267,10 +274,17 @@ def test_degree_two_features_keep_the_energy_invariant_and_reach_it():
     assert np.all(per_degree > 1e-3)  # degree 1 and degree 2 both reach the energy
 
 
-def test_degree_one_interaction_block_matches_numpy():
+@pytest.mark.parametrize(
+    "vector_in, vector_out",
+    [(True, True), (False, True), (True, False)],
+    ids=["middle", "first", "last"],
+)
+def test_degree_one_interaction_block_matches_numpy(vector_in, vector_out):
     """One degree-1 interaction block against its equations written out in numpy:
     the gates sigmoid(s_c) of the vector channels, the pair messages between
-    scalars and vectors, the residual block and the gated update of both."""
+    scalars and vectors, the residual block and the gated update of both. The
+    first module gets no v (it would be zero) and the last returns none (nothing
+    reads it): their blocks have only the filters and maps they use."""
     F, V, K, n = 5, 3, 4, 4
     rng = np.random.default_rng(11)
     i, j = np.nonzero(~np.eye(n, dtype=bool))  # i receives from j
@@ -280,18 +294,23 @@ def test_degree_one_interaction_block_matches_numpy():
         e3x.so3.spherical_harmonics(jnp.asarray(unit), 1, r_is_normalized=True)
     )
     s = rng.normal(size=(n, F)).astype(np.float32)
-    v = rng.normal(size=(n, 3, V)).astype(np.float32)
+    v = rng.normal(size=(n, 3, V)).astype(np.float32) if vector_in else None
     rbf = rng.uniform(size=(len(i), K)).astype(np.float32)
-    block = InteractionBlock(F, 1, V, n_res_interaction=1)
+    block = InteractionBlock(
+        F, 1, V, n_res_interaction=1, vector_output=vector_out
+    )
     args = (jnp.asarray(rbf), jnp.asarray(harmonics), jnp.asarray(i), jnp.asarray(j))
-    params = block.init(jax.random.PRNGKey(0), (jnp.asarray(s), jnp.asarray(v)), *args)
+    x = (jnp.asarray(s), None if v is None else jnp.asarray(v))
+    params = block.init(jax.random.PRNGKey(0), x, *args)["params"]
+    assert ("vector_to_scalar" in params) == vector_in
+    assert ("u_vector" in params) == (vector_in and vector_out)
+    assert ("vector" in params["dense"]) == vector_out
+    assert ("vector" in params["dense_i"]) == (vector_in and vector_out)
     params = jax.tree.map(
         lambda a: (np.asarray(a) + rng.normal(0.0, 0.5, a.shape)).astype(np.float32),
-        params["params"],
+        params,
     )
-    out_s, out_v = block.apply(
-        {"params": params}, (jnp.asarray(s), jnp.asarray(v)), *args
-    )
+    out_s, out_v = block.apply({"params": params}, x, *args)
 
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     c = np.arange(V) % F  # vector channel c is gated by scalar channel c mod F
@@ -300,29 +319,46 @@ def test_degree_one_interaction_block_matches_numpy():
         return 1.0 / (1.0 + np.exp(-x))
 
     def act(x_s, x_v):
-        return ssp(x_s), sigmoid(x_s[:, None, c]) * x_v
+        return ssp(x_s), None if x_v is None else sigmoid(x_s[:, None, c]) * x_v
 
     def dense(q, x_s, x_v):
-        return _dense(q["scalar"], x_s), x_v @ q["vector"]["kernel"]
+        return _dense(q["scalar"], x_s), (
+            None if x_v is None else x_v @ q["vector"]["kernel"]
+        )
 
     a_s, a_v = act(s, v)
-    self_s, self_v = act(*dense(p["dense_i"], a_s, a_v))
+    self_s, self_v = act(*dense(p["dense_i"], a_s, a_v if vector_out else None))
     h_s, h_v = act(*dense(p["dense_j"], a_s, a_v))
-    g = rbf @ p["k2f"]["kernel"]  # (P, F + 2V)
+    g = rbf @ p["k2f"]["kernel"]  # (P, F + V·(in + out))
+    assert g.shape[1] == F + V * (int(vector_in) + int(vector_out))
     m_s = self_s.copy()
     np.add.at(m_s, i, g[:, :F] * h_s[j])
     y = harmonics[:, 1:]  # (P, 3)
-    dots = np.einsum("pc,pcv->pv", y, h_v[j])
-    to_scalar = np.zeros((n, V))
-    np.add.at(to_scalar, i, g[:, F : F + V] * dots)
-    m_s += to_scalar @ p["vector_to_scalar"]["kernel"]
-    m_v = self_v.copy()
-    vec = g[:, None, F + V :] * (y[:, :, None] * h_s[:, c][j][:, None, :] + h_v[j])
-    np.add.at(m_v, i, vec)
+    column = F
+    if vector_in:
+        dots = np.einsum("pc,pcv->pv", y, h_v[j])
+        to_scalar = np.zeros((n, V))
+        np.add.at(to_scalar, i, g[:, F : F + V] * dots)
+        m_s += to_scalar @ p["vector_to_scalar"]["kernel"]
+        column += V
+    m_v = None
+    if vector_out:
+        m_v = self_v.copy() if vector_in else np.zeros((n, 3, V))
+        vec = y[:, :, None] * h_s[:, c][j][:, None, :]
+        if vector_in:
+            vec = vec + h_v[j]
+        np.add.at(m_v, i, g[:, None, column : column + V] * vec)
     m_s = _residual(p["residual_0"], m_s)
     upd_s, upd_v = dense(p["dense"], *act(m_s, m_v))
     np.testing.assert_allclose(out_s, p["u"] * s + upd_s, rtol=2e-4, atol=2e-4)
-    np.testing.assert_allclose(out_v, p["u_vector"] * v + upd_v, rtol=2e-4, atol=2e-4)
+    if not vector_out:
+        assert out_v is None
+    elif vector_in:
+        np.testing.assert_allclose(
+            out_v, p["u_vector"] * v + upd_v, rtol=2e-4, atol=2e-4
+        )
+    else:
+        np.testing.assert_allclose(out_v, upd_v, rtol=2e-4, atol=2e-4)
 
 
 def test_unknown_radial_filter_is_refused():
@@ -333,3 +369,146 @@ def test_unknown_radial_filter_is_refused():
     )
     with pytest.raises(ValueError, match="radial_filter must be one of"):
         init_params(model, jax.random.PRNGKey(0), batch)
+
+
+def test_angular_density_is_a_sum_of_legendre_polynomials_of_neighbour_angles():
+    """AngularDensity against the three-body sum it stands for, written with
+    Legendre polynomials and no spherical harmonics (the addition theorem of e3x's
+    Racah-normalised harmonics):
+    q_i,f = ν⁻² Σ_l Σ_c,c' P_l,cf Q_l,c'f Σ_j Σ_k G_lc(r_ij) h_jc G_lc'(r_ik) h_kc'
+    P_l(cos θ_jik)."""
+    lam, C, F, K, n = 2, 3, 4, 5, 5
+    rng = np.random.default_rng(5)
+    i, j = np.nonzero(~np.eye(n, dtype=bool))  # i receives from j
+    R = rng.normal(size=(n, 3))
+    d = R[j] - R[i]
+    unit = d / np.linalg.norm(d, axis=-1, keepdims=True)
+    harmonics = np.asarray(
+        e3x.so3.spherical_harmonics(jnp.asarray(unit), lam, r_is_normalized=True)
+    )
+    s = rng.normal(size=(n, F)).astype(np.float32)
+    rbf = rng.uniform(size=(len(i), K)).astype(np.float32)
+    block = AngularDensity(lam, C, F)
+    args = (jnp.asarray(rbf), jnp.asarray(harmonics), jnp.asarray(i), jnp.asarray(j))
+    params = block.init(jax.random.PRNGKey(1), jnp.asarray(s), *args)["params"]
+    assert not np.any(np.asarray(params["project_q"]))  # Q starts at zero
+    params = jax.tree.map(
+        lambda a: (np.asarray(a) + rng.normal(0.0, 0.5, a.shape)).astype(np.float32),
+        params,
+    )
+    q = np.asarray(block.apply({"params": params}, jnp.asarray(s), *args))
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    h = s @ p["neighbour"]["kernel"]  # (n, C)
+    w = (rbf @ p["radial"]["kernel"]).reshape(-1, lam + 1, C)  # (P, λ+1, C)
+    expected = np.zeros((n, F))
+    for a in range(n):
+        mine = np.nonzero(i == a)[0]
+        cos = np.clip(unit[mine] @ unit[mine].T, -1.0, 1.0)  # (n_j, n_k)
+        for ell in range(lam + 1):
+            legendre = np.polynomial.legendre.Legendre.basis(ell)(cos)
+            weighted = w[mine, ell, :] * h[j[mine]]  # (n_j, C)
+            pair = np.einsum("jc,jk,kd->cd", weighted, legendre, weighted)  # (C, C)
+            expected[a] += np.einsum(
+                "cf,cd,df->f", p["project_p"][ell], pair, p["project_q"][ell]
+            )
+    expected /= ANGULAR_NORMALISATION**2
+    assert q.shape == (n, F)
+    np.testing.assert_allclose(
+        q, expected, rtol=2e-4, atol=1e-5 * np.abs(expected).max()
+    )
+
+
+ANGULAR = dataclasses.replace(
+    SMALL, angular_degree=2, angular_features=3, angular_interactions=2
+)
+
+
+def test_angular_interactions_chooses_which_interactions_add_the_density():
+    """angular_interactions=1: only the first interaction has the angular density;
+    more than num_iterations is refused in the config and in the Python API."""
+    batch = molecules_to_batch(
+        [{"Z": np.array([6, 8, 1], np.int32), "R": np.eye(3, dtype=np.float32)}]
+    )
+    first = dataclasses.replace(ANGULAR, angular_interactions=1)
+    params = init_params(model_from_config(first), jax.random.PRNGKey(0), batch)
+    assert "angular" in params["interaction_0"]
+    assert not any("angular" in name for name in params["interaction_1"])
+    with pytest.raises(ConfigError, match="model.angular_interactions .3. exceeds"):
+        dataclasses.replace(ANGULAR, angular_interactions=3)
+    too_many = PhysNet(num_iterations=2, angular_degree=1, angular_interactions=3)
+    with pytest.raises(ValueError, match="angular_interactions must be between"):
+        init_params(too_many, jax.random.PRNGKey(0), batch)
+
+
+def test_angular_model_starts_as_published_and_then_differs():
+    """Q is zero-initialised: an untrained angular model is the paper's PhysNet on
+    the same parameters; once Q is not zero, the energy changes."""
+    rng = np.random.default_rng(9)
+    Z = np.array([6, 1, 8, 1, 7], np.int32)
+    R = rng.uniform(-1.5, 1.5, (5, 3)).astype(np.float32)
+    model = model_from_config(ANGULAR)
+    batch = molecules_to_batch([{"Z": Z, "R": R}])
+    params = _randomised(model, batch, rng)
+    for m in range(ANGULAR.num_iterations):
+        params[f"interaction_{m}"]["angular"]["project_q"] *= 0.0
+    constants = EnergyConstants(np.zeros(10), 1.0, (1, 6, 7, 8))
+    published = _physnet_numpy(params, SMALL, Z, R.astype(np.float64))
+    start = predict(params, batch, model, constants)["energy_residual"][0]
+    assert start == pytest.approx(published.sum(), rel=2e-4, abs=2e-4)
+    for m in range(ANGULAR.num_iterations):
+        q = params[f"interaction_{m}"]["angular"]["project_q"]
+        params[f"interaction_{m}"]["angular"]["project_q"] = rng.normal(
+            0.0, 0.5, q.shape
+        ).astype(np.float32)
+    trained = predict(params, batch, model, constants)["energy_residual"][0]
+    assert abs(trained - start) > 1e-3
+
+
+def test_angular_model_is_invariant_and_smooth_at_the_cutoff():
+    """Energy invariant and forces equivariant under a rotation with reflection;
+    a third atom crossing the cutoff leaves energy and forces continuous."""
+    rng = np.random.default_rng(2)
+    model = model_from_config(ANGULAR)
+    constants = EnergyConstants(np.zeros(10), 1.0, (1, 6, 8))
+    Z = np.array([6, 1, 8, 1, 1], np.int32)
+    R = rng.uniform(-1.2, 1.2, (5, 3)).astype(np.float32)
+    batch = molecules_to_batch([{"Z": Z, "R": R}])
+    params = _randomised(model, batch, rng)
+    flip = Rotation.random(random_state=4).as_matrix() @ np.diag([1.0, 1.0, -1.0])
+    mirrored = molecules_to_batch([{"Z": Z, "R": (R @ flip.T).astype(np.float32)}])
+    a = predict(params, batch, model, constants)
+    b = predict(params, mirrored, model, constants)
+    assert np.abs(a["forces"]).max() > 0.02
+    assert b["energy"][0] == pytest.approx(a["energy"][0], abs=1e-4)
+    np.testing.assert_allclose(b["forces"][:5], a["forces"][:5] @ flip.T, atol=1e-4)
+
+    def trimer(x: float) -> dict:
+        # a C–O pair at 1.2 Å and an H on the axis, x Å from the carbon
+        R = np.array([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0], [-x, 0.0, 0.0]], np.float32)
+        return molecules_to_batch([{"Z": np.array([6, 8, 1], np.int32), "R": R}])
+
+    dimer = molecules_to_batch(
+        [{"Z": np.array([6, 8], np.int32), "R": np.array([[0, 0, 0], [1.2, 0, 0]])}]
+    )
+    pair = predict(params, dimer, model, constants)["energy"][0]
+    lone_h = molecules_to_batch([{"Z": np.array([1]), "R": np.zeros((1, 3))}])
+    apart = pair + predict(params, lone_h, model, constants)["energy"][0]
+    near = predict(params, trimer(1.5), model, constants)["energy"][0]
+    assert abs(near - apart) > 1e-3  # the third atom is felt inside the cutoff
+    inside = predict(params, trimer(3.999), model, constants)
+    beyond = predict(params, trimer(4.5), model, constants)
+    assert inside["energy"][0] == pytest.approx(apart, abs=1e-4)
+    assert beyond["energy"][0] == pytest.approx(apart, abs=1e-5)
+    assert np.abs(inside["forces"][2]).max() < 1e-3
+
+
+def test_equivariant_features_need_a_second_interaction():
+    """With one interaction the vector features it would make are never read: a
+    max_degree that silently does nothing is refused, in the config and the API."""
+    with pytest.raises(ConfigError, match="needs model.num_iterations >= 2"):
+        dataclasses.replace(SMALL, max_degree=1, num_iterations=1)
+    batch = molecules_to_batch(
+        [{"Z": np.array([6, 8], np.int32), "R": np.eye(2, 3, dtype=np.float32)}]
+    )
+    with pytest.raises(ValueError, match="needs num_iterations >= 2"):
+        init_params(PhysNet(max_degree=1, num_iterations=1), jax.random.PRNGKey(0), batch)

@@ -248,9 +248,25 @@ class ModelConfig:
     n_res_output: int  # residual blocks in each output block
     vector_features: int  # channels of the degree >= 1 features
     radial_filter: Literal["linear", "mlp"]  # basis → filter map
+    angular_degree: int  # largest degree of the angular density; 0: none
+    angular_features: int  # channels of the angular density
+    angular_interactions: int  # interactions, from the first, that add it
     zbl: bool
     charges: bool
     dipole_origin: Literal["center_of_mass", "center_of_nuclear_charge"]
+
+    def __post_init__(self) -> None:
+        if self.max_degree > 0 and self.num_iterations < 2:
+            raise ConfigError(
+                f"model.max_degree ({self.max_degree}) needs model.num_iterations "
+                f">= 2: the equivariant features one interaction makes are read by "
+                f"the next (got {self.num_iterations})"
+            )
+        if self.angular_degree > 0 and self.angular_interactions > self.num_iterations:
+            raise ConfigError(
+                f"model.angular_interactions ({self.angular_interactions}) exceeds "
+                f"model.num_iterations ({self.num_iterations})"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,10 @@ e_i = s[Z_i] Σ_m y_i^m + b[Z_i] (the same for charges). The blocks are in
 :mod:`physpack.model.blocks`; ``max_degree ≥ 1`` extends the same blocks with
 ``vector_features`` equivariant channels of degrees 1 … L that exchange information
 with the scalars in every interaction (physnetjax's ``EF`` extends PhysNet in the
-same direction, with e3x's full tensor products).
+same direction, with e3x's full tensor products). ``angular_degree`` λ ≥ 1 adds to
+the message of the first ``angular_interactions`` interactions the power spectrum of
+a neighbour density of degrees 0 … λ (three-body angular information, as in ACE and
+MACE; not in the paper).
 
 Optional physical terms: ZBL repulsion at very short range
 (:mod:`physpack.model.zbl`) and, with ``charges``, charges constrained to the total
@@ -133,6 +136,9 @@ class PhysNet(nn.Module):
     n_res_output: int = 1
     vector_features: int = 16
     radial_filter: str = "linear"
+    angular_degree: int = 0
+    angular_features: int = 16
+    angular_interactions: int = 1
     zbl: bool = False
     charges: bool = False
     dipole_origin: DipoleOrigin = "center_of_mass"
@@ -152,6 +158,19 @@ class PhysNet(nn.Module):
         """Args: atomic_numbers int32 (A,); positions float32 (A, 3) Å; dst_idx,
         src_idx int32 (P,); batch_segments int32 (A,) molecule slot of each atom;
         atom_mask bool (A,); pair_mask bool (P,); total_charge float32 (M,) e."""
+        if self.angular_degree > 0 and not (
+            1 <= self.angular_interactions <= self.num_iterations
+        ):
+            raise ValueError(
+                "angular_interactions must be between 1 and num_iterations "
+                f"({self.num_iterations}), got {self.angular_interactions}"
+            )
+        if self.max_degree > 0 and self.num_iterations < 2:
+            raise ValueError(
+                f"max_degree {self.max_degree} needs num_iterations >= 2 (the "
+                "equivariant features one interaction makes are read by the next), "
+                f"got {self.num_iterations}"
+            )
         num_molecules = total_charge.shape[0]
         atom_w = atom_mask.astype(positions.dtype)
         pair_w = pair_mask.astype(positions.dtype)
@@ -170,9 +189,10 @@ class PhysNet(nn.Module):
         )(distances)
         rbf = rbf * pair_w[:, None]
         harmonics = None
-        if self.max_degree > 0:
+        harmonics_degree = max(self.max_degree, self.angular_degree)
+        if harmonics_degree > 0:
             harmonics = e3x.so3.spherical_harmonics(
-                safe / distances[:, None], self.max_degree, r_is_normalized=True
+                safe / distances[:, None], harmonics_degree, r_is_normalized=True
             )
 
         s = e3x.nn.Embed(
@@ -181,10 +201,10 @@ class PhysNet(nn.Module):
             embedding_init=_uniform_embedding,
             name="embedding",
         )(atomic_numbers)[:, 0, 0, :]  # (A, F)
+        # equivariant features start at zero: the first module makes them from the
+        # scalars and the pair directions (it is not given the zeros), and the last
+        # module does not update them (nothing reads them after it)
         v = None
-        if self.max_degree > 0:  # equivariant features start at zero
-            n_components = (self.max_degree + 1) ** 2 - 1
-            v = jnp.zeros((s.shape[0], n_components, self.vector_features), s.dtype)
         n_out = 2 if self.charges else 1
         module_outputs = []
         for m in range(self.num_iterations):
@@ -194,6 +214,9 @@ class PhysNet(nn.Module):
                 self.vector_features,
                 self.n_res_interaction,
                 self.radial_filter,
+                self.angular_degree if m < self.angular_interactions else 0,
+                self.angular_features,
+                vector_output=m < self.num_iterations - 1,
                 name=f"interaction_{m}",
             )((s, v), rbf, harmonics, dst_idx, src_idx)
             for k in range(self.n_res):
