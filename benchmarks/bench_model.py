@@ -1,8 +1,10 @@
-"""Model cost per molecule: ``max_degree`` 0 (invariant PhysNet) against 1
-(equivariant features), side by side in one run, on batches of the demo data.
+"""Model cost per molecule: the shipped model against variants of it (by default
+``max_degree`` 1, equivariant features), side by side in one run, on batches of
+the demo data.
 
-Both models have the shipped ``model:`` settings of ``config.yaml`` except
-``max_degree``, see the same fixed-shape packed batches (``--batch`` molecules
+Every model has the shipped ``model:`` settings of ``config.yaml`` except what its
+``--variant NAME:key=value,key=value`` changes, sees the same fixed-shape packed
+batches (``--batch`` molecules
 each) and are timed after compilation, alternately (``--rounds``), each figure
 the best pass over the batches (the least disturbed by other load), for two
 costs: a *training step* (gradient
@@ -12,6 +14,8 @@ of each model is printed too.
 
     python benchmarks/bench_model.py                # ~1 minute on 2 cores
     python benchmarks/bench_model.py --seconds 20 --batch 32
+    python benchmarks/bench_model.py --variant deg1:max_degree=1 \
+        --variant angular:angular_degree=2,angular_interactions=3
 
 Target (issue 11): degree 1 costs at most 3× degree 0 per molecule.
 """
@@ -114,6 +118,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="molecules per batch")
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternations")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="a model beside the shipped one: model-section keys changed "
+        "(values as YAML; repeatable; default: max_degree 1)",
+    )
     args = parser.parse_args()
     section = yaml.safe_load(args.config.read_text()).get("model", {})
     base = section_from_mapping(ModelConfig, section, "model")
@@ -125,30 +137,41 @@ def main() -> None:
     )
     inputs = [(device_inputs(b), jnp.asarray(b["F"], jnp.float32)) for b in batches]
     molecules = int(np.sum(batches[0]["molecule_mask"]))
-    fns = {
-        d: model_functions(dataclasses.replace(base, max_degree=d), batches)
-        for d in (0, 1)
+    configs = {"shipped": base}
+    for text in args.variant or ["max_degree 1:max_degree=1"]:
+        name, _, items = text.partition(":")
+        changes = {}
+        for item in filter(None, items.split(",")):
+            key, _, value = item.partition("=")
+            changes[key] = yaml.safe_load(value)
+        configs[name] = section_from_mapping(
+            ModelConfig, {**section, **changes}, "model"
+        )
+    fns = {name: model_functions(cfg, batches) for name, cfg in configs.items()}
+    results: dict[str, dict[str, float]] = {
+        name: {"params": fns[name]["params"]} for name in fns
     }
-    results: dict[int, dict[str, float]] = {
-        d: {"params": fns[d]["params"]} for d in fns
-    }
-    # alternate the measurements so that both models see the same machine load
+    # alternate the measurements so that every model sees the same machine load
     for kind in ("train", "infer"):
         for _ in range(args.rounds):
-            for d in (0, 1):
-                rate = best_rate(fns[d][kind], inputs, args.seconds / args.rounds)
+            for name in fns:
+                rate = best_rate(fns[name][kind], inputs, args.seconds / args.rounds)
                 key = f"{kind}_mol_s"
-                results[d][key] = max(results[d].get(key, 0.0), rate * molecules)
-    print(f"{'':28s}{'max_degree 0':>14s}{'max_degree 1':>14s}{'ratio 1/0':>11s}")
+                results[name][key] = max(results[name].get(key, 0.0), rate * molecules)
+    width = max(16, *(len(n) + 2 for n in fns))
+    print(f"{'':28s}" + "".join(f"{n:>{width}s}" for n in fns))
     for key, label in (
         ("train_mol_s", "train step [molecules/s]"),
         ("infer_mol_s", "inference [molecules/s]"),
+        ("params", "parameters"),
     ):
-        a, b = results[0][key], results[1][key]
-        print(f"{label:28s}{a:14.1f}{b:14.1f}{a / b:10.2f}x")
+        print(f"{label:28s}" + "".join(f"{results[n][key]:>{width},.0f}" for n in fns))
+    shipped = results["shipped"]["train_mol_s"]
     print(
-        f"{'parameters':28s}{results[0]['params']:14,d}{results[1]['params']:14,d}"
-        f"{results[1]['params'] / results[0]['params']:10.2f}x"
+        f"{'cost per train step / shipped':28s}"
+        + "".join(
+            f"{shipped / results[n]['train_mol_s']:>{width - 1}.2f}x" for n in fns
+        )
     )
 
 
