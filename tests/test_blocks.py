@@ -512,3 +512,33 @@ def test_equivariant_features_need_a_second_interaction():
     )
     with pytest.raises(ValueError, match="needs num_iterations >= 2"):
         init_params(PhysNet(max_degree=1, num_iterations=1), jax.random.PRNGKey(0), batch)
+
+
+@pytest.mark.parametrize("name", ["bessel", "bernstein"])
+def test_fixed_radial_bases_are_e3x_bases_under_the_cutoff(name):
+    """bessel: sin(kπr/r_c)/(kπr/r_c); bernstein: C(K−1, k) x^k (1 − x)^(K−1−k)
+    of x = exp(−r); both times φ(r), zero with vanishing slope at the cutoff."""
+    from math import comb
+
+    from physpack.model.basis import fixed_radial_basis
+
+    K, cutoff = 6, 4.0
+    r = np.linspace(0.3, 5.0, 200)
+    got = np.asarray(fixed_radial_basis(name, jnp.asarray(r), K, cutoff))
+    phi = np.asarray(polynomial_cutoff(jnp.asarray(r), cutoff))
+    if name == "bessel":
+        x = np.arange(1, K + 1) * np.pi * r[:, None] / cutoff
+        expected = np.sin(x) / x
+    else:
+        x = np.exp(-r)[:, None]
+        k = np.arange(K)
+        expected = np.array([comb(K - 1, i) for i in k]) * x**k * (1 - x) ** (K - 1 - k)
+        expected = expected[:, ::-1]  # e3x orders them from short to long range
+    np.testing.assert_allclose(got, phi[:, None] * expected, rtol=1e-4, atol=1e-6)
+    assert np.all(got[r >= cutoff] == 0.0)
+    slope = jax.vmap(
+        jax.jacfwd(lambda x: fixed_radial_basis(name, x[None], K, cutoff)[0])
+    )(jnp.asarray([cutoff - 1e-4]))
+    assert np.abs(np.asarray(slope)).max() < 1e-3
+    with pytest.raises(ValueError, match="radial_basis must be one of"):
+        fixed_radial_basis("gaussian", jnp.asarray(r), K, cutoff)

@@ -43,8 +43,17 @@ OPTIONS = {
     "shipped": {},
     "max_degree_1": {"max_degree": 1},
     "angular": {"angular_degree": 2},
-    "angular_and_max_degree_2": {"angular_degree": 2, "max_degree": 2},
-    "mlp_filter_charges_zbl": {"radial_filter": "mlp", "charges": True, "zbl": True},
+    "angular_and_max_degree_2_bernstein": {
+        "angular_degree": 2,
+        "max_degree": 2,
+        "radial_basis": "bernstein",
+    },
+    "mlp_filter_charges_zbl_bessel": {
+        "radial_filter": "mlp",
+        "charges": True,
+        "zbl": True,
+        "radial_basis": "bessel",
+    },
 }
 
 

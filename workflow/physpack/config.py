@@ -248,6 +248,7 @@ class ModelConfig:
     n_res_output: int  # residual blocks in each output block
     vector_features: int  # channels of the degree >= 1 features
     radial_filter: Literal["linear", "mlp"]  # basis → filter map
+    radial_basis: Literal["exponential", "bessel", "bernstein"]  # distance basis
     angular_degree: int  # largest degree of the angular density; 0: none
     angular_features: int  # channels of the angular density
     angular_interactions: int  # interactions, from the first, that add it

@@ -13,10 +13,21 @@ from these initial values in softplus space), and the smooth cutoff
 e3x's ``exponential_gaussian`` maps distances through exp(−γ r) onto (0, 1] with
 fixed centres and widths, and its ``smooth_cutoff`` is an exponential bump; neither
 is PhysNet's, so both are written here.
+
+``radial_basis`` (the schema's ``model.radial_basis``) chooses among PhysNet's
+basis and two fixed bases from e3x, each under the same polynomial cutoff φ:
+
+- ``exponential``: PhysNet's g_k above (learnable centres and widths);
+- ``bessel``: e3x's ``sinc`` basis, sin(kπ r/r_cut) / (kπ r/r_cut), k = 1 … K,
+  the spherical Bessel functions j₀ of DimeNet and NequIP (up to their 1/r
+  normalisation);
+- ``bernstein``: e3x's ``exponential_bernstein``, Bernstein polynomials of
+  exp(−γ r) (γ = 1/Å), as in SpookyNet.
 """
 
 from __future__ import annotations
 
+import e3x
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -75,3 +86,22 @@ class ExponentialRadialBasis(nn.Module):
         widths = jax.nn.softplus(_softplus_inverse(np.array(width0)) + width_shifts)
         gauss = jnp.exp(-widths * (jnp.exp(-r)[:, None] - centres) ** 2)
         return polynomial_cutoff(r, self.cutoff)[:, None] * gauss
+
+
+#: Values of ``radial_basis`` (the schema's ``model.radial_basis``).
+RADIAL_BASES = ("exponential", "bessel", "bernstein")
+
+
+def fixed_radial_basis(name: str, r: jax.Array, num: int, cutoff: float) -> jax.Array:
+    """e3x's ``bessel`` (sinc) or ``bernstein`` basis of the module docstring
+    under the polynomial cutoff: r float (P,) Å → float (P, K), zero for r ≥
+    ``cutoff`` [Å]."""
+    if name == "bessel":
+        basis = e3x.nn.sinc(r, num, limit=cutoff)
+    elif name == "bernstein":
+        basis = e3x.nn.exponential_bernstein(r, num, gamma=1.0)
+    else:
+        raise ValueError(
+            f"radial_basis must be one of {RADIAL_BASES}, got {name!r}"
+        )
+    return polynomial_cutoff(r, cutoff)[:, None] * basis

@@ -7,7 +7,8 @@ residual blocks on the message, the gated update u ∘ x + W σ(v)), then
 ``n_res`` atomic residual blocks, then an output block (``n_res_output``
 residual blocks) giving each atom's energy (and charge) contribution y_i^m of
 module m. Activations are shifted softplus, distances enter through PhysNet's
-exponential radial basis with its polynomial cutoff (:mod:`physpack.model.basis`),
+exponential radial basis with its polynomial cutoff (:mod:`physpack.model.basis`;
+``radial_basis`` also offers e3x's Bessel and Bernstein bases under that cutoff),
 and the module outputs are summed, then scaled and shifted per element:
 e_i = s[Z_i] Σ_m y_i^m + b[Z_i] (the same for charges). The blocks are in
 :mod:`physpack.model.blocks`; ``max_degree ≥ 1`` extends the same blocks with
@@ -58,7 +59,7 @@ from ase.data import chemical_symbols
 
 from physpack.config import ModelConfig
 from physpack.errors import InputError
-from physpack.model.basis import ExponentialRadialBasis
+from physpack.model.basis import ExponentialRadialBasis, fixed_radial_basis
 from physpack.model.blocks import InteractionBlock, OutputBlock, ResidualBlock
 from physpack.model.electrostatics import (
     COULOMB_EV_ANGSTROM,
@@ -129,6 +130,7 @@ class PhysNet(nn.Module):
     max_degree: int = 0
     num_iterations: int = 3
     num_basis_functions: int = 32
+    radial_basis: str = "exponential"
     cutoff: float = 5.0
     max_atomic_number: int = 36
     n_res: int = 2
@@ -184,9 +186,14 @@ class PhysNet(nn.Module):
         unit_x = jnp.array([1.0, 0.0, 0.0], positions.dtype)
         safe = jnp.where(pair_mask[:, None], r_src - r_dst, unit_x)  # (P, 3) Å
         distances = jnp.sqrt(jnp.sum(safe**2, axis=-1))  # (P,) Å, 1 on padding
-        rbf = ExponentialRadialBasis(
-            self.num_basis_functions, self.cutoff, name="radial_basis"
-        )(distances)
+        if self.radial_basis == "exponential":
+            rbf = ExponentialRadialBasis(
+                self.num_basis_functions, self.cutoff, name="radial_basis"
+            )(distances)
+        else:
+            rbf = fixed_radial_basis(
+                self.radial_basis, distances, self.num_basis_functions, self.cutoff
+            )
         rbf = rbf * pair_w[:, None]
         harmonics = None
         harmonics_degree = max(self.max_degree, self.angular_degree)
