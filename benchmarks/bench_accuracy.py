@@ -1,30 +1,52 @@
 """Accuracy per CPU-minute: physpack's shipped recipe against mlip's MACE, side by
-side in one run, on the same split of the demo data and the same wall budget.
+side in one run, on the same split of one dataset and the same wall budget.
+
+Two datasets, one table each (``--dataset``):
+
+* ``demo`` (default): ``data/demo.npz`` (35 small organic molecules, thermal
+  conformers), split by the shipped ``split`` section of ``config.yaml`` (random:
+  test conformations of compositions seen in training).
+* ``transfer``: a chemically diverse GFN2-xTB dataset given with ``--npz`` (the
+  padded NPZ format of ``data/demo.npz``; ``scripts/make_transfer_dataset.py``),
+  split with ``group_by: formula``, so that no test composition occurs in
+  training. Test or validation compositions with an element that no training
+  structure has are moved to training (a model cannot learn an element it never
+  sees); the table's title says how many.
+
+``--npz`` may also replace ``data/demo.npz`` for ``demo``. Each dataset has its
+own subfolder of the work directory (packed data, split, extxyz files, results),
+so the two never mix; a subfolder made from one NPZ refuses another.
 
 Three trainings run one after another, each in its own process (so that peak RSS
 is each one's own): physpack with the shipped ``config.yaml`` (``model``,
-``train``, ``loader``, ``split`` sections; ``train.max_minutes`` = the budget), and
-InstaDeep's ``mlip`` MACE (64 channels, 2 layers, l_max 1, correlation 3, cutoff
-5 Å, batch 32, AMSGrad lr 0.01, EMA 0.99, MSE loss with weights E 1 (per-atom
-energy) / F 25), once as is and once with the weights flipped to E 25 / F 1 for
-the last 25 % of the budget (at the first epoch boundary past 75 %). Each run
-then predicts the test split and runs the MD stability test: NVE (velocity
-Verlet) at 300 K, 0.5 fs steps, on the largest test molecules (one conformation
-per compound), with the same initial momenta for every model; a molecule whose
-bond (atoms closer than 1.2 × the sum of covalent radii at the start) stretches
+``train``, ``loader`` sections; ``train.max_minutes`` = the budget;
+``model.max_atomic_number`` raised to the dataset's largest element where it is
+below it), and InstaDeep's ``mlip`` MACE (64 channels, 2 layers, l_max 1,
+correlation 3, cutoff 5 Å, batch 32, AMSGrad lr 0.01, EMA 0.99, MSE loss with
+weights E 1 (per-atom energy) / F 25), once as is and once with the weights
+flipped to E 25 / F 1 for the last 25 % of the budget. MACE's budget is checked
+before every batch, once the previous step has finished (:class:`WallBudget`):
+the flip and the stop come inside an epoch, and the epoch cut short is validated
+like a whole one, so the best (EMA) parameters include it. Each run then
+predicts the test split and runs the MD stability test: NVE (velocity Verlet) at
+300 K, 0.5 fs steps, on the largest test molecules (one conformation per
+compound), with the same initial momenta for every model; a molecule whose bond
+(atoms closer than 1.2 × the sum of covalent radii at the start) stretches
 beyond 1.5× its starting length is broken. MACE runs ``--md-ps`` picoseconds
 through ASE's ``VelocityVerlet`` and mlip's ASE calculator; physpack runs 50 ps
 (the target; the count at ``--md-ps`` is reported too) with the same integrator
 written in JAX (:func:`md_stability_jitted`: the molecules side by side in one
 batch, jitted blocks of 20 steps), as ASE's per-step Python overhead would make
 50 ps take hours here. The table gives test energy MAE (meV, meV/atom), force
-MAE (meV/Å), training structures/s, peak RSS, parameter count, MD stable/total
-and the total-energy drift of the stable runs (meV/atom/ps).
+MAE (meV/Å) overall and per element (with each element's share of the test
+atoms), training structures/s, epochs, training wall time, peak RSS, parameter
+count, MD stable/total and the total-energy drift of the stable runs
+(meV/atom/ps).
 
 ``--physpack-set section.key=value --physpack-variant NAME`` trains a variant of
 the shipped recipe (e.g. ``train.energy_stage_start=null``) beside it, to choose
 the defaults by measurement; with ``--workdir`` and ``--runs`` the runs can be
-made one at a time and the table shows every result kept there.
+made one at a time and the table shows every result kept there for the dataset.
 
 MACE runs in the interpreter given by ``--mace-python``: a virtual environment
 with mlip, made so that the project's environment is not changed::
@@ -33,14 +55,22 @@ with mlip, made so that the project's environment is not changed::
     /tmp/bench-venv/bin/pip install -e ".[bench]"
 
     python benchmarks/bench_accuracy.py                         # 3 × 15 min + MD
-    python benchmarks/bench_accuracy.py --minutes 0.3 --md-ps 0.05   # smoke test
+    python benchmarks/bench_accuracy.py --minutes 0.3 --md-ps 0.05 \
+        --physpack-md-ps 0.05                                   # smoke test
     python benchmarks/bench_accuracy.py --minutes 30            # 2× the budget
     python benchmarks/bench_accuracy.py --workdir /tmp/acc --runs physpack \
         --physpack-set train.energy_stage_start=null --physpack-variant one-stage
 
-Targets (issue 11): physpack's test energy and force MAE both below the better
-MACE run's; every MD molecule stable for 50 ps; peak RSS ≤ 1 GiB; throughput
-≥ 2× MACE's.
+    # the transfer dataset (made by scripts/make_transfer_dataset.py)
+    python benchmarks/bench_accuracy.py --dataset transfer --npz freesolv_xtb.npz
+    python benchmarks/bench_accuracy.py --dataset transfer --npz freesolv_xtb.npz \
+        --workdir /tmp/acc --runs mace                          # one run at a time
+    python benchmarks/bench_accuracy.py --dataset transfer --npz freesolv_xtb.npz \
+        --minutes 0.3 --md-ps 0.05 --physpack-md-ps 0.05        # smoke test
+
+Targets (issue 11, demo data): physpack's test energy and force MAE both below
+the better MACE run's; every MD molecule stable for 50 ps; peak RSS ≤ 1 GiB;
+throughput ≥ 2× MACE's.
 """
 
 from __future__ import annotations
@@ -77,28 +107,146 @@ def peak_rss_gib() -> float:
 
 # --------------------------------------------------------------------- data
 
+#: the datasets: the NPZ each reads by default (None: ``--npz`` must give it)
+DATASETS: dict[str, Path | None] = {
+    "demo": ROOT / "data" / "demo.npz",
+    "transfer": None,
+}
+SUBSETS = ("train", "valid", "test")
 
-def prepare_data(work: Path, config: dict) -> dict:
-    """Pack the demo NPZ, split it with the shipped ``split`` section, and write
-    the three subsets as extxyz (eV, Å, eV/Å) for MACE. Returns the paths."""
+
+def dataset_npz(dataset: str, npz: str | os.PathLike | None = None) -> Path:
+    """The padded NPZ of ``dataset``: ``npz`` when given, else its default."""
+    if dataset not in DATASETS:
+        raise SystemExit(f"--dataset {dataset!r}: choose from {sorted(DATASETS)}")
+    chosen = Path(npz) if npz else DATASETS[dataset]
+    if chosen is None:
+        raise SystemExit(f"--dataset {dataset} needs --npz PATH")
+    return chosen.resolve()
+
+
+def split_section(config: dict, dataset: str) -> dict:
+    """The ``split`` section for ``dataset``: the shipped one for ``demo``; for
+    ``transfer`` the same fractions and seed, grouped by sum formula."""
+    section = dict(config.get("split") or {})
+    if dataset == "transfer":
+        section["group_by"] = "formula"
+    return section
+
+
+def dataset_workdir(root: Path, dataset: str) -> Path:
+    """The subfolder of the work directory that holds one dataset's files."""
+    return Path(root) / dataset
+
+
+def result_path(
+    root: Path, dataset: str, kind: str, minutes: float, variant: str = ""
+) -> Path:
+    """Where a run's result dict is kept: in the dataset's subfolder."""
+    tag = f"-{variant}" if variant else ""
+    return dataset_workdir(root, dataset) / f"{kind}{tag}-{minutes:g}min.json"
+
+
+def element_presence(numbers: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """bool (n_molecules, 119): which elements each molecule has, from packed
+    atomic numbers and the molecules' offsets into them."""
+    offsets = np.asarray(offsets)
+    counts = np.diff(offsets)
+    molecule = np.repeat(np.arange(counts.size), counts)
+    present = np.zeros((counts.size, 119), bool)
+    present[molecule, np.asarray(numbers)[offsets[0] : offsets[-1]]] = True
+    return present
+
+
+def fold_unseen_elements(
+    subsets: dict[str, np.ndarray], present: np.ndarray
+) -> tuple[dict[str, np.ndarray], int]:
+    """Move the valid and test molecules that have an element no training
+    molecule has into train. Whole compositions move together, so a split by
+    formula stays one. Returns the new subsets (sorted) and how many moved."""
+    seen = present[subsets["train"]].any(axis=0)
+    out, moved = dict(subsets), [np.asarray(subsets["train"])]
+    for name in ("valid", "test"):
+        idx = np.asarray(subsets[name])
+        unseen = present[idx][:, ~seen].any(axis=1)
+        out[name] = idx[~unseen]
+        moved.append(idx[unseen])
+    out["train"] = np.sort(np.concatenate(moved))
+    return out, sum(len(m) for m in moved[1:])
+
+
+def split_title(section: dict, sizes: dict[str, int], moved: int) -> str:
+    """How a dataset was split, for the table's title."""
+    how = (
+        "split by sum formula (no test composition in training)"
+        if section.get("group_by") == "formula"
+        else "random split (shipped split section)"
+    )
+    counts = " / ".join(f"{sizes[name]:,} {name}" for name in SUBSETS)
+    text = f"{how}, seed {section.get('seed')}: {counts} structures"
+    if moved:
+        text += f"; {moved} with an element absent from training moved to train"
+    return text
+
+
+def prepare_data(work: Path, config: dict, dataset: str, npz: Path) -> dict:
+    """Pack ``npz`` into ``work`` (the dataset's subfolder), split it
+    (:func:`split_section`, :func:`fold_unseen_elements`), and write the three
+    subsets and the MD molecules as extxyz (eV, Å, eV/Å) for MACE. Returns the
+    paths and the split's description, also kept as ``work/paths.json``."""
     from physpack.config import SplitConfig, section_from_mapping
     from physpack.data.convert import convert_npz
     from physpack.data.packed import PackedDataset
     from physpack.data.split import make_split, save_split
 
+    work.mkdir(parents=True, exist_ok=True)
+    record = work / "paths.json"
+    if record.exists():
+        before = json.loads(record.read_text()).get("npz")
+        if before is not None and before != str(npz):
+            raise SystemExit(
+                f"{work} holds {dataset} prepared from {before}, not {npz}: "
+                "give another --workdir"
+            )
     packed = work / "packed"
     if not packed.exists():
-        convert_npz(ROOT / config["data"]["npz"], packed)
-    split_cfg = section_from_mapping(SplitConfig, config.get("split"), "split")
-    split = save_split(make_split(packed, split_cfg), work / "split.npz")
+        convert_npz(npz, packed)
+    section = split_section(config, dataset)
+    split = make_split(packed, section_from_mapping(SplitConfig, section, "split"))
     data = PackedDataset(packed)
-    subsets = dict(np.load(split))
-    paths = {"packed": str(packed), "split": str(split)}
-    for name in ("train", "valid", "test"):
-        paths[name] = str(write_extxyz(data, subsets[name], work / f"{name}.xyz"))
-    paths["md"] = str(
-        write_extxyz(data, md_molecules(data, subsets["test"]), work / "md.xyz")
+    present = element_presence(data.Z, data.offsets)
+    subsets, moved = fold_unseen_elements(
+        {name: getattr(split, name) for name in SUBSETS}, present
     )
+    if subsets["test"].size == 0:
+        raise SystemExit(
+            f"{npz}: every test molecule has an element absent from training"
+        )
+    split_file = work / "split.npz"
+    unchanged = split_file.exists() and all(
+        np.array_equal(np.load(split_file)[name], subsets[name]) for name in SUBSETS
+    )
+    save_split(dataclasses.replace(split, **subsets), split_file)
+    paths = {"packed": str(packed), "split": str(split_file)}
+    for name in SUBSETS:
+        path = work / f"{name}.xyz"
+        if not (unchanged and path.exists()):
+            write_extxyz(data, subsets[name], path)
+        paths[name] = str(path)
+    md = work / "md.xyz"
+    if not (unchanged and md.exists()):
+        write_extxyz(data, md_molecules(data, subsets["test"]), md)
+    paths.update(
+        md=str(md),
+        dataset=dataset,
+        npz=str(npz),
+        split_title=split_title(
+            section, {k: int(v.size) for k, v in subsets.items()}, moved
+        ),
+        max_z=int(np.flatnonzero(present.any(axis=0)).max()),
+        test_elements=np.flatnonzero(present[subsets["test"]].any(axis=0)).tolist(),
+    )
+    record.write_text(json.dumps(paths))
     return paths
 
 
@@ -139,15 +287,47 @@ def md_molecules(data, test: np.ndarray, count: int = 6) -> np.ndarray:
 
 
 def error_metrics(
-    e_true, e_pred, n_atoms, f_true: np.ndarray, f_pred: np.ndarray
-) -> dict[str, float]:
-    """Test MAEs: energy [meV], energy per atom [meV/atom], forces [meV/Å]."""
+    e_true,
+    e_pred,
+    n_atoms,
+    f_true: np.ndarray,
+    f_pred: np.ndarray,
+    numbers: np.ndarray | None = None,
+) -> dict:
+    """Test MAEs: energy [meV], energy per atom [meV/atom], forces [meV/Å]; with
+    the atoms' ``numbers`` (in the order of the force rows) also ``per_element``
+    (:func:`element_force_errors`)."""
     de = np.abs(np.asarray(e_pred, float) - np.asarray(e_true, float))
-    return {
+    f_true, f_pred = np.asarray(f_true, float), np.asarray(f_pred, float)
+    out: dict = {
         "energy_mae_meV": 1e3 * float(de.mean()),
         "energy_mae_meV_per_atom": 1e3 * float((de / np.asarray(n_atoms)).mean()),
         "forces_mae_meV_per_A": 1e3 * float(np.abs(f_pred - f_true).mean()),
     }
+    if numbers is not None:
+        out["per_element"] = element_force_errors(numbers, f_true, f_pred)
+    return out
+
+
+def element_force_errors(
+    numbers: np.ndarray, f_true: np.ndarray, f_pred: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Force MAE of each element's atoms [meV/Å] (over their three components,
+    as the overall force MAE) and the element's fraction of all atoms, keyed by
+    chemical symbol in order of atomic number."""
+    from ase.data import chemical_symbols
+
+    z = np.asarray(numbers).reshape(-1)
+    error = np.abs(np.asarray(f_pred, float) - np.asarray(f_true, float))
+    error = error.reshape(z.size, 3)
+    out = {}
+    for element in np.unique(z):
+        atoms = z == element
+        out[chemical_symbols[int(element)]] = {
+            "forces_mae_meV_per_A": 1e3 * float(error[atoms].mean()),
+            "atom_fraction": float(atoms.mean()),
+        }
+    return out
 
 
 def md_stability(
@@ -328,7 +508,8 @@ def run_physpack(
     long_md_ps: float = PHYSPACK_MD_PS,
 ) -> dict:
     """Train the shipped recipe (with ``settings``) for ``minutes``, evaluate on
-    test, run MD."""
+    test, run MD. ``model.max_atomic_number`` is raised to the dataset's largest
+    element where the recipe's is below it (recorded in ``settings``)."""
     import yaml
     from physpack.config import (
         LoaderConfig,
@@ -340,6 +521,10 @@ def run_physpack(
 
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config = apply_settings(config, settings)
+    max_z = config.get("model", {}).get("max_atomic_number", 36)
+    if paths["max_z"] > max_z:
+        settings = [*settings, f"model.max_atomic_number={paths['max_z']}"]
+        config = apply_settings(config, settings[-1:])
     model_cfg = section_from_mapping(ModelConfig, config.get("model"), "model")
     loader_cfg = section_from_mapping(LoaderConfig, config.get("loader"), "loader")
     train_cfg = section_from_mapping(
@@ -380,7 +565,7 @@ def run_physpack(
     )
     pred = predict_split(ckpt, loader, with_dipoles=False, where="test")
     metrics = error_metrics(
-        pred.E_true, pred.E_pred, pred.n_atoms, pred.F_true, pred.F_pred
+        pred.E_true, pred.E_pred, pred.n_atoms, pred.F_true, pred.F_pred, pred.Z
     )
     params = sum(int(np.size(a)) for a in _leaves(ckpt.params))
     md = md_stability_jitted(
@@ -409,9 +594,106 @@ def _leaves(tree) -> list:
 # ---------------------------------------------------------------------- MACE
 
 
+class WallBudget:
+    """A training's wall-clock budget, checked between parameter updates.
+
+    :meth:`batches` passes on a training loop's batches until the budget is
+    spent. Before each batch but the run's first it waits for the previous
+    update to finish (``wait``; JAX dispatches asynchronously, so the time of a
+    step is only known once its result is ready), then reads the clock: past
+    ``flip_fraction`` of the budget :attr:`flipped` turns true (the caller
+    switches its loss weights from the next update on); past the budget the
+    iteration ends inside the epoch. The next batch is taken from the data set
+    before the wait, so that its host-side preparation still overlaps the
+    previous update. At least one update is always made.
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        flip_fraction: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.seconds = seconds
+        self.flip_s = None if flip_fraction is None else flip_fraction * seconds
+        self.clock = clock
+        self.start = clock()
+        self.steps = 0  # parameter updates passed on
+        self.graphs = 0  # structures in them
+        self.flipped_at: float | None = None  # seconds into the budget
+        self.stopped_at: float | None = None
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    @property
+    def flipped(self) -> bool:
+        return self.flipped_at is not None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_at is not None
+
+    def check(self) -> bool:
+        """Reads the clock, flips and stops as due; True while time is left."""
+        t = self.elapsed()
+        if self.flip_s is not None and not self.flipped and t >= self.flip_s:
+            self.flipped_at = t
+        if t >= self.seconds and not self.stopped:
+            self.stopped_at = t
+        return not self.stopped
+
+    def batches(
+        self,
+        dataset,
+        wait: Callable[[], object] = lambda: None,
+        count: Callable[[object], int] = lambda batch: 1,
+    ):
+        """The batches of one pass over ``dataset`` while the budget lasts;
+        ``count(batch)``: the structures in a batch."""
+        if self.stopped:
+            return
+        for batch in dataset:
+            if self.steps:
+                wait()
+                if not self.check():
+                    return
+            self.steps += 1
+            self.graphs += count(batch)
+            yield batch
+
+
+class _BudgetedDataset:
+    """A training set as a loop sees it, its iteration cut by a
+    :class:`WallBudget`; everything else is the wrapped data set's."""
+
+    def __init__(self, dataset, iterate: Callable) -> None:
+        self._dataset = dataset
+        self._iterate = iterate
+
+    def __iter__(self):
+        return self._iterate(self._dataset)
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def __getattr__(self, name: str):
+        return getattr(self._dataset, name)
+
+
 def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
     """Train mlip's MACE for ``minutes`` (optionally with the late weight flip),
-    evaluate on test, run MD. Runs in the interpreter that has mlip."""
+    evaluate on test, run MD. Runs in the interpreter that has mlip.
+
+    mlip's ``TrainingLoop`` runs whole epochs (``_run_training_epoch`` iterates
+    ``self.train_dataset`` and calls ``self.training_step(state, batch,
+    epoch_number)`` per batch), then validates the EMA parameters and keeps the
+    best. Here its training set is wrapped so that the iteration ends when the
+    budget is spent (:class:`WallBudget`); that epoch is then validated like a
+    whole one, and ``num_epochs`` is lowered to it, so the loop ends after it.
+    The flip is passed through the epoch number the loss receives (its weight
+    schedules are traced once): once flipped, every training and validation step
+    sees the epoch number plus ``FLIPPED``."""
     import jax
     import jax.numpy as jnp
     from ase.io import read
@@ -436,9 +718,7 @@ def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
         builder.dataset_info,
     )
     force_field = ForceField.from_mlip_network(mace)
-    # The flip is signalled through the epoch number the loop passes to the loss
-    # (the schedules are traced once): past the flip, epochs count from FLIPPED.
-    flipped = 10**6
+    flipped = 10**6  # FLIPPED
 
     def energy_weight(epoch):
         return jnp.where(epoch >= flipped, 25.0, 1.0)
@@ -452,24 +732,19 @@ def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
             init_learning_rate=0.01, peak_learning_rate=0.01, final_learning_rate=0.01
         )
     )
-    budget_s = 60.0 * minutes
-    epoch_seconds: list[float] = []
-    start = time.perf_counter()
+    budget = WallBudget(60.0 * minutes, MACE_FLIP_FRACTION if flip else None)
+    epochs: list[tuple[float, int]] = []  # (seconds, structures) of each epoch
 
     class BudgetLoop(TrainingLoop):
         def _run_training_epoch(self) -> None:
-            t0 = time.perf_counter()
+            t0, graphs = time.perf_counter(), budget.graphs
             super()._run_training_epoch()
-            epoch_seconds.append(time.perf_counter() - t0)
-            elapsed = time.perf_counter() - start
-            if (
-                flip
-                and self.epoch_number < flipped
-                and elapsed > (MACE_FLIP_FRACTION * budget_s)
-            ):
-                self.epoch_number += flipped
-            if elapsed > budget_s:
-                self.epoch_number = self.config.num_epochs
+            epochs.append((time.perf_counter() - t0, budget.graphs - graphs))
+            budget.check()  # spent at the epoch's end: no further epoch
+            if budget.stopped:  # validate this epoch, then end the loop
+                self.config = self.config.model_copy(
+                    update={"num_epochs": self.epoch_number}
+                )
 
     loop = BudgetLoop(
         datasets["train"],
@@ -479,8 +754,28 @@ def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
         optimizer,
         TrainingLoopConfig(num_epochs=10**7, ema_decay=0.99),
     )
+    loop.train_dataset = _BudgetedDataset(
+        loop.train_dataset,
+        lambda dataset: budget.batches(
+            dataset,
+            wait=lambda: jax.block_until_ready(loop.training_state),
+            count=lambda batch: int(np.sum(batch.graph_mask())),
+        ),
+    )
+    if flip:
+        step, evaluate = loop.training_step, loop.eval_step
+
+        def epoch_seen(epoch):
+            return epoch + flipped if budget.flipped else epoch
+
+        loop.training_step = lambda state, batch, epoch: step(
+            state, batch, epoch_seen(epoch)
+        )
+        loop.eval_step = lambda params, batch, epoch: evaluate(
+            params, batch, epoch_seen(epoch)
+        )
     loop.run()
-    wall = time.perf_counter() - start
+    wall = budget.elapsed()
     rss_train = peak_rss_gib()
     # the best parameters come back as numpy arrays; inference indexes them with
     # traced species indices, which needs device arrays
@@ -497,8 +792,8 @@ def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
         [len(a) for a in test_atoms],
         f_true,
         f_pred,
+        np.concatenate([a.numbers for a in test_atoms]),
     )
-    n_train = len(read(paths["train"], index=":"))
     params = sum(int(np.size(a)) for a in _leaves(best.params))
     md = md_stability(
         read(paths["md"], index=":"),
@@ -507,14 +802,18 @@ def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
         ),
         md_ps,
     )
+    # parameter updates only, first epoch (compilation) excluded when possible
+    steady = [e for e in epochs[1:] if e[1]] or epochs
     return {
         "name": "mlip MACE, E/F flip at 75 %" if flip else "mlip MACE, default loss",
         **metrics,
-        # parameter updates only, first epoch (compilation) excluded when possible
-        "structures_per_s": n_train
-        / float(np.mean(epoch_seconds[1:] or epoch_seconds)),
-        "epochs": len(epoch_seconds),
+        "structures_per_s": sum(g for _, g in steady) / sum(t for t, _ in steady),
+        "epochs": budget.graphs / loop.total_num_graphs,
+        "steps": budget.steps,
+        "best_epoch": int(loop.best_evaluation_epoch),
         "train_wall_s": wall,
+        "train_stop_s": budget.stopped_at,
+        "flip_s": budget.flipped_at,
         "params": params,
         **md,
         "peak_rss_train_GiB": rss_train,
@@ -526,12 +825,6 @@ def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
 
 
 RUNS = ("physpack", "mace", "mace-flip")
-
-
-def result_path(work: Path, kind: str, minutes: float, variant: str = "") -> Path:
-    """Where a run's result dict is kept in the work directory."""
-    tag = f"-{variant}" if variant else ""
-    return work / f"{kind}{tag}-{minutes:g}min.json"
 
 
 def apply_settings(config: dict, settings: list[str]) -> dict:
@@ -548,17 +841,19 @@ def apply_settings(config: dict, settings: list[str]) -> dict:
     return out
 
 
-def run_worker(kind: str, python: str, work: Path, args: argparse.Namespace) -> dict:
+def run_worker(kind: str, python: str, root: Path, args: argparse.Namespace) -> dict:
     """One training in its own process; returns its result dict."""
     variant = args.physpack_variant if kind == "physpack" else ""
-    result = result_path(work, kind, args.minutes, variant)
+    result = result_path(root, args.dataset, kind, args.minutes, variant)
     cmd = [
         python,
         __file__,
         "--worker",
         kind,
         "--workdir",
-        str(work),
+        str(root),
+        "--dataset",
+        args.dataset,
         "--minutes",
         str(args.minutes),
         "--md-ps",
@@ -577,40 +872,89 @@ def run_worker(kind: str, python: str, work: Path, args: argparse.Namespace) -> 
     return json.loads(result.read_text())
 
 
-def print_table(results: list[dict], minutes: float) -> None:
-    rows = (
-        ("energy MAE [meV]", "energy_mae_meV", "{:.1f}"),
-        ("energy MAE [meV/atom]", "energy_mae_meV_per_atom", "{:.2f}"),
-        ("force MAE [meV/Å]", "forces_mae_meV_per_A", "{:.1f}"),
-        ("structures/s (training)", "structures_per_s", "{:.0f}"),
-        ("epochs", "epochs", "{:d}"),
-        ("peak RSS, training [GiB]", "peak_rss_train_GiB", "{:.2f}"),
-        ("peak RSS, whole run [GiB]", "peak_rss_GiB", "{:.2f}"),
-        ("parameters", "params", "{:,d}"),
-        ("MD stable (300 K, NVE)", None, None),
-        ("MD drift [meV/atom/ps]", "md_drift_meV_per_atom_ps", "{:.2f}"),
-    )
+def _md_cell(r: dict) -> str:
+    text = f"{r['md_stable']}/{r['md_total']} in {r['md_ps']:g} ps"
+    for at, count in r.get("md_stable_at", {}).items():
+        if float(at) != r["md_ps"]:
+            text = f"{count}/{r['md_total']} in {at} ps, {text}"
+    return text
+
+
+def _epochs_cell(r: dict) -> str:
+    """Whole epochs as such; MACE's, cut short by the budget, as a fraction."""
+    epochs = r.get("epochs")
+    if epochs is None:
+        return "-"
+    return f"{epochs:d}" if isinstance(epochs, int) else f"{epochs:.2f}"
+
+
+def table_rows(results: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
+    """The table's rows: a label and each result's cell (``-`` where a result
+    kept by an older version of this script lacks the entry)."""
+
+    def key(name: str, fmt: str, scale: float = 1.0) -> Callable[[dict], str]:
+        def cell(r: dict) -> str:
+            if r.get(name) is None:
+                return "-"
+            return fmt.format(r[name] if scale == 1.0 else scale * r[name])
+
+        return cell
+
+    def element(symbol: str) -> Callable[[dict], str]:
+        def cell(r: dict) -> str:
+            entry = r.get("per_element", {}).get(symbol)
+            return "-" if entry is None else f"{entry['forces_mae_meV_per_A']:.1f}"
+
+        return cell
+
+    from ase.data import atomic_numbers
+
+    fractions: dict[str, float] = {}
+    for r in results:
+        for symbol, entry in r.get("per_element", {}).items():
+            fractions.setdefault(symbol, entry["atom_fraction"])
+    per_element = [
+        (f"  {symbol} ({100 * fractions[symbol]:.1f} % of atoms)", element(symbol))
+        for symbol in sorted(fractions, key=atomic_numbers.__getitem__)
+    ]
+    return [
+        ("energy MAE [meV]", key("energy_mae_meV", "{:.1f}")),
+        ("energy MAE [meV/atom]", key("energy_mae_meV_per_atom", "{:.2f}")),
+        ("force MAE [meV/Å]", key("forces_mae_meV_per_A", "{:.1f}")),
+        *per_element,
+        ("structures/s (training)", key("structures_per_s", "{:.0f}")),
+        ("epochs", _epochs_cell),
+        ("training wall [min]", key("train_wall_s", "{:.2f}", 1 / 60)),
+        ("peak RSS, training [GiB]", key("peak_rss_train_GiB", "{:.2f}")),
+        ("peak RSS, whole run [GiB]", key("peak_rss_GiB", "{:.2f}")),
+        ("parameters", key("params", "{:,d}")),
+        ("MD stable (300 K, NVE)", _md_cell),
+        ("MD drift [meV/atom/ps]", key("md_drift_meV_per_atom_ps", "{:.2f}")),
+    ]
+
+
+def print_table(results: list[dict], minutes: float, paths: dict) -> None:
     width = 30
-    print(f"\ntest split of data/demo.npz, {minutes:g} min of training each")
+    print(
+        f"\n{paths['dataset']} dataset ({Path(paths['npz']).name}), test split; "
+        f"{paths['split_title']}; {minutes:g} min of training each"
+    )
     print(f"{'':{width}s}" + "".join(f"{r['name'][:30]:>32s}" for r in results))
-    for label, key, fmt in rows:
-        cells = []
-        for r in results:
-            if key is None:
-                text = f"{r['md_stable']}/{r['md_total']} in {r['md_ps']:g} ps"
-                for at, count in r.get("md_stable_at", {}).items():
-                    if float(at) != r["md_ps"]:
-                        text = f"{count}/{r['md_total']} in {at} ps, {text}"
-                cells.append(text)
-            elif key not in r:  # kept by an older version of this script
-                cells.append("-")
-            else:
-                cells.append(fmt.format(r[key]))
-        print(f"{label:{width}s}" + "".join(f"{c:>32s}" for c in cells))
+    for label, cell in table_rows(results):
+        print(f"{label:{width}s}" + "".join(f"{cell(r):>32s}" for r in results))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="demo",
+        help="demo: data/demo.npz, random split; transfer: --npz, split by formula",
+    )
+    parser.add_argument(
+        "--npz", type=Path, default=None, help="the dataset's padded NPZ"
+    )
     parser.add_argument("--minutes", type=float, default=15.0, help="per training")
     parser.add_argument("--md-ps", type=float, default=5.0, help="MD length [ps]")
     parser.add_argument(
@@ -618,12 +962,17 @@ def main() -> None:
         default="/tmp/bench-venv/bin/python",
         help="interpreter with mlip installed ('' skips MACE)",
     )
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="kept files, one subfolder per dataset (default: a temporary one)",
+    )
     parser.add_argument(
         "--runs",
         default=",".join(RUNS),
         help="comma-separated runs to train now; with --workdir, the table also "
-        "shows the other runs' results kept there for the same --minutes",
+        "shows the other runs' results kept there for the same dataset and --minutes",
     )
     parser.add_argument(
         "--physpack-set",
@@ -645,11 +994,12 @@ def main() -> None:
     parser.add_argument("--worker", choices=RUNS)
     args = parser.parse_args()
     if args.worker:
-        paths = json.loads((args.workdir / "paths.json").read_text())
+        work = dataset_workdir(args.workdir, args.dataset)
+        paths = json.loads((work / "paths.json").read_text())
         if args.worker == "physpack":
             result = run_physpack(
                 paths,
-                args.workdir,
+                work,
                 args.minutes,
                 args.md_ps,
                 args.physpack_set,
@@ -661,29 +1011,30 @@ def main() -> None:
                 paths, args.minutes, args.md_ps, flip=args.worker == "mace-flip"
             )
         variant = args.physpack_variant if args.worker == "physpack" else ""
-        result_path(args.workdir, args.worker, args.minutes, variant).write_text(
-            json.dumps(result)
-        )
+        result["dataset"] = args.dataset
+        result_path(
+            args.workdir, args.dataset, args.worker, args.minutes, variant
+        ).write_text(json.dumps(result))
         return
     import yaml
 
+    chosen = [r for r in args.runs.split(",") if r]
+    unknown = sorted(set(chosen) - set(RUNS))
+    if unknown:
+        parser.error(f"--runs: unknown {unknown}; choose from {list(RUNS)}")
+    if args.physpack_set and not args.physpack_variant:
+        parser.error("--physpack-set needs --physpack-variant NAME")
+    npz = dataset_npz(args.dataset, args.npz)
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as tmp:
-        work = args.workdir or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        paths = prepare_data(work, config)
-        (work / "paths.json").write_text(json.dumps(paths))
-        chosen = [r for r in args.runs.split(",") if r]
-        unknown = sorted(set(chosen) - set(RUNS))
-        if unknown:
-            parser.error(f"--runs: unknown {unknown}; choose from {list(RUNS)}")
-        if args.physpack_set and not args.physpack_variant:
-            parser.error("--physpack-set needs --physpack-variant NAME")
+        root = args.workdir or Path(tmp)
+        work = dataset_workdir(root, args.dataset)
+        paths = prepare_data(work, config, args.dataset, npz)
         results = []
         for kind in RUNS:
             python = sys.executable if kind == "physpack" else args.mace_python
             if kind in chosen and python:
-                results.append(run_worker(kind, python, work, args))
+                results.append(run_worker(kind, python, root, args))
             kept = sorted(work.glob(f"{kind}*-{args.minutes:g}min.json"))
             if kind == "physpack":  # the shipped recipe first, then variants
                 kept.sort(key=lambda p: p.name != f"physpack-{args.minutes:g}min.json")
@@ -694,7 +1045,7 @@ def main() -> None:
                 kept_result = json.loads(path.read_text())
                 if kept_result["name"] not in done:
                     results.append(kept_result)
-        print_table(results, args.minutes)
+        print_table(results, args.minutes, paths)
 
 
 if __name__ == "__main__":
