@@ -23,7 +23,6 @@ Target (issue 11): degree 1 costs at most 3× degree 0 per molecule.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path

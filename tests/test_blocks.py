@@ -296,9 +296,7 @@ def test_degree_one_interaction_block_matches_numpy(vector_in, vector_out):
     s = rng.normal(size=(n, F)).astype(np.float32)
     v = rng.normal(size=(n, 3, V)).astype(np.float32) if vector_in else None
     rbf = rng.uniform(size=(len(i), K)).astype(np.float32)
-    block = InteractionBlock(
-        F, 1, V, n_res_interaction=1, vector_output=vector_out
-    )
+    block = InteractionBlock(F, 1, V, n_res_interaction=1, vector_output=vector_out)
     args = (jnp.asarray(rbf), jnp.asarray(harmonics), jnp.asarray(i), jnp.asarray(j))
     x = (jnp.asarray(s), None if v is None else jnp.asarray(v))
     params = block.init(jax.random.PRNGKey(0), x, *args)["params"]
@@ -511,7 +509,9 @@ def test_equivariant_features_need_a_second_interaction():
         [{"Z": np.array([6, 8], np.int32), "R": np.eye(2, 3, dtype=np.float32)}]
     )
     with pytest.raises(ValueError, match="needs num_iterations >= 2"):
-        init_params(PhysNet(max_degree=1, num_iterations=1), jax.random.PRNGKey(0), batch)
+        init_params(
+            PhysNet(max_degree=1, num_iterations=1), jax.random.PRNGKey(0), batch
+        )
 
 
 @pytest.mark.parametrize("name", ["bessel", "bernstein"])

@@ -84,3 +84,21 @@ def test_reference_energies_from_the_config(tmp_path):
     )
     assert stats["reference_energies"] == {"H": -313.0, "O": -47000.0}
     assert constants.reference_energies[8] == -47000.0
+
+
+def test_the_data_stages_do_not_load_jax():
+    """Validation fits reference energies without importing the model or JAX
+    (a JAX-free stage; editing the model must not make it stale)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, physpack.data.validate, physpack.data.stats, "
+        "physpack.data.split, physpack.data.convert; "
+        "print(sorted(m for m in ('jax', 'flax', 'e3x', 'physpack.model') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

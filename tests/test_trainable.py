@@ -76,7 +76,10 @@ def _demo_molecules(count: int = 12) -> list[dict[str, np.ndarray]]:
         ]
     squeezed = None
     for mol in molecules:
-        carbons, hydrogens = np.flatnonzero(mol["Z"] == 6), np.flatnonzero(mol["Z"] == 1)
+        carbons, hydrogens = (
+            np.flatnonzero(mol["Z"] == 6),
+            np.flatnonzero(mol["Z"] == 1),
+        )
         if len(carbons) and len(hydrogens):
             c, h = carbons[0], hydrogens[0]
             R = mol["R"].copy()

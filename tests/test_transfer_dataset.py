@@ -26,8 +26,8 @@ for _module in ("rdkit", "datamol", "tblite.ase"):
         _module, reason=f"{_module} not installed (pip install -e .[transfer])"
     )
 
-from physpack.data.convert import convert_npz  # noqa: E402
-from physpack.data.packed import PackedDataset  # noqa: E402
+from physpack.data.convert import convert_npz
+from physpack.data.packed import PackedDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_transfer_dataset.py"

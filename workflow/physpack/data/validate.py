@@ -67,7 +67,7 @@ from physpack.data.packed import (
 )
 from physpack.data.progress import Progress
 from physpack.errors import InputError, PhyspackError, cli_entry
-from physpack.training.reference import fit_energy_constants
+from physpack.reference import fit_energy_constants
 
 #: molecules larger than this get a k-d tree instead of a dense distance matrix
 DENSE_DISTANCE_MAX_ATOMS = 512
@@ -530,7 +530,7 @@ def _fit_references(
 ) -> tuple[np.ndarray, tuple[int, ...]]:
     """Per-element reference energies (float64 (MAX_Z + 1,) eV, and the elements
     present) fitted on the ``usable`` molecules by training's own least-squares fit
-    (:func:`physpack.training.reference.fit_energy_constants`)."""
+    (:func:`physpack.reference.fit_energy_constants`)."""
     loader = PackedMemmapLoader(
         ds,
         batch_size=FIT_BATCH,

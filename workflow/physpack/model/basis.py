@@ -101,7 +101,5 @@ def fixed_radial_basis(name: str, r: jax.Array, num: int, cutoff: float) -> jax.
     elif name == "bernstein":
         basis = e3x.nn.exponential_bernstein(r, num, gamma=1.0)
     else:
-        raise ValueError(
-            f"radial_basis must be one of {RADIAL_BASES}, got {name!r}"
-        )
+        raise ValueError(f"radial_basis must be one of {RADIAL_BASES}, got {name!r}")
     return polynomial_cutoff(r, cutoff)[:, None] * basis

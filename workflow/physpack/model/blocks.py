@@ -164,9 +164,12 @@ class AngularDensity(nn.Module):
         degree_of = np.repeat(np.arange(lam + 1), 2 * np.arange(lam + 1) + 1)
         w = w.reshape(-1, lam + 1, C)[:, degree_of, :]  # (P, (λ+1)², C)
         y = harmonics[:, :n_lm, None]  # (P, (λ+1)², 1)
-        density = jax.ops.segment_sum(
-            w * y * h[src_idx][:, None, :], dst_idx, num_segments=s.shape[0]
-        ) / ANGULAR_NORMALISATION  # (A, (λ+1)², C)
+        density = (
+            jax.ops.segment_sum(
+                w * y * h[src_idx][:, None, :], dst_idx, num_segments=s.shape[0]
+            )
+            / ANGULAR_NORMALISATION
+        )  # (A, (λ+1)², C)
         # one C → F map per degree, shared by its 2l+1 components (rotations
         # commute with it); Q starts at zero, P orthogonal (SpookyNet's choice)
         p_maps = self.param(

@@ -55,7 +55,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase.data import chemical_symbols
 
 from physpack.config import ModelConfig
 from physpack.errors import InputError
@@ -70,6 +69,7 @@ from physpack.model.electrostatics import (
 )
 from physpack.model.geometry import check_batch_coincident_atoms
 from physpack.model.zbl import ZBLRepulsion
+from physpack.reference import EnergyConstants
 
 __all__ = [
     "COULOMB_EV_ANGSTROM",
@@ -329,77 +329,6 @@ def nh_penalty_sum(
 def model_from_config(config: ModelConfig) -> PhysNet:
     """The :class:`PhysNet` module of a model config section."""
     return PhysNet(**dataclasses.asdict(config))
-
-
-@dataclasses.dataclass(frozen=True)
-class EnergyConstants:
-    """Per-element reference energies and the energy scale of the residual.
-
-    Attributes:
-        reference_energies: float64 (max_atomic_number + 1,) eV per atom of each
-            element (least-squares fit on the training split; 0 for elements
-            absent from it).
-        scale: eV; the network's dimensionless atomic energies are multiplied by it.
-        elements: sorted atomic numbers present in the training data.
-    """
-
-    reference_energies: np.ndarray
-    scale: float
-    elements: tuple[int, ...]
-
-    def reference_sum(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Σ_i ref[Z_i] per molecule slot, float64 (M,) eV, computed on the host
-        (0 for padding)."""
-        z = np.asarray(batch["Z"])
-        weights = self.reference_energies[z] * np.asarray(batch["atom_mask"])
-        return np.bincount(
-            np.asarray(batch["batch_segments"]),
-            weights=weights,
-            minlength=len(batch["Qtot"]),
-        )
-
-    def check_elements(self, z: np.ndarray, where: str) -> None:
-        """Raise :class:`InputError` if ``z`` holds elements absent from training."""
-        unknown = sorted(set(np.unique(z[z > 0]).tolist()) - set(self.elements))
-        if unknown:
-            raise InputError(
-                f"{where}: element(s) {unknown} never seen in training "
-                f"(model knows {list(self.elements)})"
-            )
-
-    def check_batch(self, batch: Mapping[str, np.ndarray], where: str) -> None:
-        """Refuse a packed batch holding an element absent from training.
-
-        Raises:
-            InputError: naming the first such molecule (dataset index), its element
-            and the trained elements.
-        """
-        z = np.asarray(batch["Z"])
-        ok = np.isin(z, self.elements) | ~np.asarray(batch["atom_mask"], bool)
-        if ok.all():
-            return
-        a = int(np.argmin(ok))
-        mol = int(batch["mol_index"][batch["batch_segments"][a]])
-        raise InputError(
-            f"{where}: molecule {mol} contains element {chemical_symbols[int(z[a])]} "
-            f"(Z={int(z[a])}), which the model was not trained for (trained "
-            f"elements: {', '.join(chemical_symbols[e] for e in self.elements)})"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "reference_energies": np.asarray(self.reference_energies, np.float64),
-            "scale": float(self.scale),
-            "elements": np.asarray(self.elements, np.int32),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EnergyConstants:
-        return cls(
-            reference_energies=np.asarray(d["reference_energies"], np.float64),
-            scale=float(d["scale"]),
-            elements=tuple(int(z) for z in np.asarray(d["elements"]).ravel()),
-        )
 
 
 def device_inputs(batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:

@@ -1,202 +1,39 @@
-"""Per-element reference energies E0 and the energy scale of the residual.
+"""The run's per-element reference energies and energy scale: fitted on the
+training split or given (``train.reference_energies``), the same in every process.
 
-The model learns ``E − Σ_i E0[Z_i]`` (eV), so the reference energies take the
-composition out of the energy before the network sees it
-(:class:`physpack.model.physnet.EnergyConstants`). :func:`fit_energy_constants`
-fits them by least squares on the training split, streamed through the loader.
+The constants themselves, their least-squares fit and the given values are
+defined in :mod:`physpack.reference` (JAX-free, shared with the data stages);
+this module adds what training needs: the agreement between processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import numpy as np
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 
 from physpack.config import TrainConfig
-from physpack.data.loader import PackedMemmapLoader
-from physpack.errors import ConfigError, InputError
-from physpack.model.physnet import EnergyConstants
-from physpack.units import energy_factor
+from physpack.reference import (
+    EnergyConstants,
+    PackedBatches,
+    RankDeficientWarning,
+    fit_energy_constants,
+    given_reference_energies,
+)
 
-
-class RankDeficientWarning(UserWarning):
-    """The compositions of the training data do not determine every element's
-    reference energy (e.g. a single-molecule, MD17-like dataset)."""
-
-
-def fit_energy_constants(
-    loader: PackedMemmapLoader,
-    max_atomic_number: int,
-    reference: Mapping[int, float] | None = None,
-) -> tuple[EnergyConstants, dict[str, float]]:
-    """Least-squares per-element reference energies and the energy scale, streamed
-    over every molecule of ``loader`` (two passes; memory independent of size).
-
-    Reference energies minimise Σ_mol (E − Σ_i ref[Z_i])², solved from the float64
-    normal equations (CᵀC) ref = CᵀE of the composition matrix C; elements absent
-    from the data get 0 (minimum-norm solution). The scale is the standard
-    deviation of the per-atom residual (E − Σ ref)/N, or the RMS of the force
-    components when the data has forces and that is larger: atomic energies then
-    start on the scale of the forces the network has to follow.
-
-    When the composition matrix is rank-deficient (fewer independent compositions
-    than elements: every molecule of an MD17-like set has the same formula), the
-    minimum-norm solution is one of infinitely many and its per-element values are
-    unphysical (e.g. H −612 eV); a :class:`RankDeficientWarning` says so: give
-    ``train.reference_energies`` then.
-
-    Args:
-        loader: the training subset.
-        max_atomic_number: the model's largest element.
-        reference: given reference energies (eV per atom, by atomic number): used
-            instead of the fit; every element of the data must have one.
-
-    Returns:
-        The constants and statistics: ``energy_residual_std_eV_per_atom``,
-        ``forces_rms_eV_per_A``, ``forces_std_eV_per_A``, ``n_molecules``,
-        ``composition_rank``, ``n_elements``.
-
-    Raises:
-        InputError: an atomic number above ``max_atomic_number`` (named), or an
-            element of the data without a given reference energy.
-    """
-    K = max_atomic_number + 1
-    ctc = np.zeros((K, K))
-    cte = np.zeros(K)
-    present = np.zeros(K, dtype=bool)
-    f_sum = np.zeros(3)
-    f_sq = 0.0
-    f_n = 0
-    n_mol = 0
-
-    def compositions(batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        z = batch["Z"]
-        if int(z.max()) >= K:
-            a = int(np.argmax(z >= K))
-            mol = int(batch["mol_index"][batch["batch_segments"][a]])
-            raise InputError(
-                f"{loader.path}: molecule {mol} has atomic number {int(z[a])} above "
-                f"model.max_atomic_number={max_atomic_number}"
-            )
-        M = batch["Qtot"].shape[0]
-        counts = np.bincount(
-            batch["batch_segments"].astype(np.int64) * K + z,
-            weights=batch["atom_mask"].astype(np.float64),
-            minlength=M * K,
-        ).reshape(M, K)
-        return counts[batch["molecule_mask"]]
-
-    for batch in loader.packed_batches(epoch=0):
-        c = compositions(batch)
-        e = batch["E"][batch["molecule_mask"]]
-        ctc += c.T @ c
-        cte += c.T @ e
-        present |= c.sum(0) > 0
-        n_mol += c.shape[0]
-        if "F" in batch:
-            f = batch["F"][batch["atom_mask"]].astype(np.float64)
-            f_sum += f.sum(0)
-            f_sq += float((f**2).sum())
-            f_n += f.shape[0]
-    rank = int(np.linalg.matrix_rank(ctc[np.ix_(present, present)]))
-    n_elements = int(present.sum())
-    if reference is None:
-        ref = np.linalg.lstsq(ctc, cte, rcond=None)[0]
-        ref[~present] = 0.0
-        if rank < n_elements:
-            names = ", ".join(chemical_symbols[z] for z in np.flatnonzero(present))
-            warnings.warn(
-                f"{loader.path}: the compositions of the training molecules have rank "
-                f"{rank} for {n_elements} elements ({names}): the fitted per-element "
-                "reference energies are not determined by the data and will be "
-                "wrong for other compositions; give train.reference_energies "
-                "(e.g. free-atom energies)",
-                RankDeficientWarning,
-                stacklevel=2,
-            )
-    else:
-        missing = [int(z) for z in np.flatnonzero(present) if int(z) not in reference]
-        if missing:
-            raise InputError(
-                f"{loader.path}: train.reference_energies has no value for "
-                f"{', '.join(chemical_symbols[z] for z in missing)}, present in the "
-                "training data"
-            )
-        ref = np.zeros(K)
-        for z, value in reference.items():
-            if int(z) < K:
-                ref[int(z)] = float(value)
-    reference = ref
-
-    # Second pass in float64: residuals are small differences of large numbers.
-    r_sum = r_sq = 0.0
-    for batch in loader.packed_batches(epoch=0):
-        c = compositions(batch)
-        n = c.sum(1)
-        r = (batch["E"][batch["molecule_mask"]] - c @ reference) / n
-        r_sum += float(r.sum())
-        r_sq += float((r**2).sum())
-    r_mean = r_sum / n_mol
-    r_std = math.sqrt(max(r_sq / n_mol - r_mean**2, 0.0))
-    f_rms = math.sqrt(f_sq / (3 * f_n)) if f_n else 0.0
-    # the spread of all force components pooled (what a force MAE is compared with)
-    f_mean = float(f_sum.sum()) / (3 * f_n) if f_n else 0.0
-    f_std = math.sqrt(max(f_sq / (3 * f_n) - f_mean**2, 0.0)) if f_n else 0.0
-    scale = max(r_std, f_rms)
-    if not scale > 0:
-        scale = 1.0
-    constants = EnergyConstants(
-        reference_energies=reference,
-        scale=float(scale),
-        elements=tuple(int(z) for z in np.flatnonzero(present)),
-    )
-    stats = {
-        "n_molecules": float(n_mol),
-        "energy_residual_std_eV_per_atom": r_std,
-        "forces_rms_eV_per_A": f_rms,
-        "forces_std_eV_per_A": f_std,
-        "composition_rank": float(rank),
-        "n_elements": float(n_elements),
-    }
-    return constants, stats
-
-
-def given_reference_energies(cfg: TrainConfig) -> dict[int, float] | None:
-    """``train.reference_energies`` as eV per atom by atomic number, or ``None``
-    for ``fit``.
-
-    Raises:
-        ConfigError: an unknown element symbol or a non-numeric value.
-    """
-    given = cfg.reference_energies
-    if given is None or given == "fit":
-        return None
-    if not isinstance(given, Mapping):
-        raise ConfigError(
-            f"train.reference_energies: expected 'fit' or a mapping of element "
-            f"symbols to energies, got {given!r}"
-        )
-    factor = energy_factor(cfg.reference_energy_unit)
-    out: dict[int, float] = {}
-    for symbol, value in given.items():
-        if symbol not in atomic_numbers:
-            raise ConfigError(
-                f"train.reference_energies: {symbol!r} is not an element symbol"
-            )
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(
-                f"train.reference_energies.{symbol}: expected a number, got {value!r}"
-            )
-        out[atomic_numbers[symbol]] = float(value) * factor
-    return out
+__all__ = [
+    "EnergyConstants",
+    "RankDeficientWarning",
+    "energy_constants_for",
+    "fit_energy_constants",
+    "given_reference_energies",
+]
 
 
 def energy_constants_for(
-    loader: PackedMemmapLoader,
+    loader: PackedBatches,
     max_atomic_number: int,
     cfg: TrainConfig,
     log: Callable[[str], None] = print,
