@@ -51,7 +51,11 @@ expects e3x's feature layout, so it is written out here).
   block starts as the published PhysNet), P orthogonal, so that only one factor of
   the product is zero and every factor gets a gradient after the first step.
   ν = ``ANGULAR_NORMALISATION`` neighbours keeps A of order one. With
-  ``max_degree`` ≥ 1 it only acts on the scalars.
+  ``max_degree`` ≥ 1 it only acts on the scalars. The harmonics are e3x's; the
+  density and its contraction are written out on a plain (atoms, (λ+1)², C) array
+  rather than e3x's ``Tensor``/``TensorDense`` on its parity-split layout, for the
+  CPU cost given above (only the same-degree products are needed, and no
+  pseudotensors).
 """
 
 from __future__ import annotations
