@@ -162,18 +162,9 @@ class AngularDensity(nn.Module):
             permutations of the neighbours; zero at initialisation (Q = 0).
         """
         lam, C, F = self.degree, self.features, self.out_features
-        n_lm = (lam + 1) ** 2
         h = nn.Dense(C, use_bias=False, name="neighbour")(s)  # (A, C)
         w = nn.Dense((lam + 1) * C, use_bias=False, name="radial")(rbf)  # (P, (λ+1)C)
-        degree_of = np.repeat(np.arange(lam + 1), 2 * np.arange(lam + 1) + 1)
-        w = w.reshape(-1, lam + 1, C)[:, degree_of, :]  # (P, (λ+1)², C)
-        y = harmonics[:, :n_lm, None]  # (P, (λ+1)², 1)
-        density = (
-            jax.ops.segment_sum(
-                w * y * h[src_idx][:, None, :], dst_idx, num_segments=s.shape[0]
-            )
-            / ANGULAR_NORMALISATION
-        )  # (A, (λ+1)², C)
+        weighted = w.reshape(-1, lam + 1, C) * h[src_idx][:, None, :]  # (P, λ+1, C)
         # one C → F map per degree, shared by its 2l+1 components (rotations
         # commute with it); Q starts at zero, P orthogonal (SpookyNet's choice)
         p_maps = self.param(
@@ -182,9 +173,17 @@ class AngularDensity(nn.Module):
         q_maps = self.param(
             "project_q", nn.initializers.zeros, (lam + 1, C, F), jnp.float32
         )
-        a = jnp.einsum("amc,mcf->amf", density, p_maps[degree_of])
-        b = jnp.einsum("amc,mcf->amf", density, q_maps[degree_of])
-        return jnp.sum(a * b, axis=1)
+        q = jnp.zeros((s.shape[0], F), s.dtype)
+        for ell in range(lam + 1):  # degree by degree: no gathers over (λ+1)²
+            y = harmonics[:, ell**2 : (ell + 1) ** 2, None]  # (P, 2l+1, 1)
+            density = (
+                jax.ops.segment_sum(
+                    y * weighted[:, ell, None, :], dst_idx, num_segments=s.shape[0]
+                )
+                / ANGULAR_NORMALISATION
+            )  # (A, 2l+1, C)
+            q = q + jnp.sum((density @ p_maps[ell]) * (density @ q_maps[ell]), axis=1)
+        return q
 
 
 def _filter_init(scalar_columns: int) -> nn.initializers.Initializer:
