@@ -147,6 +147,7 @@ def _randomised(model, batch, rng):
 SMALL = ModelConfig(
     features=6,
     max_degree=0,
+    angular_degree=0,  # the published PhysNet
     num_iterations=2,
     num_basis_functions=5,
     cutoff=4.0,

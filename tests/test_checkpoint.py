@@ -18,6 +18,7 @@ from physpack.model.physnet import (
     init_params,
     model_from_config,
     molecules_to_batch,
+    predict,
 )
 
 CONFIG = dataclasses.replace(
@@ -193,4 +194,50 @@ def test_shape_mismatch_between_config_and_constants(tmp_path, trained):
     )
     path = ckpt_io.save(tmp_path / "best.ckpt", bad)
     with pytest.raises(InputError, match="reference_energies has shape"):
+        ckpt_io.load(path)
+
+
+def _as_version_2(path, **model_changes):
+    """Rewrite a checkpoint as format 2 wrote it: no keys for the radial basis
+    and the angular block in its model section."""
+    payload = serialization.msgpack_restore(path.read_bytes())
+    model = {
+        k: v
+        for k, v in payload["model_config"].items()
+        if k not in ckpt_io.VERSION_2_MODEL
+    }
+    payload.update(format_version=2, model_config={**model, **model_changes})
+    path.write_bytes(serialization.msgpack_serialize(payload))
+
+
+def test_a_version_2_checkpoint_is_read_as_the_model_it_held(tmp_path, trained):
+    """Model keys added since format 2 take the values of the model format 2
+    held (no angular block, PhysNet's basis), not today's schema defaults: the
+    same parameters give the same predictions."""
+    trained_ckpt, batch = trained
+    old_model = dataclasses.replace(CONFIG, **ckpt_io.VERSION_2_MODEL)
+    assert old_model != CONFIG  # today's defaults differ from format 2's model
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(
+        lambda x: np.asarray(x) + rng.normal(size=x.shape).astype(np.float32),
+        init_params(model_from_config(old_model), jax.random.PRNGKey(0), batch),
+    )
+    ckpt = dataclasses.replace(trained_ckpt, params=params, model_config=old_model)
+    path = ckpt_io.save(tmp_path / "best.ckpt", ckpt)
+    _as_version_2(path)
+    back = ckpt_io.load(path)
+    assert back.format_version == 2
+    assert back.model_config == old_model
+    np.testing.assert_array_equal(
+        predict(back.params, batch, back.model, back.constants)["energy"],
+        predict(ckpt.params, batch, ckpt.model, ckpt.constants)["energy"],
+    )
+
+
+def test_a_version_2_equivariant_checkpoint_is_refused(tmp_path, trained):
+    """Format 2's max_degree >= 1 models never trained their vector features (a
+    saddle of zero gradient at initialisation): refused with the reason."""
+    path = ckpt_io.save(tmp_path / "best.ckpt", trained[0])
+    _as_version_2(path, max_degree=1, num_iterations=2)
+    with pytest.raises(InputError, match="equivariant features never trained"):
         ckpt_io.load(path)

@@ -40,9 +40,9 @@ SHIPPED = yaml.safe_load((ROOT / "config.yaml").read_text())
 
 #: Each model option, switched on in the shipped model section.
 OPTIONS = {
-    "shipped": {},
+    "shipped": {},  # with the angular block (config.yaml)
+    "published_physnet": {"angular_degree": 0},
     "max_degree_1": {"max_degree": 1},
-    "angular": {"angular_degree": 2},
     "angular_and_max_degree_2_bernstein": {
         "angular_degree": 2,
         "max_degree": 2,

@@ -55,10 +55,19 @@ from physpack.model.physnet import (
 from physpack.units import CANONICAL_UNITS
 
 FORMAT_NAME = "physpack-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: the oldest checkpoint format this module reads: version 1 held the parameters
 #: of the simplified model that preceded the published PhysNet (other names)
 OLDEST_FORMAT_VERSION = 2
+#: model keys that version 2 did not know, with the values that give the model
+#: it held (a version-2 checkpoint is read as that model, whatever today's
+#: schema defaults are)
+VERSION_2_MODEL = {
+    "radial_basis": "exponential",
+    "angular_degree": 0,
+    "angular_features": 16,
+    "angular_interactions": 1,
+}
 STATE_FORMAT_NAME = "physpack-train-state"
 STATE_FORMAT_VERSION = 1
 STATE_FILE = "state.msgpack"
@@ -143,9 +152,17 @@ def load(path: str | os.PathLike) -> Checkpoint:
             "with this version"
         )
     try:
-        model_config = section_from_mapping(
-            ModelConfig, payload["model_config"], "model"
-        )
+        saved_model = dict(payload["model_config"])
+        if payload["format_version"] == 2:
+            if saved_model.get("max_degree", 0) > 0:
+                raise InputError(
+                    f"{path}: a max_degree {saved_model['max_degree']} model of "
+                    "checkpoint format 2, whose equivariant features never trained "
+                    "(they started at a saddle of zero gradient); retrain it with "
+                    "this version"
+                )
+            saved_model = {**VERSION_2_MODEL, **saved_model}
+        model_config = section_from_mapping(ModelConfig, saved_model, "model")
         constants = EnergyConstants.from_dict(payload["constants"])
         params = payload["params"]
     except (KeyError, TypeError, ValueError, ConfigError) as exc:

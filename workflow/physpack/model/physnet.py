@@ -1,6 +1,7 @@
 """PhysNet (Unke & Meuwly, JCTC 2019) on packed batches, in flax with e3x helpers.
 
-With ``max_degree: 0`` this is the published PhysNet: atomic numbers are embedded;
+With ``max_degree: 0`` and ``angular_degree: 0`` this is the published PhysNet
+(the shipped default adds the angular block below): atomic numbers are embedded;
 ``num_iterations`` modules follow, each an interaction block (pre-activation,
 separate self and neighbour weights, a radial-basis filter, ``n_res_interaction``
 residual blocks on the message, the gated update u ∘ x + W σ(v)), then
@@ -138,8 +139,8 @@ class PhysNet(nn.Module):
     n_res_output: int = 1
     vector_features: int = 16
     radial_filter: str = "linear"
-    angular_degree: int = 0
-    angular_features: int = 16
+    angular_degree: int = 2
+    angular_features: int = 8
     angular_interactions: int = 1
     zbl: bool = False
     charges: bool = False
