@@ -27,7 +27,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "packed": PackedDataset(packed),
         "plain": root / "plain.ckpt",
         "plain_ckpt": make_checkpoint(
-            root / "plain.ckpt", packed, seed=1, scale_factor=10.0
+            root / "plain.ckpt", packed, seed=1, scale_factor=30.0
         ),
         "charged": root / "charged.ckpt",
         "charged_ckpt": make_checkpoint(root / "charged.ckpt", packed, charges=True),
