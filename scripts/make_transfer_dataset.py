@@ -99,7 +99,6 @@ import logging
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -114,6 +113,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import CalculationFailed
 from ase.data import covalent_radii
+from physpack.atomic import StagedOutputs
 from physpack.errors import ConfigError, cli_entry
 
 log = logging.getLogger("make_transfer_dataset")
@@ -561,17 +561,11 @@ def pad(
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write a compressed NPZ to a temporary sibling, then rename it to ``path``."""
+    """Write a compressed NPZ to a temporary sibling, then rename it to ``path``
+    (physpack's :class:`~physpack.atomic.StagedOutputs`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; this is a data file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with StagedOutputs() as staged, open(staged.file(path), "wb") as fh:
+        np.savez_compressed(fh, **arrays)
     return path
 
 
