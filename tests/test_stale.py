@@ -11,7 +11,6 @@ data stages do not use (``loader:``) → none of them.
 
 from __future__ import annotations
 
-import ast
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -103,10 +102,26 @@ def test_e_stage_code_changed(run: Path, module: str, expected: list[str]) -> No
     assert planned_jobs(run) == expected
 
 
-def test_e_every_imported_module_is_a_declared_input(completed: Path) -> None:
-    """Each rule declares as inputs all package modules its stage imports (also
-    inside functions), so that (e) holds for every module, not only those above."""
-    proc = snakemake(completed, "--dry-run", "--forceall", "--printshellcmds")
+@pytest.fixture(scope="module")
+def imports_at_run_time(
+    completed: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A copy of the completed run in which every stage ran again with Python's
+    import log on (``PYTHONPROFILEIMPORTTIME``): each stage's log lists the
+    modules that stage really loaded, inside functions too."""
+    workdir = copy_workdir(completed, tmp_path_factory.mktemp("imports") / "run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+        snakemake(workdir, "--forceall", "--cores", "2")
+    return workdir
+
+
+def test_e_every_module_a_stage_loads_is_a_declared_input(
+    imports_at_run_time: Path,
+) -> None:
+    """Each rule declares as inputs all package modules its stage loads when it
+    runs, so that (e) holds for every module, not only those above."""
+    proc = snakemake(imports_at_run_time, "--dry-run", "--forceall", "--printshellcmds")
     text = proc.stdout + proc.stderr
     blocks = re.findall(
         r"^ *rule (\w+):\n +input: (.*)\n(?:(?!Shell command).*\n)*?"
@@ -121,47 +136,25 @@ def test_e_every_imported_module_is_a_declared_input(completed: Path) -> None:
             for p in inputs.split(", ")
             if p.startswith("workflow/physpack/")
         }
-        imported = _imported_modules(STEPS[step][0])
-        assert imported <= declared, (rule, sorted(imported - declared))
+        log = imports_at_run_time / "results" / "logs" / f"{rule}.log"
+        loaded = {
+            _module_file(name)
+            for name in re.findall(
+                r"^import time:.*\| +(physpack[\w.]*)$", log.read_text(), re.MULTILINE
+            )
+        }
+        assert _module_file(STEPS[step][0]) in loaded, (rule, log.read_text()[:2000])
+        assert loaded - {None} <= declared, (rule, sorted(loaded - declared - {None}))
 
 
 def _module_file(module: str) -> str | None:
-    """``physpack.a.b`` -> ``a/b.py`` (or ``a/b/__init__.py``), None if not ours."""
-    parts = module.split(".")
-    if parts[0] != "physpack":
-        return None
-    rel = "/".join(parts[1:])
+    """``physpack.a.b`` -> ``a/b.py`` (or ``a/b/__init__.py``)."""
+    rel = "/".join(module.split(".")[1:])
     if (PACKAGE / f"{rel}.py").is_file():
         return f"{rel}.py"
     if (PACKAGE / rel / "__init__.py").is_file():
         return f"{rel}/__init__.py" if rel else "__init__.py"
     return None
-
-
-def _imported_modules(module: str, seen: set[str] | None = None) -> set[str]:
-    """Files of ``module`` (dotted) and the physpack modules it imports,
-    transitively (static), with the ``__init__.py`` of every package on the way."""
-    seen = set() if seen is None else seen
-    path = _module_file(module)
-    if path is None or path in seen:
-        return seen
-    seen.add(path)
-    parts = module.split(".")
-    for i in range(1, len(parts)):
-        init = _module_file(".".join(parts[:i]))
-        if init is not None and init.endswith("__init__.py"):
-            seen.add(init)
-    tree = ast.parse((PACKAGE / path).read_text())
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.append(node.module)
-            names.extend(f"{node.module}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Import):
-            names.extend(alias.name for alias in node.names)
-        for name in names:
-            _imported_modules(name, seen)
-    return seen
 
 
 def test_f_no_effective_change(run: Path) -> None:
