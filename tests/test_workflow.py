@@ -220,6 +220,39 @@ def test_user_configfile_does_not_inherit_the_demo_config(tmp_path: Path) -> Non
     assert train["patience"] != shipped["train"]["patience"]
 
 
+def _stage_settings(workdir: Path, *args: str) -> dict[str, dict[str, object]]:
+    """``--<name>-config '{...}'`` and ``--config '{...}'`` arguments of every job
+    that a dry run plans, keyed by rule and flag."""
+    proc = snakemake(workdir, "--dry-run", "--printshellcmds", "--forceall", *args)
+    text = proc.stdout + proc.stderr
+    settings: dict[str, dict[str, object]] = {}
+    for rule, command in re.findall(
+        r"^ *rule (\w+):\n(?:(?!Shell command).*\n)*?Shell command: (.*)$",
+        text,
+        re.MULTILINE,
+    ):
+        for flag, raw in re.findall(r"--([\w-]*config) '(\{.*?\})'", command):
+            settings.setdefault(rule, {})[flag] = json.loads(raw)
+    return settings
+
+
+def test_an_empty_user_config_gets_the_demo_recipe(tmp_path: Path) -> None:
+    """The recipe measured on the demo is the schema's default: a user's config that
+    names only its data plans every stage with the settings of the demo's
+    config.yaml without the demo's own data and budget."""
+    workdir = make_workdir(tmp_path / "wf")
+    demo = yaml.safe_load((ROOT / "config.yaml").read_text())
+    demo["data"] = {"npz": "data/tiny.npz"}
+    for key in ("epochs", "max_minutes"):  # the demo's budget
+        del demo["train"][key]
+    (workdir / "demo.yaml").write_text(yaml.safe_dump(demo))
+    (workdir / "user.yaml").write_text(yaml.safe_dump({"data": demo["data"]}))
+    user = _stage_settings(workdir, "--configfile", "user.yaml")
+    assert sorted(user) == sorted(RULES), sorted(user)
+    assert user["train_model"]["train-config"]["learning_rate"] == 0.01
+    assert _stage_settings(workdir, "--configfile", "demo.yaml") == user
+
+
 def test_wrong_input_path_fails_before_anything_runs(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:

@@ -501,6 +501,24 @@ def check_workflow_config(
     _check(config, load_schema(), "")
 
 
+def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A checked copy of a workflow configuration (a parsed ``config.yaml``) with
+    every section and key it leaves out set to the schema's default, as the
+    workflow sees it (Snakemake's ``validate(..., set_default=True)``): the
+    effective configuration, for code that reads a config file outside Snakemake."""
+    config = json.loads(json.dumps(config))
+    _check(config, load_schema(), "")
+    for name, schema in load_schema().get("properties", {}).items():
+        if name not in config and "default" in schema:
+            config[name] = json.loads(json.dumps(schema["default"]))
+        section = config.get(name)
+        if isinstance(section, dict):
+            for key, prop in schema.get("properties", {}).items():
+                if key not in section and "default" in prop:
+                    section[key] = json.loads(json.dumps(prop["default"]))
+    return config
+
+
 #: Keys of the ``data`` section that name an existing input (file or directory).
 def shard_name(npz: str | os.PathLike) -> str:
     """The name of the shard converted from ``npz``: its file name without
