@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import snakemake
+from conftest import ROOT, snakemake
 from test_workflow import completed_workdir, copy_workdir
 
 #: every item the report must embed, with a phrase of its caption
@@ -100,3 +100,43 @@ def test_data_page_shows_validation_and_packing_statistics(report_page) -> None:
     assert f"<td>molecules</td><td>{stats['n_molecules']}</td>" in page
     assert "Padding efficiency" in page and "<td>packed</td>" in page
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+
+
+def _front_page(config: dict) -> str:
+    """workflow.rst rendered as Snakemake renders it (Jinja with trim_blocks and
+    lstrip_blocks), whitespace collapsed."""
+    from jinja2 import Environment
+    from physpack.config import with_defaults
+
+    template = (ROOT / "workflow" / "report" / "workflow.rst").read_text()
+    env = Environment(trim_blocks=True, lstrip_blocks=True)
+    snakemake_ = type("Snakemake", (), {"config": with_defaults(config)})
+    return " ".join(env.from_string(template).render(snakemake=snakemake_).split())
+
+
+def test_front_page_sentences_read_right() -> None:
+    """The sentences written from the config have their spaces and say what the
+    run does: the demo's budget without an early stop, and a run with one."""
+    demo = _front_page(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    assert "``e*Angstrom``). Split: 0.1 validation" in demo
+    assert (
+        "trained for at most 10000 epochs or 9 minutes (no early stop: the learning"
+        " rate anneals to the end of the budget), optimizer" in demo
+    )
+    assert "SpookyNet's local interaction (angular degree 2, 8 channels);" in demo
+    assert "None" not in demo
+    other = _front_page(
+        {
+            "data": {"packed": "old/"},
+            "train": {"patience": 5},
+            "model": {"angular_degree": 0, "charges": True, "zbl": True},
+        }
+    )
+    assert "(declared units: energy ``from its manifest``" in other
+    assert "``from its manifest``). Split:" in other
+    assert (
+        "irreps degree 0, atomic charges and electrostatics, ZBL repulsion; trained"
+        " for at most 200 epochs (early stop after 5 epochs without improvement),"
+        in other
+    )
+    assert "SpookyNet" not in other and "None" not in other
