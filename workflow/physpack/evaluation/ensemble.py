@@ -121,6 +121,8 @@ def combine(
     stacked = {
         q: c.members for q, c in committee([m.predicted() for m in members]).items()
     }
+    # errors need references: forces and dipoles only where the data has them
+    with_f = "forces" in stacked and first.F_true is not None
     with_d = "dipole" in stacked and first.D_true is not None
     return EnsemblePredictions(
         mol_index=first.mol_index,
@@ -129,12 +131,8 @@ def combine(
         Z=first.Z,
         E_true=first.E_true.astype(np.float64),
         E_members=stacked["energy"],
-        F_true=(
-            first.F_true.astype(np.float64)
-            if "forces" in stacked and first.F_true is not None
-            else None
-        ),
-        F_members=stacked.get("forces") if first.F_true is not None else None,
+        F_true=first.F_true.astype(np.float64) if with_f else None,
+        F_members=stacked["forces"] if with_f else None,
         D_true=first.D_true.astype(np.float64) if with_d else None,
         D_members=stacked.get("dipole"),
         Q_members=stacked.get("charges"),
