@@ -296,13 +296,18 @@ def error_metrics(
 ) -> dict:
     """Test MAEs: energy [meV], energy per atom [meV/atom], forces [meV/Å]; with
     the atoms' ``numbers`` (in the order of the force rows) also ``per_element``
-    (:func:`element_force_errors`)."""
-    de = np.abs(np.asarray(e_pred, float) - np.asarray(e_true, float))
-    f_true, f_pred = np.asarray(f_true, float), np.asarray(f_pred, float)
+    (:func:`element_force_errors`). Named by :func:`physpack.metrics.metric_name`."""
+    from physpack.metrics import convert, mae_rmse, metric_name
+
+    de = np.asarray(e_pred, float) - np.asarray(e_true, float)
+    errors = {
+        ("energy", "meV"): de,
+        ("energy_per_atom", "meV/atom"): de / np.asarray(n_atoms),
+        ("forces", "meV/Å"): np.asarray(f_pred, float) - np.asarray(f_true, float),
+    }
     out: dict = {
-        "energy_mae_meV": 1e3 * float(de.mean()),
-        "energy_mae_meV_per_atom": 1e3 * float((de / np.asarray(n_atoms)).mean()),
-        "forces_mae_meV_per_A": 1e3 * float(np.abs(f_pred - f_true).mean()),
+        metric_name(q, "mae", unit): convert(mae_rmse(err)[0], q, unit)
+        for (q, unit), err in errors.items()
     }
     if numbers is not None:
         out["per_element"] = element_force_errors(numbers, f_true, f_pred)
@@ -315,19 +320,18 @@ def element_force_errors(
     """Force MAE of each element's atoms [meV/Å] (over their three components,
     as the overall force MAE) and the element's fraction of all atoms, keyed by
     chemical symbol in order of atomic number."""
-    from ase.data import chemical_symbols
+    from physpack.metrics import convert, metric_name, per_element
 
     z = np.asarray(numbers).reshape(-1)
-    error = np.abs(np.asarray(f_pred, float) - np.asarray(f_true, float))
-    error = error.reshape(z.size, 3)
-    out = {}
-    for element in np.unique(z):
-        atoms = z == element
-        out[chemical_symbols[int(element)]] = {
-            "forces_mae_meV_per_A": 1e3 * float(error[atoms].mean()),
-            "atom_fraction": float(atoms.mean()),
+    error = np.asarray(f_pred, float) - np.asarray(f_true, float)
+    name = metric_name("forces", "mae", "meV/Å")
+    return {
+        symbol: {
+            name: convert(e.sums.mae, "forces", "meV/Å"),
+            "atom_fraction": e.n_atoms / z.size,
         }
-    return out
+        for symbol, e in per_element(error.reshape(z.size, 3), z).items()
+    }
 
 
 def md_stability(
@@ -339,6 +343,7 @@ def md_stability(
     from ase import units
     from ase.data import covalent_radii
     from ase.md.verlet import VelocityVerlet
+    from physpack.metrics import convert
 
     steps = max(1, round(picoseconds * 1000 / MD_TIMESTEP_FS))
     check_every = min(20, steps)
@@ -360,7 +365,7 @@ def md_stability(
         if not broken:
             stable += 1
             drift = (atoms.get_total_energy() - e0) / len(atoms) / picoseconds
-            drifts.append(1e3 * abs(drift))
+            drifts.append(convert(abs(drift), "energy_per_atom", "meV/atom"))
     return {
         "md_stable": stable,
         "md_total": len(molecules),
@@ -400,6 +405,7 @@ def md_stability_jitted(
     import jax.numpy as jnp
     from ase import units
     from ase.data import covalent_radii
+    from physpack.metrics import convert
     from physpack.model.physnet import (
         device_inputs,
         energy_and_forces,
@@ -479,7 +485,8 @@ def md_stability_jitted(
         if b == check_at:
             stable_then = int(active[:-1].sum())
     e_end = total_energy(e_res, v)
-    drift = 1e3 * np.abs(e_end - e0) / np.asarray(n) / picoseconds
+    drift = np.abs(e_end - e0) / np.asarray(n) / picoseconds
+    drift = convert(drift, "energy_per_atom", "meV/atom")
     ok = active[:-1]
     result = {
         "md_stable": int(ok.sum()),
@@ -551,7 +558,7 @@ def run_physpack(
     # imported after training: the training's peak is what `physpack train` needs
     from ase.io import read
     from physpack.data.loader import PackedMemmapLoader
-    from physpack.evaluation.evaluate import predict_split
+    from physpack.evaluation.inference import predict_split
     from physpack.model.checkpoint import load
 
     with open(result.history, newline="") as fh:
@@ -900,14 +907,17 @@ def table_rows(results: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
 
         return cell
 
+    from ase.data import atomic_numbers
+    from physpack.metrics import metric_name
+
+    force = metric_name("forces", "mae", "meV/Å")
+
     def element(symbol: str) -> Callable[[dict], str]:
         def cell(r: dict) -> str:
             entry = r.get("per_element", {}).get(symbol)
-            return "-" if entry is None else f"{entry['forces_mae_meV_per_A']:.1f}"
+            return "-" if entry is None else f"{entry[force]:.1f}"
 
         return cell
-
-    from ase.data import atomic_numbers
 
     fractions: dict[str, float] = {}
     for r in results:
@@ -918,9 +928,12 @@ def table_rows(results: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
         for symbol in sorted(fractions, key=atomic_numbers.__getitem__)
     ]
     return [
-        ("energy MAE [meV]", key("energy_mae_meV", "{:.1f}")),
-        ("energy MAE [meV/atom]", key("energy_mae_meV_per_atom", "{:.2f}")),
-        ("force MAE [meV/Å]", key("forces_mae_meV_per_A", "{:.1f}")),
+        ("energy MAE [meV]", key(metric_name("energy", "mae", "meV"), "{:.1f}")),
+        (
+            "energy MAE [meV/atom]",
+            key(metric_name("energy_per_atom", "mae", "meV/atom"), "{:.2f}"),
+        ),
+        ("force MAE [meV/Å]", key(force, "{:.1f}")),
         *per_element,
         ("structures/s (training)", key("structures_per_s", "{:.0f}")),
         ("epochs", _epochs_cell),
@@ -934,14 +947,15 @@ def table_rows(results: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
 
 
 def print_table(results: list[dict], minutes: float, paths: dict) -> None:
-    width = 30
+    from physpack.evaluation.tables import text_table
+
     print(
         f"\n{paths['dataset']} dataset ({Path(paths['npz']).name}), test split; "
         f"{paths['split_title']}; {minutes:g} min of training each"
     )
-    print(f"{'':{width}s}" + "".join(f"{r['name'][:30]:>32s}" for r in results))
-    for label, cell in table_rows(results):
-        print(f"{label:{width}s}" + "".join(f"{cell(r):>32s}" for r in results))
+    header = ["", *(r["name"][:30] for r in results)]
+    rows = [[label, *(cell(r) for r in results)] for label, cell in table_rows(results)]
+    print("\n".join(text_table(header, rows, widths=(30, 32))))
 
 
 def main() -> None:

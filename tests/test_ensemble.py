@@ -103,3 +103,39 @@ def test_cli_writes_the_ensemble_metrics(tmp_path: Path) -> None:
     assert m["forces"]["calibration"]["n"] == 12
     assert main([*paths, "--split", "valid", "--output", str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()
+
+
+def test_dipoles_and_charges_are_kept(tmp_path: Path) -> None:
+    """Members that predict dipoles and charges: the committee has them (mean and
+    std over members, as physpack predict's), and the dipole errors of the mean."""
+    rng = np.random.default_rng(4)
+    n = np.array([2, 3])
+    d_true = rng.normal(size=(2, 3))
+    paths = []
+    for i in range(3):
+        path = _member_file(
+            tmp_path / f"m{i}.npz", rng, np.zeros(2), np.zeros((5, 3)), n
+        )
+        arrays = dict(np.load(path))
+        arrays["test_D_true"] = d_true
+        arrays["test_D_pred"] = d_true + rng.normal(0, 0.1, (2, 3))
+        arrays["test_Q_pred"] = rng.normal(0, 0.3, 5)
+        np.savez(path, **arrays)
+        paths.append(path)
+    pred = combine(paths)
+    d = np.stack([np.load(p)["test_D_pred"] for p in paths])
+    q = np.stack([np.load(p)["test_Q_pred"] for p in paths])
+    np.testing.assert_allclose(pred.committee("dipole").mean, d.mean(0))
+    np.testing.assert_allclose(pred.committee("dipole").std, d.std(0))
+    np.testing.assert_allclose(pred.committee("charges").mean, q.mean(0))
+    np.testing.assert_allclose(pred.committee("charges").std, q.std(0))
+    m = ensemble_metrics(pred)
+    assert m["units"]["dipole"] == "e*Angstrom"
+    np.testing.assert_allclose(m["dipole"]["mae"], np.abs(d.mean(0) - d_true).mean())
+    np.testing.assert_allclose(m["dipole"]["mean_std"], d.std(0).mean())
+    # without dipoles in one member, the committee has none
+    arrays = dict(np.load(paths[0]))
+    del arrays["test_D_pred"], arrays["test_D_true"]
+    np.savez(paths[0], **arrays)
+    pred = combine(paths)
+    assert pred.committee("dipole") is None and "dipole" not in ensemble_metrics(pred)

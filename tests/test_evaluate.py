@@ -387,8 +387,11 @@ def test_bad_checkpoints_are_refused_without_outputs(
         make_checkpoint(ckpt, run["packed"], elements=(1, 6))
     out = tmp_path / "out"
     assert evaluate.main(cli_args(run, out, ckpt)) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("physpack evaluate: error:")
+    lines = capsys.readouterr().err.strip().splitlines()
+    # the effective loader section first, as every stage logs it, then one error
+    assert len(lines) == 2 and lines[0].startswith("config loader: {")
+    err = lines[-1]
+    assert err.startswith("physpack evaluate: error:")
     assert str(ckpt if case != "elements" else run["packed"]) in err
     assert re.search(message, err), err
     assert not out.exists() or not any(out.iterdir())

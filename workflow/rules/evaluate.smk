@@ -44,11 +44,9 @@ rule evaluate_model:
     params:
         loader=run_section("loader"),
     shell:
-        # the loader section first, as every stage's log starts with its config
-        "printf 'config loader: %s\\n' {params.loader:q} > {log:q};"
-        " python -m physpack evaluate {input.packed:q} --split {input.split:q}"
+        "python -m physpack evaluate {input.packed:q} --split {input.split:q}"
         " --checkpoint {input.best:q} --history {input.history:q}"
         " --metrics {output.metrics:q} --metrics-md {output.metrics_md:q}"
         " --metrics-html {output.metrics_html:q}"
         " --predictions {output.predictions:q} --figures {output.figures:q}"
-        " --loader-config {params.loader:q} >> {log:q} 2>&1"
+        " --loader-config {params.loader:q} > {log:q} 2>&1"

@@ -12,7 +12,6 @@ Energies are shown in meV (per molecule and per atom), forces in meV/Å.
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -24,20 +23,56 @@ import numpy as np
 from physpack.atomic import StagedOutputs
 from physpack.errors import InputError, cli_entry
 from physpack.evaluation.plots import figure, read_history, save_figure
+from physpack.evaluation.split_metrics import json_path, value_at
+from physpack.evaluation.tables import (
+    format_cell,
+    html_heading,
+    html_page,
+    html_table,
+    markdown_table,
+)
+from physpack.metrics import convert, metric_name, unit_of
+
+#: how a quantity is called in column titles
+_NAMES = {"energy": "energy", "energy_per_atom": "energy", "forces": "force"}
+#: the unit each quantity is shown in
+_SHOWN = {
+    "energy": "meV",
+    "energy_per_atom": "meV/atom",
+    "forces": "meV/Å",
+    "dipole": "Debye",
+}
+
+
+def _title(quantity: str, text: str) -> str:
+    """``text`` and the shown unit of ``quantity``: ``"force MAE [meV/Å]"``."""
+    return f"{text} [{unit_of(quantity, _SHOWN[quantity]).symbol}]"
+
+
+def _run_column(quantity: str, statistic: str) -> tuple[str, tuple[str, ...]]:
+    title = _title(quantity, f"{_NAMES[quantity]} {statistic.upper()}")
+    return title, json_path(quantity, statistic, _SHOWN[quantity])
+
+
+def _curve(quantity: str) -> tuple[str, str, float]:
+    title = _title(quantity, f"validation {_NAMES[quantity]} MAE")
+    column = metric_name(quantity, "mae", prefix="valid_")
+    return title, column, unit_of(quantity, _SHOWN[quantity]).scale
+
 
 #: (column title, path into a split's metrics: the value in the title's unit)
 RUN_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("energy MAE [meV]", ("energy", "per_molecule", "mae", "meV")),
-    ("energy MAE [meV/atom]", ("energy", "per_atom", "mae", "meV/atom")),
-    ("energy RMSE [meV]", ("energy", "per_molecule", "rmse", "meV")),
-    ("force MAE [meV/Å]", ("forces", "mae", "meV/Angstrom")),
-    ("force RMSE [meV/Å]", ("forces", "rmse", "meV/Angstrom")),
+    _run_column("energy", "mae"),
+    _run_column("energy_per_atom", "mae"),
+    _run_column("energy", "rmse"),
+    _run_column("forces", "mae"),
+    _run_column("forces", "rmse"),
     ("force MAE / force std", ("forces", "mae_relative")),
 )
 #: learning-curve panels: (title, history column, factor to the shown unit)
 CURVES = (
-    ("validation force MAE [meV/Å]", "valid_forces_mae_eV_per_A", 1e3),
-    ("validation energy MAE [meV/atom]", "valid_energy_mae_eV_per_atom", 1e3),
+    _curve("forces"),
+    _curve("energy_per_atom"),
     ("training loss", "train_loss", 1.0),
 )
 
@@ -49,18 +84,10 @@ def _read_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
         raise InputError(f"{path}: cannot read {what} ({exc})") from exc
 
 
-def _dig(d: Any, path: Sequence[str]) -> float:
-    for key in path:
-        if not isinstance(d, Mapping) or key not in d:
-            return float("nan")
-        d = d[key]
-    return float(d) if isinstance(d, (int, float)) else float("nan")
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "n/a" if not np.isfinite(value) else f"{value:.4g}"
-    return json.dumps(value) if not isinstance(value, str) else value
+def _dig(d: Mapping[str, Any], path: Sequence[str]) -> float:
+    """The number at ``path`` in ``d``, NaN (shown as ``n/a``) where none."""
+    value = value_at(d, path)
+    return float("nan") if value is None else value
 
 
 def run_table(
@@ -77,8 +104,8 @@ def run_table(
         rows.append(
             [
                 run,
-                *(_fmt(params[key].get(run)) for key in params),
-                *(_fmt(_dig(split_metrics, path)) for _, path in RUN_COLUMNS),
+                *(format_cell(params[key].get(run)) for key in params),
+                *(format_cell(_dig(split_metrics, path)) for _, path in RUN_COLUMNS),
             ]
         )
     return header, rows
@@ -89,48 +116,27 @@ def ensemble_table(
 ) -> tuple[list[str], list[list[str]]]:
     """Header and rows (one per committee): error of the mean, mean spread and the
     calibration of the spread, for energies and forces."""
-    header = [
-        "ensemble",
-        "members",
-        "energy MAE [meV]",
-        "mean energy std [meV]",
-        "energy σ scale",
-        "energy Spearman",
-        "force MAE [meV/Å]",
-        "mean force std [meV/Å]",
-        "force σ scale",
-        "force Spearman",
-    ]
+    header = ["ensemble", "members"]
+    for q, name in (("energy", "energy"), ("forces", "force")):
+        header += [
+            _title(q, f"{name} MAE"),
+            _title(q, f"mean {name} std"),
+            f"{name} σ scale",
+            f"{name} Spearman",
+        ]
     rows = []
     for name, m in ensembles.items():
         cells = [name, str(m.get("members", ""))]
         for q in ("energy", "forces"):
             d = m.get(q, {})
             cells += [
-                _fmt(_dig(d, ["mae"]) * 1e3),
-                _fmt(_dig(d, ["mean_std"]) * 1e3),
-                _fmt(_dig(d, ["calibration", "scale"])),
-                _fmt(_dig(d, ["calibration", "spearman"])),
+                format_cell(convert(_dig(d, ["mae"]), q, _SHOWN[q])),
+                format_cell(convert(_dig(d, ["mean_std"]), q, _SHOWN[q])),
+                format_cell(_dig(d, ["calibration", "scale"])),
+                format_cell(_dig(d, ["calibration", "spearman"])),
             ]
         rows.append(cells)
     return header, rows
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 _NOTE = (
@@ -147,10 +153,10 @@ def comparison_markdown(
     ensembles: Mapping[str, Mapping[str, Any]],
 ) -> str:
     lines = ["# Comparison of runs", ""]
-    lines += _markdown_table(*run_table(metrics, params))
+    lines += markdown_table(*run_table(metrics, params))
     if ensembles:
         lines += ["", "## Ensembles", ""]
-        lines += _markdown_table(*ensemble_table(ensembles))
+        lines += markdown_table(*ensemble_table(ensembles))
     lines += ["", _NOTE]
     return "\n".join(lines) + "\n"
 
@@ -160,21 +166,10 @@ def comparison_html(
     params: Mapping[str, Mapping[str, Any]],
     ensembles: Mapping[str, Mapping[str, Any]],
 ) -> str:
-    style = (
-        "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
-        "th,td{border:1px solid #ccc;padding:3px 8px}"
-        "td{text-align:right;font-variant-numeric:tabular-nums}thead th{background:#eee}"
-    )
-    parts = [
-        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>",
-        f"<title>Comparison of runs</title><style>{style}</style></head><body>",
-        "<h3>Comparison of runs</h3>",
-        _html_table(*run_table(metrics, params)),
-    ]
+    parts = [html_table(*run_table(metrics, params))]
     if ensembles:
-        parts += ["<h3>Ensembles</h3>", _html_table(*ensemble_table(ensembles))]
-    parts += [f"<p>{html.escape(_NOTE)}</p></body></html>\n"]
-    return "".join(parts)
+        parts += [html_heading("Ensembles"), html_table(*ensemble_table(ensembles))]
+    return html_page("Comparison of runs", parts, [_NOTE])
 
 
 def learning_curves_figure(
@@ -207,14 +202,13 @@ def calibration_figure(
     spread, energies and forces; a calibrated committee lies on the diagonal."""
     fig = figure(2, width=4.2, height=3.8)
     axes = fig.subplots(1, 2, squeeze=False)[0]
-    for ax, (q, unit) in zip(
-        axes, (("energy", "meV"), ("forces", "meV/Å")), strict=True
-    ):
+    for ax, q in zip(axes, ("energy", "forces"), strict=True):
+        unit = unit_of(q, _SHOWN[q]).symbol
         hi = 0.0
         for name, m in ensembles.items():
             curve = m.get(q, {}).get("calibration", {}).get("curve", {})
-            s = np.asarray(curve.get("sigma_rms", []), float) * 1e3
-            e = np.asarray(curve.get("error_rmse", []), float) * 1e3
+            s = convert(np.asarray(curve.get("sigma_rms", []), float), q, unit)
+            e = convert(np.asarray(curve.get("error_rmse", []), float), q, unit)
             if s.size:
                 ax.plot(s, e, marker="o", ms=3, lw=1.2, label=name)
                 hi = max(hi, float(np.nanmax(s)), float(np.nanmax(e)))

@@ -4,10 +4,11 @@ predicts the error (calibration).
 Each member of a committee is evaluated on its own first (``predictions.npz`` of
 :mod:`physpack.evaluation.evaluate`, molecules in dataset order); this module
 combines those files, so an ensemble evaluation costs no model evaluation at
-all. All arrays are numpy, in eV and eV/Å.
+all. All arrays are numpy, in eV, eV/Å, e·Å and e.
 
 The spread is the standard deviation over members (ddof 0, as the committee's
-own spread, not an estimate of a population's). Calibration treats the error of
+own spread, not an estimate of a population's; :func:`physpack.metrics.committee`,
+as ``physpack predict`` uses it). Calibration treats the error of
 the mean as Gaussian with standard deviation ``s·σ``: the maximum-likelihood
 scale is ``s = sqrt(mean((error/σ)²))``; a calibrated committee has ``s`` near 1,
 an over-confident one ``s > 1``. Multiply the committee's σ by ``s`` to get
@@ -24,7 +25,7 @@ import argparse
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,8 @@ import numpy as np
 from physpack.atomic import atomic_write_bytes
 from physpack.dispersion import committee_dispersion
 from physpack.errors import InputError, cli_entry
+from physpack.evaluation.predictions import SplitPredictions
+from physpack.metrics import Committee, committee, convert, error_sums, unit_of
 
 #: quantile bins of σ in the calibration curve
 CALIBRATION_BINS = 10
@@ -46,6 +49,9 @@ class EnsemblePredictions:
         n_atoms: int32 (M,); offsets: int64 (M + 1,); Z: int32 (A,).
         E_true: float64 (M,) eV; E_members: float64 (K, M) eV of each member.
         F_true: float64 (A, 3) eV/Å or None; F_members: float64 (K, A, 3) or None.
+        D_true: float64 (M, 3) e·Å or None; D_members: float64 (K, M, 3) or None
+            (members that predict dipoles).
+        Q_members: float64 (K, A) e or None (members that predict charges).
     """
 
     mol_index: np.ndarray
@@ -56,28 +62,45 @@ class EnsemblePredictions:
     E_members: np.ndarray
     F_true: np.ndarray | None = None
     F_members: np.ndarray | None = None
+    D_true: np.ndarray | None = None
+    D_members: np.ndarray | None = None
+    Q_members: np.ndarray | None = None
+
+    def committee(self, quantity: str) -> Committee | None:
+        """The members' predictions of ``quantity`` (``energy``, ``forces``,
+        ``dipole``, ``charges``), or ``None`` where they have none."""
+        members = {
+            "energy": self.E_members,
+            "forces": self.F_members,
+            "dipole": self.D_members,
+            "charges": self.Q_members,
+        }[quantity]
+        return None if members is None else Committee(members)
 
     @property
     def E_mean(self) -> np.ndarray:
-        return self.E_members.mean(axis=0)
+        return self.committee("energy").mean
 
     @property
     def E_std(self) -> np.ndarray:
-        return self.E_members.std(axis=0)
+        return self.committee("energy").std
 
     @property
     def F_mean(self) -> np.ndarray | None:
-        return None if self.F_members is None else self.F_members.mean(axis=0)
+        c = self.committee("forces")
+        return None if c is None else c.mean
 
     @property
     def F_std(self) -> np.ndarray | None:
-        return None if self.F_members is None else self.F_members.std(axis=0)
+        c = self.committee("forces")
+        return None if c is None else c.std
 
 
 def combine(
     paths: Sequence[str | os.PathLike], split: str = "test"
 ) -> EnsemblePredictions:
-    """Stack the ``split`` predictions of several members' ``predictions.npz``.
+    """Stack the ``split`` predictions of several members' ``predictions.npz``
+    (energies and forces; dipoles and charges where every member has them).
 
     Raises:
         InputError: a file lacks the split, or the members predicted different
@@ -89,43 +112,45 @@ def combine(
     first = members[0]
     for path, m in zip(paths[1:], members[1:], strict=True):
         for key in ("mol_index", "n_atoms", "Z"):
-            if m[key].shape != first[key].shape or not np.array_equal(
-                m[key], first[key]
-            ):
+            mine, theirs = getattr(m, key), getattr(first, key)
+            if mine.shape != theirs.shape or not np.array_equal(mine, theirs):
                 raise InputError(
                     f"{path}: {split}_{key} differs from {paths[0]}; the members "
                     f"of an ensemble must be evaluated on the same split"
                 )
-    has_forces = all("F_pred" in m for m in members)
+    stacked = {
+        q: c.members for q, c in committee([m.predicted() for m in members]).items()
+    }
+    # errors need references: forces and dipoles only where the data has them
+    with_f = "forces" in stacked and first.F_true is not None
+    with_d = "dipole" in stacked and first.D_true is not None
     return EnsemblePredictions(
-        mol_index=first["mol_index"],
-        n_atoms=first["n_atoms"],
-        offsets=first["offsets"],
-        Z=first["Z"],
-        E_true=first["E_true"].astype(np.float64),
-        E_members=np.stack([m["E_pred"] for m in members]).astype(np.float64),
-        F_true=first["F_true"].astype(np.float64) if has_forces else None,
-        F_members=(
-            np.stack([m["F_pred"] for m in members]).astype(np.float64)
-            if has_forces
-            else None
-        ),
+        mol_index=first.mol_index,
+        n_atoms=first.n_atoms,
+        offsets=first.offsets,
+        Z=first.Z,
+        E_true=first.E_true.astype(np.float64),
+        E_members=stacked["energy"],
+        F_true=first.F_true.astype(np.float64) if with_f else None,
+        F_members=stacked["forces"] if with_f else None,
+        D_true=first.D_true.astype(np.float64) if with_d else None,
+        D_members=stacked.get("dipole"),
+        Q_members=stacked.get("charges"),
     )
 
 
-def _read_split(path: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
+def _read_split(path: str | os.PathLike, split: str) -> SplitPredictions:
     try:
         with np.load(path) as data:
-            prefix = f"{split}_"
-            out = {
-                k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)
-            }
+            arrays = {k: data[k] for k in data.files if k.startswith(f"{split}_")}
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read predictions ({exc})") from exc
-    for key in ("mol_index", "n_atoms", "offsets", "Z", "E_true", "E_pred"):
-        if key not in out:
-            raise InputError(f"{path}: no {split}_{key} (not a predictions file?)")
-    return out
+    try:
+        return SplitPredictions.from_arrays(arrays, split)
+    except KeyError as exc:
+        raise InputError(f"{path}: no {exc.args[0]} (not a predictions file?)") from exc
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from exc
 
 
 def members_dispersion(paths: Sequence[str | os.PathLike]) -> dict[str, Any] | None:
@@ -209,28 +234,30 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 def ensemble_metrics(pred: EnsemblePredictions) -> dict[str, Any]:
     """Errors of the committee mean and the calibration of its spread.
 
-    ``energy``: per molecule, eV; ``forces``: per Cartesian component, eV/Å. Each
-    has ``mae``, ``rmse``, ``mean_std`` (mean committee spread) and
-    ``calibration`` (:func:`calibration`); plus ``members`` and ``n_molecules``.
+    ``energy``: per molecule, eV; ``forces``: per Cartesian component, eV/Å;
+    ``dipole`` (members that predict dipoles, data that has them): per
+    component, e·Å. Each has ``mae``, ``rmse``, ``mean_std`` (mean committee
+    spread) and ``calibration`` (:func:`calibration`); plus ``members``,
+    ``n_molecules`` and ``units``.
     """
     out: dict[str, Any] = {
         "members": int(pred.E_members.shape[0]),
         "n_molecules": int(pred.mol_index.size),
-        "units": {"energy": "eV", "forces": "eV/Angstrom"},
+        "units": {q: unit_of(q).label for q in ("energy", "forces")},
     }
-    quantities: Mapping[str, tuple[Any, Any, Any]] = {
-        "energy": (pred.E_mean, pred.E_std, pred.E_true),
-        "forces": (pred.F_mean, pred.F_std, pred.F_true),
-    }
-    for name, (mean, std, true) in quantities.items():
-        if mean is None or true is None:
+    references = {"energy": pred.E_true, "forces": pred.F_true, "dipole": pred.D_true}
+    for name, true in references.items():
+        c = pred.committee(name)
+        if c is None or true is None:
             continue
-        err = mean - true
+        err = c.mean - true
+        sums = error_sums(err)
+        out["units"][name] = unit_of(name).label
         out[name] = {
-            "mae": float(np.mean(np.abs(err))),
-            "rmse": float(np.sqrt(np.mean(err**2))),
-            "mean_std": float(np.mean(std)),
-            "calibration": calibration(err, std),
+            "mae": sums.mae,
+            "rmse": sums.rmse,
+            "mean_std": float(np.mean(c.std)),
+            "calibration": calibration(err, c.std),
         }
     return out
 
@@ -253,12 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics["dispersion"] = members_dispersion(args.predictions)
     metrics |= ensemble_metrics(pred)
     atomic_write_bytes(args.output, (json.dumps(metrics, indent=2) + "\n").encode())
-    for q, unit in (("energy", "meV"), ("forces", "meV/Angstrom")):
+    for q, unit in (("energy", "meV"), ("forces", "meV/Angstrom"), ("dipole", "Debye")):
         if q in metrics:
             m = metrics[q]
             print(
-                f"{q}: MAE of the mean {m['mae'] * 1e3:.4g} {unit}, mean std "
-                f"{m['mean_std'] * 1e3:.4g} {unit}, calibration scale "
-                f"{m['calibration']['scale']:.3g}"
+                f"{q}: MAE of the mean {convert(m['mae'], q, unit):.4g} {unit}, mean "
+                f"std {convert(m['mean_std'], q, unit):.4g} {unit}, calibration "
+                f"scale {m['calibration']['scale']:.3g}"
             )
     return 0

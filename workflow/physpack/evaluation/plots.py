@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from physpack.errors import InputError
+from physpack.metrics import QUANTITIES, mae_rmse
 
 #: above this many points a parity panel is a hexbin density, not a scatter
 SCATTER_LIMIT = 20_000
@@ -68,7 +69,8 @@ def parity_plot(
         quantity: panel title, e.g. ``"Energy"``.
         unit: unit of the values (axis labels).
         error_unit: unit in which MAE/RMSE are printed on each panel.
-        error_scale: factor from ``unit`` to ``error_unit`` (1000 for eV → meV).
+        error_scale: factor from ``unit`` to ``error_unit``
+            (:attr:`physpack.metrics.Unit.scale`: 1000 for eV → meV).
         label: what the axes show (default: ``quantity`` in lower case).
     """
     label = label or quantity.lower()
@@ -106,8 +108,7 @@ def parity_plot(
             ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls="--")
             ax.set_xlim(lo, hi)
             ax.set_ylim(lo, hi)
-            err = (pred - ref) * error_scale
-            mae, rmse = float(np.mean(np.abs(err))), float(np.sqrt(np.mean(err**2)))
+            mae, rmse = mae_rmse((pred - ref) * error_scale)
             ax.text(
                 0.04,
                 0.96,
@@ -273,19 +274,14 @@ def _learning_panels(columns: Mapping[str, np.ndarray]) -> list[tuple[str, list[
 
 
 def _unit_of(name: str) -> str:
-    """The unit a history column's name ends with (``valid_forces_mae_eV_per_A``
-    → ``eV/Å``), or ``""``."""
-    for suffix, unit in (
-        ("ev_per_a", "eV/Å"),
-        ("mev_per_a", "meV/Å"),
-        ("ev_per_atom", "eV/atom"),
-        ("mev_per_atom", "meV/atom"),
-        ("mev", "meV"),
-        ("ev", "eV"),
-        ("ea", "e·Å"),
-    ):
-        if name.lower().endswith("_" + suffix):
-            return unit
+    """The unit a history column's name ends with, by the unit tags of
+    :func:`physpack.metrics.metric_name` (``valid_forces_mae_eV_per_A`` →
+    ``eV/Å``), or ``""``."""
+    lower = name.lower()
+    for quantity in QUANTITIES.values():
+        for unit in quantity.units:
+            if lower.endswith("_" + unit.tag.lower()):
+                return unit.symbol
     return ""
 
 

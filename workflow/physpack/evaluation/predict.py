@@ -68,7 +68,9 @@ from physpack.dispersion import (
     settings_of,
 )
 from physpack.errors import InputError, cli_entry
-from physpack.evaluation.evaluate import SplitPredictions, predict_split
+from physpack.evaluation.inference import predict_split
+from physpack.evaluation.predictions import SplitPredictions
+from physpack.metrics import committee
 from physpack.model.checkpoint import load as load_checkpoint
 from physpack.units import CANONICAL_UNITS
 
@@ -161,22 +163,13 @@ def combine_members(
         "offsets": first.offsets,
         "Z": first.Z,
     }
-    fields = {
-        "energy": "E_pred",
-        "forces": "F_pred",
-        "dipole": "D_pred",
-        "charges": "Q_pred",
-    }
-    for name, attr in fields.items():
-        values = [getattr(m, attr) for m in members]
-        if any(v is None for v in values):
-            continue
-        stacked = np.stack(values)
-        out[name] = stacked.mean(axis=0)
+    combined = committee([m.predicted() for m in members])
+    for name, c in combined.items():
+        out[name] = c.mean
         if len(members) > 1:
-            out[f"{name}_std"] = stacked.std(axis=0)
+            out[f"{name}_std"] = c.std
     if len(members) > 1:
-        out["energy_members"] = np.stack([m.E_pred for m in members])
+        out["energy_members"] = combined["energy"].members
     if np.isfinite(first.E_true).all():
         out["E_ref"] = first.E_true
     if first.F_true is not None:

@@ -1,9 +1,10 @@
-"""The training loss and the error metrics, defined once.
+"""The training loss and the validation metrics, defined once.
 
-Training (:mod:`physpack.training.steps`), validation and the evaluation stage
-(:mod:`physpack.evaluation.evaluate`) all use these functions, so that the loss a
-run minimises, the validation loss that chooses its best epoch and the MAE/RMSE of
-the report are the same formulas.
+Training (:mod:`physpack.training.steps`) and validation use these functions, and
+the errors are :mod:`physpack.metrics`' sums (as the evaluation stage's), so that
+the loss a run minimises, the validation loss that chooses its best epoch and the
+MAE/RMSE of the report are the same formulas: a loss term is the mean squared
+error of a metric quantity (:data:`LOSS_QUANTITIES`).
 
 Loss of a batch (masked: padding atoms and molecule slots contribute nothing)::
 
@@ -24,15 +25,35 @@ division (:func:`combine_loss`) give the loss of the concatenated batch.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from physpack.config import TrainConfig
+from physpack.metrics import (
+    QUANTITIES,
+    ErrorSums,
+    error_sums,
+    flatten_sums,
+    mae_rmse,
+    mae_rmse_from_sums,
+    monitored_metrics,
+    unflatten_sums,
+)
 from physpack.model.physnet import Params, PhysNet, energy_and_forces, nh_penalty_sum
+
+__all__ = [
+    "LOSS_QUANTITIES",
+    "LossWeights",
+    "combine_loss",
+    "eval_sums",
+    "loss_partials",
+    "mae_rmse",  # physpack.metrics', importable from here as before
+    "mae_rmse_from_sums",
+    "metrics_from_sums",
+    "stage_weights",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +101,35 @@ def stage_weights(
     return weights
 
 
+#: The loss terms and the metric quantity whose squared errors each term is:
+#: one table, so that the validation loss is read from the validation metrics'
+#: sums (:func:`metrics_from_sums`).
+LOSS_QUANTITIES = {"energy": "energy_per_atom", "forces": "forces", "dipole": "dipole"}
+
+
+def _errors(
+    out: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], terms: set[str]
+) -> dict[str, ErrorSums]:
+    """Error sums of the model output ``out`` against ``batch``'s targets for the
+    metric quantities in ``terms`` that the batch and the model have: ``energy``
+    (ΔE, eV), ``energy_per_atom`` (ΔE/N), ``forces`` (ΔF per component of real
+    atoms, eV/Å), ``dipole`` (ΔD per component, e·Å); padding is masked out."""
+    mol = batch["molecule_mask"]
+    de = out["energy_residual"] - batch["E_res"]
+    sums = {}
+    if "energy" in terms:
+        sums["energy"] = error_sums(de, mol)
+    if "energy_per_atom" in terms:
+        n = jnp.maximum(batch["N"], 1).astype(jnp.float32)
+        sums["energy_per_atom"] = error_sums(de / n, mol)
+    if "forces" in terms and "F" in batch:
+        atom = batch["atom_mask"][:, None]
+        sums["forces"] = error_sums(out["forces"] - batch["F"], atom)
+    if "dipole" in terms and "D" in batch and "dipole" in out:
+        sums["dipole"] = error_sums(out["dipole"] - batch["D"], mol[:, None])
+    return sums
+
+
 def loss_partials(
     params: Params,
     model: PhysNet,
@@ -104,20 +154,12 @@ def loss_partials(
         numbers of molecules / components / atom channels (float32 ()).
     """
     out = energy_and_forces(params, model, batch, scale)
-    mol = batch["molecule_mask"]
-    n = jnp.maximum(batch["N"], 1).astype(jnp.float32)
-    de = jnp.where(mol, (out["energy_residual"] - batch["E_res"]) / n, 0.0)
-    sums = {"energy": jnp.sum(de**2)}
-    counts = {"energy": jnp.sum(mol).astype(jnp.float32)}
-    if weights.forces > 0 and "F" in batch:
-        atom = batch["atom_mask"][:, None]
-        df = jnp.where(atom, out["forces"] - batch["F"], 0.0)
-        sums["forces"] = jnp.sum(df**2)
-        counts["forces"] = 3.0 * jnp.sum(batch["atom_mask"]).astype(jnp.float32)
-    if weights.dipole > 0 and "D" in batch and "dipole" in out:
-        dd = jnp.where(mol[:, None], out["dipole"] - batch["D"], 0.0)
-        sums["dipole"] = jnp.sum(dd**2)
-        counts["dipole"] = 3.0 * counts["energy"]
+    terms = {"energy"} | {t for t in ("forces", "dipole") if getattr(weights, t) > 0}
+    errors = _errors(out, batch, {LOSS_QUANTITIES[t] for t in terms})
+    sums, counts = {}, {}
+    for term in terms:
+        if (q := LOSS_QUANTITIES[term]) in errors:
+            sums[term], counts[term] = errors[q].sq, errors[q].count
     if weights.nh > 0 and out["module_outputs"].shape[0] > 1:
         outputs = out["module_outputs"]
         sums["nh"] = nh_penalty_sum(outputs, batch["atom_mask"])
@@ -152,83 +194,29 @@ def eval_sums(
 ) -> dict[str, jax.Array]:
     """Error sums of one prepared batch, additive over batches and devices.
 
-    Returns float32 () values: ``n_mol``; ``e_abs``/``e_sq`` (Σ|ΔE|, ΣΔE², eV,
-    eV²); ``ea_abs``/``ea_sq`` (per atom); with forces ``n_f``, ``f_abs``,
-    ``f_sq`` (per component, eV/Å); with dipoles ``n_d``, ``d_abs``, ``d_sq``
-    (per component, e·Å). :func:`metrics_from_sums` turns them into metrics.
+    Returns float32 () values, :func:`physpack.metrics.flatten_sums` of the
+    :class:`~physpack.metrics.ErrorSums` of ``energy`` (per molecule, eV),
+    ``energy_per_atom``, with forces ``forces`` (per component, eV/Å), with
+    dipoles ``dipole`` (per component, e·Å): keys ``<quantity>_abs``, ``_sq``,
+    ``_count``. :func:`metrics_from_sums` turns their totals into metrics.
     """
     out = energy_and_forces(params, model, batch, scale)
-    mol = batch["molecule_mask"]
-    n = jnp.maximum(batch["N"], 1).astype(jnp.float32)
-    de = jnp.where(mol, out["energy_residual"] - batch["E_res"], 0.0)
-    sums = {
-        "n_mol": jnp.sum(mol).astype(jnp.float32),
-        "e_abs": jnp.sum(jnp.abs(de)),
-        "e_sq": jnp.sum(de**2),
-        "ea_abs": jnp.sum(jnp.abs(de / n)),
-        "ea_sq": jnp.sum((de / n) ** 2),
-    }
-    if "F" in batch:
-        df = jnp.where(batch["atom_mask"][:, None], out["forces"] - batch["F"], 0.0)
-        sums |= {
-            "n_f": 3.0 * jnp.sum(batch["atom_mask"]).astype(jnp.float32),
-            "f_abs": jnp.sum(jnp.abs(df)),
-            "f_sq": jnp.sum(df**2),
-        }
-    if "D" in batch and "dipole" in out:
-        dd = jnp.where(mol[:, None], out["dipole"] - batch["D"], 0.0)
-        sums |= {
-            "n_d": 3.0 * sums["n_mol"],
-            "d_abs": jnp.sum(jnp.abs(dd)),
-            "d_sq": jnp.sum(dd**2),
-        }
-    return sums
-
-
-def mae_rmse_from_sums(
-    abs_sum: float, sq_sum: float, count: float
-) -> tuple[float, float]:
-    """Mean absolute error and root mean square error from Σ|e|, Σe² and the count
-    (no values, count 0: NaN and NaN)."""
-    n = float(count)
-    if not n > 0:
-        return math.nan, math.nan
-    return float(abs_sum) / n, math.sqrt(max(float(sq_sum), 0.0) / n)
-
-
-def mae_rmse(err: np.ndarray) -> tuple[float, float]:
-    """MAE and RMSE of an array of errors (any shape, float64 on the host)."""
-    err = np.asarray(err, np.float64)
-    return mae_rmse_from_sums(np.abs(err).sum(), (err * err).sum(), err.size)
+    return flatten_sums(_errors(out, batch, set(QUANTITIES)))
 
 
 def metrics_from_sums(
     sums: Mapping[str, float], weights: LossWeights, prefix: str = "valid_"
 ) -> dict[str, float]:
-    """Metrics (units in the names) and the loss from accumulated
-    :func:`eval_sums`; the loss is :func:`combine_loss` of the same terms."""
-    m: dict[str, float] = {}
-    n = sums["n_mol"]
-    (
-        m[f"{prefix}energy_mae_eV"],
-        m[f"{prefix}energy_rmse_eV"],
-    ) = mae_rmse_from_sums(sums["e_abs"], sums["e_sq"], n)
-    (
-        m[f"{prefix}energy_mae_eV_per_atom"],
-        m[f"{prefix}energy_rmse_eV_per_atom"],
-    ) = mae_rmse_from_sums(sums["ea_abs"], sums["ea_sq"], n)
-    loss_sums, loss_counts = {"energy": sums["ea_sq"]}, {"energy": n}
-    if "n_f" in sums:
-        (
-            m[f"{prefix}forces_mae_eV_per_A"],
-            m[f"{prefix}forces_rmse_eV_per_A"],
-        ) = mae_rmse_from_sums(sums["f_abs"], sums["f_sq"], sums["n_f"])
-        loss_sums["forces"], loss_counts["forces"] = sums["f_sq"], sums["n_f"]
-    if "n_d" in sums:
-        (
-            m[f"{prefix}dipole_mae_eA"],
-            m[f"{prefix}dipole_rmse_eA"],
-        ) = mae_rmse_from_sums(sums["d_abs"], sums["d_sq"], sums["n_d"])
-        loss_sums["dipole"], loss_counts["dipole"] = sums["d_sq"], sums["n_d"]
-    m[f"{prefix}loss"] = float(combine_loss(loss_sums, loss_counts, weights))
+    """Metrics (:data:`physpack.metrics.MONITORED`, units in the names) and the
+    loss from accumulated :func:`eval_sums`; the loss is :func:`combine_loss` of
+    the same terms (:data:`LOSS_QUANTITIES`)."""
+    errors = unflatten_sums(sums)
+    m = monitored_metrics(errors, prefix)
+    terms = {t: errors[q] for t, q in LOSS_QUANTITIES.items() if q in errors}
+    loss = combine_loss(
+        {t: e.sq for t, e in terms.items()},
+        {t: e.count for t, e in terms.items()},
+        weights,
+    )
+    m[f"{prefix}loss"] = float(loss)
     return m
