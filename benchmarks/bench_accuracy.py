@@ -523,10 +523,11 @@ def run_physpack(
         ModelConfig,
         TrainConfig,
         section_from_mapping,
+        with_defaults,
     )
     from physpack.training.train import train
 
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = with_defaults(yaml.safe_load((ROOT / "config.yaml").read_text()))
     config = apply_settings(config, settings)
     max_z = config.get("model", {}).get("max_atomic_number", 36)
     if paths["max_z"] > max_z:
@@ -1039,7 +1040,9 @@ def main() -> None:
     if args.physpack_set and not args.physpack_variant:
         parser.error("--physpack-set needs --physpack-variant NAME")
     npz = dataset_npz(args.dataset, args.npz)
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    from physpack.config import with_defaults
+
+    config = with_defaults(yaml.safe_load((ROOT / "config.yaml").read_text()))
     with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as tmp:
         root = args.workdir or Path(tmp)
         work = dataset_workdir(root, args.dataset)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from physpack.config import with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
@@ -54,7 +55,7 @@ def test_dataset_npz_and_split_sections():
     assert bench.dataset_npz("transfer", "/x/t.npz") == Path("/x/t.npz")
     with pytest.raises(SystemExit, match="--npz"):
         bench.dataset_npz("transfer")
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = with_defaults(yaml.safe_load((ROOT / "config.yaml").read_text()))
     demo = bench.split_section(config, "demo")
     transfer = bench.split_section(config, "transfer")
     assert demo == config["split"]
@@ -115,7 +116,7 @@ def test_transfer_split_keeps_compositions_apart(tmp_path):
     )
     npz = tmp_path / "tiny.npz"
     np.savez(npz, **{k: demo[k][keep] for k in ("R", "Z", "N", "E", "F", "Q", "D")})
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = with_defaults(yaml.safe_load((ROOT / "config.yaml").read_text()))
     work = bench.dataset_workdir(tmp_path / "acc", "transfer")
     paths = bench.prepare_data(work, config, "transfer", npz)
     assert json.loads((work / "paths.json").read_text()) == paths
