@@ -9,16 +9,20 @@ units people read (meV, meV/Å, Debye).
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
 from physpack.errors import InputError
-from physpack.metrics import QUANTITIES, mae_rmse
+from physpack.metrics import QUANTITIES, STATISTICS, mae_rmse, metric_name, unit_of
 
 #: above this many points a parity panel is a hexbin density, not a scatter
 SCATTER_LIMIT = 20_000
@@ -247,29 +251,93 @@ def _tokens(name: str) -> set[str]:
     return set(name.lower().replace("-", "_").replace("/", "_").split("_"))
 
 
+#: the unit (a label of :data:`physpack.metrics.QUANTITIES`) in which each
+#: quantity's learning curve is drawn, as in the evaluation's other figures
+CURVE_UNITS = {
+    "energy": "meV",
+    "energy_per_atom": "meV/atom",
+    "forces": "meV/Å",
+    "dipole": "Debye",
+}
+#: the panel of each quantity; one quantity, so one unit, per panel
+_ERROR_PANELS = {
+    "energy": "Energy error",
+    "energy_per_atom": "Energy error per atom",
+    "forces": "Force error",
+    "dipole": "Dipole error",
+}
+#: how a metric's name prefix (``valid_``) is said in a legend
+_SPLIT_WORDS = {"valid_": "validation", "train_": "training", "test_": "test", "": ""}
+#: how a quantity is called in a legend (``forces`` → "force MAE")
+_QUANTITY_WORDS = {"forces": "force", "energy_per_atom": "energy"}
+_LOSS, _LR = "Loss", "Learning rate"
+#: not drawn as curves: the cosine's end (a step count, its own small axis) and
+#: the loss stage (a vertical line where the late energy stage starts)
+HORIZON_COLUMN, STAGE_COLUMN = "lr_horizon", "loss_stage"
+
+
+class Curve(NamedTuple):
+    """One curve of the learning-curve figure.
+
+    Attributes:
+        column: the ``history.csv`` column.
+        label: its legend, in words with the unit (``"validation energy MAE
+            (meV/atom)"``).
+        scale: factor from the column's unit to the drawn one.
+        unit: the drawn unit's symbol (``"meV/atom"``), ``""`` for loss and rate.
+    """
+
+    column: str
+    label: str
+    scale: float
+    unit: str
+
+
+@functools.cache
+def _metric_columns() -> dict[str, tuple[str, Curve]]:
+    """Every metric name of :func:`physpack.metrics.metric_name` (each split
+    prefix, quantity, statistic and unit) → (panel title, its :class:`Curve`)."""
+    out = {}
+    for prefix, split in _SPLIT_WORDS.items():
+        for q, quantity in QUANTITIES.items():
+            shown = unit_of(q, CURVE_UNITS[q])
+            word = _QUANTITY_WORDS.get(q, q.replace("_", " "))
+            for statistic in STATISTICS:
+                label = f"{split} {word} {statistic.upper()} ({shown.symbol})"
+                for unit in quantity.units:
+                    name = metric_name(q, statistic, unit.label, prefix)
+                    scale = shown.scale / unit.scale
+                    curve = Curve(name, label.strip(), scale, shown.symbol)
+                    out[name] = (_ERROR_PANELS[q], curve)
+    return out
+
+
+def _describe(name: str) -> tuple[str, Curve] | None:
+    """The panel and curve of a history column, or None when it is not drawn
+    (the horizon, the loss stage, timings, counts, gradient norms)."""
+    metric = _metric_columns().get(name)
+    if metric is not None:
+        return metric
+    if name in (HORIZON_COLUMN, STAGE_COLUMN):
+        return None
+    if "loss" in _tokens(name):
+        split = next((w for p, w in _SPLIT_WORDS.items() if name.startswith(p)), "")
+        return _LOSS, Curve(name, f"{split} loss".strip(), 1.0, "")
+    if name.lower() in ("lr", "learning_rate"):
+        return _LR, Curve(name, "learning rate", 1.0, "")
+    return None
+
+
 def _learning_panels(columns: Mapping[str, np.ndarray]) -> list[tuple[str, list[str]]]:
-    """Group history columns into panels by name: loss, energy, forces, dipole, lr."""
-    groups: dict[str, list[str]] = {
-        "Loss": [],
-        "Energy error": [],
-        "Force error": [],
-        "Dipole error": [],
-        "Learning rate": [],
-    }
+    """The panels of the learning-curve figure and their columns, in the order
+    loss, energy per molecule, energy per atom, forces, dipole, learning rate;
+    each panel holds one quantity in one unit."""
+    order = [_LOSS, *_ERROR_PANELS.values(), _LR]
+    groups: dict[str, list[str]] = {title: [] for title in order}
     for name in columns:
-        t = _tokens(name)
-        if "loss" in t:
-            groups["Loss"].append(name)
-        elif t & {"lr", "learning"} or name.lower() == "learning_rate":
-            groups["Learning rate"].append(name)
-        elif not t & {"mae", "rmse"}:
-            continue
-        elif t & {"energy", "e"}:
-            groups["Energy error"].append(name)
-        elif t & {"force", "forces", "f"}:
-            groups["Force error"].append(name)
-        elif t & {"dipole", "d"}:
-            groups["Dipole error"].append(name)
+        described = _describe(name)
+        if described is not None:
+            groups[described[0]].append(name)
     return [(title, names) for title, names in groups.items() if names]
 
 
@@ -285,6 +353,119 @@ def _unit_of(name: str) -> str:
     return ""
 
 
+class _PlainLogFormatter(LogFormatter):
+    """matplotlib's choice of which log ticks to label, the numbers written
+    plainly (``0.4``, not ``4e-01`` or ``4×10⁻¹``)."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def _ylabel(title: str, curves: Sequence[Curve]) -> str:
+    """The y label of a panel: what it shows and its one unit."""
+    if title == _LOSS:
+        return "loss [dimensionless]"
+    if title == _LR:
+        return "learning rate"
+    units = {c.unit for c in curves}
+    if len(units) != 1:  # the panels are built so that this cannot happen
+        raise ValueError(f"{title}: one axis, several units {sorted(units)}")
+    return f"{title.lower()} [{units.pop()}]"
+
+
+def _draw_curves(
+    ax: Axes,
+    x: np.ndarray,
+    history: Mapping[str, np.ndarray],
+    title: str,
+    curves: Sequence[Curve],
+) -> None:
+    """Draw ``curves`` as panel ``title`` on ``ax``, in their drawn unit, with
+    legends; a log scale where positive values span more than a decade (plain
+    numbers on its ticks up to three decades)."""
+    for c in curves:
+        y = history[c.column] * c.scale
+        ax.plot(x, y, marker="o" if x.size <= 30 else None, ms=3, lw=1.3, label=c.label)
+    values = np.concatenate([history[c.column] * c.scale for c in curves])
+    values = values[np.isfinite(values)]
+    if values.size and (values > 0).all() and values.max() > 10 * values.min():
+        ax.set_yscale("log")
+        if values.max() <= 1e3 * values.min():
+            ax.yaxis.set_major_formatter(_PlainLogFormatter())
+            ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+    ax.set_title(title)
+    ax.set_ylabel(_ylabel(title, curves))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
+
+
+def _mark_stage(ax: Axes, x: np.ndarray, stage: np.ndarray | None) -> None:
+    """A dotted vertical line at the first epoch of the late energy stage."""
+    if stage is None:
+        return
+    late = np.flatnonzero(stage == 2)
+    if late.size and late[0] > 0:
+        ax.axvline(x[late[0]], color="k", ls=":", lw=1.0, label="late energy stage")
+        ax.legend(fontsize=7)
+
+
+def _draw_horizon(ax: Axes, x: np.ndarray, horizon: np.ndarray) -> None:
+    """The step at which the cosine schedule ends, on its own small axis (from
+    0, so that a constant horizon is a flat line and a moved one a step)."""
+    ax.plot(x, horizon, color="C7", lw=1.3, drawstyle="steps-post")
+    top = float(np.nanmax(horizon)) if np.isfinite(horizon).any() else 1.0
+    ax.set_ylim(0, 1.25 * top or 1.0)
+    ax.yaxis.set_major_locator(MaxNLocator(2, integer=True))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_ylabel("cosine ends\n[step]", fontsize=7)
+    ax.tick_params(labelsize=7)
+
+
+def learning_curves_figure(history: Mapping[str, np.ndarray]) -> Figure:
+    """The learning-curve figure of :func:`learning_curves`, not yet saved.
+
+    Panels (those with data), at most three a row (four: two by two): loss
+    (with the start of the late energy stage), validation energy error per
+    molecule (meV), per atom (meV/atom), force error (meV/Å), dipole error (D),
+    each with its MAE and RMSE; the learning rate, with the step at which the
+    cosine ends on a small axis beneath it.
+    """
+    n = len(next(iter(history.values()))) if history else 0
+    x = history.get("epoch", np.arange(1, n + 1, dtype=np.float64))
+    panels = _learning_panels({k: v for k, v in history.items() if k != "epoch"})
+    # one row up to three panels, else two rows (four panels: two by two)
+    ncols = max(len(panels), 1) if len(panels) <= 3 else -(-len(panels) // 2)
+    nrows = -(-max(len(panels), 1) // ncols)
+    fig = _figure(ncols, width=4.0, height=3.4 * nrows)
+    grid = fig.add_gridspec(nrows, ncols)
+    if not panels:
+        ax = fig.add_subplot(grid[0, 0])
+        ax.text(
+            0.5,
+            0.5,
+            "no loss, error or learning-rate columns",
+            transform=ax.transAxes,
+            ha="center",
+        )
+    for k, (title, names) in enumerate(panels):
+        cell = grid[k // ncols, k % ncols]
+        if title == _LR and HORIZON_COLUMN in history:
+            top, bottom = cell.subgridspec(2, 1, height_ratios=(3, 1), hspace=0)
+            ax = fig.add_subplot(top)
+            low = fig.add_subplot(bottom, sharex=ax)
+            ax.tick_params(labelbottom=False)
+            _draw_horizon(low, x, history[HORIZON_COLUMN])
+            low.set_xlabel("epoch")
+        else:
+            ax = fig.add_subplot(cell)
+            ax.set_xlabel("epoch")
+        curves = [_describe(nm)[1] for nm in names]
+        _draw_curves(ax, x, history, title, curves)
+        if title == _LOSS:
+            _mark_stage(ax, x, history.get(STAGE_COLUMN))
+    return fig
+
+
 def learning_curves(path: str | os.PathLike, history: Mapping[str, np.ndarray]) -> Path:
     """Training history against epoch: loss, validation errors, learning rate.
 
@@ -292,36 +473,10 @@ def learning_curves(path: str | os.PathLike, history: Mapping[str, np.ndarray]) 
         path: PNG to write.
         history: column -> values per epoch (as :func:`read_history` returns); the
             x axis is the ``epoch`` column when present, else the row number.
-            Columns are assigned to panels by name (``loss``, ``energy``/``e`` and
-            ``force``/``f`` with ``mae``/``rmse``, ``dipole``, ``lr``); positive
-            positive series spanning more than a decade are drawn on a log
-            scale.
+            Error columns are recognised by their
+            :func:`physpack.metrics.metric_name` and drawn in :data:`CURVE_UNITS`,
+            one quantity per panel; losses by ``loss`` in the name, the learning
+            rate as ``lr``; positive series spanning more than a decade are drawn
+            on a log scale. See :func:`learning_curves_figure`.
     """
-    n = len(next(iter(history.values()))) if history else 0
-    x = history.get("epoch", np.arange(1, n + 1, dtype=np.float64))
-    panels = _learning_panels({k: v for k, v in history.items() if k != "epoch"})
-    fig = _figure(max(len(panels), 1), width=4.0, height=3.4)
-    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
-    if not panels:
-        axes[0].text(
-            0.5,
-            0.5,
-            "no loss, error or learning-rate columns",
-            transform=axes[0].transAxes,
-            ha="center",
-        )
-    for ax, (title, names) in zip(axes, panels):
-        units = {_unit_of(nm) for nm in names} - {""}
-        for nm in names:
-            y = history[nm]
-            ax.plot(x, y, marker="o" if n <= 30 else None, ms=3, lw=1.3, label=nm)
-        values = np.concatenate([history[nm] for nm in names])
-        values = values[np.isfinite(values)]
-        # log scale only where it helps: positive values spanning a decade or more
-        if values.size and (values > 0).all() and values.max() > 10 * values.min():
-            ax.set_yscale("log")
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(", ".join(sorted(units)))
-        ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _save(learning_curves_figure(history), path)
