@@ -132,6 +132,16 @@ QUANTITIES: dict[str, Quantity] = {
 }
 
 
+#: the unit (a label of :data:`QUANTITIES`) each quantity is shown in, in the
+#: comparison's tables and the figures
+SHOWN_UNITS = {
+    "energy": "meV",
+    "energy_per_atom": "meV/atom",
+    "forces": "meV/Å",
+    "dipole": "Debye",
+}
+
+
 def unit_of(quantity: str, unit: str | None = None) -> Unit:
     """The :class:`Unit` ``unit`` (label, tag or symbol; ``None``: canonical) of
     ``quantity``."""

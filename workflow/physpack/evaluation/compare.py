@@ -31,33 +31,26 @@ from physpack.evaluation.tables import (
     html_table,
     markdown_table,
 )
-from physpack.metrics import convert, metric_name, unit_of
+from physpack.metrics import SHOWN_UNITS, convert, metric_name, unit_of
 
 #: how a quantity is called in column titles
 _NAMES = {"energy": "energy", "energy_per_atom": "energy", "forces": "force"}
-#: the unit each quantity is shown in
-_SHOWN = {
-    "energy": "meV",
-    "energy_per_atom": "meV/atom",
-    "forces": "meV/Å",
-    "dipole": "Debye",
-}
 
 
 def _title(quantity: str, text: str) -> str:
     """``text`` and the shown unit of ``quantity``: ``"force MAE [meV/Å]"``."""
-    return f"{text} [{unit_of(quantity, _SHOWN[quantity]).symbol}]"
+    return f"{text} [{unit_of(quantity, SHOWN_UNITS[quantity]).symbol}]"
 
 
 def _run_column(quantity: str, statistic: str) -> tuple[str, tuple[str, ...]]:
     title = _title(quantity, f"{_NAMES[quantity]} {statistic.upper()}")
-    return title, json_path(quantity, statistic, _SHOWN[quantity])
+    return title, json_path(quantity, statistic, SHOWN_UNITS[quantity])
 
 
 def _curve(quantity: str) -> tuple[str, str, float]:
     title = _title(quantity, f"validation {_NAMES[quantity]} MAE")
     column = metric_name(quantity, "mae", prefix="valid_")
-    return title, column, unit_of(quantity, _SHOWN[quantity]).scale
+    return title, column, unit_of(quantity, SHOWN_UNITS[quantity]).scale
 
 
 #: (column title, path into a split's metrics: the value in the title's unit)
@@ -130,8 +123,8 @@ def ensemble_table(
         for q in ("energy", "forces"):
             d = m.get(q, {})
             cells += [
-                format_cell(convert(_dig(d, ["mae"]), q, _SHOWN[q])),
-                format_cell(convert(_dig(d, ["mean_std"]), q, _SHOWN[q])),
+                format_cell(convert(_dig(d, ["mae"]), q, SHOWN_UNITS[q])),
+                format_cell(convert(_dig(d, ["mean_std"]), q, SHOWN_UNITS[q])),
                 format_cell(_dig(d, ["calibration", "scale"])),
                 format_cell(_dig(d, ["calibration", "spearman"])),
             ]
@@ -203,7 +196,7 @@ def calibration_figure(
     fig = figure(2, width=4.2, height=3.8)
     axes = fig.subplots(1, 2, squeeze=False)[0]
     for ax, q in zip(axes, ("energy", "forces"), strict=True):
-        unit = unit_of(q, _SHOWN[q]).symbol
+        unit = unit_of(q, SHOWN_UNITS[q]).symbol
         hi = 0.0
         for name, m in ensembles.items():
             curve = m.get(q, {}).get("calibration", {}).get("curve", {})

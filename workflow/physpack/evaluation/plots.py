@@ -22,7 +22,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
 from physpack.errors import InputError
-from physpack.metrics import QUANTITIES, STATISTICS, mae_rmse, metric_name, unit_of
+from physpack.metrics import (
+    QUANTITIES,
+    SHOWN_UNITS,
+    STATISTICS,
+    mae_rmse,
+    metric_name,
+    unit_of,
+)
 
 #: above this many points a parity panel is a hexbin density, not a scatter
 SCATTER_LIMIT = 20_000
@@ -251,14 +258,6 @@ def _tokens(name: str) -> set[str]:
     return set(name.lower().replace("-", "_").replace("/", "_").split("_"))
 
 
-#: the unit (a label of :data:`physpack.metrics.QUANTITIES`) in which each
-#: quantity's learning curve is drawn, as in the evaluation's other figures
-CURVE_UNITS = {
-    "energy": "meV",
-    "energy_per_atom": "meV/atom",
-    "forces": "meV/Å",
-    "dipole": "Debye",
-}
 #: the panel of each quantity; one quantity, so one unit, per panel
 _ERROR_PANELS = {
     "energy": "Energy error",
@@ -300,7 +299,7 @@ def _metric_columns() -> dict[str, tuple[str, Curve]]:
     out = {}
     for prefix, split in _SPLIT_WORDS.items():
         for q, quantity in QUANTITIES.items():
-            shown = unit_of(q, CURVE_UNITS[q])
+            shown = unit_of(q, SHOWN_UNITS[q])
             word = _QUANTITY_WORDS.get(q, q.replace("_", " "))
             for statistic in STATISTICS:
                 label = f"{split} {word} {statistic.upper()} ({shown.symbol})"
@@ -474,7 +473,7 @@ def learning_curves(path: str | os.PathLike, history: Mapping[str, np.ndarray]) 
         history: column -> values per epoch (as :func:`read_history` returns); the
             x axis is the ``epoch`` column when present, else the row number.
             Error columns are recognised by their
-            :func:`physpack.metrics.metric_name` and drawn in :data:`CURVE_UNITS`,
+            :func:`physpack.metrics.metric_name` and drawn in :data:`SHOWN_UNITS`,
             one quantity per panel; losses by ``loss`` in the name, the learning
             rate as ``lr``; positive series spanning more than a decade are drawn
             on a log scale. See :func:`learning_curves_figure`.
