@@ -15,7 +15,7 @@ import yaml
 from ase import units as ase_units
 from conftest import TINY_N_MOL, make_workdir, snakemake
 from physpack.data.convert import convert_npz
-from physpack.data.descriptor import read_descriptor, write_descriptor
+from physpack.data.descriptor import open_dataset, read_descriptor, write_descriptor
 from physpack.data.packed import PackedDataset, PackedDataWarning
 from physpack.data.synthetic import (
     molecules,
@@ -134,7 +134,7 @@ def test_descriptor_round_trip(tmp_path: Path) -> None:
         tmp_path / "d" / "dataset.json", path, {"energy": "kcal/mol"}
     )
     assert read_descriptor(desc).packed == path.resolve()
-    ds = PackedDataset(desc)
+    ds = open_dataset(desc)
     assert ds.path == path.resolve() and ds.units["energy"] == "kcal/mol"
     assert ds.scale("E") == pytest.approx(KCAL, rel=1e-12)
 
@@ -145,10 +145,10 @@ def test_descriptor_refuses_bad_input(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(InputError, match="bad.json: not a dataset descriptor"):
-        PackedDataset(bad)
+        open_dataset(bad)
     bad.write_text("{")
     with pytest.raises(InputError, match="bad.json: not a packed directory nor"):
-        PackedDataset(bad)
+        open_dataset(bad)
 
 
 # -- the workflow with data.packed ------------------------------------------------
@@ -288,4 +288,4 @@ def test_describe_needs_declared_units_without_manifest(tmp_path: Path) -> None:
     assert not out.exists()
     config = '{"packed": "%s", "energy_unit": "kcal/mol", "length_unit": "Angstrom"}'
     assert main(["--output", str(out), "--config", config % legacy]) == 0
-    assert PackedDataset(out).scale("E") == pytest.approx(KCAL, rel=1e-12)
+    assert open_dataset(out).scale("E") == pytest.approx(KCAL, rel=1e-12)

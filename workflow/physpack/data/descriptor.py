@@ -4,7 +4,7 @@ or the shards of a sharded dataset.
 A packed directory that the workflow did not write (``data.packed``, e.g. from the
 older packed-memmap tooling) is read where it is, never copied or written into. The
 workflow writes a small descriptor instead, and every stage takes it where it would
-take a directory (``PackedDataset("results/data/dataset.json")``)::
+take a directory (``open_dataset("results/data/dataset.json")``)::
 
     {
       "format": "physpack-dataset",
@@ -45,7 +45,7 @@ from typing import Any
 
 from physpack import config as cfg
 from physpack.atomic import atomic_write_bytes
-from physpack.data.packed import ARRAYS, MANIFEST, PackedDataset
+from physpack.data.packed import ARRAYS, MANIFEST, PackedDataset, full_units
 from physpack.data.shards import ShardedDataset
 from physpack.errors import ConfigError, InputError, cli_entry
 
@@ -171,7 +171,11 @@ def open_dataset(
         return PackedDataset(path, units=units)
     described = read_descriptor(path)
     if described.packed is not None:
-        return PackedDataset(path, units=units)
+        if units is not None and full_units(units) != full_units(described.units):
+            raise InputError(
+                f"{path}: declares units {described.units}, but {units} were given"
+            )
+        return PackedDataset(described.packed, units=described.units)
     ds = ShardedDataset(path, described.shards, units=units or described.units or None)
     for shard, (n, t) in zip(ds.shards, described.shard_counts, strict=True):
         if (shard.n_molecules, shard.n_atoms_total) != (n, t):
