@@ -289,3 +289,45 @@ def test_describe_needs_declared_units_without_manifest(tmp_path: Path) -> None:
     config = '{"packed": "%s", "energy_unit": "kcal/mol", "length_unit": "Angstrom"}'
     assert main(["--output", str(out), "--config", config % legacy]) == 0
     assert open_dataset(out).scale("E") == pytest.approx(KCAL, rel=1e-12)
+
+
+def test_data_source_is_the_one_input_rule(tmp_path: Path) -> None:
+    """Exactly one input, a packed directory, units declared without a manifest:
+    said once, in physpack.data.descriptor.data_source, which the workflow calls."""
+    from physpack.config import DataConfig
+    from physpack.data.descriptor import data_source
+
+    legacy = write_legacy_packed(tmp_path / "old", 4, seed=1, energy_unit="kcal/mol")
+    with pytest.raises(ConfigError, match="set exactly one of data.npz"):
+        data_source(DataConfig())
+    with pytest.raises(ConfigError, match="set exactly one of data.npz"):
+        data_source(DataConfig(npz="x.npz", packed=str(legacy)))
+    assert data_source(DataConfig(npz="x.npz")) == ("npz", "x.npz")
+    with pytest.raises(ConfigError, match="set data.energy_unit, data.length_unit"):
+        data_source(DataConfig(packed=str(legacy)))
+    with pytest.raises(ConfigError, match="set data.length_unit"):
+        data_source(DataConfig(packed=str(legacy), energy_unit="kcal/mol"))
+    units = {"energy_unit": "kcal/mol", "length_unit": "Angstrom"}
+    assert data_source(DataConfig(packed=str(legacy), **units)) == ("packed", legacy)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="not a packed directory .no offsets.npy"):
+        data_source(DataConfig(packed=str(tmp_path / "empty"), **units))
+    with pytest.raises(InputError, match="packed directory not found"):
+        data_source(DataConfig(packed=str(tmp_path / "missing"), **units))
+    converted = convert_npz(
+        write_padded_npz(tmp_path / "a.npz", 4, seed=2), tmp_path / "c"
+    ).path
+    assert data_source(DataConfig(packed=str(converted)))[0] == "packed"
+
+
+def test_the_workflow_names_no_file_of_the_packed_format() -> None:
+    """The rules ask the package (data_source) instead of repeating its rule and
+    the format's file names."""
+    from conftest import ROOT
+
+    text = "\n".join(
+        p.read_text()
+        for p in [ROOT / "Snakefile", *(ROOT / "workflow/rules").glob("*.smk")]
+    )
+    for name in ("offsets.npy", "manifest.json", "D.f64", "exactly one"):
+        assert name not in text, name
