@@ -125,6 +125,9 @@ def workflow_file(relative):
 
 PACKAGE = workflow_file("physpack")
 
+# The conda environment of the CPU stages (relative to the rule files).
+PHYSPACK_ENV = "../../envs/physpack.yaml"
+
 # The entry module of each stage (`python -m physpack <step>`, see physpack.cli).
 STAGE_ENTRY = {step: module for step, (module, _) in STEPS.items()}
 STAGE_ENTRY["describe"] = "physpack.data.descriptor"
