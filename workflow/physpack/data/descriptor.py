@@ -166,7 +166,8 @@ def open_dataset(
 ) -> PackedDataset:
     """The dataset at ``path``: a packed directory, a descriptor of one (both a
     :class:`PackedDataset`) or a descriptor of shards (a
-    :class:`~physpack.data.shards.ShardedDataset`).
+    :class:`~physpack.data.shards.ShardedDataset`). The one way to open a
+    descriptor: :class:`PackedDataset` takes directories only.
 
     Raises:
         InputError: unreadable, or a shard whose counts differ from the
