@@ -227,3 +227,25 @@ def test_config_error_is_one_line_for_any_value():
     with pytest.raises(ConfigError) as info:
         cfg.section_from_mapping(cfg.SplitConfig, {"group_by": "a\nb\nc"}, "split")
     assert "\n" not in str(info.value) and str(info.value).startswith("split.group_by")
+
+
+def test_physnet_defaults_are_the_schemas():
+    """PhysNet's attributes are ModelConfig's fields, each defaulting to
+    ModelConfig()'s value (the schema's), never to a number written in the model
+    (read from the source: no JAX needed)."""
+    import ast
+
+    source = (ROOT / "workflow/physpack/model/physnet.py").read_text()
+    (physnet,) = [
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.ClassDef) and node.name == "PhysNet"
+    ]
+    fields = {}
+    for node in physnet.body:
+        if isinstance(node, ast.AnnAssign):
+            fields[node.target.id] = ast.unparse(node.value)
+    model = {f.name for f in dataclasses.fields(cfg.ModelConfig)}
+    assert set(fields) == model
+    assert all(value == f"_DEFAULTS.{name}" for name, value in fields.items()), fields
+    assert "_DEFAULTS = ModelConfig()" in source

@@ -269,7 +269,7 @@ def test_packed_input_refuses_dispersion(data: dict, tmp_path: Path) -> None:
     described = describe_packed(
         data_section(packed=str(data["d3"])), tmp_path / "dataset.json"
     )
-    assert PackedDataset(described).dispersion["label"] == "D3(BJ)/pbe0"
+    assert open_dataset(described).dispersion["label"] == "D3(BJ)/pbe0"
 
 
 def test_missing_dftd3_names_the_key_and_the_extra(

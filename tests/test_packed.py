@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -178,3 +179,38 @@ def test_every_file_is_fsynced_before_the_rename(
     assert files <= set(before), files - set(before)
     assert any(name.startswith(".p.tmp-") for name in before)  # the directory
     assert events[-1] == tmp_path.name  # the parent, after the rename
+
+
+def test_a_descriptor_is_refused_with_a_pointer_to_open_dataset(tmp_path: Path) -> None:
+    """PackedDataset takes directories only; descriptors have one entry point."""
+    from physpack.data.descriptor import open_dataset, write_descriptor
+
+    _write(tmp_path / "p", _mols(3, seed=5))
+    desc = write_descriptor(tmp_path / "dataset.json", tmp_path / "p", {})
+    with pytest.raises(InputError, match="dataset.json: a file, not a packed direc"):
+        PackedDataset(desc)
+    with pytest.raises(InputError, match="open_dataset"):
+        PackedDataset(desc)
+    assert open_dataset(desc).n_molecules == 3
+    with pytest.raises(InputError, match="declares units"):
+        open_dataset(desc, units={"energy": "kcal/mol"})
+
+
+def test_packed_and_shards_do_not_import_the_descriptor_module() -> None:
+    """descriptor reads packed and shards, never the reverse (no import circle)."""
+    import physpack.data.packed as packed_module
+    import physpack.data.shards as shards_module
+
+    for module in (packed_module, shards_module):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        } | {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        assert not {m for m in imported if "descriptor" in m}, module.__name__

@@ -15,7 +15,7 @@ import yaml
 from ase import units as ase_units
 from conftest import TINY_N_MOL, make_workdir, snakemake
 from physpack.data.convert import convert_npz
-from physpack.data.descriptor import read_descriptor, write_descriptor
+from physpack.data.descriptor import open_dataset, read_descriptor, write_descriptor
 from physpack.data.packed import PackedDataset, PackedDataWarning
 from physpack.data.synthetic import (
     molecules,
@@ -134,7 +134,7 @@ def test_descriptor_round_trip(tmp_path: Path) -> None:
         tmp_path / "d" / "dataset.json", path, {"energy": "kcal/mol"}
     )
     assert read_descriptor(desc).packed == path.resolve()
-    ds = PackedDataset(desc)
+    ds = open_dataset(desc)
     assert ds.path == path.resolve() and ds.units["energy"] == "kcal/mol"
     assert ds.scale("E") == pytest.approx(KCAL, rel=1e-12)
 
@@ -145,10 +145,10 @@ def test_descriptor_refuses_bad_input(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(InputError, match="bad.json: not a dataset descriptor"):
-        PackedDataset(bad)
+        open_dataset(bad)
     bad.write_text("{")
     with pytest.raises(InputError, match="bad.json: not a packed directory nor"):
-        PackedDataset(bad)
+        open_dataset(bad)
 
 
 # -- the workflow with data.packed ------------------------------------------------
@@ -288,4 +288,46 @@ def test_describe_needs_declared_units_without_manifest(tmp_path: Path) -> None:
     assert not out.exists()
     config = '{"packed": "%s", "energy_unit": "kcal/mol", "length_unit": "Angstrom"}'
     assert main(["--output", str(out), "--config", config % legacy]) == 0
-    assert PackedDataset(out).scale("E") == pytest.approx(KCAL, rel=1e-12)
+    assert open_dataset(out).scale("E") == pytest.approx(KCAL, rel=1e-12)
+
+
+def test_data_source_is_the_one_input_rule(tmp_path: Path) -> None:
+    """Exactly one input, a packed directory, units declared without a manifest:
+    said once, in physpack.data.descriptor.data_source, which the workflow calls."""
+    from physpack.config import DataConfig
+    from physpack.data.descriptor import data_source
+
+    legacy = write_legacy_packed(tmp_path / "old", 4, seed=1, energy_unit="kcal/mol")
+    with pytest.raises(ConfigError, match="set exactly one of data.npz"):
+        data_source(DataConfig())
+    with pytest.raises(ConfigError, match="set exactly one of data.npz"):
+        data_source(DataConfig(npz="x.npz", packed=str(legacy)))
+    assert data_source(DataConfig(npz="x.npz")) == ("npz", "x.npz")
+    with pytest.raises(ConfigError, match="set data.energy_unit, data.length_unit"):
+        data_source(DataConfig(packed=str(legacy)))
+    with pytest.raises(ConfigError, match="set data.length_unit"):
+        data_source(DataConfig(packed=str(legacy), energy_unit="kcal/mol"))
+    units = {"energy_unit": "kcal/mol", "length_unit": "Angstrom"}
+    assert data_source(DataConfig(packed=str(legacy), **units)) == ("packed", legacy)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="not a packed directory .no offsets.npy"):
+        data_source(DataConfig(packed=str(tmp_path / "empty"), **units))
+    with pytest.raises(InputError, match="packed directory not found"):
+        data_source(DataConfig(packed=str(tmp_path / "missing"), **units))
+    converted = convert_npz(
+        write_padded_npz(tmp_path / "a.npz", 4, seed=2), tmp_path / "c"
+    ).path
+    assert data_source(DataConfig(packed=str(converted)))[0] == "packed"
+
+
+def test_the_workflow_names_no_file_of_the_packed_format() -> None:
+    """The rules ask the package (data_source) instead of repeating its rule and
+    the format's file names."""
+    from conftest import ROOT
+
+    text = "\n".join(
+        p.read_text()
+        for p in [ROOT / "Snakefile", *(ROOT / "workflow/rules").glob("*.smk")]
+    )
+    for name in ("offsets.npy", "manifest.json", "D.f64", "exactly one"):
+        assert name not in text, name

@@ -99,9 +99,8 @@ class DataConfig:
 
     Exactly one of ``npz`` and ``packed`` is set for a workflow run
     (:meth:`source`). Units left ``None`` mean eV, Å, e·Å for an NPZ and the
-    manifest's for a packed directory; a packed directory without
-    ``manifest.json`` needs its energy and length units declared, and its dipole
-    unit when it has dipoles (:meth:`declared_units`). ``dispersion`` (a mapping
+    manifest's for a packed directory (which units a packed directory must
+    declare: :func:`physpack.data.descriptor.data_source`). ``dispersion`` (a mapping
     or :class:`~physpack.dispersion.DispersionSettings`; ``None``: none) is the
     D3 term conversion subtracts from energies and forces.
     """

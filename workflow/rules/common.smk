@@ -24,9 +24,11 @@ from physpack.config import (
     DataConfig,
     check_input_paths,
     check_workflow_config,
+    section_from_mapping,
     shard_name,
 )
-from physpack.errors import ConfigError
+from physpack.data.descriptor import data_source as check_data_source
+from physpack.errors import ConfigError, PhyspackError
 
 shell.prefix(
     "set -euo pipefail; export PYTHONPATH="
@@ -68,36 +70,14 @@ PATHS = {
 
 def data_source():
     """``("npz", path)`` or ``("packed", path)`` from the data section; stops the run
-    before anything runs unless exactly one of ``data.npz`` and ``data.packed`` is
-    set, or when a packed directory is missing or lacks units it must declare
-    (physpack.config.DataConfig.source and physpack.data.descriptor say the same)."""
-    data = config["data"]
-    npz, packed = data.get("npz"), data.get("packed")
-    if (npz is None) == (packed is None):
-        raise WorkflowError(
-            "config: set exactly one of data.npz (a padded NPZ) and data.packed (a "
-            f"packed directory), and the other to null; got npz={npz!r}, "
-            f"packed={packed!r}"
+    before anything runs unless it names one usable input
+    (physpack.data.descriptor.data_source says which)."""
+    try:
+        return check_data_source(
+            section_from_mapping(DataConfig, config["data"], "data")
         )
-    if npz is not None:
-        return "npz", npz
-    if not Path(packed, "offsets.npy").is_file():
-        raise WorkflowError(
-            f"config: data.packed = {packed!r}: not a packed directory (no "
-            "offsets.npy there)"
-        )
-    if not Path(packed, "manifest.json").is_file():
-        kinds = ["energy", "length"] + (
-            ["dipole"] if Path(packed, "D.f64").is_file() else []
-        )
-        missing = [f"data.{k}_unit" for k in kinds if data.get(f"{k}_unit") is None]
-        if missing:
-            raise WorkflowError(
-                f"config: data.packed = {packed!r} has no manifest.json, so its units "
-                f"must be declared: set {', '.join(missing)} (the older packed-memmap "
-                "converter stores its input's units, e.g. kcal/mol)"
-            )
-    return "packed", packed
+    except PhyspackError as exc:
+        raise WorkflowError(f"config: {exc}") from None
 
 
 # The dataset every later stage reads: the directory converted from data.npz; the
@@ -144,6 +124,9 @@ def workflow_file(relative):
 
 
 PACKAGE = workflow_file("physpack")
+
+# The conda environment of the CPU stages (relative to the rule files).
+PHYSPACK_ENV = "../../envs/physpack.yaml"
 
 # The entry module of each stage (`python -m physpack <step>`, see physpack.cli).
 STAGE_ENTRY = {step: module for step, (module, _) in STEPS.items()}

@@ -1,3 +1,18 @@
+# The data stages, in pipeline order: the input converted (or described), then
+# validated, its packing statistics, the split. Each runs in the physpack
+# environment on one core (Snakemake's default); a stage that reads the whole
+# dataset asks for DATA_JOB, one that writes a small JSON from other files for
+# SMALL_JOB. Minutes grow with each attempt, as a retried stage starts over.
+DATA_JOB = dict(
+    mem_mb=4000,
+    runtime=lambda wildcards, attempt: 60 * attempt,
+)
+SMALL_JOB = dict(
+    mem_mb=1000,
+    runtime=lambda wildcards, attempt: 10 * attempt,
+)
+
+
 if SHARDS:
 
     rule convert_shard:
@@ -11,11 +26,9 @@ if SHARDS:
         benchmark:
             benchmark_path("convert_shard_{shard}")
         conda:
-            "../../envs/physpack.yaml"
-        threads: 1
+            PHYSPACK_ENV
         resources:
-            mem_mb=4000,
-            runtime=lambda wildcards, attempt: 60 * attempt,
+            **DATA_JOB,
         params:
             data=shard_data_section,
         shell:
@@ -34,11 +47,9 @@ if SHARDS:
         group:
             "data"
         conda:
-            "../../envs/physpack.yaml"
-        threads: 1
+            PHYSPACK_ENV
         resources:
-            mem_mb=1000,
-            runtime=lambda wildcards, attempt: 10 * attempt,
+            **SMALL_JOB,
         shell:
             "python -m physpack.data.descriptor --output {output:q}"
             " --shards {input.shards:q} > {log:q} 2>&1"
@@ -54,11 +65,9 @@ if SHARDS:
         benchmark:
             benchmark_path("validate_shard_{shard}")
         conda:
-            "../../envs/physpack.yaml"
-        threads: 1
+            PHYSPACK_ENV
         resources:
-            mem_mb=4000,
-            runtime=lambda wildcards, attempt: 60 * attempt,
+            **DATA_JOB,
         params:
             validate=section("validate"),
         shell:
@@ -80,11 +89,9 @@ elif data_source()[0] == "npz":
         group:
             "data"
         conda:
-            "../../envs/physpack.yaml"
-        threads: 1
+            PHYSPACK_ENV
         resources:
-            mem_mb=4000,
-            runtime=lambda wildcards, attempt: 60 * attempt,
+            **DATA_JOB,
         params:
             data=section("data"),
         shell:
@@ -107,11 +114,9 @@ else:
         group:
             "data"
         conda:
-            "../../envs/physpack.yaml"
-        threads: 1
+            PHYSPACK_ENV
         resources:
-            mem_mb=4000,
-            runtime=lambda wildcards, attempt: 60 * attempt,
+            **DATA_JOB,
         params:
             data=section("data"),
         shell:
@@ -119,57 +124,30 @@ else:
             " --config {params.data:q} > {log:q} 2>&1"
 
 
-if SHARDS:
-
-    rule validate_packed:
-        input:
-            packed=PATHS["dataset"],
-            shards=expand(PATHS["shard_validation"], shard=SHARDS),
-            code=stage_code("validate"),
-        output:
-            PATHS["validation"],
-        log:
-            log_path("validate_packed"),
-        group:
-            "data"
-        conda:
-            "../../envs/physpack.yaml"
-        threads: 1
-        resources:
-            mem_mb=1000,
-            runtime=lambda wildcards, attempt: 10 * attempt,
-        params:
-            validate=section("validate"),
-        shell:
-            "python -m physpack validate {input.packed:q} --output {output:q}"
-            " --shard-reports {input.shards:q}"
-            " --config {params.validate:q} > {log:q} 2>&1"
-
-else:
-
-    rule validate_packed:
-        input:
-            packed=PATHS["dataset"],
-            code=stage_code("validate"),
-        output:
-            PATHS["validation"],
-        log:
-            log_path("validate_packed"),
-        benchmark:
-            benchmark_path("validate_packed")
-        group:
-            "data"
-        conda:
-            "../../envs/physpack.yaml"
-        threads: 1
-        resources:
-            mem_mb=4000,
-            runtime=lambda wildcards, attempt: 60 * attempt,
-        params:
-            validate=section("validate"),
-        shell:
-            "python -m physpack validate {input.packed:q} --output {output:q}"
-            " --config {params.validate:q} > {log:q} 2>&1"
+rule validate_packed:
+    input:
+        packed=PATHS["dataset"],
+        # sharded: the shards' reports, merged without reading the shards again
+        shards=expand(PATHS["shard_validation"], shard=SHARDS),
+        code=stage_code("validate"),
+    output:
+        PATHS["validation"],
+    log:
+        log_path("validate_packed"),
+    benchmark:
+        benchmark_path("validate_packed")
+    group:
+        "data"
+    conda:
+        PHYSPACK_ENV
+    resources:
+        **(SMALL_JOB if SHARDS else DATA_JOB),
+    params:
+        validate=section("validate"),
+    shell:
+        "python -m physpack validate {input.packed:q} --output {output:q}"
+        " --shard-reports {input.shards:q}"
+        " --config {params.validate:q} > {log:q} 2>&1"
 
 
 rule packing_stats:
@@ -191,11 +169,9 @@ rule packing_stats:
     group:
         "data"
     conda:
-        "../../envs/physpack.yaml"
-    threads: 1
+        PHYSPACK_ENV
     resources:
-        mem_mb=4000,
-        runtime=lambda wildcards, attempt: 60 * attempt,
+        **DATA_JOB,
     params:
         loader=section("loader"),
         model=section("model", keys=("cutoff", "charges")),
@@ -219,11 +195,9 @@ rule split_dataset:
     group:
         "data"
     conda:
-        "../../envs/physpack.yaml"
-    threads: 1
+        PHYSPACK_ENV
     resources:
-        mem_mb=4000,
-        runtime=lambda wildcards, attempt: 60 * attempt,
+        **DATA_JOB,
     params:
         split=section("split"),
     shell:

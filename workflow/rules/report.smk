@@ -17,7 +17,7 @@ rule report_data:
     log:
         log_path("report_data"),
     conda:
-        "../../envs/physpack.yaml"
+        PHYSPACK_ENV
     shell:
         "python {input.code:q} {input.validation:q} {input.stats_md:q} {output:q}"
         " > {log:q} 2>&1"

@@ -14,7 +14,7 @@ rule evaluate_ensemble:
     log:
         "results/logs/evaluate_ensemble_{ensemble}.log",
     conda:
-        "../../envs/physpack.yaml"
+        PHYSPACK_ENV
     threads: 1
     resources:
         mem_mb=4000,
@@ -48,7 +48,7 @@ rule compare_runs:
     log:
         log_path("compare_runs"),
     conda:
-        "../../envs/physpack.yaml"
+        PHYSPACK_ENV
     threads: 1
     resources:
         mem_mb=4000,

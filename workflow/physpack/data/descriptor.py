@@ -4,7 +4,7 @@ or the shards of a sharded dataset.
 A packed directory that the workflow did not write (``data.packed``, e.g. from the
 older packed-memmap tooling) is read where it is, never copied or written into. The
 workflow writes a small descriptor instead, and every stage takes it where it would
-take a directory (``PackedDataset("results/data/dataset.json")``)::
+take a directory (``open_dataset("results/data/dataset.json")``)::
 
     {
       "format": "physpack-dataset",
@@ -45,7 +45,13 @@ from typing import Any
 
 from physpack import config as cfg
 from physpack.atomic import atomic_write_bytes
-from physpack.data.packed import ARRAYS, MANIFEST, PackedDataset
+from physpack.data.packed import (
+    ARRAYS,
+    MANIFEST,
+    OFFSETS,
+    PackedDataset,
+    full_units,
+)
 from physpack.data.shards import ShardedDataset
 from physpack.errors import ConfigError, InputError, cli_entry
 
@@ -160,7 +166,8 @@ def open_dataset(
 ) -> PackedDataset:
     """The dataset at ``path``: a packed directory, a descriptor of one (both a
     :class:`PackedDataset`) or a descriptor of shards (a
-    :class:`~physpack.data.shards.ShardedDataset`).
+    :class:`~physpack.data.shards.ShardedDataset`). The one way to open a
+    descriptor: :class:`PackedDataset` takes directories only.
 
     Raises:
         InputError: unreadable, or a shard whose counts differ from the
@@ -171,7 +178,11 @@ def open_dataset(
         return PackedDataset(path, units=units)
     described = read_descriptor(path)
     if described.packed is not None:
-        return PackedDataset(path, units=units)
+        if units is not None and full_units(units) != full_units(described.units):
+            raise InputError(
+                f"{path}: declares units {described.units}, but {units} were given"
+            )
+        return PackedDataset(described.packed, units=described.units)
     ds = ShardedDataset(path, described.shards, units=units or described.units or None)
     for shard, (n, t) in zip(ds.shards, described.shard_counts, strict=True):
         if (shard.n_molecules, shard.n_atoms_total) != (n, t):
@@ -213,29 +224,27 @@ def write_descriptor(
     return atomic_write_bytes(path, (text + "\n").encode())
 
 
-def describe_packed(data: cfg.DataConfig, output: str | os.PathLike) -> Path:
-    """Write the descriptor of the ``data.packed`` directory with its units.
+def data_source(data: cfg.DataConfig) -> tuple[str, Path]:
+    """``("npz", file)`` or ``("packed", directory)``: the input of the data
+    section, checked before anything runs (the workflow calls this when it reads
+    its configuration, and :func:`describe_packed` again).
 
     Raises:
-        ConfigError: ``data.packed`` not set (or ``data.npz`` too), or a directory
-            without ``manifest.json`` whose energy and length units (and dipole
-            unit, when it has dipoles) are not declared; ``data.dispersion`` set
-            (it is applied when converting an NPZ; a packed directory carries its
-            own in its manifest).
-        InputError: the directory is missing or unreadable.
+        ConfigError: not exactly one of ``data.npz`` and ``data.packed`` set; a
+            ``data.packed`` directory without ``manifest.json`` whose energy and
+            length units (and dipole unit, when it has dipoles) are not declared.
+        InputError: ``data.packed`` is not a packed directory.
     """
     kind, where = data.source()
-    if kind != "packed":
-        raise ConfigError("data.packed is not set: nothing to describe")
-    if data.dispersion is not None:
-        raise ConfigError(
-            f"data.dispersion = {data.dispersion.label} applies when data.npz is "
-            "converted; a data.packed directory is read as it is (its manifest "
-            "says whether D3 was subtracted): set data.dispersion to null"
-        )
+    if kind == "npz":
+        return kind, where
     packed = Path(where)
     if not packed.is_dir():
         raise InputError(f"data.packed: {packed}: packed directory not found")
+    if not (packed / OFFSETS).is_file():
+        raise InputError(
+            f"data.packed: {packed}: not a packed directory (no {OFFSETS} there)"
+        )
     units = data.declared_units()
     required = ["energy", "length"]
     if (packed / ARRAYS["D"].file).exists():
@@ -244,11 +253,33 @@ def describe_packed(data: cfg.DataConfig, output: str | os.PathLike) -> Path:
     if missing and not (packed / MANIFEST).exists():
         keys = ", ".join(f"data.{k}_unit" for k in missing)
         raise ConfigError(
-            f"data.packed: {packed} has no manifest.json, so its units must be "
+            f"data.packed: {packed} has no {MANIFEST}, so its units must be "
             f"declared: set {keys} (the older packed-memmap converter stores its "
             "input's units, e.g. kcal/mol and kcal/mol/Angstrom)"
         )
-    return write_descriptor(output, packed, units)
+    return kind, packed
+
+
+def describe_packed(data: cfg.DataConfig, output: str | os.PathLike) -> Path:
+    """Write the descriptor of the ``data.packed`` directory with its units.
+
+    Raises:
+        ConfigError: ``data.packed`` not set (or ``data.npz`` too), or its units
+            not declared where they must be (:func:`data_source`);
+            ``data.dispersion`` set (it is applied when converting an NPZ; a
+            packed directory carries its own in its manifest).
+        InputError: the directory is missing or unreadable.
+    """
+    if data.source()[0] != "packed":
+        raise ConfigError("data.packed is not set: nothing to describe")
+    if data.dispersion is not None:
+        raise ConfigError(
+            f"data.dispersion = {data.dispersion.label} applies when data.npz is "
+            "converted; a data.packed directory is read as it is (its manifest "
+            "says whether D3 was subtracted): set data.dispersion to null"
+        )
+    _, packed = data_source(data)
+    return write_descriptor(output, packed, data.declared_units())
 
 
 @cli_entry("physpack describe")

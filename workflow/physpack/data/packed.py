@@ -194,8 +194,8 @@ class PackedDataset:
     (canonical when not declared). Multiply by :meth:`scale` to get canonical values.
 
     Args:
-        path: the directory, or a dataset descriptor (``dataset.json``, see
-            :mod:`physpack.data.descriptor`) naming a directory and its units.
+        path: the directory (a dataset descriptor, ``dataset.json``, is opened
+            with :func:`physpack.data.descriptor.open_dataset`).
         units: the directory's units, e.g. ``{"energy": "kcal/mol", "length":
             "Angstrom", "dipole": "e*Angstrom"}``; must agree with the manifest's
             when there is one.
@@ -219,19 +219,12 @@ class PackedDataset:
     def __init__(self, path: str | os.PathLike, units: Mapping[str, str] | None = None):
         path = Path(path)
         if path.is_file():
-            from physpack.data.descriptor import read_descriptor
-
-            described = read_descriptor(path)
-            if described.packed is None:
-                raise InputError(
-                    f"{path}: describes a sharded dataset; open it with "
-                    "physpack.data.descriptor.open_dataset"
-                )
-            if units is not None and full_units(units) != full_units(described.units):
-                raise InputError(
-                    f"{path}: declares units {described.units}, but {units} were given"
-                )
-            path, units = described.packed, described.units
+            # descriptors are read by physpack.data.descriptor, which imports this
+            # module: reading them here too would make an import circle
+            raise InputError(
+                f"{path}: a file, not a packed directory; open a dataset descriptor "
+                "with physpack.data.descriptor.open_dataset"
+            )
         self.path = path
         if not self.path.is_dir():
             raise InputError(f"{self.path}: packed directory not found")

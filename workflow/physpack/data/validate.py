@@ -29,14 +29,16 @@ plausibility (warnings: the scales of the data, where unit mistakes show)
 Every problem names the check, the molecule (or file) and the value; at most
 ``max_reported`` are listed per check, the counts are exact. A directory without
 ``manifest.json`` (older tooling) is checked from ``offsets.npy`` alone.
+
+The structure checks are in :mod:`physpack.data.structure`, the report and its
+file in :mod:`physpack.data.validation_report`, and the merging of a sharded
+dataset's shard reports in :mod:`physpack.data.shard_reports`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -48,26 +50,45 @@ from ase.data import chemical_symbols
 from scipy.spatial import cKDTree
 
 from physpack import config as cfg
-from physpack.atomic import StagedOutputs
 from physpack.data import plausibility
 from physpack.data.descriptor import read_descriptor
 from physpack.data.loader import PackedMemmapLoader
-from physpack.data.manifest import read_manifest
 from physpack.data.packed import (
     ARRAYS,
     MANIFEST,
     MAX_Z,
-    N_ATOMS,
-    OFFSETS,
     PackedDataset,
     PackedDataWarning,
     sample_stride,
-    sha256_file,
-    size_problem,
 )
 from physpack.data.progress import Progress
+from physpack.data.shard_reports import combine_shard_reports
+from physpack.data.structure import check_structure
+from physpack.data.validation_report import (
+    Collector,
+    Problem,
+    ValidationReport,
+    failed_report_path,
+    read_report,
+    report_from_json,
+    write_report,
+)
 from physpack.errors import InputError, PhyspackError, cli_entry
 from physpack.reference import fit_energy_constants
+
+# the report and its merging live in their own modules; their names stay here too
+__all__ = [
+    "Problem",
+    "ValidationReport",
+    "combine_shard_reports",
+    "failed_report_path",
+    "main",
+    "min_interatomic_distances",
+    "report_from_json",
+    "robust_z",
+    "validate_packed",
+    "write_report",
+]
 
 #: molecules larger than this get a k-d tree instead of a dense distance matrix
 DENSE_DISTANCE_MAX_ATOMS = 512
@@ -78,140 +99,6 @@ MAD_FLOOR = {"energy": 1e-6, "force": 1e-6}
 MAD_TO_SIGMA = 1.4826
 #: molecules per batch of the reference-energy fit (streamed through the loader)
 FIT_BATCH = 256
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """One error or warning.
-
-    Attributes:
-        check: the check's name (see the module docstring).
-        message: one line, naming molecule/file and value.
-        molecule: molecule index, when the problem belongs to one molecule.
-        file: the file concerned, when the problem belongs to one file.
-    """
-
-    check: str
-    message: str
-    molecule: int | None = None
-    file: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ValidationReport:
-    """Result of :func:`validate_packed` (see :meth:`to_json` for the file layout).
-
-    Attributes:
-        path: the packed directory.
-        errors, warnings: problems, at most ``max_reported`` per check.
-        error_counts, warning_counts: exact number of problems per check.
-        summary: dataset counts and fitted reference values (units in the keys).
-        checks: the checks that ran.
-        skipped: checks that could not run, with the reason.
-    """
-
-    path: str
-    errors: tuple[Problem, ...]
-    warnings: tuple[Problem, ...]
-    error_counts: dict[str, int]
-    warning_counts: dict[str, int]
-    summary: dict[str, Any]
-    checks: tuple[str, ...]
-    skipped: dict[str, str]
-    config: cfg.ValidateConfig
-
-    @property
-    def ok(self) -> bool:
-        return not self.error_counts
-
-    @property
-    def n_errors(self) -> int:
-        return sum(self.error_counts.values())
-
-    @property
-    def n_warnings(self) -> int:
-        return sum(self.warning_counts.values())
-
-    def to_json(self) -> dict[str, Any]:
-        def listed(problems: tuple[Problem, ...]) -> list[dict[str, Any]]:
-            return [
-                {k: v for k, v in dataclasses.asdict(p).items() if v is not None}
-                for p in problems
-            ]
-
-        return {
-            "path": self.path,
-            "ok": self.ok,
-            "n_errors": self.n_errors,
-            "n_warnings": self.n_warnings,
-            "error_counts": self.error_counts,
-            "warning_counts": self.warning_counts,
-            "errors": listed(self.errors),
-            "warnings": listed(self.warnings),
-            "checks": list(self.checks),
-            "skipped": self.skipped,
-            "summary": self.summary,
-            "config": dataclasses.asdict(self.config),
-        }
-
-    def one_line(self) -> str:
-        """A one-line summary (counts per check and the first error)."""
-        if self.ok:
-            return (
-                f"{self.path}: ok ({self.summary.get('n_molecules', 0)} molecules, "
-                f"{self.n_warnings} warning(s))"
-            )
-        counts = ", ".join(f"{k}: {v}" for k, v in self.error_counts.items())
-        return (
-            f"{self.path}: {self.n_errors} error(s) ({counts}); first: "
-            f"{self.errors[0].message}"
-        )
-
-
-class _Collector:
-    """Collects problems per check: exact counts, at most ``cap`` listed."""
-
-    def __init__(self, cap: int):
-        self.cap = cap
-        self.listed: dict[str, list[Problem]] = {"error": [], "warning": []}
-        self.counts: dict[str, dict[str, int]] = {"error": {}, "warning": {}}
-
-    def add(
-        self,
-        check: str,
-        message: str,
-        *,
-        molecule: int | None = None,
-        file: str | None = None,
-        level: str = "error",
-    ) -> None:
-        counts = self.counts[level]
-        if counts.get(check, 0) < self.cap:
-            self.listed[level].append(Problem(check, message, molecule, file))
-        counts[check] = counts.get(check, 0) + 1
-
-    def add_molecules(
-        self,
-        check: str,
-        molecules: np.ndarray,
-        template: str,
-        *values: np.ndarray,
-        level: str = "error",
-    ) -> None:
-        """One problem per molecule of ``molecules`` (int array, global indices).
-
-        The k-th message is ``template.format(molecules[k], *(v[k] for v in
-        values))``, built only for the problems that are listed."""
-        counts = self.counts[level]
-        seen = counts.get(check, 0)
-        for k in range(min(len(molecules), max(self.cap - seen, 0))):
-            text = template.format(molecules[k], *(v[k] for v in values))
-            self.listed[level].append(Problem(check, text, molecule=int(molecules[k])))
-        if len(molecules):
-            counts[check] = seen + len(molecules)
-
-    def has_errors(self, *checks: str) -> bool:
-        return any(self.counts["error"].get(c, 0) for c in checks)
 
 
 def min_interatomic_distances(
@@ -288,144 +175,6 @@ def robust_z(
     return (values - med) / scale, med, mad
 
 
-def _relpath(path: Path, root: Path) -> str:
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-
-
-def _read_manifest(path: Path, col: _Collector) -> dict[str, Any] | None:
-    """The checked manifest (:func:`physpack.data.manifest.read_manifest`), or
-    ``None`` with a ``manifest`` error when it is unusable."""
-    try:
-        return read_manifest(path)
-    except InputError as exc:
-        col.add("manifest", str(exc), file=MANIFEST)
-        return None
-
-
-def _read_offsets(path: Path, col: _Collector) -> np.ndarray | None:
-    p = path / OFFSETS
-    if not p.exists():
-        col.add("files", f"{p}: missing file", file=OFFSETS)
-        return None
-    try:
-        offsets = np.load(p, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        col.add("files", f"{p}: unreadable ({exc})", file=OFFSETS)
-        return None
-    if offsets.ndim != 1 or offsets.size < 1 or offsets.dtype.kind not in "iu":
-        col.add(
-            "offsets",
-            f"{p}: expected a 1-D integer array, got {offsets.dtype} {offsets.shape}",
-            file=OFFSETS,
-        )
-        return None
-    return np.asarray(offsets, dtype=np.int64)
-
-
-def _check_offsets(path: Path, offsets: np.ndarray, col: _Collector) -> None:
-    if offsets[0] != 0:
-        col.add(
-            "offsets",
-            f"{path / OFFSETS}: offsets[0] = {offsets[0]}, not 0",
-            file=OFFSETS,
-        )
-    sizes = np.diff(offsets)
-    neg = np.flatnonzero(sizes < 0)
-    col.add_molecules(
-        "offsets",
-        neg,
-        "molecule {0}: offsets not monotonic (offsets[{0}] = {1} > offsets[{2}] = {3})",
-        offsets[neg],
-        neg + 1,
-        offsets[neg + 1],
-    )
-    empty = np.flatnonzero(sizes == 0)
-    col.add_molecules("offsets", empty, "molecule {}: no atoms (empty molecule)")
-    if sizes.size == 0:
-        col.add("offsets", f"{path}: empty dataset (0 molecules)", file=OFFSETS)
-    p = path / N_ATOMS
-    if not p.exists():
-        return
-    try:
-        n_atoms = np.load(p, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        col.add("files", f"{p}: unreadable ({exc})", file=N_ATOMS)
-        return
-    if n_atoms.shape != sizes.shape:
-        col.add(
-            "offsets",
-            f"{p}: shape {n_atoms.shape} but offsets.npy describes {sizes.size} "
-            "molecules",
-            file=N_ATOMS,
-        )
-        return
-    n_atoms = np.asarray(n_atoms, dtype=np.int64)
-    wrong = np.flatnonzero(n_atoms != sizes)
-    col.add_molecules(
-        "offsets",
-        wrong,
-        "molecule {}: n_atoms.npy says {}, offsets say {}",
-        n_atoms[wrong],
-        sizes[wrong],
-    )
-
-
-def _check_files(
-    path: Path, offsets: np.ndarray, manifest: dict[str, Any] | None, col: _Collector
-) -> None:
-    n_mol, n_atoms = offsets.size - 1, int(offsets[-1])
-    listed = (manifest or {}).get("arrays", {})
-    if manifest is not None:
-        for key, want in (("n_molecules", n_mol), ("n_atoms_total", n_atoms)):
-            if key in manifest and manifest[key] != want:
-                col.add(
-                    "manifest",
-                    f"{path / MANIFEST}: {key} = {manifest[key]} but offsets.npy "
-                    f"gives {want}",
-                    file=MANIFEST,
-                )
-    for key, spec in ARRAYS.items():
-        p = path / spec.file
-        if not p.exists():
-            if spec.required or key in listed:
-                col.add("files", f"{p}: missing file", file=spec.file)
-            continue
-        problem = size_problem(p, spec, n_mol, n_atoms)
-        if problem is not None:
-            col.add("files", problem, file=spec.file)
-    sized = {s.file for s in ARRAYS.values()}  # already checked against the counts
-    for entry in listed.values():
-        p = path / str(entry.get("file", ""))
-        if p.name in sized:
-            continue
-        if p.is_file() and "bytes" in entry and p.stat().st_size != entry["bytes"]:
-            col.add(
-                "files",
-                f"{p}: {p.stat().st_size} bytes but the manifest says {entry['bytes']}",
-                file=entry["file"],
-            )
-        elif not p.is_file() and p.name != OFFSETS:  # a missing offsets: reported
-            col.add("files", f"{p}: missing file (listed in manifest)", file=p.name)
-
-
-def _check_checksums(path: Path, manifest: dict[str, Any], col: _Collector) -> None:
-    entries = [e for e in manifest["arrays"].values() if (path / e["file"]).is_file()]
-    megabytes = [math.ceil((path / e["file"]).stat().st_size / 1e6) for e in entries]
-    with Progress(sum(megabytes), f"validate {path.name}: sha256", "MB") as bar:
-        for entry, size in zip(entries, megabytes):
-            p = path / entry["file"]
-            want = entry["sha256"]
-            got = sha256_file(p)
-            bar.update(size)
-            if got == want:
-                continue
-            col.add(
-                "checksum",
-                f"{p}: sha256 {got[:12]}… differs from the manifest's {want[:12]}…",
-                file=entry["file"],
-            )
-
-
 @dataclasses.dataclass
 class _ContentState:
     """Accumulators of the streaming content pass."""
@@ -440,7 +189,7 @@ class _ContentState:
 def _content_pass(
     ds: PackedDataset,
     config: cfg.ValidateConfig,
-    col: _Collector,
+    col: Collector,
     atoms_per_chunk: int,
 ) -> _ContentState:
     stride = sample_stride(ds.n_atoms_total)
@@ -517,7 +266,7 @@ def _content_pass(
     return state
 
 
-def _report_nonfinite(col: _Collector, key: str, mols: np.ndarray) -> None:
+def _report_nonfinite(col: Collector, key: str, mols: np.ndarray) -> None:
     col.add_molecules(
         f"finite_{key}",
         mols,
@@ -526,7 +275,7 @@ def _report_nonfinite(col: _Collector, key: str, mols: np.ndarray) -> None:
 
 
 def _fit_references(
-    ds: PackedDataset, usable: np.ndarray, col: _Collector
+    ds: PackedDataset, usable: np.ndarray, col: Collector
 ) -> tuple[np.ndarray, tuple[int, ...]]:
     """Per-element reference energies (float64 (MAX_Z + 1,) eV, and the elements
     present) fitted on the ``usable`` molecules by training's own least-squares fit
@@ -546,10 +295,25 @@ def _fit_references(
     return np.asarray(constants.reference_energies, np.float64), constants.elements
 
 
+def _energy_residuals(
+    ds: PackedDataset, table: np.ndarray, atoms_per_chunk: int
+) -> np.ndarray:
+    """Each molecule's energy minus its per-element references, per atom [eV]."""
+    residual = np.empty(ds.n_molecules)
+    for chunk in ds.atom_chunks(atoms_per_chunk):
+        a, b = chunk.start, chunk.stop
+        z = np.clip(np.asarray(ds.Z[chunk.lo : chunk.hi]), 0, MAX_Z)
+        fitted = np.bincount(
+            chunk.atom_molecule, weights=table[z], minlength=chunk.n_molecules
+        )
+        residual[a:b] = (ds.canonical("E", a, b) - fitted) / chunk.counts
+    return residual
+
+
 def _outliers(
     ds: PackedDataset,
     config: cfg.ValidateConfig,
-    col: _Collector,
+    col: Collector,
     state: _ContentState,
     atoms_per_chunk: int,
 ) -> dict[str, Any]:
@@ -568,14 +332,7 @@ def _outliers(
     summary["element_reference_energy_eV"] = {
         chemical_symbols[e]: float(table[e]) for e in elements
     }
-    residual = np.empty(ds.n_molecules)
-    for chunk in ds.atom_chunks(atoms_per_chunk):
-        a, b = chunk.start, chunk.stop
-        z = np.clip(np.asarray(ds.Z[chunk.lo : chunk.hi]), 0, MAX_Z)
-        fitted = np.bincount(
-            chunk.atom_molecule, weights=table[z], minlength=chunk.n_molecules
-        )
-        residual[a:b] = (ds.canonical("E", a, b) - fitted) / chunk.counts
+    residual = _energy_residuals(ds, table, atoms_per_chunk)
     z, med, mad = robust_z(residual, residual[usable], MAD_FLOOR["energy"])
     flagged = np.flatnonzero(usable & (np.abs(z) > config.outlier_z))
     col.add_molecules(
@@ -629,7 +386,7 @@ def _outliers(
     return summary
 
 
-def _open(path: Path, units: dict[str, str] | None, col: _Collector) -> PackedDataset:
+def _open(path: Path, units: dict[str, str] | None, col: Collector) -> PackedDataset:
     """The dataset, its :class:`PackedDataWarning` (all-zero forces) reported as
     ``forces`` warnings."""
     with warnings.catch_warnings(record=True) as caught:
@@ -639,6 +396,44 @@ def _open(path: Path, units: dict[str, str] | None, col: _Collector) -> PackedDa
         if issubclass(w.category, PackedDataWarning):
             col.add("forces", str(w.message), file=ARRAYS["F"].file, level="warning")
     return ds
+
+
+#: the checks that read the arrays, skipped when the structure is broken
+CONTENT_CHECKS = (
+    "atomic_numbers",
+    "finite",
+    "min_distance",
+    "energy_outlier",
+    "force_outlier",
+    "plausible_energies",
+    "plausible_distances",
+    "plausible_forces",
+)
+
+
+def _check_content(
+    ds: PackedDataset,
+    config: cfg.ValidateConfig,
+    col: Collector,
+    summary: dict[str, Any],
+    checks: list[str],
+    skipped: dict[str, str],
+    atoms_per_chunk: int,
+) -> None:
+    """The content and plausibility checks of an opened dataset (one streaming
+    pass, then the outliers against the fitted references)."""
+    summary["stored_units"] = ds.units
+    summary["max_atoms"] = int(np.max(ds.n_atoms))
+    summary["arrays"] = ds.keys
+    state = _content_pass(ds, config, col, atoms_per_chunk)
+    checks += CONTENT_CHECKS[:3]
+    summary.update(_outliers(ds, config, col, state, atoms_per_chunk))
+    checks += ["energy_outlier", "plausible_energies", "plausible_distances"]
+    if ds.F is not None:
+        checks += ["force_outlier", "plausible_forces"]
+    else:
+        for check in ("force_outlier", "plausible_forces"):
+            skipped[check] = "no forces in this dataset"
 
 
 def validate_packed(
@@ -684,45 +479,13 @@ def validate_packed(
         require = units is None
     if not path.is_dir():
         raise InputError(f"{path}: packed directory not found")
-    col = _Collector(config.max_reported)
+    col = Collector(config.max_reported)
     checks = ["manifest", "offsets", "files"]
     skipped: dict[str, str] = {}
     summary: dict[str, Any] = {
         "units": {"distance": "Angstrom", "energy": "eV", "forces": "eV/Angstrom"}
     }
-    manifest = _read_manifest(path, col)
-    summary["has_manifest"] = (path / MANIFEST).exists()
-    if require and not summary["has_manifest"]:
-        col.add(
-            "manifest",
-            f"{path / MANIFEST}: missing, so the files' checksums cannot be verified; "
-            "physpack writes one into every directory it converts (deleted?). For a "
-            "directory of the older tooling set validate.require_manifest: false",
-            file=MANIFEST,
-        )
-    offsets = _read_offsets(path, col)
-    if offsets is not None:
-        _check_offsets(path, offsets, col)
-        _check_files(path, offsets, manifest, col)
-        summary["n_molecules"] = int(offsets.size - 1)
-        summary["n_atoms_total"] = int(offsets[-1])
-    if manifest is not None and config.checksums:
-        checks.append("checksum")
-        _check_checksums(path, manifest, col)
-    elif config.checksums:
-        skipped["checksum"] = "no usable manifest.json"
-    else:
-        skipped["checksum"] = "disabled (checksums: false)"
-    content = [
-        "atomic_numbers",
-        "finite",
-        "min_distance",
-        "energy_outlier",
-        "force_outlier",
-        "plausible_energies",
-        "plausible_distances",
-        "plausible_forces",
-    ]
+    offsets = check_structure(path, config, require, col, summary, checks, skipped)
     ds = None
     if offsets is None or col.has_errors("manifest", "offsets", "files"):
         reason = "structure errors (see files/offsets/manifest)"
@@ -733,21 +496,10 @@ def validate_packed(
             col.add("units", str(exc), file=MANIFEST)
             reason = "the dataset cannot be opened (see units)"
     if ds is None:
-        for check in content:
+        for check in CONTENT_CHECKS:
             skipped[check] = reason
     else:
-        summary["stored_units"] = ds.units
-        summary["max_atoms"] = int(np.max(ds.n_atoms))
-        summary["arrays"] = ds.keys
-        state = _content_pass(ds, config, col, atoms_per_chunk)
-        checks += content[:3]
-        summary.update(_outliers(ds, config, col, state, atoms_per_chunk))
-        checks += ["energy_outlier", "plausible_energies", "plausible_distances"]
-        if ds.F is not None:
-            checks += ["force_outlier", "plausible_forces"]
-        else:
-            for check in ("force_outlier", "plausible_forces"):
-                skipped[check] = "no forces in this dataset"
+        _check_content(ds, config, col, summary, checks, skipped, atoms_per_chunk)
     return ValidationReport(
         path=str(path),
         errors=tuple(col.listed["error"]),
@@ -759,164 +511,6 @@ def validate_packed(
         skipped=skipped,
         config=config,
     )
-
-
-def combine_shard_reports(
-    dataset: str | Path,
-    reports: Sequence[ValidationReport],
-    config: cfg.ValidateConfig | None = None,
-) -> ValidationReport:
-    """One report for a sharded dataset from its shards' reports.
-
-    The shards are those of the descriptor ``dataset``, in its order; each report
-    must be of its shard (same directory, same counts as described), else that is
-    an error of the ``shards`` check. Problems keep their messages (which name the
-    shard's files) and their molecule indices become global; counts add up; the
-    summary lists every shard. Checks across shards (outliers against the whole
-    dataset) are those of each shard.
-
-    Args:
-        dataset: the dataset descriptor listing the shards.
-        reports: one report per shard (:func:`validate_packed` of the shard, or
-            :func:`report_from_json` of its file), in the descriptor's order.
-    """
-    config = config or cfg.ValidateConfig()
-    dataset = Path(dataset)
-    described = read_descriptor(dataset)
-    col = _Collector(config.max_reported)
-    if described.packed is not None:
-        raise InputError(f"{dataset}: not a sharded dataset (it names one directory)")
-    if len(reports) != len(described.shards):
-        col.add(
-            "shards",
-            f"{dataset}: lists {len(described.shards)} shards but "
-            f"{len(reports)} shard reports were given",
-        )
-    errors: list[Problem] = []
-    warned: list[Problem] = []
-    counts: dict[str, dict[str, int]] = {"error": {}, "warning": {}}
-    checks: list[str] = ["shards"]
-    skipped: dict[str, str] = {}
-    shards = []
-    start = 0
-    for k, (shard, report) in enumerate(zip(described.shards, reports, strict=False)):
-        n, t = described.shard_counts[k]
-        got = (report.summary.get("n_molecules"), report.summary.get("n_atoms_total"))
-        if shard.resolve() != Path(report.path).resolve():
-            col.add(
-                "shards",
-                f"{dataset}: shard {k} is {shard}, but its report is of {report.path}",
-            )
-        elif report.ok and got != (n, t):
-            col.add(
-                "shards",
-                f"{dataset}: shard {shard} has {got[0]} molecules and {got[1]} atoms, "
-                f"but the descriptor lists {n} and {t} (replaced after it was "
-                "described; rerun the workflow)",
-            )
-        for level, problems, into in (
-            ("error", report.errors, errors),
-            ("warning", report.warnings, warned),
-        ):
-            for p in problems:
-                into.append(_in_shard(p, report.path, start))
-            source = report.error_counts if level == "error" else report.warning_counts
-            for check, c in source.items():
-                counts[level][check] = counts[level].get(check, 0) + c
-        checks += [c for c in report.checks if c not in checks]
-        for check, why in report.skipped.items():
-            skipped.setdefault(check, f"{shard.name}: {why}")
-        shards.append(
-            {
-                "path": report.path,
-                "ok": report.ok,
-                "n_molecules": got[0],
-                "n_errors": report.n_errors,
-                "n_warnings": report.n_warnings,
-            }
-        )
-        start += n
-    for level, into in (("error", errors), ("warning", warned)):
-        into[:0] = col.listed[level]
-        for check, c in col.counts[level].items():
-            counts[level][check] = counts[level].get(check, 0) + c
-    summaries = [r.summary for r in reports]
-    summary: dict[str, Any] = {
-        "units": {"distance": "Angstrom", "energy": "eV", "forces": "eV/Angstrom"},
-        "n_shards": len(described.shards),
-        "n_molecules": int(sum(n for n, _ in described.shard_counts)),
-        "n_atoms_total": int(sum(t for _, t in described.shard_counts)),
-        "shards": shards,
-    }
-    if summaries and all("max_atoms" in s for s in summaries):
-        summary["max_atoms"] = max(s["max_atoms"] for s in summaries)
-    return ValidationReport(
-        path=str(dataset),
-        errors=tuple(errors),
-        warnings=tuple(warned),
-        error_counts={k: v for k, v in counts["error"].items() if v},
-        warning_counts={k: v for k, v in counts["warning"].items() if v},
-        summary=summary,
-        checks=tuple(checks),
-        skipped=skipped,
-        config=config,
-    )
-
-
-def _in_shard(problem: Problem, shard: str, start: int) -> Problem:
-    """A shard's problem as one of the dataset: the message names the shard (and
-    the molecule's dataset index), the molecule index is global."""
-    message = problem.message
-    if not message.startswith(shard):
-        message = f"{shard}: {message}"
-    if problem.molecule is None:
-        return dataclasses.replace(problem, message=message)
-    index = problem.molecule + start
-    return dataclasses.replace(
-        problem, molecule=index, message=f"{message} (dataset molecule {index})"
-    )
-
-
-def report_from_json(data: dict[str, Any], source: str | Path) -> ValidationReport:
-    """A report written by :meth:`ValidationReport.to_json` (``source``: its file,
-    for messages). Raises InputError when it is not one."""
-    try:
-        return ValidationReport(
-            path=str(data["path"]),
-            errors=tuple(Problem(**p) for p in data["errors"]),
-            warnings=tuple(Problem(**p) for p in data["warnings"]),
-            error_counts=dict(data["error_counts"]),
-            warning_counts=dict(data["warning_counts"]),
-            summary=dict(data["summary"]),
-            checks=tuple(data["checks"]),
-            skipped=dict(data["skipped"]),
-            config=cfg.ValidateConfig(**data["config"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{source}: not a validation report ({exc!r})") from exc
-
-
-def failed_report_path(output: Path) -> Path:
-    """Where the report goes when validation fails (never at ``output`` itself, so
-    that the workflow sees the stage fail): ``validation.json`` →
-    ``validation.failed.json``."""
-    return output.with_name(f"{output.stem}.failed{output.suffix or '.json'}")
-
-
-def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    """Write ``data`` as JSON to a temporary sibling, then rename it to ``path``."""
-    with StagedOutputs() as staged:
-        staged.file(path).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-
-
-def write_report(report: ValidationReport, output: Path) -> Path:
-    """Write the report to ``output`` when ok, else to :func:`failed_report_path`
-    (removing any stale ``output``); returns the path written."""
-    failed = failed_report_path(output)
-    target = output if report.ok else failed
-    write_json_atomic(report.to_json(), target)
-    (failed if report.ok else output).unlink(missing_ok=True)
-    return target
 
 
 @cli_entry("physpack validate")
@@ -938,25 +532,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--shard-reports",
         type=Path,
-        nargs="+",
+        nargs="*",
         metavar="JSON",
         help="combine these reports of the shards (in the descriptor's order; "
         "failed ones included) into the sharded dataset's report, without "
-        "reading the shards again",
+        "reading the shards again (none: validate the dataset itself)",
     )
     cfg.add_section_arguments(parser, cfg.ValidateConfig, "validate")
     args = parser.parse_args(argv)
     config = cfg.section_from_args(cfg.ValidateConfig, args, "validate")
     if args.shard_reports:
-        reports = []
-        for path in args.shard_reports:
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise InputError(
-                    f"{path}: unreadable validation report ({exc})"
-                ) from exc
-            reports.append(report_from_json(data, path))
+        reports = [read_report(path) for path in args.shard_reports]
         report = combine_shard_reports(args.packed, reports, config)
     else:
         report = validate_packed(args.packed, config)

@@ -108,10 +108,15 @@ def _uniform_embedding(key: jax.Array, shape: Sequence[int], dtype: Any) -> jax.
     return jax.random.uniform(key, shape, dtype, -np.sqrt(3.0), np.sqrt(3.0))
 
 
+#: the model section's defaults (workflow/schemas/config.schema.yaml)
+_DEFAULTS = ModelConfig()
+
+
 class PhysNet(nn.Module):
     """PhysNet on a packed batch of ``M`` molecule slots, ``A`` atoms, ``P`` pairs.
 
-    Attributes mirror :class:`physpack.config.ModelConfig` (cutoff in Å).
+    Attributes mirror :class:`physpack.config.ModelConfig` (cutoff in Å), and so do
+    their defaults, which are the schema's.
 
     ``__call__`` returns a dict:
         ``atomic_energies``: float32 (A,), dimensionless network energies e_i
@@ -127,24 +132,25 @@ class PhysNet(nn.Module):
         (only with ``charges``).
     """
 
-    features: int = 64
-    max_degree: int = 0
-    num_iterations: int = 3
-    num_basis_functions: int = 32
-    radial_basis: str = "exponential"
-    cutoff: float = 5.0
-    max_atomic_number: int = 36
-    n_res: int = 2
-    n_res_interaction: int = 2
-    n_res_output: int = 1
-    vector_features: int = 16
-    radial_filter: str = "linear"
-    angular_degree: int = 2
-    angular_features: int = 8
-    angular_interactions: int = 1
-    zbl: bool = False
-    charges: bool = False
-    dipole_origin: DipoleOrigin = "center_of_mass"
+    # the schema's defaults, through ModelConfig: written nowhere else
+    features: int = _DEFAULTS.features
+    max_degree: int = _DEFAULTS.max_degree
+    num_iterations: int = _DEFAULTS.num_iterations
+    num_basis_functions: int = _DEFAULTS.num_basis_functions
+    radial_basis: str = _DEFAULTS.radial_basis
+    cutoff: float = _DEFAULTS.cutoff
+    max_atomic_number: int = _DEFAULTS.max_atomic_number
+    n_res: int = _DEFAULTS.n_res
+    n_res_interaction: int = _DEFAULTS.n_res_interaction
+    n_res_output: int = _DEFAULTS.n_res_output
+    vector_features: int = _DEFAULTS.vector_features
+    radial_filter: str = _DEFAULTS.radial_filter
+    angular_degree: int = _DEFAULTS.angular_degree
+    angular_features: int = _DEFAULTS.angular_features
+    angular_interactions: int = _DEFAULTS.angular_interactions
+    zbl: bool = _DEFAULTS.zbl
+    charges: bool = _DEFAULTS.charges
+    dipole_origin: DipoleOrigin = _DEFAULTS.dipole_origin
 
     @nn.compact
     def __call__(
