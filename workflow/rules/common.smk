@@ -1,4 +1,3 @@
-import ast
 import json
 import os
 import shlex
@@ -19,7 +18,6 @@ SOURCE = WORKFLOW_ROOT / "workflow"
 # declare as inputs (also in a conda environment, which holds only the third-party
 # dependencies). The same package checks the configuration here.
 sys.path.insert(0, str(SOURCE))
-from physpack.cli import STEPS
 from physpack.config import (
     DataConfig,
     check_input_paths,
@@ -29,6 +27,7 @@ from physpack.config import (
 )
 from physpack.data.descriptor import data_source as check_data_source
 from physpack.errors import ConfigError, PhyspackError
+from physpack.sources import stage_files
 
 shell.prefix(
     "set -euo pipefail; export PYTHONPATH="
@@ -128,55 +127,14 @@ PACKAGE = workflow_file("physpack")
 # The conda environment of the CPU stages (relative to the rule files).
 PHYSPACK_ENV = "../../envs/physpack.yaml"
 
-# The entry module of each stage (`python -m physpack <step>`, see physpack.cli).
-STAGE_ENTRY = {step: module for step, (module, _) in STEPS.items()}
-STAGE_ENTRY["describe"] = "physpack.data.descriptor"
-
-
-def _module_file(module):
-    """``physpack.a.b`` -> ``a/b.py`` or ``a/b/__init__.py`` (None: not ours)."""
-    parts = module.split(".")
-    if parts[0] != "physpack":
-        return None
-    rel = "/".join(parts[1:])
-    package = SOURCE / "physpack"
-    if rel and (package / f"{rel}.py").is_file():
-        return f"{rel}.py"
-    if (package / rel / "__init__.py").is_file():
-        return f"{rel}/__init__.py" if rel else "__init__.py"
-    return None
-
-
-def _imported_files(module, seen):
-    """Files of ``module`` and of every physpack module it imports, transitively
-    (static imports, also inside functions), with the packages' ``__init__.py``."""
-    path = _module_file(module)
-    if path is None or path in seen:
-        return seen
-    seen.add(path)
-    parts = module.split(".")
-    for k in range(1, len(parts)):
-        _imported_files(".".join(parts[:k]), seen)
-    tree = ast.parse((SOURCE / "physpack" / path).read_text())
-    for node in ast.walk(tree):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        for name in names:
-            _imported_files(name, seen)
-    return seen
-
 
 def stage_code(stage):
     """Source files of the package that ``stage`` runs, declared as the rule's
     inputs: a stage whose code changes reruns, and so does everything downstream
     of it. Found from the imports of the stage's module (and of the command line,
-    ``python -m physpack``), so a new module is never left out."""
-    files = _imported_files(STAGE_ENTRY[stage], set())
-    _imported_files("physpack.__main__", files)
-    return [f"{PACKAGE}/{name}" for name in sorted(files)]
+    ``python -m physpack``) by :func:`physpack.sources.stage_files`, so a new module
+    is never left out."""
+    return [f"{PACKAGE}/{name}" for name in stage_files(stage)]
 
 
 def section(name, keys=None):
