@@ -18,6 +18,9 @@ import yaml
 from conftest import ROOT
 from physpack.config import with_defaults
 
+#: end-to-end runs (minutes): outside the quick loop (-m 'not slow')
+pytestmark = pytest.mark.slow
+
 README = ROOT / "README.md"
 
 

@@ -239,6 +239,7 @@ def test_nh_penalty_by_hand():
     assert float(nh_penalty(jnp.asarray(decaying), jnp.asarray(mask))) < 0.03
 
 
+@pytest.mark.slow
 def test_degree_two_features_keep_the_energy_invariant_and_reach_it():
     cfg = ModelConfig(
         features=8,
@@ -463,6 +464,7 @@ def test_angular_model_starts_as_published_and_then_differs():
     assert abs(trained - start) > 1e-3
 
 
+@pytest.mark.slow
 def test_angular_model_is_invariant_and_smooth_at_the_cutoff():
     """Energy invariant and forces equivariant under a rotation with reflection;
     a third atom crossing the cutoff leaves energy and forces continuous."""

@@ -46,6 +46,7 @@ def atoms_of(mol: dict) -> Atoms:
     return Atoms(numbers=mol["Z"], positions=mol["R"].astype(np.float64))
 
 
+@pytest.mark.slow
 def test_calculator_equals_batched_predictions(data: dict) -> None:
     ds, ckpt = data["packed"], data["charged_ckpt"]
     sizes = ds.n_atoms
@@ -203,6 +204,7 @@ def test_bad_checkpoints_are_refused(data: dict, tmp_path: Path) -> None:
         PhysNetCalculator(truncated)
 
 
+@pytest.mark.slow
 def test_committee_mean_and_spread_equal_numpy_over_single_models(
     tmp_path: Path,
 ) -> None:

@@ -324,6 +324,7 @@ def test_shards_share_their_dispersion(data: dict, tmp_path: Path) -> None:
 # The model carries it: checkpoint, calculator, predict, evaluate
 
 
+@pytest.mark.slow
 def test_training_copies_the_dispersion_into_the_checkpoint(
     data: dict, tmp_path: Path
 ) -> None:

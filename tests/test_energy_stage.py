@@ -17,7 +17,7 @@ from physpack.training.losses import LossWeights, combine_loss, stage_weights
 from physpack.training.optim import in_energy_stage, initial_schedule
 from test_train import TRAIN, run
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")
+pytestmark = [pytest.mark.usefixtures("compilation_cache"), pytest.mark.slow]
 
 STAGED = dataclasses.replace(
     TRAIN,

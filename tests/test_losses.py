@@ -28,6 +28,7 @@ MODEL = dataclasses.replace(TINY_MODEL, max_degree=0)
 WEIGHTS = LossWeights(energy=100.0, forces=10.0, dipole=0.0)
 
 
+@pytest.mark.slow
 def test_validation_loss_is_the_training_loss(tmp_path):
     packed, _ = write_toy(tmp_path, n_mol=30)
     loader = PackedMemmapLoader(packed, 8, shuffle=False)
@@ -80,6 +81,7 @@ def test_mae_rmse():
     assert all(np.isnan(mae_rmse(np.zeros(0))))
 
 
+@pytest.mark.slow
 def test_nh_term_is_the_weighted_penalty_of_the_model(tmp_path):
     """train.nh_weight adds nh_weight · nh_penalty (the model's definition) to the
     loss, normalised by the batch's real atoms."""

@@ -198,6 +198,7 @@ def test_padding_and_batch_placement_change_nothing(setup):
             )
 
 
+@pytest.mark.slow
 def test_padding_gets_no_gradient_and_no_nan(setup):
     model, params, _, mols = setup
     batch = molecules_to_batch(mols, **BUDGET)
@@ -248,6 +249,7 @@ def test_zbl_is_off_at_bond_lengths(setup, bond, length):
     assert abs(residual) < 1e-3  # eV
 
 
+@pytest.mark.slow
 def test_vector_features_reach_the_energy(setup):
     model, params, _, mols = setup
     assert model.max_degree == 1

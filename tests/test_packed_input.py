@@ -173,6 +173,7 @@ def _use_packed(workdir: Path, packed: Path | None, **data: object) -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("data", "message"),
     [

@@ -10,10 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import ROOT, TINY_CONFIG, TINY_N_MOL
 from physpack.data.synthetic import write_padded_npz
 from test_workflow import RULES, check_final_outputs, planned_jobs
+
+#: end-to-end runs (minutes): outside the quick loop (-m 'not slow')
+pytestmark = pytest.mark.slow
 
 
 def copy_workflow(dest: Path) -> Path:

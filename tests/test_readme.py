@@ -114,6 +114,7 @@ def test_venv_line(tmp_path: Path) -> None:
     assert (tmp_path / ".venv" / "bin" / "activate").is_file()
 
 
+@pytest.mark.slow
 def test_quick_start(demo_workdir: Path) -> None:
     """The demo run: the install names this project; Snakemake plans every data
     stage and training for the target, with the demo's configuration."""
@@ -128,7 +129,7 @@ def test_quick_start(demo_workdir: Path) -> None:
 
 def test_test_line() -> None:
     """``pip install -e ".[test]" && python -m pytest -q``: this suite itself."""
-    (cmd,) = [c for c in BLOCK_COMMANDS if "pytest" in c]
+    (cmd,) = [c for c in BLOCK_COMMANDS if "pytest" in c and "pip install" in c]
     install, pytest_line = cmd.split(" && ")
     for target in _pip_install_targets(install):
         check_pip_install(target)
@@ -136,6 +137,34 @@ def test_test_line() -> None:
     assert (ROOT / "pyproject.toml").read_text().count('testpaths = ["tests"]') == 1
 
 
+def test_quick_loop_line() -> None:
+    """``python -m pytest -q -m "not slow"``: the unit tests, without the
+    end-to-end workflow, SLURM and training runs (collected, not run, here)."""
+    (cmd,) = [c for c in BLOCK_COMMANDS if "pytest" in c and "not slow" in c]
+    args = shlex.split(cmd)[1:]
+    assert args[:2] == ["-m", "pytest"], cmd
+
+    def collected(*extra: str) -> set[str]:
+        proc = subprocess.run(
+            [sys.executable, *args[:2], "--collect-only", "-q", *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return {line for line in proc.stdout.splitlines() if "::" in line}
+
+    quick, everything = collected(*args[2:]), collected()
+    files = {test.split("::")[0] for test in quick}
+    assert len(quick) > len(everything) // 2, (len(quick), len(everything))
+    assert files.isdisjoint(
+        {"tests/test_workflow.py", "tests/test_slurm.py", "tests/test_stale.py"}
+    )
+    assert "tests/test_readme.py::test_quick_loop_line" in quick
+    assert not any("test_trainable" in test for test in quick)
+
+
+@pytest.mark.slow
 def test_inline_snakemake_commands(demo_workdir: Path) -> None:
     out = run(dry("snakemake --cores 8"), demo_workdir)
     assert "python -m physpack evaluate" in out
@@ -145,6 +174,7 @@ def test_inline_snakemake_commands(demo_workdir: Path) -> None:
     assert json.loads(train)["epochs"] == 20
 
 
+@pytest.mark.slow
 def test_step_help(tmp_path: Path) -> None:
     """``physpack <step> --help`` for every step (and ``physpack train --help``)."""
     for step in STEPS:
@@ -156,6 +186,7 @@ def test_step_help(tmp_path: Path) -> None:
 # Your own data in five lines
 
 
+@pytest.mark.slow
 def test_own_data_in_five_lines(tmp_path: Path) -> None:
     """The five lines, with this checkout's workflow for ``~/physpack`` and a
     synthetic NPZ for ``/data/mydata.npz``; the training run as a dry run."""
@@ -195,6 +226,7 @@ def _slurm_lines() -> list[str]:
     return _bash_blocks(README[start:end])
 
 
+@pytest.mark.slow
 def test_slurm_commands(tmp_path: Path) -> None:
     """The SLURM section's lines: the install, the profile run, the override of
     partitions and account, and the copied profile (in a temporary home)."""
@@ -235,6 +267,7 @@ def _many_runs_lines() -> list[str]:
     return _bash_blocks(_section("## Many runs"))
 
 
+@pytest.mark.slow
 def test_many_runs_commands(tmp_path: Path) -> None:
     """The README's runs: block plans one training per run (4 members, 4 sweep
     points, 1 fine-tuned run after its parent); its predict line runs on the
@@ -284,6 +317,7 @@ def _dispersion_lines() -> list[str]:
     return _bash_blocks(_section("### D3 dispersion"))
 
 
+@pytest.mark.slow
 def test_dispersion_commands(demo_workdir: Path) -> None:
     """The install names the d3 extra; the conversion runs on the demo data and
     records D3(BJ)/pbe0 in the manifest."""

@@ -71,6 +71,7 @@ def test_report_of_a_tiny_run_is_self_contained(report_page) -> None:
     assert set(metrics["splits"]) == {"test", "valid"}
 
 
+@pytest.mark.slow
 def test_report_front_page_says_what_was_trained(report_page) -> None:
     """workflow.rst is filled from the run's configuration: the input, the split,
     the model and the training settings; its categories are numbered 1, 2, ..."""
@@ -86,6 +87,7 @@ def test_report_front_page_says_what_was_trained(report_page) -> None:
     assert tuple(found) == CATEGORIES, found
 
 
+@pytest.mark.slow
 def test_data_page_shows_validation_and_packing_statistics(report_page) -> None:
     """The data page has a row per validation check with its result, and the
     packing-statistics tables with the numbers of packing_stats.json."""

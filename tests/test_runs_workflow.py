@@ -13,6 +13,9 @@ from conftest import snakemake
 from physpack.model import checkpoint as ckpt_io
 from test_workflow import completed_workdir, copy_workdir, planned_jobs
 
+#: end-to-end runs (minutes): outside the quick loop (-m 'not slow')
+pytestmark = pytest.mark.slow
+
 RUNS = {
     "committee": {"ensemble": 3},
     "ft": {"train": {"init_from": "committee-0", "freeze": ["embedding"]}},

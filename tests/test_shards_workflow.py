@@ -7,11 +7,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import yaml
 from conftest import make_workdir, snakemake
 from physpack.data.descriptor import open_dataset
 from physpack.data.synthetic import write_padded_npz
 from test_workflow import planned_jobs
+
+#: end-to-end runs (minutes): outside the quick loop (-m 'not slow')
+pytestmark = pytest.mark.slow
 
 DATA_TARGETS = (
     "results/data/validation.json",

@@ -25,7 +25,7 @@ import yaml
 from conftest import ROOT, make_workdir
 from test_workflow import GPU_RULES, RULES, check_final_outputs, copy_workdir
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SLURM_SCRIPTS = ROOT / "tests" / "slurm"
 COMMANDS = (

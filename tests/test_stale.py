@@ -28,6 +28,9 @@ from test_workflow import (
     snakemake,
 )
 
+#: end-to-end runs (minutes): outside the quick loop (-m 'not slow')
+pytestmark = pytest.mark.slow
+
 #: the rules with the data page of the report, which the data stages feed
 REPORT = "report_data"
 ALL = sorted([*RULES, REPORT])

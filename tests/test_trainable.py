@@ -40,6 +40,9 @@ from physpack.training.reference import fit_energy_constants
 from physpack.training.state import create_train_state
 from physpack.training.steps import build_steps, prepare_batch
 
+#: end-to-end runs (minutes): outside the quick loop (-m 'not slow')
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 #: the demo's config.yaml as the workflow sees it (schema defaults filled in)
 SHIPPED = with_defaults(yaml.safe_load((ROOT / "config.yaml").read_text()))

@@ -24,6 +24,9 @@ import yaml
 from conftest import ROOT, TINY_N_MOL, make_workdir, snakemake
 from snakemake.profiles import ProfileConfigFileParser
 
+#: end-to-end runs (minutes): outside the quick loop (-m 'not slow')
+pytestmark = pytest.mark.slow
+
 #: Every rule that does work, in pipeline order (``all`` only collects).
 RULES = (
     "convert_npz",
