@@ -196,6 +196,7 @@ class ValidateConfig:
     max_reported: int  # problems listed per check (the count is always exact)
     checksums: bool  # verify sha256 against manifest.json when present
     require_manifest: bool | None  # no manifest.json is an error (None: auto)
+    allow_implausible_units: bool  # unit errors are warnings instead of errors
 
 
 @dataclasses.dataclass(frozen=True)
