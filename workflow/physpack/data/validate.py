@@ -542,8 +542,9 @@ def validate_packed(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="physpack validate",
-        description="Integrity checks of a packed directory; writes a JSON report "
-        "and exits non-zero when there are errors.",
+        description="Integrity checks of a packed directory; writes a JSON report, "
+        "prints one line per check with problems, and exits non-zero when there "
+        "are errors.",
     )
     parser.add_argument(
         "packed",
