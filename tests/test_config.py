@@ -202,6 +202,25 @@ def test_config_file_values_are_not_coerced():
         cfg.check_workflow_config({"train": {"epochs": "20"}}, overrides={})
 
 
+def test_quoted_number_names_its_config_file(tmp_path):
+    """A value from a config file is checked as written; the one-line error names
+    the key, the value and the file that set it (the last one, as Snakemake
+    merges them), and says how to write a number."""
+    first, user = tmp_path / "base.yaml", tmp_path / "user.yaml"
+    first.write_text("train:\n  epochs: 3\n")
+    user.write_text('train:\n  epochs: "20"\n')
+    conf = {"train": {"epochs": "20"}}
+    with pytest.raises(ConfigError) as info:
+        cfg.check_workflow_config(conf, overrides={}, files=[first, user])
+    assert str(info.value) == (
+        f"train.epochs: '20' is not of type 'integer' (in {user}; a number in "
+        "quotes is a string: write epochs: 20)"
+    )
+    bad = {"train": {"epochs": -3}}  # from the command line: said so
+    with pytest.raises(ConfigError, match=r"minimum of 1 \(in --config\)$"):
+        cfg.check_workflow_config({"train": {"epochs": -3}}, bad, files=[user])
+
+
 def test_missing_input_names_the_key_and_path(tmp_path):
     (tmp_path / "here.npz").write_bytes(b"")
     cfg.check_input_paths({"npz": "here.npz", "packed": None}, tmp_path)

@@ -235,9 +235,12 @@ def test_min_distances_match_brute_force(monkeypatch, dense_max: int) -> None:
 # -- plausibility: unit mistakes ---------------------------------------------------
 
 
-def _plausibility_warnings(report: validate.ValidationReport) -> dict[str, list[str]]:
+def _plausibility_warnings(
+    report: validate.ValidationReport,
+    problems: tuple[validate.Problem, ...] | None = None,
+) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for w in report.warnings:
+    for w in report.warnings if problems is None else problems:
         if w.check.startswith("plausible_"):
             out.setdefault(w.check, []).append(w.message)
     return out
@@ -254,9 +257,12 @@ def test_plausible_data_gives_no_plausibility_warning(tmp_path: Path) -> None:
 
 
 def test_ev_declared_as_hartree_is_flagged(tmp_path: Path) -> None:
+    """Energies 27× and forces 27× too large: unit errors, which stop validation
+    (tests/test_plausibility.py has the override)."""
     path = write_legacy_packed(tmp_path / "old", 80, seed=6)  # eV, eV/Å
     report = validate.validate_packed(path, units={"energy": "Hartree"})
-    found = _plausibility_warnings(report)
+    assert not report.ok
+    found = _plausibility_warnings(report, report.errors)
     (energy,) = found["plausible_energies"]
     assert "beyond atomic scales" in energy and "H " in energy
     assert "data.energy_unit (stored as Hartree)" in energy
@@ -286,6 +292,30 @@ def test_progress_lines_in_the_log(packed: Path, monkeypatch, capsys) -> None:
     sha = [line for line in err if line.startswith("validate packed: sha256: ")]
     assert len(content) >= 3 and "60/60 molecules (100 %)" in content[-1]
     assert sha and "MB (100 %)" in sha[-1]
+
+
+def test_every_warning_is_printed_to_the_log(packed: Path, tmp_path: Path, capsys):
+    """The stage's output (results/logs/validate_packed.log in the workflow) has one
+    line per check with warnings: its count and first message, not only
+    validation.json."""
+    for i in (3, 17, 40):  # energy outliers
+        energies = _memmap(packed, "E.f64", "<f8", None)
+        energies[i] += 50.0
+        energies.flush()
+    out = tmp_path / "validation.json"
+    config = '{"checksums": false}'
+    assert _run(packed, out, "--config", config) == 0
+    captured = capsys.readouterr()
+    report = json.loads(out.read_text())
+    assert report["warning_counts"]["energy_outlier"] == 3
+    lines = [ln for ln in captured.err.splitlines() if ln.startswith("warning: ")]
+    assert len(lines) == len(report["warning_counts"])
+    (outliers,) = [ln for ln in lines if ln.startswith("warning: energy_outlier")]
+    (first, *_) = [
+        w["message"] for w in report["warnings"] if w["check"] == "energy_outlier"
+    ]
+    assert outliers == f"warning: energy_outlier (3 in all, see {out}): {first}"
+    assert "ok (60 molecules, 3 warning(s))" in captured.out
 
 
 def test_failed_reference_fit_is_a_warning(packed: Path, monkeypatch) -> None:

@@ -468,3 +468,38 @@ def test_multinode_recipe_submit_line(tmp_path: Path) -> None:
     assert not any(f.startswith("--gpus") for f in flags), call
     assert "--nodes=2" in flags and "--cpus-per-task=8" in flags, call
     assert not any(f.startswith("--ntasks-per-gpu") for f in flags), call
+
+
+# --------------------------------------------------------------------------------
+# A config file's values are checked alike, whichever way the file is given
+
+
+def test_quoted_number_fails_alike_in_any_config_file(tmp_path: Path) -> None:
+    """`epochs: "20"` is refused in ./config.yaml and in a --configfile, with the
+    same line naming the key, the value and the file; on the command line, where
+    Snakemake hands every nested value over as a string, it is parsed."""
+    workdir = make_workdir(tmp_path / "wf")
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["train"]["epochs"] = "20"
+    text = yaml.safe_dump(config)
+    assert "epochs: '20'" in text
+    (workdir / "user.yaml").write_text(text)
+    lines = {}
+    for name, args in (
+        ("user.yaml", ("--configfile", "user.yaml")),
+        ("config.yaml", ()),
+    ):
+        if name == "config.yaml":
+            (workdir / "config.yaml").write_text(text)
+        proc = snakemake(workdir, "--dry-run", *args, check=False)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0, output
+        (line,) = [ln for ln in output.splitlines() if "train.epochs" in ln]
+        lines[name] = line.replace(name, "FILE")
+        assert name in line and "write epochs: 20" in line, line
+    assert lines["user.yaml"] == lines["config.yaml"], lines
+    assert lines["config.yaml"].startswith(
+        "config: train.epochs: '20' is not of type 'integer' (in "
+    )
+    planned = planned_jobs(workdir, "--config", "train={'epochs': '20'}")
+    assert "train_model" in planned

@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -196,6 +196,7 @@ class ValidateConfig:
     max_reported: int  # problems listed per check (the count is always exact)
     checksums: bool  # verify sha256 against manifest.json when present
     require_manifest: bool | None  # no manifest.json is an error (None: auto)
+    allow_implausible_units: bool  # unit errors are warnings instead of errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,11 +342,18 @@ def _one_line(error: jsonschema.ValidationError, prefix: str) -> str:
     return f"{path}: {error.message}"
 
 
+def _best_error(
+    instance: Any, schema: dict[str, Any]
+) -> jsonschema.ValidationError | None:
+    """The most relevant violation of ``schema`` by ``instance``, or ``None``."""
+    validator = jsonschema.Draft202012Validator(schema)
+    return jsonschema.exceptions.best_match(validator.iter_errors(instance))
+
+
 def _check(instance: Any, schema: dict[str, Any], prefix: str) -> None:
     """Raise ConfigError (one line, the most relevant violation) unless ``instance``
     satisfies ``schema``."""
-    validator = jsonschema.Draft202012Validator(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    error = _best_error(instance, schema)
     if error is not None:
         raise ConfigError(" ".join(_one_line(error, prefix).split()))
 
@@ -465,8 +473,10 @@ def coerce_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> No
     strings (``{"epochs": "20"}``). Each such string that the schema does not
     accept as it is, and that YAML reads as something else than a string
     (``20``, ``1e-3``, ``null``, ``true``), is replaced in ``config`` by the parsed
-    value, which the validation then checks. Values from config files are never
-    touched.
+    value, which the validation then checks. ``overrides`` are the command line's
+    only (``workflow.config_settings.config``, not Snakemake's
+    ``overwrite_config``, which also holds the ``--configfile`` files): a value
+    from a config file is checked as written, whichever way the file was given.
     """
     props = load_schema().get("properties", {})
     for name, section in overrides.items():
@@ -477,27 +487,85 @@ def coerce_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> No
         for key, value in section.items():
             if not isinstance(value, str) or key not in keys:
                 continue
-            validator = jsonschema.Draft202012Validator(keys[key])
-            if validator.is_valid(value):
-                continue
-            try:
-                parsed = yaml.safe_load(value)
-            except yaml.YAMLError:
-                continue
-            if not isinstance(parsed, str):
+            parsed = _as_yaml(value)
+            if not _accepts(keys[key], value) and not isinstance(parsed, str):
                 target[key] = parsed
 
 
+def _as_yaml(text: str) -> Any:
+    """``text`` read as a YAML value (``text`` itself when it is not YAML)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _accepts(schema: dict[str, Any], value: Any) -> bool:
+    return jsonschema.Draft202012Validator(schema).is_valid(value)
+
+
+def _lookup(tree: Any, path: list[Any]) -> bool:
+    """Whether the nested mapping ``tree`` has a value at ``path``."""
+    for part in path:
+        if not isinstance(tree, Mapping) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def _source(
+    path: list[Any], overrides: Mapping[str, Any], files: Sequence[str | os.PathLike]
+) -> str | None:
+    """Where the value at ``path`` came from: ``--config``, or the last of the
+    config ``files`` that sets it (as Snakemake merges them), shown relative to
+    the working directory when inside it; ``None`` when none does."""
+    if _lookup(overrides, path):
+        return "--config"
+    for file in reversed(files):
+        try:
+            found = _lookup(yaml.safe_load(Path(file).read_text()), path)
+        except (OSError, yaml.YAMLError):
+            continue
+        if found:
+            absolute = Path(file).absolute()
+            try:
+                return str(absolute.relative_to(Path.cwd()))
+            except ValueError:
+                return str(file)
+    return None
+
+
 def check_workflow_config(
-    config: dict[str, Any], overrides: Mapping[str, Any] | None = None
+    config: dict[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    files: Sequence[str | os.PathLike] = (),
 ) -> None:
     """Check the workflow's whole configuration against the schema, before
-    anything runs; nested ``--config`` overrides are coerced first
-    (:func:`coerce_overrides`). Raises a one-line :class:`ConfigError` naming the
-    key (``config: train.epochs: ...``)."""
-    if overrides:
-        coerce_overrides(config, overrides)
-    _check(config, load_schema(), "")
+    anything runs; nested ``--config`` ``overrides`` are coerced first
+    (:func:`coerce_overrides`), values from the config ``files`` are not.
+
+    Raises:
+        ConfigError: one line naming the key, the value and where it was set
+            (``train.epochs: '20' is not of type 'integer' (in user.yaml; a
+            number in quotes is a string: write epochs: 20)``).
+    """
+    overrides = overrides or {}
+    coerce_overrides(config, overrides)
+    error = _best_error(config, load_schema())
+    if error is None:
+        return
+    message = " ".join(_one_line(error, "").split())
+    path = list(error.absolute_path)
+    source = _source(path, overrides, files)
+    notes = [f"in {source}"] if source else []
+    value = error.instance
+    if isinstance(value, str) and path and error.validator == "type":
+        parsed = _as_yaml(value)
+        if not isinstance(parsed, str) and _accepts(error.schema, parsed):
+            number = isinstance(parsed, (int, float)) and not isinstance(parsed, bool)
+            what = "a number" if number else "a value"
+            notes.append(f"{what} in quotes is a string: write {path[-1]}: {value}")
+    raise ConfigError(f"{message} ({'; '.join(notes)})" if notes else message)
 
 
 def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:

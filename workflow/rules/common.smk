@@ -35,10 +35,13 @@ shell.prefix(
     + "${{PYTHONPATH:+:$PYTHONPATH}}; "
 )
 
-# Nested `--config section='{...}'` values arrive as strings: coerced first. A bad
-# key or value, or a missing input, stops the run with one line naming it.
+# Nested `--config section='{...}'` values arrive as strings: those of the command
+# line only (config_settings.config; overwrite_config also holds the --configfile
+# files) are coerced first, so that a config file is checked as written, however it
+# is given. A bad key or value, or a missing input, stops the run with one line
+# naming it and the file that set it.
 try:
-    check_workflow_config(config, workflow.config_settings.overwrite_config)
+    check_workflow_config(config, workflow.config_settings.config, workflow.configfiles)
     validate(config, schema=str(SOURCE / "schemas" / "config.schema.yaml"))
     check_input_paths(config["data"], os.getcwd())
 except ConfigError as exc:

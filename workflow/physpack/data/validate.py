@@ -19,12 +19,14 @@ content (one streaming pass, chunk by chunk)
                         fit of training (``fit_energy_constants``)
     ``force_outlier``   warning: robust z-score of each molecule's largest |F|
                         against the |F| distribution of all atoms
-plausibility (warnings: the scales of the data, where unit mistakes show)
+plausibility (the scales of the data, where unit mistakes show)
     ``plausible_energies``   fitted per-element energies within atomic scales
     ``plausible_distances``  median nearest-neighbour distance within 0.6–2 Å
     ``plausible_forces``     median |F| within 0.001–10 eV/Å
     (:mod:`physpack.data.plausibility`; values are checked in eV and Å, converted
-    from the directory's stored or declared units)
+    from the directory's stored or declared units). Energies beyond atomic scales
+    and forces above 10 eV/Å are errors, unit errors that stop the stage, unless
+    ``validate.allow_implausible_units``; the rest are warnings.
 
 Every problem names the check, the molecule (or file) and the value; at most
 ``max_reported`` are listed per check, the counts are exact. A directory without
@@ -276,9 +278,10 @@ def _report_nonfinite(col: Collector, key: str, mols: np.ndarray) -> None:
 
 def _fit_references(
     ds: PackedDataset, usable: np.ndarray, col: Collector
-) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Per-element reference energies (float64 (MAX_Z + 1,) eV, and the elements
-    present) fitted on the ``usable`` molecules by training's own least-squares fit
+) -> tuple[np.ndarray, tuple[int, ...], bool]:
+    """Per-element reference energies (float64 (MAX_Z + 1,) eV), the elements
+    present and whether the compositions determine the values (full rank), fitted
+    on the ``usable`` molecules by training's own least-squares fit
     (:func:`physpack.reference.fit_energy_constants`)."""
     loader = PackedMemmapLoader(
         ds,
@@ -289,25 +292,33 @@ def _fit_references(
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        constants, _ = fit_energy_constants(loader, MAX_Z)
+        constants, stats = fit_energy_constants(loader, MAX_Z)
     for w in caught:
         col.add("energy_reference", str(w.message), level="warning")
-    return np.asarray(constants.reference_energies, np.float64), constants.elements
+    table = np.asarray(constants.reference_energies, np.float64)
+    return table, constants.elements, stats["composition_rank"] == stats["n_elements"]
 
 
 def _energy_residuals(
     ds: PackedDataset, table: np.ndarray, atoms_per_chunk: int
-) -> np.ndarray:
-    """Each molecule's energy minus its per-element references, per atom [eV]."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each molecule's energy minus its per-element references, per atom [eV],
+    and its |E| over the most its free atoms can have
+    (:func:`physpack.data.plausibility.atom_energy_bounds`), both float64
+    (n_mol,)."""
     residual = np.empty(ds.n_molecules)
+    ratio = np.empty(ds.n_molecules)
+    bounds = plausibility.atom_energy_bounds(MAX_Z)
     for chunk in ds.atom_chunks(atoms_per_chunk):
         a, b = chunk.start, chunk.stop
         z = np.clip(np.asarray(ds.Z[chunk.lo : chunk.hi]), 0, MAX_Z)
-        fitted = np.bincount(
-            chunk.atom_molecule, weights=table[z], minlength=chunk.n_molecules
-        )
-        residual[a:b] = (ds.canonical("E", a, b) - fitted) / chunk.counts
-    return residual
+        m, atom_mol = chunk.n_molecules, chunk.atom_molecule
+        fitted = np.bincount(atom_mol, weights=table[z], minlength=m)
+        energy = ds.canonical("E", a, b)
+        residual[a:b] = (energy - fitted) / chunk.counts
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio[a:b] = np.abs(energy) / np.bincount(atom_mol, bounds[z], m)
+    return residual, ratio
 
 
 def _outliers(
@@ -325,14 +336,14 @@ def _outliers(
     if usable.sum() < 3:
         return summary
     try:
-        table, elements = _fit_references(ds, usable, col)
+        table, elements, determined = _fit_references(ds, usable, col)
     except PhyspackError as exc:  # e.g. a molecule beyond the loader's size limit
         col.add("energy_reference", f"no reference fit: {exc}", level="warning")
         return summary
     summary["element_reference_energy_eV"] = {
         chemical_symbols[e]: float(table[e]) for e in elements
     }
-    residual = _energy_residuals(ds, table, atoms_per_chunk)
+    residual, ratio = _energy_residuals(ds, table, atoms_per_chunk)
     z, med, mad = robust_z(residual, residual[usable], MAD_FLOOR["energy"])
     flagged = np.flatnonzero(usable & (np.abs(z) > config.outlier_z))
     col.add_molecules(
@@ -345,45 +356,59 @@ def _outliers(
         level="warning",
     )
     summary["energy_residual_eV_per_atom"] = {"median": med, "mad": mad}
+    bound_ratio = float(np.median(ratio[usable]))
+    summary["energy_over_free_atom_bound_median"] = bound_ratio
     units = ds.units
-    plausible = {
-        "plausible_energies": plausibility.check_reference_energies(
-            {e: float(table[e]) for e in elements}, units
+    findings = {
+        "plausible_energies": plausibility.check_energies(
+            {e: float(table[e]) for e in elements}, determined, bound_ratio, units
         )
     }
     neighbour = state.neighbour[usable & np.isfinite(state.neighbour)]
     if neighbour.size:
         nn = float(np.median(neighbour))
         summary["median_nearest_neighbour_A"] = nn
-        plausible["plausible_distances"] = plausibility.check_neighbour_distance(
+        findings["plausible_distances"] = plausibility.check_neighbour_distance(
             nn, units
         )
     if ds.F is not None and state.fsample:
-        sample = np.concatenate(state.fsample).astype(np.float64)
-        if sample.size:
-            fz, fmed, fmad = robust_z(state.fmax, sample, MAD_FLOOR["force"])
-            hot = np.flatnonzero(usable & (fz > config.outlier_z))
-            col.add_molecules(
-                "force_outlier",
-                hot,
-                "molecule {}: largest |F| {:.3f} eV/Å (robust z = {:.1f}; median |F| "
-                f"{fmed:.3f} eV/Å)",
-                state.fmax[hot],
-                fz[hot],
-                level="warning",
-            )
-            summary["force_magnitude_eV_per_A"] = {
-                "median": fmed,
-                "mad": fmad,
-                "sampled_atoms": int(sample.size),
-            }
-            plausible["plausible_forces"] = plausibility.check_force_magnitude(
-                fmed, units
-            )
-    for check, message in plausible.items():
-        if message is not None:
-            col.add(check, f"{ds.path}: {message}", level="warning")
+        findings["plausible_forces"] = _force_outliers(ds, config, col, state, summary)
+    for check, finding in findings.items():
+        if finding is not None:
+            message, level = finding.problem(ds.path, config.allow_implausible_units)
+            col.add(check, message, level=level)
     return summary
+
+
+def _force_outliers(
+    ds: PackedDataset,
+    config: cfg.ValidateConfig,
+    col: Collector,
+    state: _ContentState,
+    summary: dict[str, Any],
+) -> plausibility.Finding | None:
+    """Molecules whose largest |F| is an outlier (warnings), the |F| statistics
+    into ``summary``, and the plausibility of the median |F|."""
+    sample = np.concatenate(state.fsample).astype(np.float64)
+    if not sample.size:
+        return None
+    fz, fmed, fmad = robust_z(state.fmax, sample, MAD_FLOOR["force"])
+    hot = np.flatnonzero(state.usable & (fz > config.outlier_z))
+    col.add_molecules(
+        "force_outlier",
+        hot,
+        "molecule {}: largest |F| {:.3f} eV/Å (robust z = {:.1f}; median |F| "
+        f"{fmed:.3f} eV/Å)",
+        state.fmax[hot],
+        fz[hot],
+        level="warning",
+    )
+    summary["force_magnitude_eV_per_A"] = {
+        "median": fmed,
+        "mad": fmad,
+        "sampled_atoms": int(sample.size),
+    }
+    return plausibility.check_force_magnitude(fmed, ds.units)
 
 
 def _open(path: Path, units: dict[str, str] | None, col: Collector) -> PackedDataset:
@@ -517,8 +542,9 @@ def validate_packed(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="physpack validate",
-        description="Integrity checks of a packed directory; writes a JSON report "
-        "and exits non-zero when there are errors.",
+        description="Integrity checks of a packed directory; writes a JSON report, "
+        "prints one line per check with problems, and exits non-zero when there "
+        "are errors.",
     )
     parser.add_argument(
         "packed",
@@ -547,6 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         report = validate_packed(args.packed, config)
     written = write_report(report, args.output)
+    for line in report.problem_lines(written):  # heard in the log, not only stored
+        print(line, file=sys.stderr, flush=True)
     if not report.ok:
         raise InputError(f"{report.one_line()} (report: {written})")
     print(report.one_line())

@@ -99,10 +99,25 @@ class ValidationReport:
                 f"{self.n_warnings} warning(s))"
             )
         counts = ", ".join(f"{k}: {v}" for k, v in self.error_counts.items())
-        return (
-            f"{self.path}: {self.n_errors} error(s) ({counts}); first: "
-            f"{self.errors[0].message}"
-        )
+        first = self.errors[0].message.removeprefix(f"{self.path}: ")
+        return f"{self.path}: {self.n_errors} error(s) ({counts}); first: {first}"
+
+    def problem_lines(self, written: str | Path) -> list[str]:
+        """One line per check with problems, errors first: ``warning:
+        energy_outlier (3 in all, see validation.json): <the first message>`` (the
+        count and the report file ``written`` only when there are several), for
+        the stage's log."""
+        lines = []
+        for level, problems, counts in (
+            ("error", self.errors, self.error_counts),
+            ("warning", self.warnings, self.warning_counts),
+        ):
+            for check, count in counts.items():
+                listed = [p.message for p in problems if p.check == check]
+                first = listed[0] if listed else "(none listed)"
+                more = f" ({count} in all, see {written})" if count > 1 else ""
+                lines.append(f"{level}: {check}{more}: {first}")
+        return lines
 
 
 class Collector:
