@@ -189,6 +189,7 @@ def test_invariant_model_is_physnet_as_published(radial_filter):
     assert out["module_outputs"].shape == (2, 8, 1)
 
 
+@pytest.mark.slow
 def test_mlp_filter_vanishes_at_the_cutoff():
     """With the MLP filter a pair at or beyond the cutoff still adds nothing, and
     the force between two atoms goes to zero as they reach it (no step in E)."""
@@ -440,6 +441,7 @@ def test_angular_interactions_chooses_which_interactions_add_the_density():
         init_params(too_many, jax.random.PRNGKey(0), batch)
 
 
+@pytest.mark.slow
 def test_angular_model_starts_as_published_and_then_differs():
     """Q is zero-initialised: an untrained angular model is the paper's PhysNet on
     the same parameters; once Q is not zero, the energy changes."""

@@ -366,6 +366,7 @@ def smallest_molecule(packed: Path) -> Atoms:
     return Atoms(numbers=mol["Z"], positions=mol["R"].astype(np.float64))
 
 
+@pytest.mark.slow
 def test_calculator_adds_d3_to_the_network(data: dict) -> None:
     atoms = smallest_molecule(data["plain"])
     plain, with_d3 = atoms.copy(), atoms.copy()

@@ -76,6 +76,7 @@ def run(setup, mols, **budget):
     )
 
 
+@pytest.mark.slow
 def test_alias_and_outputs(setup):
     _, _, constants, mols = setup
     assert EF is PhysNet
@@ -113,6 +114,7 @@ def test_charges_sum_to_total_charge_and_give_the_dipole(setup):
     np.testing.assert_allclose(out["dipole"][:3], dipole[:3], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("origin", ["center_of_mass", "center_of_nuclear_charge"])
 def test_dipole_of_ions_does_not_depend_on_where_they_sit(setup, origin):
     _, params, constants, mols = setup
@@ -125,6 +127,7 @@ def test_dipole_of_ions_does_not_depend_on_where_they_sit(setup, origin):
     assert np.abs(a["dipole"][1]).max() > 1e-2  # not trivially zero
 
 
+@pytest.mark.slow
 def test_forces_are_minus_gradient_finite_differences(setup):
     model, params, _, mols = setup
     batch = molecules_to_batch(mols[:2], **BUDGET)
@@ -173,6 +176,7 @@ def test_energy_invariant_under_atom_permutation(setup, perm):
     np.testing.assert_allclose(b["forces"][5:14], a["forces"][5:14][perm], atol=2e-4)
 
 
+@pytest.mark.slow
 def test_padding_and_batch_placement_change_nothing(setup):
     mols = setup[3]
     alone = [run(setup, [m]) for m in mols]

@@ -78,6 +78,7 @@ def test_cutoff_pairs_against_brute_force(sizes, cutoff, seed, tree_above) -> No
     assert counts.tolist() == np.bincount(mol[dst], minlength=len(sizes)).tolist()
 
 
+@pytest.mark.slow
 def test_model_sees_the_same_energies_and_forces_with_cutoff_pairs(
     tmp_path: Path,
 ) -> None:

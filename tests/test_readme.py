@@ -144,9 +144,9 @@ def test_quick_loop_line() -> None:
     args = shlex.split(cmd)[1:]
     assert args[:2] == ["-m", "pytest"], cmd
 
-    def collected(*extra: str) -> set[str]:
+    def collected(*options: str) -> set[str]:
         proc = subprocess.run(
-            [sys.executable, *args[:2], "--collect-only", "-q", *extra],
+            [sys.executable, *args[:2], "--collect-only", *options],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -154,7 +154,7 @@ def test_quick_loop_line() -> None:
         )
         return {line for line in proc.stdout.splitlines() if "::" in line}
 
-    quick, everything = collected(*args[2:]), collected()
+    quick, everything = collected(*args[2:]), collected("-q")
     files = {test.split("::")[0] for test in quick}
     assert len(quick) > len(everything) // 2, (len(quick), len(everything))
     assert files.isdisjoint(
