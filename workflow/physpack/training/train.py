@@ -22,7 +22,8 @@
   (each compiled once) and the host-side batch preparation;
 * :mod:`~physpack.training.loop`: the epoch loop (validation, best checkpoint,
   history, early stopping, state saves, SIGTERM, heartbeat lines);
-* :mod:`~physpack.training.parallel`: data parallelism over devices and processes.
+* :mod:`~physpack.training.parallel`: data parallelism over devices and processes;
+* :mod:`~physpack.training.cluster`: joining a multi-process run (SLURM).
 
 Only process 0 writes checkpoints, history, state and log lines; all processes
 read the state to resume (``--state-dir`` on a shared file system). A step on
@@ -62,7 +63,7 @@ from physpack.model.physnet import (
     init_params,
     model_from_config,
 )
-from physpack.training import parallel
+from physpack.training import cluster, parallel
 from physpack.training.loop import (
     Preempted,
     Run,
@@ -515,8 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     loader_cfg = section_from_args(LoaderConfig, args, "loader")
     state_dir = args.state_dir or str(Path(args.output).parent / "state")
     # before any other JAX call: several srun tasks become one multi-process run
-    setup = parallel.initialize_distributed()
-    log = (lambda msg: print(msg, flush=True)) if parallel.is_main_process() else _quiet
+    setup = cluster.initialize_distributed()
+    log = (lambda msg: print(msg, flush=True)) if cluster.is_main_process() else _quiet
     processes = f", {setup.num_processes} processes" if setup.num_processes > 1 else ""
     log(
         f"physpack {__version__} train: jax {jax.__version__}, devices "
