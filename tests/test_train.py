@@ -31,7 +31,7 @@ from physpack.training import train as train_mod
 from physpack.training.losses import LossWeights
 from physpack.training.optim import initial_schedule, make_optimizer
 from physpack.training.reference import fit_energy_constants
-from physpack.training.state import Progress, create_train_state
+from physpack.training.state import TrainingRecord, create_train_state
 from physpack.training.steps import build_steps
 
 MODEL = dataclasses.replace(TINY_MODEL, max_degree=0)
@@ -461,7 +461,7 @@ def test_plateau_schedule_follows_the_validation_loss():
     fake = loop.Run.__new__(loop.Run)
     fake.cfg, fake.dp = cfg, parallel.select_devices(1)
     fake.state = create_train_state(params, tx, initial_schedule(cfg, 10))
-    fake.progress = Progress()
+    fake.record = TrainingRecord()
     scales = []
     for epoch, valid in enumerate([1.0, 0.5, 0.6, 0.7, 0.4, 0.8, 0.9]):
         loop._adapt_schedule(fake, epoch, valid, 1.0)
@@ -583,7 +583,7 @@ def test_a_run_that_slows_down_still_anneals_to_its_budget(monkeypatch):
     fake.state = create_train_state(
         {"w": jnp.ones(3)}, tx, initial_schedule(cfg, cfg.epochs * 10)
     )
-    fake.progress = Progress()
+    fake.record = TrainingRecord()
     clock = [0.0]
     monkeypatch.setattr(fake, "elapsed", lambda: clock[0], raising=False)
     monkeypatch.setattr(fake, "steps_per_epoch", lambda epoch=None: 10, raising=False)
@@ -596,7 +596,7 @@ def test_a_run_that_slows_down_still_anneals_to_its_budget(monkeypatch):
         before = float(loop.current_learning_rate(fake))
         loop._adapt_schedule(fake, epoch, 1.0, epoch_s + 0.12)  # the next one's
         rates.append((before, float(loop.current_learning_rate(fake))))
-        fake.progress.history.append({"epoch_time_s": epoch_s})
+        fake.record.history.append({"epoch_time_s": epoch_s})
         if clock[0] + epoch_s + 0.12 > 60.0:  # the loop's stop rule
             break
         epoch += 1

@@ -3,7 +3,7 @@
 :func:`train_and_evaluate` runs a prepared :class:`Run` to its end. Work is never
 lost and a resumed run ends exactly as an uninterrupted one:
 
-* ``len(progress.history)`` is the number of finished epochs; a state saved after
+* ``len(record.history)`` is the number of finished epochs; a state saved after
   an epoch's last step but before its validation (the loader then points at the
   next epoch) makes the next run validate and record that epoch first;
 * a state is saved every ``state_every_steps`` steps, at every epoch end and on
@@ -44,7 +44,7 @@ from physpack.training.optim import (
     revise_schedule,
 )
 from physpack.training.parallel import DataParallel
-from physpack.training.state import Progress, TrainState, new_epoch_sums
+from physpack.training.state import TrainingRecord, TrainState, new_epoch_sums
 from physpack.training.steps import STOP_KEY, Steps
 
 #: Epochs whose mean time predicts the next one's (the budget's decisions).
@@ -101,7 +101,7 @@ class Run:
     valid_loader: PackedMemmapLoader
     steps: Steps
     state: TrainState
-    progress: Progress
+    record: TrainingRecord
     constants: EnergyConstants
     data_stats: dict[str, float]
     weights: LossWeights
@@ -124,7 +124,7 @@ class Run:
 
     def elapsed(self) -> float:
         """Seconds of the run, earlier processes of a resumed run included."""
-        return self.progress.elapsed_s + time.monotonic() - self.t_start
+        return self.record.elapsed_s + time.monotonic() - self.t_start
 
     def steps_per_epoch(self, epoch: int | None = None) -> int:
         return parallel.steps_per_epoch(
@@ -178,7 +178,7 @@ def train_and_evaluate(run: Run) -> TrainResult:
         Preempted: SIGTERM (the state is saved first).
         TrainingDiverged: ``max_nonfinite_steps`` consecutive rejected steps.
     """
-    p = run.progress
+    p = run.record
     rate = _Rate()
     with SigtermFlag() as sigterm:
         while not p.finished:
@@ -273,7 +273,7 @@ def _train_epoch(run: Run, epoch: int, sigterm: SigtermFlag, rate: _Rate) -> Non
     reads that step's result, which happens at the same point of the loop in all
     of them. A single process acts on its own flag at once.
     """
-    sums = run.progress.epoch_sums
+    sums = run.record.epoch_sums
     alone = run.dp.process_count == 1
     total = run.steps_per_epoch()
     t0 = time.monotonic()
@@ -352,7 +352,7 @@ def _steady(sums: Mapping[str, float], rate: _Rate) -> float | None:
 def _heartbeat(
     run: Run, epoch: int, step: int, total: int, step_s: float | None
 ) -> str:
-    sums = run.progress.epoch_sums
+    sums = run.record.epoch_sums
     done = run.train_loader.position // run.dp.batches_per_step
     loss = sums["loss_sum"] / max(sums["n_mol"], 1.0)
     mol_s = sums["timed_mol"] / max(sums["time"], 1e-9)
@@ -364,8 +364,8 @@ def _heartbeat(
         left_epoch = max(total - done, 0) * step_s
         epochs_left = max(run.cfg.epochs - epoch - 1, 0)
         valid_s = (
-            run.progress.history[-1].get("valid_time_s", 0.0)
-            if run.progress.history
+            run.record.history[-1].get("valid_time_s", 0.0)
+            if run.record.history
             else 0.0
         )
         left_run = left_epoch + epochs_left * (total * step_s + valid_s)
@@ -384,7 +384,7 @@ def _account(run: Run, info: Mapping[str, jax.Array], step: int, timed: bool) ->
     """Add a step's loss, gradient norm and rejection to the epoch's sums; count
     consecutive rejected steps. Returns whether some process had SIGTERM before
     that step."""
-    p, sums = run.progress, run.progress.epoch_sums
+    p, sums = run.record, run.record.epoch_sums
     info = host(info)
     loss, ok, n = float(info["loss"]), bool(info["finite"]), float(info["n_mol"])
     sums["steps"] += 1
@@ -430,7 +430,7 @@ def current_learning_rate(run: Run) -> float:
 def _end_epoch(run: Run, epoch: int) -> None:
     """Validate the EMA parameters, record the epoch, keep the best, adapt the
     schedule, decide whether to stop, save the state."""
-    p, sums, cfg = run.progress, run.progress.epoch_sums, run.cfg
+    p, sums, cfg = run.record, run.record.epoch_sums, run.cfg
     stage = run.loss_stage()
     if stage == 2 and (not p.history or p.history[-1].get("loss_stage", 1) == 1):
         # The validation loss changes with the weights: the best model and the
@@ -534,7 +534,7 @@ def _adapt_schedule(run: Run, epoch: int, valid_loss: float, epoch_s: float) -> 
     if cfg.schedule == "plateau":
         tx = plateau_transform(cfg)
         init = tx.init(jnp.zeros(()))
-        saved = run.progress.plateau or {}
+        saved = run.record.plateau or {}
         state = type(init)(
             **{
                 k: jnp.asarray(saved.get(k, v), dtype=jnp.asarray(v).dtype)
@@ -544,7 +544,7 @@ def _adapt_schedule(run: Run, epoch: int, valid_loss: float, epoch_s: float) -> 
         value = jnp.float32(valid_loss if math.isfinite(valid_loss) else np.inf)
         _, state = tx.update(jnp.zeros(()), state, value=value)
         plateau = {k: np.asarray(v).item() for k, v in state._asdict().items()}
-        run.progress.plateau = plateau
+        run.record.plateau = plateau
         run.state = run.state.replace(
             lr_scale=parallel.replicate(run.dp, np.float32(plateau["scale"]))
         )

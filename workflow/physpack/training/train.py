@@ -16,7 +16,7 @@
 * :mod:`~physpack.training.losses`: the loss and the error metrics;
 * :mod:`~physpack.training.optim`: clipping, Adam/AMSGrad, weight decay, the
   learning-rate schedule;
-* :mod:`~physpack.training.state`: the typed :class:`TrainState`, progress,
+* :mod:`~physpack.training.state`: the typed :class:`TrainState`, the training record,
   fingerprints, and whether a saved state may be resumed;
 * :mod:`~physpack.training.steps`: the jitted ``train_step`` and ``eval_step``
   (each compiled once) and the host-side batch preparation;
@@ -77,7 +77,7 @@ from physpack.training.optim import check_freeze, initial_schedule, make_optimiz
 from physpack.training.parallel import DataParallel
 from physpack.training.reference import energy_constants_for, fit_energy_constants
 from physpack.training.state import (
-    Progress,
+    TrainingRecord,
     check_resumable,
     code_fingerprint,
     config_sections,
@@ -285,20 +285,20 @@ def train(
     state = create_train_state(
         params, tx, initial_schedule(train_cfg, train_cfg.epochs * steps_per_epoch)
     )
-    progress_ = Progress()
+    record = TrainingRecord()
     if saved is not None:
         state = serialization.from_state_dict(host(state), saved["train_state"])
         train_loader.load_state_dict(saved["loader"])
-        progress_ = Progress.from_dict(saved["progress"])
+        record = TrainingRecord.from_dict(saved["progress"])
         log(
             f"resuming from {state_dir / ckpt_io.STATE_FILE}: epoch "
             f"{train_loader.epoch + 1}, batch {train_loader.position}, step "
             f"{int(saved['train_state']['step'])}"
         )
         if decision.extended:
-            progress_.finished = False
+            record.finished = False
             log(
-                f"continuing the run that stopped on {progress_.stop_reason} "
+                f"continuing the run that stopped on {record.stop_reason} "
                 f"({', '.join(decision.extended)})"
             )
     run = Run(
@@ -308,7 +308,7 @@ def train(
         valid_loader=valid_loader,
         steps=build_steps(model, tx, train_cfg, weights, dp),
         state=parallel.replicate(dp, state),
-        progress=progress_,
+        record=record,
         constants=constants,
         data_stats=data_stats,
         weights=weights,
@@ -409,8 +409,8 @@ def _save_state(
 ) -> None:
     if not run.main:
         return
-    progress = dataclasses.asdict(run.progress)
-    progress["elapsed_s"] = run.elapsed()
+    record = dataclasses.asdict(run.record)
+    record["elapsed_s"] = run.elapsed()
     ckpt_io.save_state(
         run.state_dir,
         {
@@ -424,7 +424,7 @@ def _save_state(
             # the only randomness is the init (seeded) and the loader order (its
             # state above): kept for completeness
             "rng": np.asarray(jax.random.PRNGKey(run.cfg.seed)),
-            "progress": progress,
+            "progress": record,  # its first name: saved states stay readable
         },
     )
 
