@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Self
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -37,11 +36,10 @@ from physpack.training import parallel
 from physpack.training.history import write_history
 from physpack.training.losses import LossWeights, metrics_from_sums, stage_weights
 from physpack.training.optim import (
-    budget_horizon,
+    fit_schedule_to_budget,
     in_energy_stage,
     learning_rate,
-    plateau_transform,
-    revise_schedule,
+    plateau_update,
 )
 from physpack.training.parallel import DataParallel
 from physpack.training.state import TrainingRecord, TrainState, new_epoch_sums
@@ -509,21 +507,24 @@ def _end_epoch(run: Run, epoch: int) -> None:
 def _adapt_schedule(run: Run, epoch: int, valid_loss: float, epoch_s: float) -> None:
     """After every epoch of a run with ``max_minutes`` (cosine): the horizon
     becomes the steps that fit the budget if each further epoch takes ``epoch_s``
-    seconds, continuously (:func:`revise_schedule`). Every epoch with
-    ``plateau``: the validation loss drives the learning-rate factor."""
+    seconds, continuously (:func:`fit_schedule_to_budget`). Every epoch with
+    ``plateau``: the validation loss drives the learning-rate factor
+    (:func:`plateau_update`)."""
     cfg = run.cfg
     if cfg.max_minutes is not None and cfg.schedule == "cosine":
         accepted, schedule = host((run.state.accepted, run.state.schedule))
-        horizon = budget_horizon(
+        revised = fit_schedule_to_budget(
             cfg,
             int(accepted),
-            epoch + 1,
-            run.steps_per_epoch(epoch + 1),
-            run.elapsed(),
-            epoch_s,
+            schedule,
+            epochs_done=epoch + 1,
+            steps_per_epoch=run.steps_per_epoch(epoch + 1),
+            elapsed_s=run.elapsed(),
+            epoch_s=epoch_s,
         )
-        horizon = int(parallel.broadcast_from_main(np.int32(horizon)))
-        revised = revise_schedule(cfg, int(accepted), schedule, horizon)
+        # Clocks differ between processes: process 0's schedule holds for all.
+        revised = parallel.broadcast_from_main(revised)
+        horizon = int(revised.horizon)
         run.state = run.state.replace(schedule=parallel.replicate(run.dp, revised))
         if epoch == 0:
             run.log(
@@ -532,18 +533,7 @@ def _adapt_schedule(run: Run, epoch: int, valid_loss: float, epoch_s: float) -> 
                 "epochs estimated to fit the budget; revised after every epoch)"
             )
     if cfg.schedule == "plateau":
-        tx = plateau_transform(cfg)
-        init = tx.init(jnp.zeros(()))
-        saved = run.record.plateau or {}
-        state = type(init)(
-            **{
-                k: jnp.asarray(saved.get(k, v), dtype=jnp.asarray(v).dtype)
-                for k, v in init._asdict().items()
-            }
-        )
-        value = jnp.float32(valid_loss if math.isfinite(valid_loss) else np.inf)
-        _, state = tx.update(jnp.zeros(()), state, value=value)
-        plateau = {k: np.asarray(v).item() for k, v in state._asdict().items()}
+        plateau = plateau_update(cfg, run.record.plateau, valid_loss)
         run.record.plateau = plateau
         run.state = run.state.replace(
             lr_scale=parallel.replicate(run.dp, np.float32(plateau["scale"]))
