@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from physpack.errors import ConfigError
 from physpack.model import checkpoint as ckpt_io
+from physpack.training import cluster
 from physpack.training import parallel as par
 from test_slurm import slurm_node  # noqa: F401  (fixture: the local test cluster)
 
@@ -55,10 +56,10 @@ FORCES_WEIGHT = 10.0
 
 
 def test_first_hostname() -> None:
-    assert par.first_hostname("node7") == "node7"
-    assert par.first_hostname("gpu[003-005,9],cpu1") == "gpu003"
-    assert par.first_hostname("a[12,4]") == "a12"
-    assert par.first_hostname("host1,host2") == "host1"
+    assert cluster.first_hostname("node7") == "node7"
+    assert cluster.first_hostname("gpu[003-005,9],cpu1") == "gpu003"
+    assert cluster.first_hostname("a[12,4]") == "a12"
+    assert cluster.first_hostname("host1,host2") == "host1"
 
 
 def _slurm_env(**extra: str) -> dict[str, str]:
@@ -77,7 +78,7 @@ def _slurm_env(**extra: str) -> dict[str, str]:
 
 
 def test_slurm_setup_from_environment() -> None:
-    setup = par.slurm_setup(_slurm_env())
+    setup = cluster.slurm_setup(_slurm_env())
     assert setup is not None
     assert (setup.num_processes, setup.process_id) == (4, 3)
     assert setup.coordinator_address == f"gpu07:{61440 + 4101 % 4096}"
@@ -87,34 +88,34 @@ def test_slurm_setup_from_environment() -> None:
 
 def test_slurm_setup_one_task_per_node_uses_all_devices() -> None:
     env = _slurm_env(SLURM_STEP_TASKS_PER_NODE="1(x4)", JAX_COORDINATOR_PORT="5000")
-    setup = par.slurm_setup(env)
+    setup = cluster.slurm_setup(env)
     assert setup is not None and setup.local_device_ids is None
     assert setup.coordinator_address == "gpu07:5000"
     # SLURM bound one GPU per task already: it is device 0 of the visible ones
-    bound = par.slurm_setup(_slurm_env(CUDA_VISIBLE_DEVICES="3"))
+    bound = cluster.slurm_setup(_slurm_env(CUDA_VISIBLE_DEVICES="3"))
     assert bound is not None and bound.local_device_ids is None
 
 
 def test_slurm_setup_single_task_or_no_slurm() -> None:
-    assert par.slurm_setup(_slurm_env(SLURM_STEP_NUM_TASKS="1")) is None
-    assert par.slurm_setup({}) is None
+    assert cluster.slurm_setup(_slurm_env(SLURM_STEP_NUM_TASKS="1")) is None
+    assert cluster.slurm_setup({}) is None
     # the batch script of a 4-task job (no srun step): one process, not 4
     batch = _slurm_env()
     del batch["SLURM_STEP_NUM_TASKS"], batch["SLURM_STEP_NODELIST"]
-    assert par.slurm_setup(batch) is None
+    assert cluster.slurm_setup(batch) is None
     with pytest.raises(ConfigError, match="NODELIST"):
         env = _slurm_env()
         del env["SLURM_STEP_NODELIST"]
-        par.slurm_setup(env)
+        cluster.slurm_setup(env)
 
 
 def test_initialize_distributed_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="together"):
-        par.initialize_distributed("127.0.0.1:1234", num_processes=2)
+        cluster.initialize_distributed("127.0.0.1:1234", num_processes=2)
     with pytest.raises(ConfigError, match="not in"):
-        par.initialize_distributed("127.0.0.1:1234", 2, 2)
+        cluster.initialize_distributed("127.0.0.1:1234", 2, 2)
     monkeypatch.delenv("SLURM_STEP_NUM_TASKS", raising=False)
-    setup = par.initialize_distributed()
+    setup = cluster.initialize_distributed()
     assert setup.source == "single" and setup.num_processes == 1
 
 
@@ -574,7 +575,7 @@ def worker_fit(out: Path, args: argparse.Namespace) -> None:
     """``physpack.training.train.train`` on the toy data for each ``DxK`` of ``--runs``
     (``D`` devices per process, ``K`` batches per device and step); results in
     ``out/DxK.npz``, the run's files in ``out/DxK/``."""
-    setup = par.initialize_distributed(
+    setup = cluster.initialize_distributed(
         args.coordinator, args.num_processes, args.process_id
     )
     from physpack.config import LoaderConfig, ModelConfig, TrainConfig

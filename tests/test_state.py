@@ -11,7 +11,7 @@ from model_fixtures import TINY_MODEL
 from physpack.config import LoaderConfig, TrainConfig
 from physpack.errors import ConfigError
 from physpack.training.state import (
-    Progress,
+    TrainingRecord,
     check_resumable,
     config_sections,
     remove_orphans,
@@ -94,7 +94,7 @@ def test_a_finished_run_is_not_returned_for_a_shorter_budget():
 
 
 def test_progress_of_older_states_gets_defaults():
-    progress = Progress.from_dict({"history": [{"epoch": 1}], "epoch_acc": {}})
+    progress = TrainingRecord.from_dict({"history": [{"epoch": 1}], "epoch_acc": {}})
     assert progress.consecutive_rejected == 0 and progress.epoch_sums["rejected"] == 0
 
 

@@ -31,7 +31,7 @@ from physpack.training import train as train_mod
 from physpack.training.losses import LossWeights
 from physpack.training.optim import initial_schedule, make_optimizer
 from physpack.training.reference import fit_energy_constants
-from physpack.training.state import Progress, create_train_state
+from physpack.training.state import create_train_state
 from physpack.training.steps import build_steps
 
 MODEL = dataclasses.replace(TINY_MODEL, max_degree=0)
@@ -450,26 +450,31 @@ def test_command_line_refuses_to_replace_a_model_without_its_state(
     assert train_mod.main([*argv, "--overwrite"]) == 0
 
 
-def test_plateau_schedule_follows_the_validation_loss():
-    from physpack.training import loop, parallel
+def test_plateau_schedule_follows_the_validation_loss(toy, tmp_path, monkeypatch):
+    real = loop_mod.validate
+    losses = iter([1.0, 0.5, 0.6, 0.7, 0.4, 0.8, 0.9])
 
+    def scripted(run, params):  # the validation losses of seven epochs
+        metrics, seconds = real(run, params)
+        return {**metrics, "valid_loss": next(losses)}, seconds
+
+    monkeypatch.setattr(loop_mod, "validate", scripted)
     cfg = dataclasses.replace(
-        TRAIN, schedule="plateau", plateau_patience=2, plateau_factor=0.5
+        TRAIN,
+        epochs=7,
+        patience=None,
+        schedule="plateau",
+        plateau_patience=2,
+        plateau_factor=0.5,
     )
-    tx = make_optimizer(cfg)
-    params = {"w": jnp.ones(3)}
-    fake = loop.Run.__new__(loop.Run)
-    fake.cfg, fake.dp = cfg, parallel.select_devices(1)
-    fake.state = create_train_state(params, tx, initial_schedule(cfg, 10))
-    fake.progress = Progress()
-    scales = []
-    for epoch, valid in enumerate([1.0, 0.5, 0.6, 0.7, 0.4, 0.8, 0.9]):
-        loop._adapt_schedule(fake, epoch, valid, 1.0)
-        scales.append(float(fake.state.lr_scale))
-    # two epochs without improvement on 0.5 halve the rate; 0.4 improves again
-    assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
+    run(tmp_path, toy, train_cfg=cfg)
+    with open(tmp_path / "history.csv") as fh:
+        scales = [float(r["lr"]) / cfg.learning_rate for r in csv.DictReader(fh)]
+    # the rate of the next epoch: two epochs without improvement on 0.5 halve it;
+    # 0.4 improves again
+    assert scales == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25], rel=1e-6)
     # the per-step optimiser no longer watches the training loss
-    assert "reduce_on_plateau" not in repr(tx)
+    assert "reduce_on_plateau" not in repr(make_optimizer(cfg))
 
 
 def test_adamw_without_weight_decay_warns():
@@ -567,37 +572,34 @@ def test_a_revised_horizon_keeps_the_rate_continuous_and_ends_at_the_new_horizon
     assert float(learning_rate(cfg, 60, done)) == pytest.approx(end, rel=1e-5)
 
 
-def test_a_run_that_slows_down_still_anneals_to_its_budget(monkeypatch):
+def test_a_run_that_slows_down_still_anneals_to_its_budget():
     """Epochs taking ever longer (a machine that slows down): the horizon follows,
     and the rate of the last epoch's end is the schedule's final one. With one
     estimate after the first epoch, the run stopped with the rate at a quarter of
     its peak."""
-    from physpack.training import loop, parallel
+    from physpack.training.optim import fit_schedule_to_budget, learning_rate
 
     cfg = dataclasses.replace(
         TRAIN, epochs=1000, max_minutes=1.0, warmup_steps=5, final_lr_fraction=0.01
     )
-    tx = make_optimizer(cfg)
-    fake = loop.Run.__new__(loop.Run)
-    fake.cfg, fake.dp = cfg, parallel.select_devices(1)
-    fake.state = create_train_state(
-        {"w": jnp.ones(3)}, tx, initial_schedule(cfg, cfg.epochs * 10)
-    )
-    fake.progress = Progress()
-    clock = [0.0]
-    monkeypatch.setattr(fake, "elapsed", lambda: clock[0], raising=False)
-    monkeypatch.setattr(fake, "steps_per_epoch", lambda epoch=None: 10, raising=False)
-    monkeypatch.setattr(fake, "log", lambda _: None, raising=False)
-    rates, epoch = [], 0
+    schedule = initial_schedule(cfg, cfg.epochs * 10)
+    clock, rates, epoch = 0.0, [], 0
     while True:
         epoch_s = 2.0 + 0.12 * epoch  # 2 s at first, 5.6 s at the 31st epoch
-        clock[0] += epoch_s
-        fake.state = fake.state.replace(accepted=jnp.int32(10 * (epoch + 1)))
-        before = float(loop.current_learning_rate(fake))
-        loop._adapt_schedule(fake, epoch, 1.0, epoch_s + 0.12)  # the next one's
-        rates.append((before, float(loop.current_learning_rate(fake))))
-        fake.progress.history.append({"epoch_time_s": epoch_s})
-        if clock[0] + epoch_s + 0.12 > 60.0:  # the loop's stop rule
+        clock += epoch_s
+        accepted = 10 * (epoch + 1)
+        before = float(learning_rate(cfg, accepted, schedule))
+        schedule = fit_schedule_to_budget(
+            cfg,
+            accepted,
+            schedule,
+            epochs_done=epoch + 1,
+            steps_per_epoch=10,
+            elapsed_s=clock,
+            epoch_s=epoch_s + 0.12,  # the next one's
+        )
+        rates.append((before, float(learning_rate(cfg, accepted, schedule))))
+        if clock + epoch_s + 0.12 > 60.0:  # the loop's stop rule
             break
         epoch += 1
     assert 15 < epoch < 25

@@ -3,7 +3,7 @@
 :func:`train_and_evaluate` runs a prepared :class:`Run` to its end. Work is never
 lost and a resumed run ends exactly as an uninterrupted one:
 
-* ``len(progress.history)`` is the number of finished epochs; a state saved after
+* ``len(record.history)`` is the number of finished epochs; a state saved after
   an epoch's last step but before its validation (the loader then points at the
   next epoch) makes the next run validate and record that epoch first;
 * a state is saved every ``state_every_steps`` steps, at every epoch end and on
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Self
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -37,14 +36,13 @@ from physpack.training import parallel
 from physpack.training.history import write_history
 from physpack.training.losses import LossWeights, metrics_from_sums, stage_weights
 from physpack.training.optim import (
-    budget_horizon,
+    fit_schedule_to_budget,
     in_energy_stage,
     learning_rate,
-    plateau_transform,
-    revise_schedule,
+    plateau_update,
 )
 from physpack.training.parallel import DataParallel
-from physpack.training.state import Progress, TrainState, new_epoch_sums
+from physpack.training.state import TrainingRecord, TrainState, new_epoch_sums
 from physpack.training.steps import STOP_KEY, Steps
 
 #: Epochs whose mean time predicts the next one's (the budget's decisions).
@@ -101,7 +99,7 @@ class Run:
     valid_loader: PackedMemmapLoader
     steps: Steps
     state: TrainState
-    progress: Progress
+    record: TrainingRecord
     constants: EnergyConstants
     data_stats: dict[str, float]
     weights: LossWeights
@@ -124,7 +122,7 @@ class Run:
 
     def elapsed(self) -> float:
         """Seconds of the run, earlier processes of a resumed run included."""
-        return self.progress.elapsed_s + time.monotonic() - self.t_start
+        return self.record.elapsed_s + time.monotonic() - self.t_start
 
     def steps_per_epoch(self, epoch: int | None = None) -> int:
         return parallel.steps_per_epoch(
@@ -178,7 +176,7 @@ def train_and_evaluate(run: Run) -> TrainResult:
         Preempted: SIGTERM (the state is saved first).
         TrainingDiverged: ``max_nonfinite_steps`` consecutive rejected steps.
     """
-    p = run.progress
+    p = run.record
     rate = _Rate()
     with SigtermFlag() as sigterm:
         while not p.finished:
@@ -273,7 +271,7 @@ def _train_epoch(run: Run, epoch: int, sigterm: SigtermFlag, rate: _Rate) -> Non
     reads that step's result, which happens at the same point of the loop in all
     of them. A single process acts on its own flag at once.
     """
-    sums = run.progress.epoch_sums
+    sums = run.record.epoch_sums
     alone = run.dp.process_count == 1
     total = run.steps_per_epoch()
     t0 = time.monotonic()
@@ -352,7 +350,7 @@ def _steady(sums: Mapping[str, float], rate: _Rate) -> float | None:
 def _heartbeat(
     run: Run, epoch: int, step: int, total: int, step_s: float | None
 ) -> str:
-    sums = run.progress.epoch_sums
+    sums = run.record.epoch_sums
     done = run.train_loader.position // run.dp.batches_per_step
     loss = sums["loss_sum"] / max(sums["n_mol"], 1.0)
     mol_s = sums["timed_mol"] / max(sums["time"], 1e-9)
@@ -364,8 +362,8 @@ def _heartbeat(
         left_epoch = max(total - done, 0) * step_s
         epochs_left = max(run.cfg.epochs - epoch - 1, 0)
         valid_s = (
-            run.progress.history[-1].get("valid_time_s", 0.0)
-            if run.progress.history
+            run.record.history[-1].get("valid_time_s", 0.0)
+            if run.record.history
             else 0.0
         )
         left_run = left_epoch + epochs_left * (total * step_s + valid_s)
@@ -384,7 +382,7 @@ def _account(run: Run, info: Mapping[str, jax.Array], step: int, timed: bool) ->
     """Add a step's loss, gradient norm and rejection to the epoch's sums; count
     consecutive rejected steps. Returns whether some process had SIGTERM before
     that step."""
-    p, sums = run.progress, run.progress.epoch_sums
+    p, sums = run.record, run.record.epoch_sums
     info = host(info)
     loss, ok, n = float(info["loss"]), bool(info["finite"]), float(info["n_mol"])
     sums["steps"] += 1
@@ -430,7 +428,7 @@ def current_learning_rate(run: Run) -> float:
 def _end_epoch(run: Run, epoch: int) -> None:
     """Validate the EMA parameters, record the epoch, keep the best, adapt the
     schedule, decide whether to stop, save the state."""
-    p, sums, cfg = run.progress, run.progress.epoch_sums, run.cfg
+    p, sums, cfg = run.record, run.record.epoch_sums, run.cfg
     stage = run.loss_stage()
     if stage == 2 and (not p.history or p.history[-1].get("loss_stage", 1) == 1):
         # The validation loss changes with the weights: the best model and the
@@ -509,21 +507,24 @@ def _end_epoch(run: Run, epoch: int) -> None:
 def _adapt_schedule(run: Run, epoch: int, valid_loss: float, epoch_s: float) -> None:
     """After every epoch of a run with ``max_minutes`` (cosine): the horizon
     becomes the steps that fit the budget if each further epoch takes ``epoch_s``
-    seconds, continuously (:func:`revise_schedule`). Every epoch with
-    ``plateau``: the validation loss drives the learning-rate factor."""
+    seconds, continuously (:func:`fit_schedule_to_budget`). Every epoch with
+    ``plateau``: the validation loss drives the learning-rate factor
+    (:func:`plateau_update`)."""
     cfg = run.cfg
     if cfg.max_minutes is not None and cfg.schedule == "cosine":
         accepted, schedule = host((run.state.accepted, run.state.schedule))
-        horizon = budget_horizon(
+        revised = fit_schedule_to_budget(
             cfg,
             int(accepted),
-            epoch + 1,
-            run.steps_per_epoch(epoch + 1),
-            run.elapsed(),
-            epoch_s,
+            schedule,
+            epochs_done=epoch + 1,
+            steps_per_epoch=run.steps_per_epoch(epoch + 1),
+            elapsed_s=run.elapsed(),
+            epoch_s=epoch_s,
         )
-        horizon = int(parallel.broadcast_from_main(np.int32(horizon)))
-        revised = revise_schedule(cfg, int(accepted), schedule, horizon)
+        # Clocks differ between processes: process 0's schedule holds for all.
+        revised = parallel.broadcast_from_main(revised)
+        horizon = int(revised.horizon)
         run.state = run.state.replace(schedule=parallel.replicate(run.dp, revised))
         if epoch == 0:
             run.log(
@@ -532,19 +533,8 @@ def _adapt_schedule(run: Run, epoch: int, valid_loss: float, epoch_s: float) -> 
                 "epochs estimated to fit the budget; revised after every epoch)"
             )
     if cfg.schedule == "plateau":
-        tx = plateau_transform(cfg)
-        init = tx.init(jnp.zeros(()))
-        saved = run.progress.plateau or {}
-        state = type(init)(
-            **{
-                k: jnp.asarray(saved.get(k, v), dtype=jnp.asarray(v).dtype)
-                for k, v in init._asdict().items()
-            }
-        )
-        value = jnp.float32(valid_loss if math.isfinite(valid_loss) else np.inf)
-        _, state = tx.update(jnp.zeros(()), state, value=value)
-        plateau = {k: np.asarray(v).item() for k, v in state._asdict().items()}
-        run.progress.plateau = plateau
+        plateau = plateau_update(cfg, run.record.plateau, valid_loss)
+        run.record.plateau = plateau
         run.state = run.state.replace(
             lr_scale=parallel.replicate(run.dp, np.float32(plateau["scale"]))
         )

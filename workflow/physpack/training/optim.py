@@ -15,10 +15,11 @@ scales and shifts and the radial basis are not pulled towards zero)
   budget allows (:func:`budget_horizon`) and revises that after every epoch from
   its recent speed (:func:`revise_schedule`); the cosine continues from where it
   stands, so the rate never jumps and reaches its end with the budget even when
-  the machine's speed drifts. A resumed run reads the schedule back.
+  the machine's speed drifts (:func:`fit_schedule_to_budget`, after every epoch).
+  A resumed run reads the schedule back.
 * ``lr_scale``: 1, or, for ``plateau``, the factor of optax's
   ``reduce_on_plateau`` driven by the validation loss once per epoch, as MACE does
-  (:func:`plateau_transform`).
+  (:func:`plateau_update`).
 
 ``train.freeze`` (fine-tuning) gives the named parameter groups zero updates
 (:func:`freeze_labels`, optax's ``multi_transform``).
@@ -308,3 +309,68 @@ def budget_horizon(
     more = math.floor(max(budget - elapsed_s, 0.0) / max(epoch_s, 1e-9))
     epochs = max(min(cfg.epochs - epochs_done, more), 0)
     return max(steps_done + epochs * steps_per_epoch, 1)
+
+
+def plateau_update(
+    cfg: TrainConfig, saved: Mapping[str, float] | None, valid_loss: float
+) -> dict[str, float]:
+    """One epoch of :func:`plateau_transform`: its state after the epoch's
+    validation loss.
+
+    Args:
+        cfg: ``plateau_factor``, ``plateau_patience``, ``final_lr_fraction``.
+        saved: the state after the previous epoch (plain floats, as saved with the
+            training record), or ``None`` before the first epoch.
+        valid_loss: the epoch's validation loss (dimensionless; a non-finite loss
+            counts as no improvement).
+
+    Returns:
+        The new state as plain floats; ``"scale"`` is the learning-rate factor of
+        the next epoch (1 at first, × ``plateau_factor`` after every
+        ``plateau_patience`` epochs without improvement, at least
+        ``final_lr_fraction``).
+    """
+    tx = plateau_transform(cfg)
+    init = tx.init(jnp.zeros(()))
+    saved = saved or {}
+    state = type(init)(
+        **{
+            k: jnp.asarray(saved.get(k, v), dtype=jnp.asarray(v).dtype)
+            for k, v in init._asdict().items()
+        }
+    )
+    value = jnp.float32(valid_loss if math.isfinite(valid_loss) else np.inf)
+    _, state = tx.update(jnp.zeros(()), state, value=value)
+    return {k: np.asarray(v).item() for k, v in state._asdict().items()}
+
+
+def fit_schedule_to_budget(
+    cfg: TrainConfig,
+    count: int,
+    schedule: Schedule,
+    *,
+    epochs_done: int,
+    steps_per_epoch: int,
+    elapsed_s: float,
+    epoch_s: float,
+) -> Schedule:
+    """After an epoch of a run with ``max_minutes``: ``schedule`` annealing over the
+    steps that still fit the budget (:func:`budget_horizon`), revised continuously
+    at accepted step ``count`` (:func:`revise_schedule`).
+
+    Args:
+        cfg: ``max_minutes`` (must be set), ``epochs`` and the schedule's keys.
+        count: accepted steps so far.
+        schedule: the schedule of the epoch that ended.
+        epochs_done: finished epochs.
+        steps_per_epoch: optimisation steps of the next epoch.
+        elapsed_s: seconds of the run so far (compilation included).
+        epoch_s: expected seconds of each further epoch (steps and validation).
+
+    Returns:
+        The revised schedule (host values); its ``horizon`` is the new one.
+    """
+    horizon = budget_horizon(
+        cfg, count, epochs_done, steps_per_epoch, elapsed_s, epoch_s
+    )
+    return revise_schedule(cfg, count, schedule, horizon)

@@ -4,8 +4,9 @@ run needs to continue exactly.
 * :class:`TrainState`: the device-side pytree the jitted train step maps to a new
   one (parameters, optimiser state, EMA, step counters, learning-rate schedule,
   learning-rate factor).
-* :class:`Progress`: the host-side bookkeeping (history rows, best epoch, patience,
-  sums of the epoch in progress), plain values.
+* :class:`TrainingRecord`: the host-side record of the run (history rows, best
+  epoch, patience, sums of the epoch in progress), plain values; saved under the
+  state file's key ``"progress"``.
 * The resumable state file (``state_dir/state.msgpack``,
   :func:`physpack.model.checkpoint.save_state`) holds both, the config sections,
   the dataset and code fingerprints and the loader position; :func:`check_resumable`
@@ -117,8 +118,9 @@ def new_epoch_sums() -> dict[str, float]:
 
 
 @dataclasses.dataclass
-class Progress:
-    """Bookkeeping of a run, saved with the resumable state (plain values).
+class TrainingRecord:
+    """The host-side record of a run, saved with the resumable state (plain values,
+    under the state file's key ``"progress"``).
 
     ``len(history)`` is the number of finished epochs (validated and recorded);
     the loader's epoch may be one ahead, when a state was saved after an epoch's
@@ -139,7 +141,7 @@ class Progress:
     stop_reason: str = "epochs"
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Progress:
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainingRecord:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
         values["epoch_sums"] = new_epoch_sums() | dict(values.get("epoch_sums", {}))
@@ -274,8 +276,8 @@ def check_resumable(
     """
     if saved is None:
         return ResumeDecision(False)
-    progress = saved.get("progress", {})
-    finished = bool(progress.get("finished", False))
+    record = saved.get("progress", {})  # a TrainingRecord as a dict
+    finished = bool(record.get("finished", False))
     saved_sections = saved.get("config") or {}
     differences = config_differences(saved_sections, sections) if saved_sections else []
     other = []
@@ -287,14 +289,14 @@ def check_resumable(
         other.append("different code (physpack or JAX library versions)")
     changes = [_fmt_change(*d) for d in differences]
     if not differences and not other:
-        extended = _raised_budget(saved_sections, sections, progress)
+        extended = _raised_budget(saved_sections, sections, record)
         if finished and extended:
             return ResumeDecision(True, extended)
         if finished and _lowered_budget(saved_sections, sections):
             return ResumeDecision(False)
         return ResumeDecision(True)
     if finished:
-        reason = progress.get("stop_reason")
+        reason = record.get("stop_reason")
         only_raised = (
             not other
             and len(differences) == 1
@@ -320,11 +322,11 @@ def _larger(new: Any, old: Any) -> bool:
 def _raised_budget(
     saved: Mapping[str, Mapping[str, Any]],
     mine: Mapping[str, Mapping[str, Any]],
-    progress: Mapping[str, Any],
+    record: Mapping[str, Any],
 ) -> tuple[str, ...]:
     """``max_minutes`` is not part of the config hash; a run that stopped on it is
     continued when it was raised."""
-    if progress.get("stop_reason") != "max_minutes":
+    if record.get("stop_reason") != "max_minutes":
         return ()
     old, new = _budgets(saved, mine)
     if _larger(new, old):

@@ -16,13 +16,14 @@
 * :mod:`~physpack.training.losses`: the loss and the error metrics;
 * :mod:`~physpack.training.optim`: clipping, Adam/AMSGrad, weight decay, the
   learning-rate schedule;
-* :mod:`~physpack.training.state`: the typed :class:`TrainState`, progress,
+* :mod:`~physpack.training.state`: the typed :class:`TrainState`, the training record,
   fingerprints, and whether a saved state may be resumed;
 * :mod:`~physpack.training.steps`: the jitted ``train_step`` and ``eval_step``
   (each compiled once) and the host-side batch preparation;
 * :mod:`~physpack.training.loop`: the epoch loop (validation, best checkpoint,
   history, early stopping, state saves, SIGTERM, heartbeat lines);
-* :mod:`~physpack.training.parallel`: data parallelism over devices and processes.
+* :mod:`~physpack.training.parallel`: data parallelism over devices and processes;
+* :mod:`~physpack.training.cluster`: joining a multi-process run (SLURM).
 
 Only process 0 writes checkpoints, history, state and log lines; all processes
 read the state to resume (``--state-dir`` on a shared file system). A step on
@@ -38,6 +39,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -51,18 +53,12 @@ from physpack.config import (
     add_section_arguments,
     section_from_args,
 )
-from physpack.data.descriptor import open_dataset
-from physpack.data.loader import ProcessSlots, from_config, read_split
-from physpack.data.packed import PackedDataset, sha256_file
-from physpack.errors import ConfigError, cli_entry
+from physpack.data.loader import PackedMemmapLoader
+from physpack.data.packed import PackedDataset
+from physpack.errors import cli_entry
 from physpack.model import checkpoint as ckpt_io
-from physpack.model.physnet import (
-    EnergyConstants,
-    Params,
-    init_params,
-    model_from_config,
-)
-from physpack.training import parallel
+from physpack.model.physnet import EnergyConstants, Params, model_from_config
+from physpack.training import cluster, parallel
 from physpack.training.loop import (
     Preempted,
     Run,
@@ -72,18 +68,23 @@ from physpack.training.loop import (
     train_and_evaluate,
 )
 from physpack.training.losses import LossWeights
-from physpack.training.optim import check_freeze, initial_schedule, make_optimizer
+from physpack.training.optim import make_optimizer
 from physpack.training.parallel import DataParallel
-from physpack.training.reference import energy_constants_for, fit_energy_constants
-from physpack.training.state import (
-    Progress,
-    check_resumable,
-    code_fingerprint,
-    config_sections,
-    create_train_state,
-    dataset_fingerprint,
-    remove_orphans,
+from physpack.training.reference import fit_energy_constants
+from physpack.training.start import (
+    RunData,
+    RunIdentity,
+    build_loaders,
+    create_state,
+    energy_constants,
+    init_checkpoint,
+    loss_weights,
+    open_data,
+    restore,
+    resumable_state,
+    run_identity,
 )
+from physpack.training.state import code_fingerprint, remove_orphans
 from physpack.training.steps import build_steps, prepare_batch
 from physpack.units import CANONICAL_UNITS
 
@@ -106,16 +107,6 @@ EXIT_PREEMPTED = 143
 
 def _quiet(message: str) -> None:
     """The log of processes other than 0: they train, process 0 reports."""
-
-
-def _subset(split: Path, name: str) -> np.ndarray:
-    idx = read_split(split, name)
-    if idx.size == 0:
-        raise ConfigError(
-            f"{split}: the '{name}' subset is empty; training needs molecules in "
-            "both 'train' and 'valid' (split.valid > 0)"
-        )
-    return idx
 
 
 def train(
@@ -174,140 +165,31 @@ def train(
     if main_process:
         for path in remove_orphans(output.parent, history.parent, state_dir):
             log(f"removed {path}, left by an interrupted write")
-    dataset = open_dataset(packed)
-    train_idx, valid_idx = _subset(Path(split), "train"), _subset(Path(split), "valid")
-    fingerprint = dataset_fingerprint(dataset, train_idx, valid_idx)
-    init = _init_checkpoint(train_cfg, model_cfg)
-    if init is not None:  # a fine-tuned run depends on its starting point too
-        fingerprint = f"{fingerprint}+init:{init.training['init_sha256']}"
-    # Results depend on the devices only through the batches per step: record that
-    # number, not the config's "all" (which resolves per machine).
-    hashed_cfg = dataclasses.replace(train_cfg, devices=dp.batches_per_step)
-    sections = config_sections(model_cfg, hashed_cfg, loader_cfg)
-    code = code_fingerprint()
-    log(
-        f"devices: {dp.num_devices} × {dp.local_devices[0].platform} in "
-        f"{dp.process_count} process(es), {dp.batches_per_step} batch(es) per step"
+    data = open_data(packed, split)
+    init = init_checkpoint(train_cfg, model_cfg)
+    identity = run_identity(
+        data, init, dp, model_cfg, train_cfg, loader_cfg, code_fingerprint()
     )
-    saved = ckpt_io.load_state(state_dir)
-    decision = check_resumable(
-        saved, state_dir / ckpt_io.STATE_FILE, sections, fingerprint, code
+    _log_devices(dp, log)
+    saved, decision = resumable_state(state_dir, identity, output, history, overwrite)
+    loaders = build_loaders(data, dp, model_cfg, train_cfg, loader_cfg)
+    constants, data_stats = energy_constants(
+        saved, data, init, model_cfg, train_cfg, loader_cfg, log
     )
-    if not decision.resume:
-        saved = None
-        _refuse_overwrite(output, history, state_dir, overwrite)
-    saved_step = -1 if saved is None else int(saved["train_state"]["step"])
-    if not parallel.all_processes_agree(str(saved_step)):
-        raise ConfigError(
-            f"{state_dir}: the processes found different resumable states (this "
-            f"one: step {saved_step}); --state-dir must be on a file system that "
-            "all nodes share"
-        )
-
-    # Each process assembles only the batches of its own devices.
-    slots = ProcessSlots(
-        dp.batches_per_step,
-        first=dp.first_shard * dp.batches_per_device,
-        count=dp.num_local_devices * dp.batches_per_device,
-    )
-    train_loader = from_config(
-        dataset,
-        loader_cfg,
-        model=model_cfg,
-        shuffle=True,
-        seed=train_cfg.seed,
-        indices=train_idx,
-        process_slots=slots,
-    )
-    valid_loader = from_config(
-        dataset,
-        loader_cfg,
-        model=model_cfg,
-        shuffle=False,
-        seed=train_cfg.seed,
-        indices=valid_idx,
-        process_slots=slots,
-    )
-    has_dipole_loss = dataset.has("D") and model_cfg.charges
-    weights = LossWeights(
-        energy=train_cfg.energy_weight,
-        forces=train_cfg.forces_weight if dataset.has("F") else 0.0,
-        dipole=train_cfg.dipole_weight if has_dipole_loss else 0.0,
-        nh=train_cfg.nh_weight,
-    )
-    if saved is not None:
-        constants = EnergyConstants.from_dict(saved["constants"])
-        data_stats = dict(saved["data_stats"])
-    else:
-        fit_loader = from_config(
-            dataset,
-            loader_cfg,
-            model=model_cfg,
-            shuffle=False,
-            seed=0,
-            indices=train_idx,
-        )
-        constants, data_stats = energy_constants_for(
-            fit_loader, model_cfg.max_atomic_number, train_cfg, log=log
-        )
-        if init is not None and not train_cfg.refit_reference:
-            constants = init.constants
-            data_stats["reference_energies"] = "init_from"
-            log(f"reference energies kept from {train_cfg.init_from}")
-    parallel.check_batches_per_epoch(
-        train_loader.num_batches(), dp, f"{dataset.path} (train subset)"
-    )
-    log(
-        f"data: {len(train_idx)} train / {len(valid_idx)} valid molecules, "
-        f"elements {list(constants.elements)}, energy scale {constants.scale:.4g} eV, "
-        f"force std {data_stats['forces_std_eV_per_A']:.4g} eV/Å; batch budget "
-        f"{dataclasses.astuple(train_loader.budget)} (atoms, pairs, molecules), "
-        f"{train_loader.num_batches()} batches per epoch"
-    )
-
-    model = model_from_config(model_cfg)
-    tx = make_optimizer(train_cfg)
-    steps_per_epoch = parallel.steps_per_epoch(
-        train_loader.num_batches(0), dp.batches_per_step
-    )
-    params = init_params(
-        model, jax.random.PRNGKey(train_cfg.seed), train_loader.assemble(np.arange(1))
-    )
-    if init is not None:
-        params = _start_from(params, init, train_cfg)
-        log(
-            f"fine-tuning from {train_cfg.init_from}"
-            + (f", frozen: {', '.join(train_cfg.freeze)}" if train_cfg.freeze else "")
-        )
-    check_freeze(params, train_cfg)
-    params = parallel.broadcast_from_main(params)  # seeded alike; made exact
-    state = create_train_state(
-        params, tx, initial_schedule(train_cfg, train_cfg.epochs * steps_per_epoch)
-    )
-    progress_ = Progress()
-    if saved is not None:
-        state = serialization.from_state_dict(host(state), saved["train_state"])
-        train_loader.load_state_dict(saved["loader"])
-        progress_ = Progress.from_dict(saved["progress"])
-        log(
-            f"resuming from {state_dir / ckpt_io.STATE_FILE}: epoch "
-            f"{train_loader.epoch + 1}, batch {train_loader.position}, step "
-            f"{int(saved['train_state']['step'])}"
-        )
-        if decision.extended:
-            progress_.finished = False
-            log(
-                f"continuing the run that stopped on {progress_.stop_reason} "
-                f"({', '.join(decision.extended)})"
-            )
+    _check_and_log_data(data, loaders[0], dp, constants, data_stats, log)
+    model, tx = model_from_config(model_cfg), make_optimizer(train_cfg)
+    state = create_state(model, tx, train_cfg, loaders[0], dp, init, log)
+    state, record = restore(state, saved, decision, loaders[0], state_dir, log)
+    weights = loss_weights(data.dataset, model_cfg, train_cfg)
+    _prepare_batches(loaders, constants, data.dataset)
     run = Run(
         cfg=train_cfg,
         dp=dp,
-        train_loader=train_loader,
-        valid_loader=valid_loader,
+        train_loader=loaders[0],
+        valid_loader=loaders[1],
         steps=build_steps(model, tx, train_cfg, weights, dp),
         state=parallel.replicate(dp, state),
-        progress=progress_,
+        record=record,
         constants=constants,
         data_stats=data_stats,
         weights=weights,
@@ -315,9 +197,9 @@ def train(
         output=output,
         history=history,
         state_dir=state_dir,
-        save_state=lambda r: _save_state(r, sections, fingerprint, code),
+        save_state=lambda r: _save_state(r, identity),
         write_best=lambda r, ema, epoch, metrics: _write_best(
-            r, model_cfg, loader_cfg, fingerprint, dataset, ema, epoch, metrics, init
+            r, model_cfg, loader_cfg, identity, data.dataset, ema, epoch, metrics, init
         ),
         log=log,
         on_step=on_step,
@@ -325,8 +207,47 @@ def train(
         heartbeat_s=heartbeat_s,
         show_progress=progress and main_process,
     )
-    # The prefetch threads prepare the batches (float64 residuals), stack them and
-    # place them on the devices while the previous step runs (loop._placed_steps).
+    return train_and_evaluate(run)
+
+
+def _log_devices(dp: DataParallel, log: Callable[[str], None]) -> None:
+    log(
+        f"devices: {dp.num_devices} × {dp.local_devices[0].platform} in "
+        f"{dp.process_count} process(es), {dp.batches_per_step} batch(es) per step"
+    )
+
+
+def _check_and_log_data(
+    data: RunData,
+    train_loader: PackedMemmapLoader,
+    dp: DataParallel,
+    constants: EnergyConstants,
+    data_stats: Mapping[str, Any],
+    log: Callable[[str], None],
+) -> None:
+    """Refuse an epoch shorter than one step; log the data and batch budget."""
+    parallel.check_batches_per_epoch(
+        train_loader.num_batches(), dp, f"{data.dataset.path} (train subset)"
+    )
+    log(
+        f"data: {len(data.train_idx)} train / {len(data.valid_idx)} valid molecules, "
+        f"elements {list(constants.elements)}, energy scale {constants.scale:.4g} eV, "
+        f"force std {data_stats['forces_std_eV_per_A']:.4g} eV/Å; batch budget "
+        f"{dataclasses.astuple(train_loader.budget)} (atoms, pairs, molecules), "
+        f"{train_loader.num_batches()} batches per epoch"
+    )
+
+
+def _prepare_batches(
+    loaders: tuple[PackedMemmapLoader, PackedMemmapLoader],
+    constants: EnergyConstants,
+    dataset: PackedDataset,
+) -> None:
+    """Batch preparation in the loaders' prefetch threads: they prepare the batches
+    (float64 residuals), stack them and place them on the devices while the
+    previous step runs (``loop._placed_steps``); validation batches are checked
+    for elements the training data lacks."""
+    train_loader, valid_loader = loaders
     train_loader.device_put = lambda b: prepare_batch(b, constants)
 
     def prepare_checked(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -334,88 +255,20 @@ def train(
         return prepare_batch(batch, constants)
 
     valid_loader.device_put = prepare_checked
-    return train_and_evaluate(run)
 
 
-def _init_checkpoint(
-    train_cfg: TrainConfig, model_cfg: ModelConfig
-) -> ckpt_io.Checkpoint | None:
-    """The checkpoint of ``train.init_from`` (its sha256 in ``training``), or None.
-
-    Raises:
-        InputError: unreadable checkpoint.
-        ConfigError: its model section differs from this run's (naming the keys).
-    """
-    if train_cfg.init_from is None:
-        return None
-    init = ckpt_io.load(train_cfg.init_from)
-    mine, theirs = dataclasses.asdict(model_cfg), dataclasses.asdict(init.model_config)
-    differ = [
-        f"model.{k}: {theirs.get(k)!r} there, {v!r} here"
-        for k, v in mine.items()
-        if theirs.get(k) != v
-    ]
-    if differ:
-        raise ConfigError(
-            f"train.init_from = {train_cfg.init_from}: the checkpoint's model differs "
-            f"from this run's ({'; '.join(differ)}); fine-tuning keeps the "
-            "architecture"
-        )
-    training = dict(init.training, init_sha256=sha256_file(train_cfg.init_from))
-    return dataclasses.replace(init, training=training)
-
-
-def _start_from(
-    params: Params, init: ckpt_io.Checkpoint, train_cfg: TrainConfig
-) -> Params:
-    """``init``'s parameters in the structure of ``params`` (same shapes)."""
-    try:
-        restored = serialization.from_state_dict(params, init.params)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"train.init_from = {train_cfg.init_from}: its parameters do not fit "
-            f"this model ({exc})"
-        ) from exc
-    for (path, a), b in zip(
-        jax.tree_util.tree_leaves_with_path(params),
-        jax.tree.leaves(restored),
-        strict=True,
-    ):
-        if np.shape(a) != np.shape(b):
-            raise ConfigError(
-                f"train.init_from = {train_cfg.init_from}: parameter "
-                f"{jax.tree_util.keystr(path)} has shape {np.shape(b)}, this model "
-                f"needs {np.shape(a)}"
-            )
-    return jax.tree.map(lambda x: np.asarray(x, np.float32), restored)
-
-
-def _refuse_overwrite(
-    output: Path, history: Path, state_dir: Path, overwrite: bool
-) -> None:
-    """A new run would replace ``output``/``history``: only with ``overwrite``."""
-    existing = [p for p in (output, history) if p.exists()]
-    if existing and not overwrite:
-        raise ConfigError(
-            f"{existing[0]} exists and {state_dir} holds no state of this run to "
-            "continue: a new run would replace it; pass --overwrite (Python: "
-            "overwrite=True) to start over, or move it away"
-        )
-
-
-def _save_state(
-    run: Run, sections: Mapping[str, object], fingerprint: str, code: str
-) -> None:
+def _save_state(run: Run, identity: RunIdentity) -> None:
+    """Write the resumable state (process 0 only)."""
     if not run.main:
         return
-    progress = dataclasses.asdict(run.progress)
-    progress["elapsed_s"] = run.elapsed()
+    record = dataclasses.asdict(run.record)
+    record["elapsed_s"] = run.elapsed()
     ckpt_io.save_state(
         run.state_dir,
         {
-            "config": dict(sections),
-            "dataset": fingerprint,
-            "code": code,
+            "config": dict(identity.sections),
+            "dataset": identity.fingerprint,
+            "code": identity.code,
             "constants": run.constants.to_dict(),
             "data_stats": run.data_stats,
             "train_state": serialization.to_state_dict(host(run.state)),
@@ -423,7 +276,7 @@ def _save_state(
             # the only randomness is the init (seeded) and the loader order (its
             # state above): kept for completeness
             "rng": np.asarray(jax.random.PRNGKey(run.cfg.seed)),
-            "progress": progress,
+            "progress": record,  # its first name: saved states stay readable
         },
     )
 
@@ -432,13 +285,15 @@ def _write_best(
     run: Run,
     model_cfg: ModelConfig,
     loader_cfg: LoaderConfig,
-    fingerprint: str,
+    identity: RunIdentity,
     dataset: PackedDataset,
     ema: Params,
     epoch: int,
     metrics: Mapping[str, float],
     init: ckpt_io.Checkpoint | None = None,
 ) -> None:
+    """Write the best checkpoint: the EMA parameters ``ema`` of 1-based ``epoch``
+    with its validation ``metrics`` and how they were trained."""
     ckpt_io.save(
         run.output,
         ckpt_io.Checkpoint(
@@ -457,7 +312,7 @@ def _write_best(
                 "batches_per_step": run.dp.batches_per_step,
                 "train_config": dataclasses.asdict(run.cfg),
                 "loader_config": dataclasses.asdict(loader_cfg),
-                "dataset": fingerprint,
+                "dataset": identity.fingerprint,
                 "data_stats": run.data_stats,
                 "reference_energies": run.data_stats.get("reference_energies", "fit"),
                 "packed": str(dataset.path),
@@ -515,8 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     loader_cfg = section_from_args(LoaderConfig, args, "loader")
     state_dir = args.state_dir or str(Path(args.output).parent / "state")
     # before any other JAX call: several srun tasks become one multi-process run
-    setup = parallel.initialize_distributed()
-    log = (lambda msg: print(msg, flush=True)) if parallel.is_main_process() else _quiet
+    setup = cluster.initialize_distributed()
+    log = (lambda msg: print(msg, flush=True)) if cluster.is_main_process() else _quiet
     processes = f", {setup.num_processes} processes" if setup.num_processes > 1 else ""
     log(
         f"physpack {__version__} train: jax {jax.__version__}, devices "
