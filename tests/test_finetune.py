@@ -13,6 +13,9 @@ from physpack.errors import ConfigError
 from physpack.model import checkpoint as ckpt_io
 from test_train import MODEL, TRAIN, run, train_losses
 
+#: end-to-end runs (minutes): outside the quick loop (-m 'not slow')
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> tuple[Path, Path]:

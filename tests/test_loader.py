@@ -723,6 +723,7 @@ def test_packed_steps_with_giants_give_every_device_one_shape(tmp_path: Path) ->
     assert np.array_equal(np.sort(np.concatenate(ids)), np.arange(len(sizes)))
 
 
+@pytest.mark.slow
 def test_two_local_processes_read_disjoint_batches(packed: Path) -> None:
     """Two real processes, each with its slots: together they read the epoch of one
     process, every batch once, and neither assembles the other's."""

@@ -230,6 +230,7 @@ def _check(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"worker failed:\n{proc.stdout}\n{proc.stderr}"
 
 
+@pytest.mark.slow
 def test_data_parallel_step_equals_single_device_step(tmp_path: Path) -> None:
     out = tmp_path / "step.npz"
     _check(_run_worker("step", str(out)))
@@ -293,6 +294,7 @@ def _history(path: Path) -> dict[str, np.ndarray]:
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
+@pytest.mark.slow
 def test_two_devices_train_like_one_device_at_the_same_global_batch(
     single_process_runs: Path,
 ) -> None:
@@ -318,6 +320,7 @@ def test_two_devices_train_like_one_device_at_the_same_global_batch(
     assert best.training["devices"] == 2 and best.training["batches_per_step"] == 2
 
 
+@pytest.mark.slow
 def test_two_processes_train_alike_and_only_process_0_writes(
     toy_data: tuple[Path, Path], single_process_runs: Path, tmp_path: Path
 ) -> None:
@@ -394,6 +397,7 @@ TWO_TASKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_train_rule_runs_as_a_two_task_slurm_job(
     slurm_node: dict[str, int],  # noqa: F811  (the fixture imported above)

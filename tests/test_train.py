@@ -46,7 +46,7 @@ TRAIN = TrainConfig(
     forces_weight=10.0,
 )
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")
+pytestmark = [pytest.mark.usefixtures("compilation_cache"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
