@@ -45,13 +45,9 @@ from typing import Any
 
 from physpack import config as cfg
 from physpack.atomic import atomic_write_bytes
-from physpack.data.packed import (
-    ARRAYS,
-    MANIFEST,
-    OFFSETS,
-    PackedDataset,
-    full_units,
-)
+from physpack.data.manifest import MANIFEST
+from physpack.data.packed_dataset import PackedDataset
+from physpack.data.packed_format import ARRAYS, OFFSETS, full_units
 from physpack.data.shards import ShardedDataset
 from physpack.errors import ConfigError, InputError, cli_entry
 

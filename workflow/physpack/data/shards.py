@@ -4,7 +4,7 @@ A dataset of many files (``data.npz: [a.npz, b.npz]`` or a glob) is converted
 shard by shard, each into a packed directory as for one file, and described by a
 dataset descriptor listing them in order (:mod:`physpack.data.descriptor`,
 ``"shards"``). :class:`ShardedDataset` reads them as one
-:class:`~physpack.data.packed.PackedDataset`: molecule ``i`` of the dataset is
+:class:`~physpack.data.packed_dataset.PackedDataset`: molecule ``i`` of the dataset is
 molecule ``i - start[s]`` of shard ``s``, where ``start`` is the cumulative count
 of molecules, and atom rows are numbered the same way. Nothing is concatenated on
 disk or in memory: every array is a :class:`ShardedArray` over the shards' memory
@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from physpack.data.packed import ARRAYS, AtomChunk, PackedDataset, molecule_chunks
+from physpack.data.packed_dataset import PackedDataset
+from physpack.data.packed_format import ARRAYS, AtomChunk, molecule_chunks
 from physpack.dispersion import check_same
 from physpack.errors import InputError
 

@@ -38,7 +38,8 @@ from physpack import __version__
 from physpack import config as cfg
 from physpack.atomic import StagedOutputs
 from physpack.data.descriptor import open_dataset
-from physpack.data.packed import MAX_Z, PackedDataset
+from physpack.data.packed_dataset import PackedDataset
+from physpack.data.packed_format import MAX_Z
 from physpack.errors import ConfigError, InputError, cli_entry
 
 SUBSETS = ("train", "valid", "test")

@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 
 from physpack import config as cfg
-from physpack.data.manifest import read_manifest
-from physpack.data.packed import (
+from physpack.data.manifest import MANIFEST, read_manifest
+from physpack.data.packed_format import (
     ARRAYS,
-    MANIFEST,
     N_ATOMS,
     OFFSETS,
     sha256_file,

@@ -55,14 +55,9 @@ from physpack import config as cfg
 from physpack.data import plausibility
 from physpack.data.descriptor import read_descriptor
 from physpack.data.loader import PackedMemmapLoader
-from physpack.data.packed import (
-    ARRAYS,
-    MANIFEST,
-    MAX_Z,
-    PackedDataset,
-    PackedDataWarning,
-    sample_stride,
-)
+from physpack.data.manifest import MANIFEST
+from physpack.data.packed_dataset import PackedDataset, PackedDataWarning
+from physpack.data.packed_format import ARRAYS, MAX_Z, sample_stride
 from physpack.data.progress import Progress
 from physpack.data.shard_reports import combine_shard_reports
 from physpack.data.structure import check_structure
