@@ -105,3 +105,24 @@ def test_orphans_of_dead_processes_are_removed(tmp_path):
     other.write_bytes(b"y")
     assert remove_orphans(tmp_path, tmp_path / "missing") == [dead]
     assert other.exists() and not dead.exists()
+
+
+def test_the_code_fingerprint_covers_every_module_training_runs() -> None:
+    """A module split off another (the packed reader off the writer, the loader's
+    planning off the loader) still makes a saved state foreign when edited: the
+    fingerprint's files are the data, model and training modules the train stage
+    imports, not a list kept by hand."""
+    from physpack.sources import module_closure
+    from physpack.training.state import code_files
+
+    files = set(code_files())
+    assert {
+        "data/packed_dataset.py",
+        "data/packed_format.py",
+        "data/loader.py",
+        "model/physnet.py",
+        "training/steps.py",
+    } <= files
+    loaded = set(module_closure("physpack.training.train"))
+    assert {f for f in loaded if f.startswith(("data/", "model/", "training/"))} == files
+    assert not any(f.startswith("evaluation/") for f in files)

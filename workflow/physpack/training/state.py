@@ -35,6 +35,7 @@ from physpack.config import LoaderConfig, ModelConfig, TrainConfig
 from physpack.data.packed import PackedDataset
 from physpack.errors import ConfigError
 from physpack.model.physnet import Params
+from physpack.sources import stage_files
 from physpack.training.optim import Schedule
 
 #: Config keys that do not change the trained parameters: a state saved with other
@@ -45,18 +46,18 @@ RESUMABLE_ACROSS = {
 }
 #: Keys that may be raised to continue a run that stopped on them.
 EXTENDABLE = {"epochs": "epochs", "max_minutes": "max_minutes"}
-#: Sources whose edits make a saved state foreign (globs relative to the package):
-#: the model, the batch order and all of the training code.
-CODE_FILES = (
-    "model/*.py",
-    "training/*.py",
-    # what the batches hold and in which order
-    "data/loader.py",
-    "data/pairs.py",
-    "data/budget.py",
-    "data/prefetch.py",
-    "data/packed.py",
-)
+#: Package folders whose modules, as far as the train stage runs them, make a saved
+#: state foreign when edited: the model, what the batches hold and in which order,
+#: and all of the training code.
+CODE_FOLDERS = ("data/", "model/", "training/")
+
+
+def code_files() -> list[str]:
+    """The package files (relative paths) of :func:`code_fingerprint`: the modules
+    of :data:`CODE_FOLDERS` that ``physpack train`` runs, read from the imports
+    (:func:`physpack.sources.stage_files`), so a module split off another is never
+    left out."""
+    return [f for f in stage_files("train") if f.startswith(CODE_FOLDERS)]
 
 
 @struct.dataclass
@@ -205,10 +206,9 @@ def code_fingerprint() -> str:
 
     h = hashlib.sha256()
     package = Path(__file__).parent.parent
-    for pattern in CODE_FILES:
-        for path in sorted(package.glob(pattern)):
-            h.update(path.relative_to(package).as_posix().encode())
-            h.update(path.read_bytes())
+    for name in code_files():
+        h.update(name.encode())
+        h.update((package / name).read_bytes())
     for mod in (jax, flax, e3x, optax, np):
         h.update(f"{mod.__name__} {mod.__version__};".encode())
     return h.hexdigest()
