@@ -62,21 +62,18 @@ Packed batch contract (numpy arrays; shapes fixed per budget)::
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import zlib
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
-import jsonschema
 import numpy as np
 
-from physpack.config import LoaderConfig, ModelConfig, section_schema
+from physpack.config import LoaderConfig, ModelConfig
 from physpack.data.assembly import Batch, BatchAssembler, PairMode, plain
 from physpack.data.budget import PAIR_BYTES, Budget, greedy_bounds
 from physpack.data.descriptor import open_dataset
-from physpack.data.iteration import ProcessSlots, check_state
+from physpack.data.iteration import ProcessSlots, StreamIteration
+from physpack.data.options import check_option, pair_options
 from physpack.data.packed import PackedDataset
 from physpack.data.pairs import pair_template
 from physpack.data.planning import (
@@ -92,7 +89,12 @@ from physpack.data.planning import (
     subset_stats,
 )
 from physpack.data.prefetch import prefetched
-from physpack.data.subset import check_indices, count_cutoff_pairs, read_sizes
+from physpack.data.subset import (
+    check_indices,
+    count_cutoff_pairs,
+    read_sizes,
+    read_split,
+)
 from physpack.errors import ConfigError, InputError
 
 __all__ = [
@@ -104,51 +106,16 @@ __all__ = [
     "ProcessSlots",
     "from_config",
     "greedy_bounds",
+    "pair_options",
     "pair_template",
     "read_split",
 ]
 
 #: device memory estimate of the size-limit message: float32 features per pair
 _ESTIMATE_FEATURES = 64
-#: the loader section of the configuration schema: the one source of the defaults
-#: (:class:`~physpack.config.LoaderConfig`) and of the range checks
-_SCHEMA = section_schema("loader")["properties"]
 
 
-def _expected(schema: Mapping[str, Any]) -> str:
-    """What a schema entry accepts, in words: ``int >= 1``, ``int >= 1 or None``."""
-    if "oneOf" in schema:
-        return ", ".join(_expected(option) for option in schema["oneOf"])
-    if "enum" in schema:
-        return " or ".join(map(str, schema["enum"]))
-    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-    words = []
-    for t in types:
-        if t == "null":
-            words.append("None")
-        elif t == "integer":
-            low = schema.get("minimum")
-            words.append("int" if low is None else f"int >= {low}")
-        else:
-            words.append(t)
-    return " or ".join(words)
-
-
-def _check_option(name: str, value: Any) -> None:
-    """Refuse ``value`` for ``loader.<name>`` outside the schema's type and range.
-
-    Raises:
-        ConfigError: naming the key, the value and what the schema accepts.
-    """
-    plain_value = int(value) if isinstance(value, np.integer) else value
-    errors = jsonschema.Draft202012Validator(_SCHEMA[name]).iter_errors(plain_value)
-    if next(errors, None) is not None:
-        raise ConfigError(
-            f"loader.{name}: got {value!r}, expected {_expected(_SCHEMA[name])}"
-        )
-
-
-class PackedMemmapLoader:
+class PackedMemmapLoader(StreamIteration):
     """Fixed-shape batches from a packed directory, streamed from memory maps.
 
     Epoch ``e``'s order depends only on ``(seed, e)``: the subset is shuffled, sorted
@@ -234,8 +201,8 @@ class PackedMemmapLoader:
         process_slots: ProcessSlots | None = None,
     ):
         for name in ("batch_size", "bucket_size", "prefetch", "giant_atoms"):
-            _check_option(name, locals()[name])
-        _check_option("max_molecule_atoms", max_molecule_atoms)
+            check_option(name, locals()[name])
+        check_option("max_molecule_atoms", max_molecule_atoms)
         # "auto" of the schema is resolved with the model (pair_options)
         if pairs not in ("all", "cutoff"):
             raise ConfigError(f"loader.pairs: got {pairs!r}, expected all or cutoff")
@@ -523,162 +490,6 @@ class PackedMemmapLoader:
         plan = self._plan(self.epoch if epoch is None else epoch)
         return plan.kinds[plan.batches]
 
-    # -- state ----------------------------------------------------------------------
-    def _normalise(self) -> None:
-        if self.position >= self.num_batches():
-            self.epoch, self.position = self.epoch + 1, 0
-
-    def _fingerprint(self) -> int:
-        crc = zlib.crc32(memoryview(self._sizes))
-        if self._indices is not None:
-            crc = zlib.crc32(memoryview(self._indices), crc)
-        return crc
-
-    def state_dict(self) -> dict[str, Any]:
-        """The iteration state: ``epoch``, ``position`` (packed batches of the epoch
-        already handed out), ``seed`` (with the epoch, everything the order depends
-        on) and what must match on restore (subset checksum, budgets, options).
-        Plain ints/bools/lists: JSON-serialisable."""
-        self._normalise()
-        state: dict[str, Any] = {
-            "epoch": int(self.epoch),
-            "position": int(self.position),
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "bucket_size": self.bucket_size,
-            "mix_sizes": self.mix_sizes,
-            "n_molecules": int(self.n_molecules),
-            "subset_crc32": self._fingerprint(),
-            "budget": list(dataclasses.astuple(self.budget)),
-        }
-        # only where they differ from the defaults: older states stay valid
-        if self.pairs != "all":
-            state |= {"pairs": self.pairs, "cutoff": self.cutoff}
-        if len(self.budgets) > 1:
-            state["budgets"] = [list(dataclasses.astuple(b)) for b in self.budgets]
-        if self.process_slots is not None and len(self.budgets) > 1:
-            state["batches_per_step"] = self.process_slots.batches_per_step
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from :meth:`state_dict`: the next packed batches are exactly those
-        the saved loader would have produced.
-
-        Raises:
-            InputError: the state belongs to another subset, budget or ordering.
-        """
-        epoch, position = check_state(state, self.state_dict())
-        self.seed = int(state.get("seed", self.seed))
-        self._plan_cache = None
-        self.epoch, self.position = epoch, position
-        if position > self.num_batches():
-            raise InputError(
-                f"loader state: position {position} beyond the "
-                f"{self.num_batches()} batches of epoch {epoch}"
-            )
-
-    # -- packed batches ---------------------------------------------------------------
-    def packed_batches(self, epoch: int | None = None) -> Iterator[Batch | None]:
-        """The rest of the current epoch (or of ``epoch``, from its start when it is
-        not the current one) as fixed-shape packed batches (module docstring).
-
-        With :attr:`process_slots`, the batches of other processes are ``None``
-        (not assembled, not transferred); the stream and its order are the same in
-        every process. The position advances as batches are handed out, so
-        :meth:`state_dict` taken between batches resumes after the last batch
-        received; when the epoch is exhausted the loader moves to the next one.
-        """
-        if epoch is not None and epoch != self.epoch:
-            self.epoch, self.position = int(epoch), 0
-        self._normalise()
-        current = self.epoch
-        plan = self._plan(current)
-        start = self.position
-        slots = self.process_slots
-        transfer = self._transfer()
-
-        def produced() -> Iterator[Any]:
-            for b in range(start, len(plan)):
-                if slots is not None and not slots.owns(b):
-                    yield None
-                    continue
-                batch = self.assemble(plan.positions(b), plan.kind(b))
-                yield batch if transfer is None else transfer(batch)
-
-        ahead = prefetched(produced(), self.prefetch)
-        try:
-            for b, batch in enumerate(ahead, start + 1):
-                self.position = b
-                yield batch
-        finally:
-            ahead.close()  # stops the prefetch thread when the consumer stops early
-        if self.epoch == current:
-            self.epoch, self.position = current + 1, 0
-
-    def __iter__(self) -> Iterator[Batch | None]:
-        return self.packed_batches()
-
-    def packed_steps(
-        self,
-        transfer: Callable[[list[Any]], Any] | None = None,
-        epoch: int | None = None,
-    ) -> Iterator[Any]:
-        """The rest of the epoch as optimisation steps: for each step, this process's
-        batches (``process_slots.n_slots`` of them, after :attr:`device_put`), passed
-        to ``transfer`` in the prefetch thread (e.g. stack them and place them on
-        the local devices with one ``jax.device_put``); without ``transfer``, the
-        list itself.
-
-        Every process yields the same number of steps; a short last step is
-        completed with :meth:`empty_batch` of the step's budget, so every molecule
-        of the subset is in exactly one yielded batch of one process. The position
-        advances by whole steps.
-
-        Raises:
-            ConfigError: no :attr:`process_slots`.
-            InputError: a position inside a step (a state saved mid-step).
-        """
-        slots = self.process_slots
-        if slots is None:
-            raise ConfigError("packed_steps: the loader has no process_slots")
-        if epoch is not None and epoch != self.epoch:
-            self.epoch, self.position = int(epoch), 0
-        self._normalise()
-        B = slots.batches_per_step
-        if self.position % B:
-            raise InputError(
-                f"loader state: position {self.position} inside a step of {B} batches"
-            )
-        current = self.epoch
-        plan = self._plan(current)
-        start = self.position
-        per_batch = self._transfer()
-        mine = range(slots.first, slots.first + slots.n_slots)
-
-        def produced() -> Iterator[Any]:
-            for s in range(start, len(plan), B):
-                kind = plan.kind(s)
-                group = []
-                for j in mine:
-                    b = s + j
-                    batch = (
-                        self.assemble(plan.positions(b), plan.kind(b))
-                        if b < len(plan)
-                        else self.empty_batch(kind)
-                    )
-                    group.append(batch if per_batch is None else per_batch(batch))
-                yield group if transfer is None else transfer(group)
-
-        ahead = prefetched(produced(), self.prefetch)
-        try:
-            for s, step in enumerate(ahead, 1):
-                self.position = min(start + s * B, len(plan))
-                yield step
-        finally:
-            ahead.close()
-        if self.epoch == current:
-            self.epoch, self.position = current + 1, 0
-
     def assemble(self, positions: np.ndarray, kind: int = NORMAL) -> Batch:
         """One packed batch of budget ``kind`` of the subset molecules at
         ``positions`` (int (k,), which must fit the budget). Vectorised: a few
@@ -742,7 +553,7 @@ class PackedMemmapLoader:
         transfer = self._transfer()
         if transfer is not None:
             produced = (transfer(b) for b in produced)
-        yield from prefetched(produced, self.prefetch)
+        yield from prefetched(produced, self.prefetch, adaptive=transfer is None)
         if use_state and self.epoch == e:
             self.epoch, self.position = e + 1, 0
 
@@ -762,30 +573,6 @@ class PackedMemmapLoader:
         if callable(self._device_put):
             return self._device_put
         return None
-
-
-def read_split(split_path: str | os.PathLike, split_name: str) -> np.ndarray:
-    """Dataset indices int64 (n,) of subset ``split_name`` of an NPZ split file.
-
-    Raises:
-        InputError: an unreadable file, a missing key or a non-integer array.
-    """
-    p = Path(split_path)
-    try:
-        with np.load(p) as npz:
-            if split_name not in npz.files:
-                raise InputError(
-                    f"{p}: no subset '{split_name}' (has: {', '.join(npz.files)})"
-                )
-            idx = npz[split_name]
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{p}: unreadable split file ({exc})") from exc
-    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
-        raise InputError(
-            f"{p}: '{split_name}' must be a 1-D integer array, got {idx.dtype} "
-            f"with shape {idx.shape}"
-        )
-    return idx.astype(np.int64)
 
 
 def from_config(
@@ -830,28 +617,6 @@ def from_config(
             path, split_path, str(split_name), **options
         )
     return PackedMemmapLoader(path, **options)
-
-
-def pair_options(pairs: str, model: ModelConfig | None) -> dict[str, Any]:
-    """The loader's ``pairs``/``cutoff`` for ``loader.pairs`` and the model.
-
-    ``auto``: pairs within ``model.cutoff`` unless the model has charges (its
-    Coulomb term needs every pair), all pairs without a model; ``cutoff``: within
-    ``model.cutoff`` (refused for a model with charges); ``all``: every pair.
-
-    Raises:
-        ConfigError: ``cutoff`` with a model that has charges.
-    """
-    if pairs == "all" or (pairs == "auto" and (model is None or model.charges)):
-        return {"pairs": "all"}
-    if model is None:
-        return {"pairs": pairs}  # the caller gives the cutoff
-    if model.charges:
-        raise ConfigError(
-            "loader.pairs: cutoff with model.charges: the Coulomb term needs every "
-            "atom pair; set loader.pairs to auto or all"
-        )
-    return {"pairs": "cutoff", "cutoff": float(model.cutoff)}
 
 
 def __getattr__(name: str) -> Any:

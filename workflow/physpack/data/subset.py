@@ -8,6 +8,7 @@ check); atom data are read only for the cutoff pair counts, a batch at a time.
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,27 @@ def count_cutoff_pairs(
         positions = positions_array[molecule_atom_rows(offsets[ids], ns)] * factor
         counts[a:b] = cutoff_pair_counts(positions, ns, cutoff)
     return counts
+
+
+def read_split(split_path: str | os.PathLike, split_name: str) -> np.ndarray:
+    """Dataset indices int64 (n,) of subset ``split_name`` of an NPZ split file.
+
+    Raises:
+        InputError: an unreadable file, a missing key or a non-integer array.
+    """
+    p = Path(split_path)
+    try:
+        with np.load(p) as npz:
+            if split_name not in npz.files:
+                raise InputError(
+                    f"{p}: no subset '{split_name}' (has: {', '.join(npz.files)})"
+                )
+            idx = npz[split_name]
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{p}: unreadable split file ({exc})") from exc
+    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+        raise InputError(
+            f"{p}: '{split_name}' must be a 1-D integer array, got {idx.dtype} "
+            f"with shape {idx.shape}"
+        )
+    return idx.astype(np.int64)
