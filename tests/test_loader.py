@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -803,3 +804,22 @@ def test_giants_exactly_once_in_whole_steps(
                 want = cutoff_pairs(b["R"][am], n, cutoff)
                 assert np.array_equal(b["dst_idx"][pm], want[0])
                 assert np.array_equal(b["src_idx"][pm], want[1])
+
+
+def test_adaptive_prefetch_stays_in_the_callers_thread_for_a_fast_consumer() -> None:
+    from physpack.data import prefetch
+
+    def produced():
+        for i in range(3 * prefetch.PROBE):
+            yield i, threading.current_thread().name
+
+    fast = list(prefetch.prefetched(produced(), 2, adaptive=True))
+    assert [i for i, _ in fast] == list(range(3 * prefetch.PROBE))
+    assert {name for _, name in fast} == {threading.current_thread().name}
+
+    slow = []
+    for item in prefetch.prefetched(produced(), 2, adaptive=True):
+        slow.append(item)
+        time.sleep(0.002)  # the consumer's own work: a thread can overlap it
+    assert [i for i, _ in slow] == list(range(3 * prefetch.PROBE))
+    assert {name for _, name in slow[prefetch.PROBE :]} == {"physpack-prefetch"}
