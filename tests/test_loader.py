@@ -811,6 +811,9 @@ def test_adaptive_prefetch_stays_in_the_callers_thread_for_a_fast_consumer() -> 
 
     def produced():
         for i in range(3 * prefetch.PROBE):
+            end = time.perf_counter() + 0.001  # producing takes 1 ms
+            while time.perf_counter() < end:
+                pass
             yield i, threading.current_thread().name
 
     fast = list(prefetch.prefetched(produced(), 2, adaptive=True))
@@ -820,6 +823,6 @@ def test_adaptive_prefetch_stays_in_the_callers_thread_for_a_fast_consumer() -> 
     slow = []
     for item in prefetch.prefetched(produced(), 2, adaptive=True):
         slow.append(item)
-        time.sleep(0.002)  # the consumer's own work: a thread can overlap it
+        time.sleep(0.005)  # the consumer's own work: a thread can overlap it
     assert [i for i, _ in slow] == list(range(3 * prefetch.PROBE))
     assert {name for _, name in slow[prefetch.PROBE :]} == {"physpack-prefetch"}

@@ -12,6 +12,7 @@ time reaches :data:`OVERLAP` of the production time.
 from __future__ import annotations
 
 import queue
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -59,11 +60,13 @@ def prefetched(
 
 
 def _until_overlap(produced: Iterator[T]) -> Iterator[T]:
-    """Items of ``produced`` in the caller's thread until the consumer's time per
-    item reaches :data:`OVERLAP` of the production time over a window of
-    :data:`PROBE` items; returns whether items remain (generator return value)."""
-    make = keep = 0.0
-    count = 0
+    """Items of ``produced`` in the caller's thread until, over a window of
+    :data:`PROBE` items, the consumer's median time per item reaches
+    :data:`OVERLAP` of the median production time (medians: a busy machine's
+    preemptions hit single items); returns whether items remain (the generator's
+    return value)."""
+    make: list[float] = []
+    keep: list[float] = []
     while True:
         t0 = time.perf_counter()
         try:
@@ -72,14 +75,13 @@ def _until_overlap(produced: Iterator[T]) -> Iterator[T]:
             return False
         t1 = time.perf_counter()
         yield item
-        make += t1 - t0
-        keep += time.perf_counter() - t1
-        count += 1
-        if count == PROBE:
-            if keep >= OVERLAP * make:
+        make.append(t1 - t0)
+        keep.append(time.perf_counter() - t1)
+        if len(make) == PROBE:
+            if statistics.median(keep) >= OVERLAP * statistics.median(make):
                 return True
-            make = keep = 0.0
-            count = 0
+            make.clear()
+            keep.clear()
 
 
 def _threaded(produced: Iterator[T], depth: int) -> Iterator[T]:
