@@ -47,6 +47,34 @@ def molecule_atom_rows(first_rows: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return rows
 
 
+def packed_batch_shapes(
+    budget: Budget, has_forces: bool, has_dipoles: bool
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every key of a packed batch of ``budget`` (the contract
+    in :mod:`physpack.data.loader`); ``F`` and ``D`` only when the data have them."""
+    A, P, M = budget.max_atoms, budget.max_pairs, budget.max_molecules
+    spec: dict[str, tuple[tuple[int, ...], Any]] = {
+        "Z": ((A,), np.int32),
+        "R": ((A, 3), np.float32),
+    }
+    if has_forces:
+        spec["F"] = ((A, 3), np.float32)
+    spec |= {"E": ((M,), np.float64), "Qtot": ((M,), np.float64)}
+    if has_dipoles:
+        spec["D"] = ((M, 3), np.float64)
+    spec |= {
+        "N": ((M,), np.int32),
+        "atom_mask": ((A,), np.bool_),
+        "molecule_mask": ((M,), np.bool_),
+        "pair_mask": ((P,), np.bool_),
+        "dst_idx": ((P,), np.int32),
+        "src_idx": ((P,), np.int32),
+        "batch_segments": ((A,), np.int32),
+        "mol_index": ((M,), np.int64),
+    }
+    return {k: (shape, np.dtype(dt)) for k, (shape, dt) in spec.items()}
+
+
 def plain(arr: np.ndarray | ShardedArray) -> np.ndarray | ShardedArray:
     """A plain ndarray view of a memory map (np.memmap's subclass hooks cost more
     than the copies); sharded arrays as they are."""

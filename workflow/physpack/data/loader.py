@@ -41,6 +41,13 @@ Values are in the canonical units eV, Å, eV/Å and e·Å whatever the directory
 stores: arrays of a directory in other declared units (older tooling) are multiplied
 by :meth:`~physpack.data.packed.PackedDataset.scale` as they are gathered.
 
+The loader composes modules with one job each: :mod:`~physpack.data.subset` (the
+subset's indices, sizes and cutoff pair counts), :mod:`~physpack.data.planning`
+(giants, budgets, each epoch's plan), :mod:`~physpack.data.assembly` (the batches),
+:mod:`~physpack.data.iteration` (resume state, the stream by batch or by step),
+:mod:`~physpack.data.prefetch` and :mod:`~physpack.data.options` (the schema's
+defaults and ranges; ``loader.pairs``).
+
 Packed batch contract (numpy arrays; shapes fixed per budget)::
 
     Z              int32   (A,)    atomic numbers, 0 for padding
@@ -69,8 +76,14 @@ from typing import Any, Literal
 import numpy as np
 
 from physpack.config import LoaderConfig, ModelConfig
-from physpack.data.assembly import Batch, BatchAssembler, PairMode, plain
-from physpack.data.budget import PAIR_BYTES, Budget, greedy_bounds
+from physpack.data.assembly import (
+    Batch,
+    BatchAssembler,
+    PairMode,
+    packed_batch_shapes,
+    plain,
+)
+from physpack.data.budget import Budget, greedy_bounds
 from physpack.data.descriptor import open_dataset
 from physpack.data.iteration import ProcessSlots, StreamIteration
 from physpack.data.options import check_option, pair_options
@@ -94,6 +107,7 @@ from physpack.data.subset import (
     count_cutoff_pairs,
     read_sizes,
     read_split,
+    size_limit_error,
 )
 from physpack.errors import ConfigError, InputError
 
@@ -110,9 +124,6 @@ __all__ = [
     "pair_template",
     "read_split",
 ]
-
-#: device memory estimate of the size-limit message: float32 features per pair
-_ESTIMATE_FEATURES = 64
 
 
 class PackedMemmapLoader(StreamIteration):
@@ -138,7 +149,11 @@ class PackedMemmapLoader(StreamIteration):
         indices: dataset indices of the subset to load (default: all), int (n,),
             unique, each in ``[0, n_molecules)``.
         max_atoms, max_pairs, max_molecules: override the derived (normal) budget.
-        prefetch: batches assembled ahead in a background thread (0: none).
+        prefetch: batches assembled ahead in a background thread (0: none). With
+            a transfer (``device_put``, a step ``transfer``) the thread always runs;
+            without, it starts once the consumer spends at least half the
+            assembly time per batch (:func:`~physpack.data.prefetch.prefetched`):
+            before that it could only add handoffs.
         device_put: ``True`` to move each batch with ``jax.device_put`` in the
             prefetch thread, or a callable applied to each batch dict there.
         num_atoms: default padded width of :meth:`batches` (``None``: batch maximum).
@@ -248,23 +263,27 @@ class PackedMemmapLoader(StreamIteration):
             self._size_hist,
             self._count_cutoff_pairs() if pairs == "cutoff" else None,
         )
-        self._giant_atoms = giant_threshold(self._subset, self.batch_size, giant_atoms)
-        self.budgets: tuple[Budget, ...] = subset_budgets(
-            self._subset,
-            self.batch_size,
-            self._giant_atoms,
-            max_atoms,
-            max_pairs,
-            max_molecules,
-        )
-        giant = None if self._giant_atoms is None else False
-        self._mean_atoms = subset_stats(
-            self._subset, self._giant_atoms, giant
-        ).mean_atoms
+        self._plan_budgets(giant_atoms, (max_atoms, max_pairs, max_molecules))
         self._check_fits()
         self.epoch = 0
         self.position = 0
         self._plan_cache: tuple[int, Plan] | None = None
+
+    def _plan_budgets(
+        self,
+        giant_atoms: int | Literal["auto"] | None,
+        overrides: tuple[int | None, int | None, int | None],
+    ) -> None:
+        """The giant threshold, the budgets (``overrides``: ``max_atoms``,
+        ``max_pairs``, ``max_molecules`` of the normal one) and the mean size of
+        the normal molecules, from the subset's sizes."""
+        self._giant_atoms = giant_threshold(self._subset, self.batch_size, giant_atoms)
+        self.budgets: tuple[Budget, ...] = subset_budgets(
+            self._subset, self.batch_size, self._giant_atoms, *overrides
+        )
+        giant = None if self._giant_atoms is None else False
+        normal = subset_stats(self._subset, self._giant_atoms, giant)
+        self._mean_atoms = normal.mean_atoms
 
     def _make_assembler(self) -> BatchAssembler:
         """The batch assembler over plain views of the dataset's arrays, with the
@@ -308,17 +327,7 @@ class PackedMemmapLoader(StreamIteration):
         if limit is None or not self._size_hist[limit + 1 :].any():
             return
         i, n = self._first_above(limit)
-        pairs = n * (n - 1)
-        host = pairs * PAIR_BYTES
-        device = pairs * _ESTIMATE_FEATURES * 4
-        raise InputError(
-            f"{self.path}: molecule {i} has {n} atoms, more than "
-            f"loader.max_molecule_atoms={limit}; a batch holding it needs up to "
-            f"{pairs:,} pair slots: {host / 1e9:.2f} GB of host pair indices and "
-            f"about {device / 1e9:.1f} GB of device memory per {_ESTIMATE_FEATURES}"
-            "-wide float32 pair feature (several per message-passing layer); raise "
-            "the limit if that memory is available, or leave the molecule out"
-        )
+        raise size_limit_error(self.path, i, n, limit)
 
     def _count_cutoff_pairs(self) -> np.ndarray:
         """Pairs closer than the cutoff of every subset molecule (unsigned (n,))."""
@@ -409,28 +418,9 @@ class PackedMemmapLoader(StreamIteration):
         """Shape and dtype of every key of a packed batch of budget ``kind``
         (:data:`NORMAL` or :data:`GIANT`), for model initialisation without reading
         data."""
-        b = self.budgets[kind]
-        A, P, M = b.max_atoms, b.max_pairs, b.max_molecules
-        spec: dict[str, tuple[tuple[int, ...], Any]] = {
-            "Z": ((A,), np.int32),
-            "R": ((A, 3), np.float32),
-        }
-        if self.has_forces:
-            spec["F"] = ((A, 3), np.float32)
-        spec |= {"E": ((M,), np.float64), "Qtot": ((M,), np.float64)}
-        if self.has_dipoles:
-            spec["D"] = ((M, 3), np.float64)
-        spec |= {
-            "N": ((M,), np.int32),
-            "atom_mask": ((A,), np.bool_),
-            "molecule_mask": ((M,), np.bool_),
-            "pair_mask": ((P,), np.bool_),
-            "dst_idx": ((P,), np.int32),
-            "src_idx": ((P,), np.int32),
-            "batch_segments": ((A,), np.int32),
-            "mol_index": ((M,), np.int64),
-        }
-        return {k: (shape, np.dtype(dt)) for k, (shape, dt) in spec.items()}
+        return packed_batch_shapes(
+            self.budgets[kind], self.has_forces, self.has_dipoles
+        )
 
     def kind_of(self, batch: Mapping[str, Any]) -> int:
         """The budget (:data:`NORMAL` or :data:`GIANT`) of a packed batch (numpy or

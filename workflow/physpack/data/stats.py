@@ -44,7 +44,7 @@ from physpack.atomic import StagedOutputs
 from physpack.data.descriptor import open_dataset
 from physpack.data.loader import PackedMemmapLoader, pair_options
 from physpack.data.packed import ARRAYS, MAX_Z, PackedDataset, sample_stride
-from physpack.data.planning import GIANT, NORMAL
+from physpack.data.planning import GIANT, NORMAL, Plan
 from physpack.errors import ConfigError, InputError, cli_entry
 
 HIST_BINS = 50
@@ -186,6 +186,49 @@ def packed_padding(
     )
 
 
+def _padding_by_kind(
+    loader: PackedMemmapLoader, plan: Plan, sizes: np.ndarray
+) -> tuple[dict[str, float | int], dict[str, int], dict[str, int]]:
+    """Per budget (``normal_…``, ``giant_…``) figures of :func:`epoch_padding_stats`
+    for ``plan``, and the real and slot totals of atoms, pairs and molecules over
+    both budgets."""
+    pair_counts = loader.pair_counts
+    cum = {
+        "atoms": np.concatenate([[0], np.cumsum(sizes[plan.order])]),
+        "pairs": np.concatenate([[0], np.cumsum(pair_counts[plan.order])]),
+        "molecules": np.arange(plan.order.size + 1),
+    }
+    per_batch = {k: c[plan.bounds[1:]] - c[plan.bounds[:-1]] for k, c in cum.items()}
+    out: dict[str, float | int] = {}
+    totals = {"atoms": 0, "pairs": 0, "molecules": 0}
+    slots = {"atoms": 0, "pairs": 0, "molecules": 0}
+    for kind, name in ((NORMAL, "normal"), (GIANT, "giant")):
+        mine = plan.kinds == kind
+        n_b = int(mine.sum())
+        real = {k: int(v[mine].sum()) for k, v in per_batch.items()}
+        if kind < len(loader.budgets):
+            b = loader.budgets[kind]
+            cap = {
+                "atoms": b.max_atoms,
+                "pairs": b.max_pairs,
+                "molecules": b.max_molecules,
+            }
+        else:
+            cap = {"atoms": 0, "pairs": 0, "molecules": 0}
+        for k in totals:
+            totals[k] += real[k]
+            slots[k] += n_b * cap[k]
+        out[f"{name}_n_batches"] = n_b
+        out[f"{name}_n_molecules"] = real["molecules"]
+        out[f"{name}_atom_efficiency"] = real["atoms"] / max(n_b * cap["atoms"], 1)
+        out[f"{name}_pair_efficiency"] = (
+            real["pairs"] / (n_b * cap["pairs"]) if n_b * cap["pairs"] else 1.0
+        )
+        if kind == GIANT:
+            out |= {f"giant_{k}": v for k, v in zip(BUDGET_KEYS, cap.values())}
+    return out, totals, slots
+
+
 def epoch_padding_stats(
     dataset: str | os.PathLike | PackedDataset,
     indices: np.ndarray | None = None,
@@ -249,40 +292,7 @@ def epoch_padding_stats(
     )
     plan = loader._plan(0)
     sizes = loader.sizes.astype(np.int64)
-    pair_counts = loader.pair_counts
-    cum = {
-        "atoms": np.concatenate([[0], np.cumsum(sizes[plan.order])]),
-        "pairs": np.concatenate([[0], np.cumsum(pair_counts[plan.order])]),
-        "molecules": np.arange(plan.order.size + 1),
-    }
-    per_batch = {k: c[plan.bounds[1:]] - c[plan.bounds[:-1]] for k, c in cum.items()}
-    out: dict[str, float | int] = {}
-    totals = {"atoms": 0, "pairs": 0, "molecules": 0}
-    slots = {"atoms": 0, "pairs": 0, "molecules": 0}
-    for kind, name in ((NORMAL, "normal"), (GIANT, "giant")):
-        mine = plan.kinds == kind
-        n_b = int(mine.sum())
-        real = {k: int(v[mine].sum()) for k, v in per_batch.items()}
-        if kind < len(loader.budgets):
-            b = loader.budgets[kind]
-            cap = {
-                "atoms": b.max_atoms,
-                "pairs": b.max_pairs,
-                "molecules": b.max_molecules,
-            }
-        else:
-            cap = {"atoms": 0, "pairs": 0, "molecules": 0}
-        for k in totals:
-            totals[k] += real[k]
-            slots[k] += n_b * cap[k]
-        out[f"{name}_n_batches"] = n_b
-        out[f"{name}_n_molecules"] = real["molecules"]
-        out[f"{name}_atom_efficiency"] = real["atoms"] / max(n_b * cap["atoms"], 1)
-        out[f"{name}_pair_efficiency"] = (
-            real["pairs"] / (n_b * cap["pairs"]) if n_b * cap["pairs"] else 1.0
-        )
-        if kind == GIANT:
-            out |= {f"giant_{k}": v for k, v in zip(BUDGET_KEYS, cap.values())}
+    out, totals, slots = _padding_by_kind(loader, plan, sizes)
     b = loader.budget
     n_batches = len(plan)
     atoms, mols = totals["atoms"], totals["molecules"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from physpack.data.assembly import molecule_atom_rows
-from physpack.data.budget import greedy_bounds
+from physpack.data.budget import PAIR_BYTES, greedy_bounds
 from physpack.data.pairs import cutoff_pair_counts
 from physpack.data.shards import ShardedArray
 from physpack.errors import InputError
@@ -23,6 +23,24 @@ from physpack.errors import InputError
 CHUNK = 1 << 15
 #: pairs per chunk of the cutoff-count pass (bounds its transient memory)
 COUNT_PAIRS = 1 << 22
+#: device memory estimate of the size-limit message: float32 features per pair
+ESTIMATE_FEATURES = 64
+
+
+def size_limit_error(where: Path, i: int, n: int, limit: int) -> InputError:
+    """The refusal of molecule ``i`` of ``n`` atoms above ``loader.max_molecule_atoms
+    = limit``, with the host and device memory a batch holding it would need."""
+    pairs = n * (n - 1)
+    host = pairs * PAIR_BYTES
+    device = pairs * ESTIMATE_FEATURES * 4
+    return InputError(
+        f"{where}: molecule {i} has {n} atoms, more than "
+        f"loader.max_molecule_atoms={limit}; a batch holding it needs up to "
+        f"{pairs:,} pair slots: {host / 1e9:.2f} GB of host pair indices and "
+        f"about {device / 1e9:.1f} GB of device memory per {ESTIMATE_FEATURES}"
+        "-wide float32 pair feature (several per message-passing layer); raise "
+        "the limit if that memory is available, or leave the molecule out"
+    )
 
 
 def repeated(values: np.ndarray) -> np.ndarray:
