@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from physpack.data.assembly import BatchAssembler, molecule_atom_rows
 from physpack.data.budget import Budget
+from physpack.data.pairs import all_pairs
 
 
 @given(
@@ -56,3 +58,16 @@ def test_packed_batch_gathers_and_scales() -> None:
     dense = asm.dense(np.array([2, 0]), np.array([1, 2]), 3, 2, physnet=False)
     assert dense["Z"].tolist() == [[6, 0], [1, 2], [0, 0]]
     assert dense["mask"].tolist() == [[True, False], [True, True], [False, False]]
+
+
+@given(sizes=st.lists(st.integers(0, 7), max_size=10), extra=st.integers(0, 5))
+def test_all_pairs_fills_padding_slots(sizes: list[int], extra: int) -> None:
+    dst, src = all_pairs(np.asarray(sizes))
+    n = dst.size
+    assert n == sum(s * (s - 1) for s in sizes)
+    pdst, psrc = all_pairs(np.asarray(sizes), n + extra, 99)
+    assert pdst.dtype == psrc.dtype == np.int32
+    assert np.array_equal(pdst[:n], dst) and np.array_equal(psrc[:n], src)
+    assert (pdst[n:] == 99).all() and (psrc[n:] == 99).all()
+    with pytest.raises(ValueError, match="do not fit"):
+        all_pairs(np.asarray([3]), 5)

@@ -143,16 +143,14 @@ class BatchAssembler:
         N[:k] = ns
         out["N"] = N
         if self.pairs == "cutoff":
-            pair_dst, pair_src = cutoff_pairs(out["R"][:t], ns, self.cutoff)
-        else:
-            pair_dst, pair_src = all_pairs(ns)
-        n_pairs = pair_dst.size
-        dst = np.empty(P, dtype=np.int32)
-        src = np.empty(P, dtype=np.int32)
-        dst[:n_pairs] = pair_dst
-        src[:n_pairs] = pair_src
-        dst[n_pairs:] = A - 1
-        src[n_pairs:] = A - 1
+            found = cutoff_pairs(out["R"][:t], ns, self.cutoff)
+            n_pairs = found[0].size
+            dst = np.full(P, A - 1, dtype=np.int32)
+            src = np.full(P, A - 1, dtype=np.int32)
+            dst[:n_pairs], src[:n_pairs] = found
+        else:  # the padding slots filled in the same passes
+            n_pairs = int((ns.astype(np.int64) * (ns - 1)).sum())
+            dst, src = all_pairs(ns, P, A - 1)
         atom_mask = np.zeros(A, dtype=bool)
         atom_mask[:t] = True
         molecule_mask = np.zeros(M, dtype=bool)
