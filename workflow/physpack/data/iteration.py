@@ -12,6 +12,8 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
+
 from physpack.data.assembly import Batch
 from physpack.data.prefetch import prefetched
 from physpack.errors import ConfigError, InputError
@@ -91,6 +93,21 @@ class StreamIteration:
     assembly (``assemble``, ``empty_batch``, ``_transfer``) and the options the
     state records.
     """
+
+    # provided by the loader
+    epoch: int
+    position: int
+    seed: int
+    shuffle: bool
+    bucket_size: int
+    mix_sizes: bool
+    n_molecules: int
+    prefetch: int
+    pairs: str
+    cutoff: float | None
+    process_slots: ProcessSlots | None
+    _sizes: np.ndarray
+    _indices: np.ndarray | None
 
     def _normalise(self) -> None:
         if self.position >= self.num_batches():

@@ -232,8 +232,8 @@ def _padding_by_kind(
 def epoch_padding_stats(
     dataset: str | os.PathLike | PackedDataset,
     indices: np.ndarray | None = None,
-    batch_size: int = 32,
-    bucket_size: int = 8192,
+    batch_size: int = cfg.LoaderConfig.batch_size,
+    bucket_size: int = cfg.LoaderConfig.bucket_size,
     seed: int = 0,
     *,
     shuffle: bool = True,
