@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -804,3 +805,53 @@ def test_giants_exactly_once_in_whole_steps(
                 want = cutoff_pairs(b["R"][am], n, cutoff)
                 assert np.array_equal(b["dst_idx"][pm], want[0])
                 assert np.array_equal(b["src_idx"][pm], want[1])
+
+
+def test_adaptive_prefetch_stays_in_the_callers_thread_for_a_fast_consumer() -> None:
+    from physpack.data import prefetch
+
+    def produced():
+        for i in range(3 * prefetch.PROBE):
+            end = time.perf_counter() + 0.001  # producing takes 1 ms
+            while time.perf_counter() < end:
+                pass
+            yield i, threading.current_thread().name
+
+    fast = list(prefetch.prefetched(produced(), 2, adaptive=True))
+    assert [i for i, _ in fast] == list(range(3 * prefetch.PROBE))
+    assert {name for _, name in fast} == {threading.current_thread().name}
+
+    slow = []
+    for item in prefetch.prefetched(produced(), 2, adaptive=True):
+        slow.append(item)
+        time.sleep(0.005)  # the consumer's own work: a thread can overlap it
+    assert [i for i, _ in slow] == list(range(3 * prefetch.PROBE))
+    assert {name for _, name in slow[prefetch.PROBE :]} == {"physpack-prefetch"}
+
+
+def test_defaults_and_ranges_come_from_the_schema(packed: Path) -> None:
+    import inspect
+
+    from physpack.config import LoaderConfig
+
+    params = inspect.signature(PackedMemmapLoader).parameters
+    for key in (
+        "bucket_size",
+        "prefetch",
+        "max_atoms",
+        "max_pairs",
+        "max_molecules",
+        "num_atoms",
+        "giant_atoms",
+        "max_molecule_atoms",
+    ):
+        assert params[key].default == getattr(LoaderConfig, key), key
+    with pytest.raises(ConfigError, match="loader.prefetch: got -1, expected int >= 0"):
+        PackedMemmapLoader(packed, 8, prefetch=-1)
+    with pytest.raises(ConfigError, match="loader.giant_atoms: got 0, expected int"):
+        PackedMemmapLoader(packed, 8, giant_atoms=0)
+    with pytest.raises(
+        ConfigError, match=r"loader.batch_size: got .*0.*, expected int >= 1"
+    ):
+        PackedMemmapLoader(packed, np.int64(0))
+    assert PackedMemmapLoader(packed, np.int64(8)).batch_size == 8

@@ -41,6 +41,13 @@ Values are in the canonical units eV, Å, eV/Å and e·Å whatever the directory
 stores: arrays of a directory in other declared units (older tooling) are multiplied
 by :meth:`~physpack.data.packed.PackedDataset.scale` as they are gathered.
 
+The loader composes modules with one job each: :mod:`~physpack.data.subset` (the
+subset's indices, sizes and cutoff pair counts), :mod:`~physpack.data.planning`
+(giants, budgets, each epoch's plan), :mod:`~physpack.data.assembly` (the batches),
+:mod:`~physpack.data.iteration` (resume state, the stream by batch or by step),
+:mod:`~physpack.data.prefetch` and :mod:`~physpack.data.options` (the schema's
+defaults and ranges; ``loader.pairs``).
+
 Packed batch contract (numpy arrays; shapes fixed per budget)::
 
     Z              int32   (A,)    atomic numbers, 0 for padding
@@ -62,141 +69,64 @@ Packed batch contract (numpy arrays; shapes fixed per budget)::
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import os
-import zlib
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from physpack.config import LoaderConfig, ModelConfig
-from physpack.data.budget import (
-    PAIR_BYTES,
-    Budget,
-    SizeStats,
-    derive_budget,
-    greedy_bounds,
+from physpack.data.assembly import (
+    Batch,
+    BatchAssembler,
+    PairMode,
+    packed_batch_shapes,
+    plain,
 )
+from physpack.data.budget import Budget, greedy_bounds
 from physpack.data.descriptor import open_dataset
+from physpack.data.iteration import ProcessSlots, StreamIteration
+from physpack.data.options import check_option, pair_options
 from physpack.data.packed import PackedDataset
-from physpack.data.pairs import (
-    all_pairs,
-    cutoff_pair_counts,
-    cutoff_pairs,
-    pair_template,
+from physpack.data.pairs import pair_template
+from physpack.data.planning import (
+    GIANT,
+    NORMAL,
+    Plan,
+    SubsetSizes,
+    bucketed_order,
+    first_misfit,
+    giant_threshold,
+    plan_epoch,
+    subset_budgets,
+    subset_stats,
 )
 from physpack.data.prefetch import prefetched
-from physpack.data.shards import ShardedArray, gather
+from physpack.data.subset import (
+    check_indices,
+    count_cutoff_pairs,
+    read_sizes,
+    read_split,
+    size_limit_error,
+)
 from physpack.errors import ConfigError, InputError
 
 __all__ = [
+    "GIANT",
+    "NORMAL",
     "Batch",
     "Budget",
     "PackedMemmapLoader",
     "ProcessSlots",
-    "epoch_padding_stats",
     "from_config",
     "greedy_bounds",
+    "pair_options",
     "pair_template",
     "read_split",
 ]
 
-Batch = dict[str, np.ndarray]
-PairMode = Literal["all", "cutoff"]
-#: molecules whose sizes are read from ``offsets`` per chunk (bounds transient memory)
-_CHUNK = 1 << 15
-#: pairs per chunk of the cutoff-count pass (bounds its transient memory)
-_COUNT_PAIRS = 1 << 22
-_BUDGET_KEYS = ("max_atoms", "max_pairs", "max_molecules")
-#: normal and giant budgets (index into :attr:`PackedMemmapLoader.budgets`)
-NORMAL, GIANT = 0, 1
-#: device memory estimate of the size-limit message: float32 features per pair
-_ESTIMATE_FEATURES = 64
 
-
-@dataclasses.dataclass(frozen=True)
-class ProcessSlots:
-    """This process's share of each optimisation step under data parallelism.
-
-    Step ``s`` takes batches ``s·B … s·B + B − 1`` of the epoch stream (``B =
-    batches_per_step``, over all processes) and this process owns the slots
-    ``first … first + count − 1`` of it: the layout of
-    :func:`physpack.training.parallel.step_batches`.
-
-    Attributes:
-        batches_per_step: ``B``.
-        first: this process's first slot.
-        count: its number of slots (``None``: all ``B``).
-    """
-
-    batches_per_step: int
-    first: int = 0
-    count: int | None = None
-
-    def __post_init__(self) -> None:
-        B, count = self.batches_per_step, self.n_slots
-        if B < 1 or self.first < 0 or count < 1 or self.first + count > B:
-            raise ConfigError(
-                f"loader.process_slots: slots {self.first}..{self.first + count - 1}"
-                f" outside a step of {B} batch(es)"
-            )
-
-    @property
-    def n_slots(self) -> int:
-        return self.batches_per_step if self.count is None else int(self.count)
-
-    def owns(self, b: int) -> bool:
-        """Whether stream batch ``b`` belongs to this process."""
-        return self.first <= b % self.batches_per_step < self.first + self.n_slots
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    """One epoch's packing: batch ``b`` holds subset positions
-    ``order[bounds[batches[b]]:bounds[batches[b] + 1]]`` (empty for the padding
-    batches that complete a step of giants) in budget ``kinds[batches[b]]``."""
-
-    order: np.ndarray  # int32/int64 (n,) subset positions in packing order
-    bounds: np.ndarray  # int64 (n_batch_ids + 1,)
-    batches: np.ndarray  # int64 (n_batches,) batch visiting order
-    kinds: np.ndarray  # uint8 (n_batch_ids,) budget of each batch
-
-    def __len__(self) -> int:
-        return int(self.batches.size)
-
-    def positions(self, b: int) -> np.ndarray:
-        k = int(self.batches[b])
-        return self.order[self.bounds[k] : self.bounds[k + 1]]
-
-    def kind(self, b: int) -> int:
-        return int(self.kinds[self.batches[b]])
-
-
-def _plain(arr: np.ndarray | ShardedArray) -> np.ndarray | ShardedArray:
-    """A plain ndarray view of a memory map (np.memmap's subclass hooks cost more
-    than the copies); sharded arrays as they are."""
-    return arr.view(np.ndarray) if isinstance(arr, np.ndarray) else arr
-
-
-def _repeated(values: np.ndarray) -> np.ndarray:
-    """bool (n,): entries equal to an earlier entry of ``values``."""
-    order = np.argsort(values, kind="stable")
-    s = values[order]
-    out = np.zeros(values.size, dtype=bool)
-    out[order[1:]] = s[1:] == s[:-1]
-    return out
-
-
-def _padded_to(bounds: np.ndarray, group: int) -> np.ndarray:
-    """``bounds`` with empty batches appended up to a multiple of ``group``."""
-    missing = -(bounds.size - 1) % group
-    return np.concatenate([bounds, np.full(missing, bounds[-1], dtype=np.int64)])
-
-
-class PackedMemmapLoader:
+class PackedMemmapLoader(StreamIteration):
     """Fixed-shape batches from a packed directory, streamed from memory maps.
 
     Epoch ``e``'s order depends only on ``(seed, e)``: the subset is shuffled, sorted
@@ -219,7 +149,11 @@ class PackedMemmapLoader:
         indices: dataset indices of the subset to load (default: all), int (n,),
             unique, each in ``[0, n_molecules)``.
         max_atoms, max_pairs, max_molecules: override the derived (normal) budget.
-        prefetch: batches assembled ahead in a background thread (0: none).
+        prefetch: batches assembled ahead in a background thread (0: none). With
+            a transfer (``device_put``, a step ``transfer``) the thread always runs;
+            without, it starts once the consumer spends at least half the
+            assembly time per batch (:func:`~physpack.data.prefetch.prefetched`):
+            before that it could only add handoffs.
         device_put: ``True`` to move each batch with ``jax.device_put`` in the
             prefetch thread, or a callable applied to each batch dict there.
         num_atoms: default padded width of :meth:`batches` (``None``: batch maximum).
@@ -264,38 +198,27 @@ class PackedMemmapLoader:
         path: str | os.PathLike | PackedDataset,
         batch_size: int,
         shuffle: bool = True,
-        bucket_size: int = 8192,
+        bucket_size: int = LoaderConfig.bucket_size,
         seed: int = 0,
         indices: np.ndarray | None = None,
-        max_atoms: int | None = None,
-        max_pairs: int | None = None,
-        max_molecules: int | None = None,
-        prefetch: int = 2,
+        max_atoms: int | None = LoaderConfig.max_atoms,
+        max_pairs: int | None = LoaderConfig.max_pairs,
+        max_molecules: int | None = LoaderConfig.max_molecules,
+        prefetch: int = LoaderConfig.prefetch,
         *,
         device_put: bool | Callable[[Batch], Any] = False,
-        num_atoms: int | None = None,
+        num_atoms: int | None = LoaderConfig.num_atoms,
         mix_sizes: bool = True,
         pairs: PairMode = "all",
         cutoff: float | None = None,
-        giant_atoms: int | Literal["auto"] | None = None,
-        max_molecule_atoms: int | None = None,
+        giant_atoms: int | Literal["auto"] | None = LoaderConfig.giant_atoms,
+        max_molecule_atoms: int | None = LoaderConfig.max_molecule_atoms,
         process_slots: ProcessSlots | None = None,
     ):
-        for name, value, low in (
-            ("batch_size", batch_size, 1),
-            ("bucket_size", bucket_size, 1),
-            ("prefetch", prefetch, 0),
-            ("giant_atoms", 1 if giant_atoms in (None, "auto") else giant_atoms, 1),
-            (
-                "max_molecule_atoms",
-                1 if max_molecule_atoms is None else max_molecule_atoms,
-                1,
-            ),
-        ):
-            if not isinstance(value, (int, np.integer)) or value < low:
-                raise ConfigError(
-                    f"loader.{name}: got {value!r}, expected int >= {low}"
-                )
+        for name in ("batch_size", "bucket_size", "prefetch", "giant_atoms"):
+            check_option(name, locals()[name])
+        check_option("max_molecule_atoms", max_molecule_atoms)
+        # "auto" of the schema is resolved with the model (pair_options)
         if pairs not in ("all", "cutoff"):
             raise ConfigError(f"loader.pairs: got {pairs!r}, expected all or cutoff")
         if pairs == "cutoff" and not (cutoff is not None and cutoff > 0):
@@ -316,7 +239,11 @@ class PackedMemmapLoader:
         self.process_slots = process_slots
         self.max_molecule_atoms = max_molecule_atoms
         self._device_put = device_put
-        self._indices = self._check_indices(indices)
+        self._indices = (
+            None
+            if indices is None
+            else check_indices(indices, self.dataset.n_molecules, self.path)
+        )
         self.n_molecules = (
             self.dataset.n_molecules if self._indices is None else self._indices.size
         )
@@ -324,31 +251,48 @@ class PackedMemmapLoader:
             raise InputError(f"{self.path}: empty subset, no molecules to load")
         self.has_forces = self.dataset.has("F")
         self.has_dipoles = self.dataset.has("D")
-        # plain ndarray views: np.memmap's subclass hooks cost more than the copies
-        self._data = {k: _plain(self.dataset.array(k)) for k in self.dataset.keys}
-        self._offsets = _plain(self.dataset.offsets)
-        # stored → canonical unit factors (eV, Å, eV/Å, e·Å), only those != 1: data
-        # written by this package are canonical and are copied without arithmetic
-        self._scale = {
-            k: f for k in self.dataset.keys if (f := self.dataset.scale(k)) != 1.0
-        }
-        self._sizes, self._size_hist = self._read_sizes()
+        self._assembler = self._make_assembler()
+        self._sizes, self._size_hist = read_sizes(
+            self._assembler.offsets, self._indices, self.n_molecules
+        )
         if self._size_hist.size == 1:
             raise InputError(f"{self.path}: every molecule of the subset has 0 atoms")
         self._check_limit()
-        self._pair_counts = self._count_cutoff_pairs() if pairs == "cutoff" else None
-        self._giant_atoms = self._giant_threshold(giant_atoms)
-        normal = self._stats(None if self._giant_atoms is None else False)
-        self._mean_atoms = normal.mean_atoms
-        self.budgets: tuple[Budget, ...] = (
-            derive_budget(normal, self.batch_size, max_atoms, max_pairs, max_molecules),
+        self._subset = SubsetSizes(
+            self._sizes,
+            self._size_hist,
+            self._count_cutoff_pairs() if pairs == "cutoff" else None,
         )
-        if self._giant_atoms is not None:  # one giant per batch at least
-            self.budgets += (derive_budget(self._stats(True), 1),)
+        self._plan_budgets(giant_atoms, (max_atoms, max_pairs, max_molecules))
         self._check_fits()
         self.epoch = 0
         self.position = 0
-        self._plan_cache: tuple[int, _Plan] | None = None
+        self._plan_cache: tuple[int, Plan] | None = None
+
+    def _plan_budgets(
+        self,
+        giant_atoms: int | Literal["auto"] | None,
+        overrides: tuple[int | None, int | None, int | None],
+    ) -> None:
+        """The giant threshold, the budgets (``overrides``: ``max_atoms``,
+        ``max_pairs``, ``max_molecules`` of the normal one) and the mean size of
+        the normal molecules, from the subset's sizes."""
+        self._giant_atoms = giant_threshold(self._subset, self.batch_size, giant_atoms)
+        self.budgets: tuple[Budget, ...] = subset_budgets(
+            self._subset, self.batch_size, self._giant_atoms, *overrides
+        )
+        giant = None if self._giant_atoms is None else False
+        normal = subset_stats(self._subset, self._giant_atoms, giant)
+        self._mean_atoms = normal.mean_atoms
+
+    def _make_assembler(self) -> BatchAssembler:
+        """The batch assembler over plain views of the dataset's arrays, with the
+        stored → canonical unit factors (eV, Å, eV/Å, e·Å) that are not 1: data
+        written by this package are canonical and are copied without arithmetic."""
+        ds = self.dataset
+        scale = {k: f for k in ds.keys if (f := ds.scale(k)) != 1.0}
+        data = {k: plain(ds.array(k)) for k in ds.keys}
+        return BatchAssembler(data, plain(ds.offsets), scale, self.pairs, self.cutoff)
 
     @property
     def budget(self) -> Budget:
@@ -368,59 +312,9 @@ class PackedMemmapLoader:
         ``valid``, ``test`` of dataset indices)."""
         return cls(path, indices=read_split(split_path, split_name), **kwargs)
 
-    def _check_indices(self, indices: np.ndarray | None) -> np.ndarray | None:
-        if indices is None:
-            return None
-        idx = np.asarray(indices)
-        if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
-            raise InputError(
-                f"{self.path}: indices must be a 1-D integer array, got "
-                f"{idx.dtype} with shape {idx.shape}"
-            )
-        n = self.dataset.n_molecules
-        seen = np.zeros(n, dtype=bool)  # 1 byte per dataset molecule, transient
-        for a in range(0, idx.size, _CHUNK):
-            part = idx[a : a + _CHUNK]
-            lo, hi = int(part.min()), int(part.max())
-            if lo < 0 or hi >= n:
-                bad = lo if lo < 0 else hi
-                raise InputError(
-                    f"{self.path}: subset index {bad} out of range for {n} molecules"
-                )
-            twice = seen[part] | _repeated(part)
-            if twice.any():
-                raise InputError(
-                    f"{self.path}: molecule {int(part[np.argmax(twice)])} appears "
-                    "twice in the subset"
-                )
-            seen[part] = True
-        return idx.astype(np.int32 if n < 2**31 else np.int64)
-
     def _ids(self, positions: np.ndarray) -> np.ndarray:
         """Dataset indices of subset ``positions``."""
         return positions if self._indices is None else self._indices[positions]
-
-    def _read_sizes(self) -> tuple[np.ndarray, np.ndarray]:
-        """Atoms per subset molecule (smallest unsigned dtype) and the size histogram
-        int64 (max_size + 1,), read from ``offsets`` chunk by chunk so that no
-        transient array grows with the dataset (``n_atoms.npy`` may be absent)."""
-        off = self._offsets
-        n = self.n_molecules
-
-        def chunk(a: int) -> np.ndarray:
-            if self._indices is None:
-                return np.diff(off[a : min(n, a + _CHUNK) + 1])
-            ids = self._indices[a : a + _CHUNK].astype(np.int64)
-            return off[ids + 1] - off[ids]
-
-        biggest = max(int(chunk(a).max()) for a in range(0, n, _CHUNK))
-        sizes = np.empty(n, dtype=np.min_scalar_type(biggest))
-        hist = np.zeros(biggest + 1, dtype=np.int64)
-        for a in range(0, n, _CHUNK):
-            part = chunk(a)
-            sizes[a : a + part.size] = part
-            hist += np.bincount(part, minlength=biggest + 1)
-        return sizes, hist
 
     def _first_above(self, limit: int) -> tuple[int, int]:
         """Dataset index and size of the first subset molecule above ``limit``."""
@@ -433,111 +327,35 @@ class PackedMemmapLoader:
         if limit is None or not self._size_hist[limit + 1 :].any():
             return
         i, n = self._first_above(limit)
-        pairs = n * (n - 1)
-        host = pairs * PAIR_BYTES
-        device = pairs * _ESTIMATE_FEATURES * 4
-        raise InputError(
-            f"{self.path}: molecule {i} has {n} atoms, more than "
-            f"loader.max_molecule_atoms={limit}; a batch holding it needs up to "
-            f"{pairs:,} pair slots: {host / 1e9:.2f} GB of host pair indices and "
-            f"about {device / 1e9:.1f} GB of device memory per {_ESTIMATE_FEATURES}"
-            "-wide float32 pair feature (several per message-passing layer); raise "
-            "the limit if that memory is available, or leave the molecule out"
-        )
+        raise size_limit_error(self.path, i, n, limit)
 
     def _count_cutoff_pairs(self) -> np.ndarray:
-        """Pairs closer than the cutoff of every subset molecule, smallest unsigned
-        dtype (n_molecules,), counted in chunks of about ``_COUNT_PAIRS`` pairs."""
-        largest = self._size_hist.size - 1
-        counts = np.empty(
-            self.n_molecules, dtype=np.min_scalar_type(largest * (largest - 1))
+        """Pairs closer than the cutoff of every subset molecule (unsigned (n,))."""
+        a = self._assembler
+        return count_cutoff_pairs(
+            a.data["R"],
+            a.offsets,
+            self._indices,
+            self._sizes,
+            self.cutoff,
+            a.scale.get("R", 1.0),
         )
-        order = np.arange(self.n_molecules, dtype=np.int64)
-        cap = max(_COUNT_PAIRS, largest * (largest - 1))
-        bounds = greedy_bounds(self._sizes, order, 1 << 62, cap, _CHUNK)
-        scale = np.float32(self._scale.get("R", 1.0))
-        R = self._data["R"]
-        for a, b in itertools.pairwise(bounds):
-            ids = self._ids(order[a:b])
-            ns = self._sizes[a:b].astype(np.int64)
-            rows = np.repeat(self._offsets[ids] - (np.cumsum(ns) - ns), ns)
-            rows += np.arange(int(ns.sum()))
-            positions = R[rows] * scale
-            counts[a:b] = cutoff_pair_counts(positions, ns, self.cutoff)
-        return counts
-
-    def _molecule_pairs(self, positions: np.ndarray) -> np.ndarray:
-        """int64 (k,): pairs of the subset molecules at ``positions`` (all ordered
-        pairs, or those within the cutoff)."""
-        if self._pair_counts is not None:
-            return self._pair_counts[positions].astype(np.int64)
-        n = self._sizes[positions].astype(np.int64)
-        return n * (n - 1)
-
-    def _giant_threshold(self, giant_atoms: int | Literal["auto"] | None) -> int | None:
-        """``giant_atoms`` when the subset has molecules on both sides of it;
-        ``"auto"``: the largest size that fits the budget derived from the mean
-        size without growing it to the largest molecule."""
-        if giant_atoms is None:
-            return None
-        hist = self._size_hist
-        if giant_atoms == "auto":
-            plain = derive_budget(self._stats(None), self.batch_size, grow=False)
-            n = np.arange(hist.size, dtype=np.int64)
-            fits = (n <= plain.max_atoms - 1) & (n * (n - 1) <= plain.max_pairs)
-            if fits.all():
-                return None
-            giant_atoms = int(np.argmin(fits)) - 1  # fits is True, then False
-        if hist[giant_atoms + 1 :].any() and hist[: giant_atoms + 1].any():
-            return int(giant_atoms)
-        return None
-
-    def _stats(self, giant: bool | None) -> SizeStats:
-        """Size statistics of the subset (``None``), of its normal molecules
-        (``False``) or of its giants (``True``), chunk by chunk."""
-        count = atoms = pairs = big_a = big_p = 0
-        for a in range(0, self.n_molecules, _CHUNK):
-            pos = np.arange(a, min(self.n_molecules, a + _CHUNK))
-            n = self._sizes[pos].astype(np.int64)
-            if giant is not None:
-                keep = (n > self._giant_atoms) == giant
-                pos, n = pos[keep], n[keep]
-            if not n.size:
-                continue
-            p = self._molecule_pairs(pos)
-            count += n.size
-            atoms += int(n.sum())
-            pairs += int(p.sum())
-            big_a, big_p = max(big_a, int(n.max())), max(big_p, int(p.max()))
-        return SizeStats(count, atoms, pairs, big_a, big_p)
 
     def _check_fits(self) -> None:
         """Every molecule fits the budget of its kind (overrides are not grown)."""
-        for kind, budget in enumerate(self.budgets):
-            for a in range(0, self.n_molecules, _CHUNK):
-                pos = np.arange(a, min(self.n_molecules, a + _CHUNK))
-                mine = self._kinds_of(pos) == kind
-                pos = pos[mine]
-                n = self._sizes[pos].astype(np.int64)
-                p = self._molecule_pairs(pos)
-                bad = (n > budget.max_atoms - 1) | (p > budget.max_pairs)
-                if not bad.any():
-                    continue
-                j = int(np.argmax(bad))
-                i = int(self._ids(pos[j : j + 1])[0])
-                what = "pairs" if self.pairs == "all" else "pairs within the cutoff"
-                raise InputError(
-                    f"{self.path}: molecule {i} has {int(n[j])} atoms and "
-                    f"{int(p[j])} {what}, more than the budget "
-                    f"max_atoms={budget.max_atoms} (one slot reserved for padding) / "
-                    f"max_pairs={budget.max_pairs}; raise the budget"
-                )
-
-    def _kinds_of(self, positions: np.ndarray) -> np.ndarray:
-        """uint8 (k,): budget of the subset molecules at ``positions``."""
-        if self._giant_atoms is None:
-            return np.zeros(positions.size, dtype=np.uint8)
-        return (self._sizes[positions] > self._giant_atoms).astype(np.uint8)
+        misfit = first_misfit(self._subset, self.budgets, self._giant_atoms)
+        if misfit is None:
+            return
+        pos, kind = misfit
+        budget = self.budgets[kind]
+        i = int(self._ids(np.array([pos]))[0])
+        n, p = int(self._sizes[pos]), int(self._subset.pairs(np.array([pos]))[0])
+        what = "pairs" if self.pairs == "all" else "pairs within the cutoff"
+        raise InputError(
+            f"{self.path}: molecule {i} has {n} atoms and {p} {what}, more than the "
+            f"budget max_atoms={budget.max_atoms} (one slot reserved for padding) / "
+            f"max_pairs={budget.max_pairs}; raise the budget"
+        )
 
     # -- public properties ------------------------------------------------------
     @property
@@ -558,7 +376,7 @@ class PackedMemmapLoader:
     def pair_counts(self) -> np.ndarray:
         """Pairs per molecule of the subset as batches hold them (all ordered pairs,
         or those within the cutoff), int64 (n_molecules,)."""
-        return self._molecule_pairs(np.arange(self.n_molecules))
+        return self._subset.pairs(np.arange(self.n_molecules))
 
     @property
     def giant_atoms(self) -> int | None:
@@ -600,28 +418,9 @@ class PackedMemmapLoader:
         """Shape and dtype of every key of a packed batch of budget ``kind``
         (:data:`NORMAL` or :data:`GIANT`), for model initialisation without reading
         data."""
-        b = self.budgets[kind]
-        A, P, M = b.max_atoms, b.max_pairs, b.max_molecules
-        spec: dict[str, tuple[tuple[int, ...], Any]] = {
-            "Z": ((A,), np.int32),
-            "R": ((A, 3), np.float32),
-        }
-        if self.has_forces:
-            spec["F"] = ((A, 3), np.float32)
-        spec |= {"E": ((M,), np.float64), "Qtot": ((M,), np.float64)}
-        if self.has_dipoles:
-            spec["D"] = ((M, 3), np.float64)
-        spec |= {
-            "N": ((M,), np.int32),
-            "atom_mask": ((A,), np.bool_),
-            "molecule_mask": ((M,), np.bool_),
-            "pair_mask": ((P,), np.bool_),
-            "dst_idx": ((P,), np.int32),
-            "src_idx": ((P,), np.int32),
-            "batch_segments": ((A,), np.int32),
-            "mol_index": ((M,), np.int64),
-        }
-        return {k: (shape, np.dtype(dt)) for k, (shape, dt) in spec.items()}
+        return packed_batch_shapes(
+            self.budgets[kind], self.has_forces, self.has_dipoles
+        )
 
     def kind_of(self, batch: Mapping[str, Any]) -> int:
         """The budget (:data:`NORMAL` or :data:`GIANT`) of a packed batch (numpy or
@@ -649,74 +448,25 @@ class PackedMemmapLoader:
     def _rng(self, epoch: int, stream: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, epoch, stream]))
 
-    def _bucketed_order(self, rng: np.random.Generator, mix: bool, per_batch: float):
-        """Subset positions shuffled, then sorted by size inside each bucket (and,
-        with ``mix``, read with a stride so that consecutive runs of ``per_batch``
-        molecules span the bucket's sizes)."""
-        n = self.n_molecules
-        order = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
-        if self.shuffle:
-            rng.shuffle(order)
-        for a in range(0, n, self.bucket_size):
-            chunk = order[a : a + self.bucket_size]
-            chunk[:] = chunk[np.argsort(self._sizes[chunk], kind="stable")]
-            if mix:
-                strata = max(1, round(chunk.size / per_batch))
-                stride = np.arange(chunk.size) % strata
-                chunk[:] = chunk[np.argsort(stride, kind="stable")]
-        return order
-
-    def _bounds(self, order: np.ndarray, kind: int) -> np.ndarray:
-        b = self.budgets[kind]
-        return greedy_bounds(
-            self._sizes,
-            order,
-            b.max_atoms - 1,
-            b.max_pairs,
-            b.max_molecules - 1,
-            pairs=self._pair_counts,
-        )
-
-    def _plan(self, epoch: int) -> _Plan:
+    def _plan(self, epoch: int) -> Plan:
         """The packed-batch plan of ``epoch`` (the current epoch's is cached)."""
         key = epoch if self.shuffle else 0
         if self._plan_cache is not None and self._plan_cache[0] == key:
             return self._plan_cache[1]
         b = self.budget
-        rng = self._rng(key, 0)
+        rng = self._rng(key, 0) if self.shuffle else None
         per_batch = min(b.max_molecules - 1, (b.max_atoms - 1) / self._mean_atoms)
-        order = self._bucketed_order(rng, self.mix_sizes, per_batch)
-        if self._giant_atoms is None:
-            bounds = self._bounds(order, NORMAL)
-            n_batches = bounds.size - 1
-            visit = rng.permutation(n_batches) if self.shuffle else np.arange(n_batches)
-            plan = _Plan(order, bounds, visit, np.zeros(n_batches, dtype=np.uint8))
-        else:
-            plan = self._plan_with_giants(order, rng)
+        order = bucketed_order(
+            self._sizes, rng, self.bucket_size, self.mix_sizes, per_batch
+        )
+        slots = self.process_slots
+        group = 1 if slots is None else slots.batches_per_step
+        plan = plan_epoch(
+            self._subset, order, self.budgets, self._giant_atoms, rng, group
+        )
         if key == (self.epoch if self.shuffle else 0):
             self._plan_cache = (key, plan)
         return plan
-
-    def _plan_with_giants(self, order: np.ndarray, rng: np.random.Generator) -> _Plan:
-        """Normal and giant molecules packed apart, each kind completed with empty
-        batches to whole steps (``process_slots.batches_per_step``), and the steps
-        shuffled: every step's batches share one budget."""
-        group = 1 if self.process_slots is None else self.process_slots.batches_per_step
-        giant = self._kinds_of(order).astype(bool)
-        parts = (order[~giant], order[giant])
-        bounds = [
-            _padded_to(self._bounds(part, k), group) for k, part in enumerate(parts)
-        ]
-        n_normal = bounds[0].size - 1
-        all_bounds = np.concatenate([bounds[0], bounds[1][1:] + parts[0].size])
-        kinds = np.repeat(
-            np.array([NORMAL, GIANT], dtype=np.uint8),
-            [n_normal, bounds[1].size - 1],
-        )
-        n_steps = kinds.size // group
-        steps = rng.permutation(n_steps) if self.shuffle else np.arange(n_steps)
-        visit = (steps[:, None] * group + np.arange(group)[None, :]).ravel()
-        return _Plan(np.concatenate(parts), all_bounds, visit, kinds)
 
     def num_batches(self, epoch: int | None = None) -> int:
         """Packed batches in ``epoch`` (default: the current one), including those of
@@ -730,243 +480,13 @@ class PackedMemmapLoader:
         plan = self._plan(self.epoch if epoch is None else epoch)
         return plan.kinds[plan.batches]
 
-    # -- state ----------------------------------------------------------------------
-    def _normalise(self) -> None:
-        if self.position >= self.num_batches():
-            self.epoch, self.position = self.epoch + 1, 0
-
-    def _fingerprint(self) -> int:
-        crc = zlib.crc32(memoryview(self._sizes))
-        if self._indices is not None:
-            crc = zlib.crc32(memoryview(self._indices), crc)
-        return crc
-
-    def state_dict(self) -> dict[str, Any]:
-        """The iteration state: ``epoch``, ``position`` (packed batches of the epoch
-        already handed out), ``seed`` (with the epoch, everything the order depends
-        on) and what must match on restore (subset checksum, budgets, options).
-        Plain ints/bools/lists: JSON-serialisable."""
-        self._normalise()
-        state: dict[str, Any] = {
-            "epoch": int(self.epoch),
-            "position": int(self.position),
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "bucket_size": self.bucket_size,
-            "mix_sizes": self.mix_sizes,
-            "n_molecules": int(self.n_molecules),
-            "subset_crc32": self._fingerprint(),
-            "budget": list(dataclasses.astuple(self.budget)),
-        }
-        # only where they differ from the defaults: older states stay valid
-        if self.pairs != "all":
-            state |= {"pairs": self.pairs, "cutoff": self.cutoff}
-        if len(self.budgets) > 1:
-            state["budgets"] = [list(dataclasses.astuple(b)) for b in self.budgets]
-        if self.process_slots is not None and len(self.budgets) > 1:
-            state["batches_per_step"] = self.process_slots.batches_per_step
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from :meth:`state_dict`: the next packed batches are exactly those
-        the saved loader would have produced.
-
-        Raises:
-            InputError: the state belongs to another subset, budget or ordering.
-        """
-        mine = self.state_dict()
-        # keys of every state, and keys written only when not the default
-        always = ("shuffle", "bucket_size", "mix_sizes", "n_molecules", "subset_crc32")
-        optional = ("pairs", "cutoff", "budgets", "batches_per_step")
-        for key in always + optional:
-            if (key in state or key in optional) and state.get(key) != mine.get(key):
-                raise InputError(
-                    f"loader state: {key}={state.get(key)!r} but this loader has "
-                    f"{mine.get(key)!r} (saved from another subset or configuration)"
-                )
-        if "budget" in state and list(state["budget"]) != mine["budget"]:
-            raise InputError(
-                f"loader state: budget {list(state['budget'])} but this loader has "
-                f"{mine['budget']}; pass the saved max_atoms/max_pairs/max_molecules"
-            )
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or position < 0:
-            raise InputError(
-                f"loader state: negative epoch/position {epoch}/{position}"
-            )
-        self.seed = int(state.get("seed", self.seed))
-        self._plan_cache = None
-        self.epoch, self.position = epoch, position
-        if position > self.num_batches():
-            raise InputError(
-                f"loader state: position {position} beyond the "
-                f"{self.num_batches()} batches of epoch {epoch}"
-            )
-
-    # -- packed batches ---------------------------------------------------------------
-    def packed_batches(self, epoch: int | None = None) -> Iterator[Batch | None]:
-        """The rest of the current epoch (or of ``epoch``, from its start when it is
-        not the current one) as fixed-shape packed batches (module docstring).
-
-        With :attr:`process_slots`, the batches of other processes are ``None``
-        (not assembled, not transferred); the stream and its order are the same in
-        every process. The position advances as batches are handed out, so
-        :meth:`state_dict` taken between batches resumes after the last batch
-        received; when the epoch is exhausted the loader moves to the next one.
-        """
-        if epoch is not None and epoch != self.epoch:
-            self.epoch, self.position = int(epoch), 0
-        self._normalise()
-        current = self.epoch
-        plan = self._plan(current)
-        start = self.position
-        slots = self.process_slots
-        transfer = self._transfer()
-
-        def produced() -> Iterator[Any]:
-            for b in range(start, len(plan)):
-                if slots is not None and not slots.owns(b):
-                    yield None
-                    continue
-                batch = self.assemble(plan.positions(b), plan.kind(b))
-                yield batch if transfer is None else transfer(batch)
-
-        ahead = prefetched(produced(), self.prefetch)
-        try:
-            for b, batch in enumerate(ahead, start + 1):
-                self.position = b
-                yield batch
-        finally:
-            ahead.close()  # stops the prefetch thread when the consumer stops early
-        if self.epoch == current:
-            self.epoch, self.position = current + 1, 0
-
-    def __iter__(self) -> Iterator[Batch | None]:
-        return self.packed_batches()
-
-    def packed_steps(
-        self,
-        transfer: Callable[[list[Any]], Any] | None = None,
-        epoch: int | None = None,
-    ) -> Iterator[Any]:
-        """The rest of the epoch as optimisation steps: for each step, this process's
-        batches (``process_slots.n_slots`` of them, after :attr:`device_put`), passed
-        to ``transfer`` in the prefetch thread (e.g. stack them and place them on
-        the local devices with one ``jax.device_put``); without ``transfer``, the
-        list itself.
-
-        Every process yields the same number of steps; a short last step is
-        completed with :meth:`empty_batch` of the step's budget, so every molecule
-        of the subset is in exactly one yielded batch of one process. The position
-        advances by whole steps.
-
-        Raises:
-            ConfigError: no :attr:`process_slots`.
-            InputError: a position inside a step (a state saved mid-step).
-        """
-        slots = self.process_slots
-        if slots is None:
-            raise ConfigError("packed_steps: the loader has no process_slots")
-        if epoch is not None and epoch != self.epoch:
-            self.epoch, self.position = int(epoch), 0
-        self._normalise()
-        B = slots.batches_per_step
-        if self.position % B:
-            raise InputError(
-                f"loader state: position {self.position} inside a step of {B} batches"
-            )
-        current = self.epoch
-        plan = self._plan(current)
-        start = self.position
-        per_batch = self._transfer()
-        mine = range(slots.first, slots.first + slots.n_slots)
-
-        def produced() -> Iterator[Any]:
-            for s in range(start, len(plan), B):
-                kind = plan.kind(s)
-                group = []
-                for j in mine:
-                    b = s + j
-                    batch = (
-                        self.assemble(plan.positions(b), plan.kind(b))
-                        if b < len(plan)
-                        else self.empty_batch(kind)
-                    )
-                    group.append(batch if per_batch is None else per_batch(batch))
-                yield group if transfer is None else transfer(group)
-
-        ahead = prefetched(produced(), self.prefetch)
-        try:
-            for s, step in enumerate(ahead, 1):
-                self.position = min(start + s * B, len(plan))
-                yield step
-        finally:
-            ahead.close()
-        if self.epoch == current:
-            self.epoch, self.position = current + 1, 0
-
     def assemble(self, positions: np.ndarray, kind: int = NORMAL) -> Batch:
         """One packed batch of budget ``kind`` of the subset molecules at
         ``positions`` (int (k,), which must fit the budget). Vectorised: a few
         gathers per key."""
-        budget = self.budgets[kind]
-        A, P, M = budget.max_atoms, budget.max_pairs, budget.max_molecules
-        ids = self._ids(positions)
-        ns = self._sizes[positions].astype(np.int32)
-        k = ids.size
-        t = int(ns.sum())
-        starts = np.cumsum(ns, dtype=np.int64) - ns
-        atom_src = np.repeat(self._offsets[ids] - starts, ns)
-        atom_src += np.arange(t, dtype=np.int64)
-
-        out: Batch = {}
-        # per-atom arrays gather atom rows, per-molecule arrays molecule rows
-        gathers = ((("Z", "R", "F"), A, atom_src, t), (("E", "Qtot", "D"), M, ids, k))
-        for keys, slots, rows, used in gathers:
-            cache: dict[str, Any] = {}  # the rows' partition into shards
-            for key in keys:
-                if key not in self._data:
-                    continue
-                src = self._data[key]
-                arr = np.zeros((slots, *src.shape[1:]), dtype=src.dtype)
-                gather(src, rows, arr[:used], cache)
-                if key in self._scale:
-                    arr[:used] *= arr.dtype.type(self._scale[key])
-                out[key] = arr
-        N = np.zeros(M, dtype=np.int32)
-        N[:k] = ns
-        out["N"] = N
-
-        if self.pairs == "cutoff":
-            pair_dst, pair_src = cutoff_pairs(out["R"][:t], ns, self.cutoff)
-        else:
-            pair_dst, pair_src = all_pairs(ns)
-        n_pairs = pair_dst.size
-        dst = np.full(P, A - 1, dtype=np.int32)
-        src_ = np.full(P, A - 1, dtype=np.int32)
-        dst[:n_pairs] = pair_dst
-        src_[:n_pairs] = pair_src
-
-        atom_mask = np.zeros(A, dtype=bool)
-        atom_mask[:t] = True
-        molecule_mask = np.zeros(M, dtype=bool)
-        molecule_mask[:k] = True
-        pair_mask = np.zeros(P, dtype=bool)
-        pair_mask[:n_pairs] = True
-        segments = np.full(A, M - 1, dtype=np.int32)
-        segments[:t] = np.repeat(np.arange(k, dtype=np.int32), ns)
-        mol_index = np.full(M, -1, dtype=np.int64)
-        mol_index[:k] = ids
-        out |= {
-            "atom_mask": atom_mask,
-            "molecule_mask": molecule_mask,
-            "pair_mask": pair_mask,
-            "dst_idx": dst,
-            "src_idx": src_,
-            "batch_segments": segments,
-            "mol_index": mol_index,
-        }
-        return out
+        return self._assembler.packed(
+            self._ids(positions), self._sizes[positions], self.budgets[kind]
+        )
 
     # -- dense batches ----------------------------------------------------------------
     def batches(
@@ -1010,7 +530,9 @@ class PackedMemmapLoader:
         use_state = epoch is None
         e = self.epoch if use_state else int(epoch)
         rng = self._rng(e if self.shuffle else 0, 1)
-        order = self._bucketed_order(rng, False, self.batch_size)
+        order = bucketed_order(
+            self._sizes, rng if self.shuffle else None, self.bucket_size, False, 0
+        )
         B = self.batch_size
         n_batches = -(-order.size // B)
         visit = rng.permutation(n_batches) if self.shuffle else np.arange(n_batches)
@@ -1021,62 +543,16 @@ class PackedMemmapLoader:
         transfer = self._transfer()
         if transfer is not None:
             produced = (transfer(b) for b in produced)
-        yield from prefetched(produced, self.prefetch)
+        yield from prefetched(produced, self.prefetch, adaptive=transfer is None)
         if use_state and self.epoch == e:
             self.epoch, self.position = e + 1, 0
 
     def _dense(self, positions: np.ndarray, width: int | None, physnet: bool) -> Batch:
-        B = self.batch_size
-        ids = positions if self._indices is None else self._indices[positions]
-        ns = self._sizes[positions].astype(np.int32)
-        k = ids.size
+        ns = self._sizes[positions]
         W = int(ns.max()) if width is None else int(width)
-        t = int(ns.sum())
-        slot = np.repeat(np.arange(k, dtype=np.int64) * W, ns)
-        starts = np.zeros(k, dtype=np.int64)
-        np.cumsum(ns[:-1], out=starts[1:])
-        local = np.arange(t, dtype=np.int64) - np.repeat(starts, ns)
-        flat = slot + local  # destination slot of each real atom in (B·W,)
-        atom_src = np.repeat(self._offsets[ids], ns) + local
-
-        out: Batch = {}
-        for key in ("Z", "R", "F"):
-            if key in self._data:
-                src = self._data[key]
-                arr = np.zeros((B * W, *src.shape[1:]), dtype=src.dtype)
-                arr[flat] = src[atom_src]
-                if key in self._scale:
-                    arr *= arr.dtype.type(self._scale[key])
-                out[key] = arr.reshape(B, W, *src.shape[1:])
-        for key in ("E", "Qtot", "D"):
-            if key in self._data:
-                src = self._data[key]
-                arr = np.zeros((B, *src.shape[1:]), dtype=src.dtype)
-                arr[:k] = src[ids]
-                if key in self._scale:
-                    arr *= arr.dtype.type(self._scale[key])
-                out[key] = arr
-        N = np.zeros(B, dtype=np.int32)
-        N[:k] = ns
-        mask = np.arange(W)[None, :] < N[:, None]
-        molecule_mask = np.zeros(B, dtype=bool)
-        molecule_mask[:k] = True
-        mol_index = np.full(B, -1, dtype=np.int64)
-        mol_index[:k] = ids
-        out |= {"N": N, "molecule_mask": molecule_mask, "mol_index": mol_index}
-        if not physnet:
-            out["mask"] = mask
-            return out
-        d, s = pair_template(W)
-        shift = (np.arange(B, dtype=np.int32) * W)[:, None]
-        out |= {
-            "atom_mask": mask,
-            "batch_segments": np.repeat(np.arange(B, dtype=np.int32), W),
-            "dst_idx": (d[None, :] + shift).ravel(),
-            "src_idx": (s[None, :] + shift).ravel(),
-            "pair_mask": (mask[:, d] & mask[:, s]).ravel(),
-        }
-        return out
+        return self._assembler.dense(
+            self._ids(positions), ns, self.batch_size, W, physnet
+        )
 
     # -- transfer -------------------------------------------------------------------
     def _transfer(self) -> Callable[[Batch], Any] | None:
@@ -1087,30 +563,6 @@ class PackedMemmapLoader:
         if callable(self._device_put):
             return self._device_put
         return None
-
-
-def read_split(split_path: str | os.PathLike, split_name: str) -> np.ndarray:
-    """Dataset indices int64 (n,) of subset ``split_name`` of an NPZ split file.
-
-    Raises:
-        InputError: an unreadable file, a missing key or a non-integer array.
-    """
-    p = Path(split_path)
-    try:
-        with np.load(p) as npz:
-            if split_name not in npz.files:
-                raise InputError(
-                    f"{p}: no subset '{split_name}' (has: {', '.join(npz.files)})"
-                )
-            idx = npz[split_name]
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{p}: unreadable split file ({exc})") from exc
-    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
-        raise InputError(
-            f"{p}: '{split_name}' must be a 1-D integer array, got {idx.dtype} "
-            f"with shape {idx.shape}"
-        )
-    return idx.astype(np.int64)
 
 
 def from_config(
@@ -1157,148 +609,11 @@ def from_config(
     return PackedMemmapLoader(path, **options)
 
 
-def pair_options(pairs: str, model: ModelConfig | None) -> dict[str, Any]:
-    """The loader's ``pairs``/``cutoff`` for ``loader.pairs`` and the model.
+def __getattr__(name: str) -> Any:
+    """``epoch_padding_stats`` moved to :mod:`physpack.data.stats`; still importable
+    from here (imported when asked: the statistics module imports this one)."""
+    if name == "epoch_padding_stats":
+        from physpack.data.stats import epoch_padding_stats
 
-    ``auto``: pairs within ``model.cutoff`` unless the model has charges (its
-    Coulomb term needs every pair), all pairs without a model; ``cutoff``: within
-    ``model.cutoff`` (refused for a model with charges); ``all``: every pair.
-
-    Raises:
-        ConfigError: ``cutoff`` with a model that has charges.
-    """
-    if pairs == "all" or (pairs == "auto" and (model is None or model.charges)):
-        return {"pairs": "all"}
-    if model is None:
-        return {"pairs": pairs}  # the caller gives the cutoff
-    if model.charges:
-        raise ConfigError(
-            "loader.pairs: cutoff with model.charges: the Coulomb term needs every "
-            "atom pair; set loader.pairs to auto or all"
-        )
-    return {"pairs": "cutoff", "cutoff": float(model.cutoff)}
-
-
-def epoch_padding_stats(
-    dataset: str | os.PathLike | PackedDataset,
-    indices: np.ndarray | None = None,
-    batch_size: int = 32,
-    bucket_size: int = 8192,
-    seed: int = 0,
-    *,
-    shuffle: bool = True,
-    mix_sizes: bool = True,
-    num_atoms: int | None = None,
-    **options: Any,
-) -> dict[str, float | int]:
-    """Padding of one epoch (epoch 0) of packed batches, from the plan alone (no
-    atom data read), next to the dense form's.
-
-    Args:
-        dataset: packed directory or an open dataset.
-        indices, batch_size, bucket_size, seed, shuffle, mix_sizes: as for
-            :class:`PackedMemmapLoader`.
-        num_atoms: padded width of the dense comparison (default: largest molecule).
-        **options: budget overrides ``max_atoms``, ``max_pairs``, ``max_molecules``
-            and the loader options ``pairs``, ``cutoff``, ``giant_atoms``,
-            ``max_molecule_atoms``, ``process_slots``.
-
-    Returns:
-        ``atom_efficiency``, ``pair_efficiency``, ``molecule_efficiency`` (real
-        atoms / atom slots, etc., over the epoch's batches of every budget),
-        ``n_batches``, ``max_atoms``, ``max_pairs``, ``max_molecules`` (normal
-        budget), ``n_molecules``, ``real_atoms``, ``real_pairs``,
-        ``mean_molecules_per_batch``; per budget ``normal_…`` and ``giant_…``
-        (``n_batches``, ``n_molecules``, ``atom_efficiency``, ``pair_efficiency``,
-        and for giants ``max_atoms``, ``max_pairs``, ``max_molecules``; zeros when
-        there are no giants); and the dense form's ``dense_num_atoms``,
-        ``dense_n_batches``, ``dense_atom_efficiency``, ``dense_pair_efficiency``
-        (``batch_size`` molecules padded to ``dense_num_atoms``, pairs W·(W-1)
-        per molecule slot).
-    """
-    known = set(_BUDGET_KEYS) | {
-        "pairs",
-        "cutoff",
-        "giant_atoms",
-        "max_molecule_atoms",
-        "process_slots",
-    }
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(
-            f"epoch_padding_stats: unknown option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-    loader = PackedMemmapLoader(
-        dataset,
-        batch_size,
-        shuffle=shuffle,
-        bucket_size=bucket_size,
-        seed=seed,
-        indices=indices,
-        prefetch=0,
-        mix_sizes=mix_sizes,
-        **options,
-    )
-    plan = loader._plan(0)
-    sizes = loader.sizes.astype(np.int64)
-    pair_counts = loader.pair_counts
-    cum = {
-        "atoms": np.concatenate([[0], np.cumsum(sizes[plan.order])]),
-        "pairs": np.concatenate([[0], np.cumsum(pair_counts[plan.order])]),
-        "molecules": np.arange(plan.order.size + 1),
-    }
-    per_batch = {k: c[plan.bounds[1:]] - c[plan.bounds[:-1]] for k, c in cum.items()}
-    out: dict[str, float | int] = {}
-    totals = {"atoms": 0, "pairs": 0, "molecules": 0}
-    slots = {"atoms": 0, "pairs": 0, "molecules": 0}
-    for kind, name in ((NORMAL, "normal"), (GIANT, "giant")):
-        mine = plan.kinds == kind
-        n_b = int(mine.sum())
-        real = {k: int(v[mine].sum()) for k, v in per_batch.items()}
-        if kind < len(loader.budgets):
-            b = loader.budgets[kind]
-            cap = {
-                "atoms": b.max_atoms,
-                "pairs": b.max_pairs,
-                "molecules": b.max_molecules,
-            }
-        else:
-            cap = {"atoms": 0, "pairs": 0, "molecules": 0}
-        for k in totals:
-            totals[k] += real[k]
-            slots[k] += n_b * cap[k]
-        out[f"{name}_n_batches"] = n_b
-        out[f"{name}_n_molecules"] = real["molecules"]
-        out[f"{name}_atom_efficiency"] = real["atoms"] / max(n_b * cap["atoms"], 1)
-        out[f"{name}_pair_efficiency"] = (
-            real["pairs"] / (n_b * cap["pairs"]) if n_b * cap["pairs"] else 1.0
-        )
-        if kind == GIANT:
-            out |= {f"giant_{k}": v for k, v in zip(_BUDGET_KEYS, cap.values())}
-    b = loader.budget
-    n_batches = len(plan)
-    atoms, mols = totals["atoms"], totals["molecules"]
-    width = int(sizes.max()) if num_atoms is None else int(num_atoms)
-    dense_batches = -(-mols // batch_size)
-    dense_slots = dense_batches * batch_size
-    all_pairs_total = int((sizes * (sizes - 1)).sum())
-    return out | {
-        "n_molecules": mols,
-        "n_batches": n_batches,
-        "max_atoms": b.max_atoms,
-        "max_pairs": b.max_pairs,
-        "max_molecules": b.max_molecules,
-        "real_atoms": atoms,
-        "real_pairs": totals["pairs"],
-        "mean_molecules_per_batch": mols / n_batches,
-        "atom_efficiency": atoms / slots["atoms"],
-        "pair_efficiency": totals["pairs"] / slots["pairs"] if slots["pairs"] else 1.0,
-        "molecule_efficiency": mols / slots["molecules"],
-        "dense_num_atoms": width,
-        "dense_n_batches": dense_batches,
-        "dense_atom_efficiency": atoms / (dense_slots * width),
-        "dense_pair_efficiency": (
-            all_pairs_total / (dense_slots * width * (width - 1)) if width > 1 else 1.0
-        ),
-    }
+        return epoch_padding_stats
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

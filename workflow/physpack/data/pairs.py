@@ -26,7 +26,9 @@ def pair_template(n: int) -> tuple[np.ndarray, np.ndarray]:
     return i[keep], j[keep]
 
 
-def all_pairs(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def all_pairs(
+    sizes: np.ndarray, slots: int | None = None, pad: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Every ordered pair ``i != j`` inside each molecule of a batch.
 
     Atom ``a`` (local index ``l`` in a molecule of ``n`` atoms starting at batch
@@ -36,27 +38,47 @@ def all_pairs(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Args:
         sizes: int (k,) atoms per molecule, molecules contiguous from atom 0.
+        slots: length of the returned arrays (``None``: the pair count); the
+            slots after the pairs hold ``pad``. Filling them here, in the same
+            passes, spares a packed batch two copies of its pair arrays.
+        pad: index of the padding slots.
 
     Returns:
-        ``(dst, src)``, int32 (Σ n·(n-1),) each, batch atom indices.
+        ``(dst, src)``, int32 (slots,) each (default (Σ n·(n-1),)), batch atom
+        indices.
+
+    Raises:
+        ValueError: ``slots`` below the pair count.
     """
     ns = np.asarray(sizes, dtype=np.int64)
     n_pairs = int((ns * (ns - 1)).sum())
-    if n_pairs == 0:
-        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    slots = n_pairs if slots is None else int(slots)
+    if slots < n_pairs:
+        raise ValueError(f"all_pairs: {n_pairs} pairs do not fit {slots} slots")
     # int32 arithmetic while the pair count allows (half the memory traffic)
-    it = np.int32 if n_pairs < 2**31 - 1 else np.int64
+    it = np.int32 if slots < 2**31 - 1 else np.int64
     ns = ns.astype(it)
     t = int(ns.sum())
-    deg = np.repeat(np.maximum(ns - 1, 0), ns)  # (t,) pairs of each atom
-    mol_start = np.repeat(np.cumsum(ns, dtype=it) - ns, ns)  # (t,) molecule's 1st atom
-    local = np.arange(t, dtype=it) - mol_start
-    run = np.cumsum(deg, dtype=it) - deg  # (t,) first pair of each atom's run
-    p = np.arange(n_pairs, dtype=it)
+    # per atom, and one more "atom" whose run is the padding slots
+    deg = np.empty(t + 1, dtype=it)  # pairs of each atom
+    deg[:t] = np.repeat(np.maximum(ns - 1, 0), ns)
+    deg[t] = slots - n_pairs
+    mol_start = np.repeat(np.cumsum(ns, dtype=it) - ns, ns)  # molecule's 1st atom
+    run = np.cumsum(deg[:t], dtype=it) - deg[:t]  # first pair of each atom's run
+    shift = np.zeros(t + 1, dtype=it)
+    shift[:t] = mol_start - run
+    skip = np.empty(t + 1, dtype=it)
+    skip[:t] = run + np.arange(t, dtype=it) - mol_start  # run + local index
+    skip[t] = slots
+    p = np.arange(slots, dtype=it)
     # src = p - run + mol_start + (p - run >= local), as two per-atom repeats
-    src = p + np.repeat(mol_start - run, deg)
-    src += p >= np.repeat(run + local, deg)
-    dst = np.repeat(np.arange(t, dtype=np.int32), deg)
+    src = np.repeat(shift, deg)
+    src += p
+    src += p >= np.repeat(skip, deg)
+    src[n_pairs:] = pad
+    atoms = np.arange(t + 1, dtype=np.int32)
+    atoms[t] = pad
+    dst = np.repeat(atoms, deg)
     return dst, src.astype(np.int32, copy=False)
 
 

@@ -11,7 +11,7 @@ three batching strategies at the configured ``batch_size``:
               ``bucket_size``, cut into batches of ``batch_size``; each batch padded
               to its largest molecule (batch dimension padded to ``batch_size``).
 ``packed``    the loader's fixed-budget packed batches, epoch 0, as training makes
-              them (:func:`physpack.data.loader.epoch_padding_stats`): with the
+              them (:func:`epoch_padding_stats`): with the
               giant budget of ``loader.giant_atoms``, and the pairs within the
               model's cutoff where ``loader.pairs`` gives those (``details.pairs``;
               real pairs are then those within the cutoff).
@@ -42,13 +42,16 @@ from matplotlib.figure import Figure
 from physpack import config as cfg
 from physpack.atomic import StagedOutputs
 from physpack.data.descriptor import open_dataset
-from physpack.data.loader import epoch_padding_stats, pair_options
+from physpack.data.loader import PackedMemmapLoader, pair_options
 from physpack.data.packed import ARRAYS, MAX_Z, PackedDataset, sample_stride
+from physpack.data.planning import GIANT, NORMAL, Plan
 from physpack.errors import ConfigError, InputError, cli_entry
 
 HIST_BINS = 50
 MB = 1e6
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+#: the budget overrides of the loader
+BUDGET_KEYS = ("max_atoms", "max_pairs", "max_molecules")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +184,141 @@ def packed_padding(
         }
         | {"pairs": pairs["pairs"]},
     )
+
+
+def _padding_by_kind(
+    loader: PackedMemmapLoader, plan: Plan, sizes: np.ndarray
+) -> tuple[dict[str, float | int], dict[str, int], dict[str, int]]:
+    """Per budget (``normal_…``, ``giant_…``) figures of :func:`epoch_padding_stats`
+    for ``plan``, and the real and slot totals of atoms, pairs and molecules over
+    both budgets."""
+    pair_counts = loader.pair_counts
+    cum = {
+        "atoms": np.concatenate([[0], np.cumsum(sizes[plan.order])]),
+        "pairs": np.concatenate([[0], np.cumsum(pair_counts[plan.order])]),
+        "molecules": np.arange(plan.order.size + 1),
+    }
+    per_batch = {k: c[plan.bounds[1:]] - c[plan.bounds[:-1]] for k, c in cum.items()}
+    out: dict[str, float | int] = {}
+    totals = {"atoms": 0, "pairs": 0, "molecules": 0}
+    slots = {"atoms": 0, "pairs": 0, "molecules": 0}
+    for kind, name in ((NORMAL, "normal"), (GIANT, "giant")):
+        mine = plan.kinds == kind
+        n_b = int(mine.sum())
+        real = {k: int(v[mine].sum()) for k, v in per_batch.items()}
+        if kind < len(loader.budgets):
+            b = loader.budgets[kind]
+            cap = {
+                "atoms": b.max_atoms,
+                "pairs": b.max_pairs,
+                "molecules": b.max_molecules,
+            }
+        else:
+            cap = {"atoms": 0, "pairs": 0, "molecules": 0}
+        for k in totals:
+            totals[k] += real[k]
+            slots[k] += n_b * cap[k]
+        out[f"{name}_n_batches"] = n_b
+        out[f"{name}_n_molecules"] = real["molecules"]
+        out[f"{name}_atom_efficiency"] = real["atoms"] / max(n_b * cap["atoms"], 1)
+        out[f"{name}_pair_efficiency"] = (
+            real["pairs"] / (n_b * cap["pairs"]) if n_b * cap["pairs"] else 1.0
+        )
+        if kind == GIANT:
+            out |= {f"giant_{k}": v for k, v in zip(BUDGET_KEYS, cap.values())}
+    return out, totals, slots
+
+
+def epoch_padding_stats(
+    dataset: str | os.PathLike | PackedDataset,
+    indices: np.ndarray | None = None,
+    batch_size: int = cfg.LoaderConfig.batch_size,
+    bucket_size: int = cfg.LoaderConfig.bucket_size,
+    seed: int = 0,
+    *,
+    shuffle: bool = True,
+    mix_sizes: bool = True,
+    num_atoms: int | None = None,
+    **options: Any,
+) -> dict[str, float | int]:
+    """Padding of one epoch (epoch 0) of packed batches, from the plan alone (no
+    atom data read), next to the dense form's.
+
+    Args:
+        dataset: packed directory or an open dataset.
+        indices, batch_size, bucket_size, seed, shuffle, mix_sizes: as for
+            :class:`PackedMemmapLoader`.
+        num_atoms: padded width of the dense comparison (default: largest molecule).
+        **options: budget overrides ``max_atoms``, ``max_pairs``, ``max_molecules``
+            and the loader options ``pairs``, ``cutoff``, ``giant_atoms``,
+            ``max_molecule_atoms``, ``process_slots``.
+
+    Returns:
+        ``atom_efficiency``, ``pair_efficiency``, ``molecule_efficiency`` (real
+        atoms / atom slots, etc., over the epoch's batches of every budget),
+        ``n_batches``, ``max_atoms``, ``max_pairs``, ``max_molecules`` (normal
+        budget), ``n_molecules``, ``real_atoms``, ``real_pairs``,
+        ``mean_molecules_per_batch``; per budget ``normal_…`` and ``giant_…``
+        (``n_batches``, ``n_molecules``, ``atom_efficiency``, ``pair_efficiency``,
+        and for giants ``max_atoms``, ``max_pairs``, ``max_molecules``; zeros when
+        there are no giants); and the dense form's ``dense_num_atoms``,
+        ``dense_n_batches``, ``dense_atom_efficiency``, ``dense_pair_efficiency``
+        (``batch_size`` molecules padded to ``dense_num_atoms``, pairs W·(W-1)
+        per molecule slot).
+    """
+    known = set(BUDGET_KEYS) | {
+        "pairs",
+        "cutoff",
+        "giant_atoms",
+        "max_molecule_atoms",
+        "process_slots",
+    }
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"epoch_padding_stats: unknown option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    loader = PackedMemmapLoader(
+        dataset,
+        batch_size,
+        shuffle=shuffle,
+        bucket_size=bucket_size,
+        seed=seed,
+        indices=indices,
+        prefetch=0,
+        mix_sizes=mix_sizes,
+        **options,
+    )
+    plan = loader._plan(0)
+    sizes = loader.sizes.astype(np.int64)
+    out, totals, slots = _padding_by_kind(loader, plan, sizes)
+    b = loader.budget
+    n_batches = len(plan)
+    atoms, mols = totals["atoms"], totals["molecules"]
+    width = int(sizes.max()) if num_atoms is None else int(num_atoms)
+    dense_batches = -(-mols // batch_size)
+    dense_slots = dense_batches * batch_size
+    all_pairs_total = int((sizes * (sizes - 1)).sum())
+    return out | {
+        "n_molecules": mols,
+        "n_batches": n_batches,
+        "max_atoms": b.max_atoms,
+        "max_pairs": b.max_pairs,
+        "max_molecules": b.max_molecules,
+        "real_atoms": atoms,
+        "real_pairs": totals["pairs"],
+        "mean_molecules_per_batch": mols / n_batches,
+        "atom_efficiency": atoms / slots["atoms"],
+        "pair_efficiency": totals["pairs"] / slots["pairs"] if slots["pairs"] else 1.0,
+        "molecule_efficiency": mols / slots["molecules"],
+        "dense_num_atoms": width,
+        "dense_n_batches": dense_batches,
+        "dense_atom_efficiency": atoms / (dense_slots * width),
+        "dense_pair_efficiency": (
+            all_pairs_total / (dense_slots * width * (width - 1)) if width > 1 else 1.0
+        ),
+    }
 
 
 def _distribution(values: np.ndarray, unit: str) -> dict[str, Any]:
