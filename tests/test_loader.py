@@ -20,13 +20,13 @@ from physpack.config import LoaderConfig
 from physpack.data.loader import (
     PackedMemmapLoader,
     ProcessSlots,
-    epoch_padding_stats,
     from_config,
     greedy_bounds,
     pair_template,
 )
 from physpack.data.packed import PackedDataset, PackedWriter
 from physpack.data.pairs import cutoff_pairs
+from physpack.data.stats import epoch_padding_stats
 from physpack.data.synthetic import (
     qm9_like_sizes,
     write_legacy_packed,

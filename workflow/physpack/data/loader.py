@@ -607,13 +607,3 @@ def from_config(
             path, split_path, str(split_name), **options
         )
     return PackedMemmapLoader(path, **options)
-
-
-def __getattr__(name: str) -> Any:
-    """``epoch_padding_stats`` moved to :mod:`physpack.data.stats`; still importable
-    from here (imported when asked: the statistics module imports this one)."""
-    if name == "epoch_padding_stats":
-        from physpack.data.stats import epoch_padding_stats
-
-        return epoch_padding_stats
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

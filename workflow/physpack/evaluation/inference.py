@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from physpack.config import LoaderConfig, ModelConfig
+from physpack.data.assembly import molecule_atom_rows
 from physpack.data.loader import PackedMemmapLoader, from_config, read_split
 from physpack.data.packed import PackedDataset
 from physpack.errors import InputError
@@ -88,10 +89,8 @@ def _in_dataset_order(parts: Mapping[str, list[np.ndarray]]) -> SplitPredictions
     starts = np.concatenate([[0], np.cumsum(n, dtype=np.int64)])[:-1]
     offsets = np.zeros(n.size + 1, np.int64)
     np.cumsum(n[order], out=offsets[1:])
-    # new atom j of sorted molecule k sits at starts[order[k]] + (j - offsets[k])
-    atom_order = np.arange(offsets[-1]) + np.repeat(
-        starts[order] - offsets[:-1], n[order]
-    )
+    # sorted molecule k's atoms are the rows from starts[order[k]] of the batches'
+    atom_order = molecule_atom_rows(starts[order], n[order])
 
     def cat(key: str, dtype: type, per_atom: bool) -> np.ndarray | None:
         if not parts[key]:

@@ -56,6 +56,7 @@ import numpy as np
 
 from physpack import config as cfg
 from physpack.atomic import atomic_write_bytes
+from physpack.data.assembly import molecule_atom_rows
 from physpack.data.convert import convert_npz
 from physpack.data.descriptor import open_dataset
 from physpack.data.loader import from_config
@@ -226,9 +227,7 @@ class _D3Terms:
         self._where = where
         self._n_atoms = pred.n_atoms
         self._z = pred.Z
-        starts = np.asarray(dataset.offsets[pred.mol_index], np.int64)
-        rows = np.repeat(starts - pred.offsets[:-1], pred.n_atoms)
-        rows += np.arange(int(pred.offsets[-1]), dtype=np.int64)
+        rows = molecule_atom_rows(dataset.offsets[pred.mol_index], pred.n_atoms)
         self._positions = np.asarray(dataset.R[rows], np.float64) * dataset.scale("R")
         self._done: dict[DispersionSettings, tuple[np.ndarray, np.ndarray]] = {}
 
