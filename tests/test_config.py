@@ -268,3 +268,17 @@ def test_physnet_defaults_are_the_schemas():
     assert set(fields) == model
     assert all(value == f"_DEFAULTS.{name}" for name, value in fields.items()), fields
     assert "_DEFAULTS = ModelConfig()" in source
+
+
+def test_a_flag_given_null_sets_null() -> None:
+    """``--patience null`` over a section that sets a number means null (no early
+    stop); it was dropped as if the flag were absent. An absent flag changes
+    nothing."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    cfg.add_section_arguments(parser, cfg.TrainConfig, "train")
+    given = parser.parse_args(["--config", '{"patience": 5}', "--patience", "null"])
+    assert cfg.section_from_args(cfg.TrainConfig, given, "train").patience is None
+    absent = parser.parse_args(["--config", '{"patience": 5}'])
+    assert cfg.section_from_args(cfg.TrainConfig, absent, "train").patience == 5

@@ -185,3 +185,59 @@ def test_num_atoms_too_small(tiny, tmp_path: Path, capsys) -> None:
     assert stats.main(argv) == 2
     assert "num_atoms = 4" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def _with_one_giant(path: Path, n_small: int = 400, giant: int = 300) -> Path:
+    """Many 5–12-atom molecules and one of ``giant`` atoms."""
+    rng = np.random.default_rng(3)
+    sizes = [*rng.integers(5, 13, size=n_small).tolist(), giant]
+    total = int(np.sum(sizes))
+    with PackedWriter(path, has_forces=True, has_dipoles=False) as w:
+        w.append(
+            n_atoms=sizes,
+            Z=rng.choice([1, 6, 8], size=total).astype(np.int32),
+            R=np.concatenate(  # molecule-like density: ~1.6 Å per atom
+                [rng.uniform(0, 1.6 * n ** (1 / 3), size=(n, 3)) for n in sizes]
+            ).astype(np.float32),
+            F=rng.normal(0, 1, size=(total, 3)).astype(np.float32),
+            E=-10.0 * np.asarray(sizes, dtype=np.float64),
+            Qtot=np.zeros(len(sizes)),
+        )
+    return path
+
+
+def test_giants_get_their_own_budget_by_default(tmp_path: Path) -> None:
+    """The schema's default (``auto``) keeps one large molecule from padding every
+    batch; with one budget (``null``) the pair efficiency collapses."""
+    path = _with_one_giant(tmp_path / "giant")
+    assert LoaderConfig().giant_atoms == "auto"
+    default = stats.packing_stats(path, LoaderConfig(batch_size=16))
+    one_budget = stats.packing_stats(
+        path, LoaderConfig(batch_size=16, giant_atoms=None)
+    )
+    assert default["padding"]["packed"]["pair_efficiency"] > 0.5
+    assert one_budget["padding"]["packed"]["pair_efficiency"] < 0.2
+
+
+def test_the_stage_warns_when_pair_efficiency_is_low(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _with_one_giant(tmp_path / "giant")
+    outputs = [
+        "--json",
+        str(tmp_path / "s.json"),
+        "--markdown",
+        str(tmp_path / "s.md"),
+        "--figure",
+        str(tmp_path / "s.png"),
+    ]
+    common = [str(path), *outputs, "--batch-size", "16"]
+    assert stats.main([*common, "--giant-atoms", "null"]) == 0
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("warning:")]
+    efficiency = json.loads((tmp_path / "s.json").read_text())["padding"]["packed"]
+    assert f"{100 * efficiency['pair_efficiency']:.1f}" in line or "%" in line
+    assert "pair slots" in line and "loader.giant_atoms: auto" in line
+    assert "(300 atoms)" in line
+    assert stats.main(common) == 0
+    assert "warning:" not in capsys.readouterr().err

@@ -417,6 +417,7 @@ def add_section_arguments(
             dest=f"_{name}__{f.name}",
             metavar="VALUE",
             type=_parse_flag,
+            default=argparse.SUPPRESS,  # absent: not in args; given null: None
             help=_help(name, f.name),
         )
 
@@ -444,9 +445,9 @@ def section_from_args(
     if not isinstance(mapping, dict):
         raise ConfigError(f"--config for '{name}' must be a JSON object")
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        value = getattr(args, f"_{name}__{f.name}", None)
-        if value is not None:
-            mapping[f.name] = value
+        flag = f"_{name}__{f.name}"
+        if hasattr(args, flag):  # given, also as null
+            mapping[f.name] = getattr(args, flag)
     section = section_from_mapping(cls, mapping, name)
     log_section(section, name)
     return section

@@ -569,6 +569,35 @@ def write_outputs(
         figure(stats).savefig(png_tmp, dpi=110, format="png")
 
 
+#: packed batches that use fewer of their pair slots than this are worth a warning:
+#: most of each step's compute goes to padding
+LOW_PAIR_EFFICIENCY = 0.5
+
+
+def padding_warning(stats: dict[str, Any], loader: cfg.LoaderConfig) -> str | None:
+    """One line when the loader settings leave the packed batches' pair efficiency
+    (real pairs / pair slots) below :data:`LOW_PAIR_EFFICIENCY`, with the number,
+    the cause most often behind it and the setting that helps; None otherwise."""
+    packed = stats["padding"]["packed"]
+    efficiency = packed["pair_efficiency"]
+    if efficiency >= LOW_PAIR_EFFICIENCY:
+        return None
+    if loader.giant_atoms is None:
+        hint = (
+            "one budget holds the largest molecule "
+            f"({stats['atoms_per_molecule']['max']} atoms): "
+            "set loader.giant_atoms: auto (or a number of atoms) to give large "
+            "molecules batches of their own"
+        )
+    else:
+        hint = "see the padding table of the packing statistics"
+    return (
+        f"warning: packed batches use {_pct(efficiency)} of their pair slots with "
+        f"these loader settings (below {_pct(LOW_PAIR_EFFICIENCY)}: about "
+        f"{1 / max(efficiency, 1e-9):.1f}x the compute per step); {hint}"
+    )
+
+
 @cli_entry("physpack stats")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -588,6 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = cfg.section_from_args(cfg.ModelConfig, args, "model")
     stats = packing_stats(args.packed, loader, model=model)
     write_outputs(stats, args.json, args.markdown, args.figure)
+    warning = padding_warning(stats, loader)
+    if warning is not None:
+        print(warning, file=sys.stderr)
     pad = stats["padding"]
     print(
         f"{args.packed}: {stats['n_molecules']} molecules; atom efficiency dense "
