@@ -146,98 +146,26 @@ def fit_energy_constants(
         InputError: an atomic number above ``max_atomic_number`` (named), or an
             element of the data without a given reference energy.
     """
-    K = max_atomic_number + 1
-    ctc = np.zeros((K, K))
-    cte = np.zeros(K)
-    present = np.zeros(K, dtype=bool)
-    f_sum = np.zeros(3)
-    f_sq = 0.0
-    f_n = 0
-    n_mol = 0
-
-    def compositions(batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        z = batch["Z"]
-        if int(z.max()) >= K:
-            a = int(np.argmax(z >= K))
-            mol = int(batch["mol_index"][batch["batch_segments"][a]])
-            raise InputError(
-                f"{loader.path}: molecule {mol} has atomic number {int(z[a])} above "
-                f"model.max_atomic_number={max_atomic_number}"
-            )
-        M = batch["Qtot"].shape[0]
-        counts = np.bincount(
-            batch["batch_segments"].astype(np.int64) * K + z,
-            weights=batch["atom_mask"].astype(np.float64),
-            minlength=M * K,
-        ).reshape(M, K)
-        return counts[batch["molecule_mask"]]
-
-    for batch in loader.packed_batches(epoch=0):
-        c = compositions(batch)
-        e = batch["E"][batch["molecule_mask"]]
-        ctc += c.T @ c
-        cte += c.T @ e
-        present |= c.sum(0) > 0
-        n_mol += c.shape[0]
-        if "F" in batch:
-            f = batch["F"][batch["atom_mask"]].astype(np.float64)
-            f_sum += f.sum(0)
-            f_sq += float((f**2).sum())
-            f_n += f.shape[0]
-    rank = int(np.linalg.matrix_rank(ctc[np.ix_(present, present)]))
+    sums = _composition_sums(loader, max_atomic_number)
+    present = sums.present
+    rank = int(np.linalg.matrix_rank(sums.ctc[np.ix_(present, present)]))
     n_elements = int(present.sum())
     if reference is None:
-        ref = np.linalg.lstsq(ctc, cte, rcond=None)[0]
-        ref[~present] = 0.0
-        if rank < n_elements:
-            names = ", ".join(chemical_symbols[z] for z in np.flatnonzero(present))
-            warnings.warn(
-                f"{loader.path}: the compositions of the training molecules have rank "
-                f"{rank} for {n_elements} elements ({names}): the fitted per-element "
-                "reference energies are not determined by the data and will be "
-                "wrong for other compositions; give train.reference_energies "
-                "(e.g. free-atom energies)",
-                RankDeficientWarning,
-                stacklevel=2,
-            )
+        ref = _least_squares_reference(sums, rank, loader.path)
     else:
-        missing = [int(z) for z in np.flatnonzero(present) if int(z) not in reference]
-        if missing:
-            raise InputError(
-                f"{loader.path}: train.reference_energies has no value for "
-                f"{', '.join(chemical_symbols[z] for z in missing)}, present in the "
-                "training data"
-            )
-        ref = np.zeros(K)
-        for z, value in reference.items():
-            if int(z) < K:
-                ref[int(z)] = float(value)
-    reference = ref
-
-    # Second pass in float64: residuals are small differences of large numbers.
-    r_sum = r_sq = 0.0
-    for batch in loader.packed_batches(epoch=0):
-        c = compositions(batch)
-        n = c.sum(1)
-        r = (batch["E"][batch["molecule_mask"]] - c @ reference) / n
-        r_sum += float(r.sum())
-        r_sq += float((r**2).sum())
-    r_mean = r_sum / n_mol
-    r_std = math.sqrt(max(r_sq / n_mol - r_mean**2, 0.0))
-    f_rms = math.sqrt(f_sq / (3 * f_n)) if f_n else 0.0
-    # the spread of all force components pooled (what a force MAE is compared with)
-    f_mean = float(f_sum.sum()) / (3 * f_n) if f_n else 0.0
-    f_std = math.sqrt(max(f_sq / (3 * f_n) - f_mean**2, 0.0)) if f_n else 0.0
+        ref = _given_reference(reference, present, loader.path)
+    r_std = _residual_std(loader, ref, max_atomic_number, sums.n_mol)
+    f_rms, f_std = sums.force_spread()
     scale = max(r_std, f_rms)
     if not scale > 0:
         scale = 1.0
     constants = EnergyConstants(
-        reference_energies=reference,
+        reference_energies=ref,
         scale=float(scale),
         elements=tuple(int(z) for z in np.flatnonzero(present)),
     )
     stats = {
-        "n_molecules": float(n_mol),
+        "n_molecules": float(sums.n_mol),
         "energy_residual_std_eV_per_atom": r_std,
         "forces_rms_eV_per_A": f_rms,
         "forces_std_eV_per_A": f_std,
@@ -245,6 +173,156 @@ def fit_energy_constants(
         "n_elements": float(n_elements),
     }
     return constants, stats
+
+
+@dataclasses.dataclass
+class _CompositionSums:
+    """The float64 sums of the first pass of :func:`fit_energy_constants`.
+
+    Attributes:
+        ctc: (K, K) CᵀC of the composition matrix C (molecules × elements).
+        cte: (K,) eV, CᵀE.
+        present: bool (K,), the elements of the data.
+        f_sum: (3,) eV/Å, the sum of the force vectors; ``f_sq`` (eV/Å)² the sum of
+            the squared components; ``f_n`` the number of force vectors (atoms).
+        n_mol: the number of molecules.
+    """
+
+    ctc: np.ndarray
+    cte: np.ndarray
+    present: np.ndarray
+    f_sum: np.ndarray
+    f_sq: float = 0.0
+    f_n: int = 0
+    n_mol: int = 0
+
+    def force_spread(self) -> tuple[float, float]:
+        """The RMS and the standard deviation of all force components pooled (eV/Å;
+        0 without forces)."""
+        if not self.f_n:
+            return 0.0, 0.0
+        f_rms = math.sqrt(self.f_sq / (3 * self.f_n))
+        # the spread of all force components pooled (what a force MAE is compared with)
+        f_mean = float(self.f_sum.sum()) / (3 * self.f_n)
+        f_std = math.sqrt(max(self.f_sq / (3 * self.f_n) - f_mean**2, 0.0))
+        return f_rms, f_std
+
+
+def _compositions(
+    batch: Mapping[str, np.ndarray], max_atomic_number: int, path: Any
+) -> np.ndarray:
+    """The element counts of a packed batch's real molecules, float64
+    (molecules, max_atomic_number + 1).
+
+    Raises:
+        InputError: an atomic number above ``max_atomic_number`` (named, with its
+            molecule).
+    """
+    K = max_atomic_number + 1
+    z = batch["Z"]
+    if int(z.max()) >= K:
+        a = int(np.argmax(z >= K))
+        mol = int(batch["mol_index"][batch["batch_segments"][a]])
+        raise InputError(
+            f"{path}: molecule {mol} has atomic number {int(z[a])} above "
+            f"model.max_atomic_number={max_atomic_number}"
+        )
+    M = batch["Qtot"].shape[0]
+    counts = np.bincount(
+        batch["batch_segments"].astype(np.int64) * K + z,
+        weights=batch["atom_mask"].astype(np.float64),
+        minlength=M * K,
+    ).reshape(M, K)
+    return counts[batch["molecule_mask"]]
+
+
+def _composition_sums(
+    loader: PackedBatches, max_atomic_number: int
+) -> _CompositionSums:
+    """The first pass: the normal equations' sums and the force statistics."""
+    K = max_atomic_number + 1
+    sums = _CompositionSums(
+        ctc=np.zeros((K, K)),
+        cte=np.zeros(K),
+        present=np.zeros(K, dtype=bool),
+        f_sum=np.zeros(3),
+    )
+    for batch in loader.packed_batches(epoch=0):
+        c = _compositions(batch, max_atomic_number, loader.path)
+        e = batch["E"][batch["molecule_mask"]]
+        sums.ctc += c.T @ c
+        sums.cte += c.T @ e
+        sums.present |= c.sum(0) > 0
+        sums.n_mol += c.shape[0]
+        if "F" in batch:
+            f = batch["F"][batch["atom_mask"]].astype(np.float64)
+            sums.f_sum += f.sum(0)
+            sums.f_sq += float((f**2).sum())
+            sums.f_n += f.shape[0]
+    return sums
+
+
+def _least_squares_reference(
+    sums: _CompositionSums, rank: int, path: Any
+) -> np.ndarray:
+    """The minimum-norm least-squares reference energies, float64 (K,) eV (0 for
+    absent elements), with a :class:`RankDeficientWarning` when ``rank`` is below
+    the number of elements present."""
+    ref = np.linalg.lstsq(sums.ctc, sums.cte, rcond=None)[0]
+    ref[~sums.present] = 0.0
+    n_elements = int(sums.present.sum())
+    if rank < n_elements:
+        names = ", ".join(chemical_symbols[z] for z in np.flatnonzero(sums.present))
+        warnings.warn(
+            f"{path}: the compositions of the training molecules have rank "
+            f"{rank} for {n_elements} elements ({names}): the fitted per-element "
+            "reference energies are not determined by the data and will be "
+            "wrong for other compositions; give train.reference_energies "
+            "(e.g. free-atom energies)",
+            RankDeficientWarning,
+            stacklevel=3,  # the caller of fit_energy_constants
+        )
+    return ref
+
+
+def _given_reference(
+    reference: Mapping[int, float], present: np.ndarray, path: Any
+) -> np.ndarray:
+    """The given reference energies as float64 (K,) eV (elements beyond K
+    dropped).
+
+    Raises:
+        InputError: an element present in the data has no given value.
+    """
+    missing = [int(z) for z in np.flatnonzero(present) if int(z) not in reference]
+    if missing:
+        raise InputError(
+            f"{path}: train.reference_energies has no value for "
+            f"{', '.join(chemical_symbols[z] for z in missing)}, present in the "
+            "training data"
+        )
+    ref = np.zeros(len(present))
+    for z, value in reference.items():
+        if int(z) < len(present):
+            ref[int(z)] = float(value)
+    return ref
+
+
+def _residual_std(
+    loader: PackedBatches, reference: np.ndarray, max_atomic_number: int, n_mol: int
+) -> float:
+    """The second pass: the standard deviation of the per-atom residual
+    (E − Σ ref)/N over the ``n_mol`` molecules of ``loader``, eV per atom."""
+    # In float64: residuals are small differences of large numbers.
+    r_sum = r_sq = 0.0
+    for batch in loader.packed_batches(epoch=0):
+        c = _compositions(batch, max_atomic_number, loader.path)
+        n = c.sum(1)
+        r = (batch["E"][batch["molecule_mask"]] - c @ reference) / n
+        r_sum += float(r.sum())
+        r_sq += float((r**2).sum())
+    r_mean = r_sum / n_mol
+    return math.sqrt(max(r_sq / n_mol - r_mean**2, 0.0))
 
 
 def given_reference_energies(cfg: TrainConfig) -> dict[int, float] | None:

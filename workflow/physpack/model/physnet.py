@@ -167,6 +167,55 @@ class PhysNet(nn.Module):
         """Args: atomic_numbers int32 (A,); positions float32 (A, 3) Å; dst_idx,
         src_idx int32 (P,); batch_segments int32 (A,) molecule slot of each atom;
         atom_mask bool (A,); pair_mask bool (P,); total_charge float32 (M,) e."""
+        # The pieces below are plain methods run inside this compact scope: the
+        # submodules and parameters they create keep the names (and so the
+        # parameter tree) they would have if written here.
+        self._check_settings()
+        num_molecules = total_charge.shape[0]
+        atom_w = atom_mask.astype(positions.dtype)
+        pair_w = pair_mask.astype(positions.dtype)
+        distances, rbf, harmonics = self._pair_basis(
+            positions, dst_idx, src_idx, pair_mask
+        )
+        stacked = self._module_outputs(
+            atomic_numbers, rbf, harmonics, dst_idx, src_idx, atom_w
+        )
+        outputs = self._element_scale_shift(atomic_numbers, stacked, atom_w)
+        result: dict[str, jax.Array] = {
+            "atomic_energies": outputs[:, 0],
+            "module_outputs": stacked,
+        }
+
+        pair_energy = jnp.zeros_like(distances)
+        if self.charges:
+            charges, dipole, coulomb = self._electrostatics(
+                outputs[:, 1],
+                total_charge,
+                positions,
+                atomic_numbers,
+                distances,
+                dst_idx,
+                src_idx,
+                batch_segments,
+                atom_mask,
+            )
+            pair_energy = pair_energy + coulomb
+            result["charges"] = charges
+            result["dipole"] = dipole
+        if self.zbl:
+            pair_energy = pair_energy + ZBLRepulsion(
+                self.max_atomic_number, name="zbl"
+            )(atomic_numbers[dst_idx], atomic_numbers[src_idx], distances, pair_mask)
+        atom_physical = jax.ops.segment_sum(
+            pair_energy * pair_w, dst_idx, atomic_numbers.shape[0]
+        )
+        result["physical_energy"] = jax.ops.segment_sum(
+            atom_physical, batch_segments, num_molecules
+        )
+        return result
+
+    def _check_settings(self) -> None:
+        """Refuse attribute combinations the model cannot run (ValueError)."""
         if self.angular_degree > 0 and not (
             1 <= self.angular_interactions <= self.num_iterations
         ):
@@ -180,10 +229,18 @@ class PhysNet(nn.Module):
                 "equivariant features one interaction makes are read by the next), "
                 f"got {self.num_iterations}"
             )
-        num_molecules = total_charge.shape[0]
-        atom_w = atom_mask.astype(positions.dtype)
-        pair_w = pair_mask.astype(positions.dtype)
 
+    def _pair_basis(
+        self,
+        positions: jax.Array,
+        dst_idx: jax.Array,
+        src_idx: jax.Array,
+        pair_mask: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        """The pairs' distances float32 (P,) Å (1 on padding), radial basis
+        (P, num_basis_functions) (zero on padding) and spherical harmonics of the
+        pair directions ((P, (L+1)², L the larger of max_degree and
+        angular_degree), or None when both are 0)."""
         # Padding pairs join atom A-1 to itself: a zero displacement, whose norm has
         # an infinite derivative. Replace it before any norm (first where) and zero
         # everything derived from it (second where / masks), so that gradients of
@@ -201,14 +258,27 @@ class PhysNet(nn.Module):
             rbf = fixed_radial_basis(
                 self.radial_basis, distances, self.num_basis_functions, self.cutoff
             )
-        rbf = rbf * pair_w[:, None]
+        rbf = rbf * pair_mask.astype(positions.dtype)[:, None]
         harmonics = None
         harmonics_degree = max(self.max_degree, self.angular_degree)
         if harmonics_degree > 0:
             harmonics = e3x.so3.spherical_harmonics(
                 safe / distances[:, None], harmonics_degree, r_is_normalized=True
             )
+        return distances, rbf, harmonics
 
+    def _module_outputs(
+        self,
+        atomic_numbers: jax.Array,
+        rbf: jax.Array,
+        harmonics: jax.Array | None,
+        dst_idx: jax.Array,
+        src_idx: jax.Array,
+        atom_w: jax.Array,
+    ) -> jax.Array:
+        """The embedding and the ``num_iterations`` modules (interaction, atomic
+        residual blocks, output block): each module's outputs y_i^m, float32
+        (num_iterations, A, n_out), zero on padding atoms (``atom_w`` 0)."""
         s = e3x.nn.Embed(
             self.max_atomic_number + 1,
             self.features,
@@ -239,53 +309,53 @@ class PhysNet(nn.Module):
                 self.features, n_out, self.n_res_output, name=f"output_{m}"
             )(s)
             module_outputs.append(y * atom_w[:, None])
-        stacked = jnp.stack(module_outputs)  # (num_iterations, A, n_out)
+        return jnp.stack(module_outputs)  # (num_iterations, A, n_out)
 
+    def _element_scale_shift(
+        self, atomic_numbers: jax.Array, stacked: jax.Array, atom_w: jax.Array
+    ) -> jax.Array:
+        """s[Z_i] Σ_m y_i^m + b[Z_i] per atom and output, float32 (A, n_out), zero
+        on padding atoms."""
         # Per-element scale and shift of the summed outputs (PhysNet's Escale/
         # Eshift, Qscale/Qshift); the global energy scale and reference energies
         # stay in EnergyConstants, so these start at 1 and 0.
-        elements = self.max_atomic_number + 1
+        elements, n_out = self.max_atomic_number + 1, stacked.shape[-1]
         scale = self.param("element_scale", nn.initializers.ones, (elements, n_out))
         shift = self.param("element_shift", nn.initializers.zeros, (elements, n_out))
         outputs = (scale[atomic_numbers] * jnp.sum(stacked, axis=0)) + shift[
             atomic_numbers
         ]
-        outputs = outputs * atom_w[:, None]
-        result: dict[str, jax.Array] = {
-            "atomic_energies": outputs[:, 0],
-            "module_outputs": stacked,
-        }
+        return outputs * atom_w[:, None]
 
-        pair_energy = jnp.zeros_like(distances)
-        if self.charges:
-            charges = constrained_charges(
-                outputs[:, 1], total_charge, batch_segments, atom_mask
-            )
-            pair_energy = pair_energy + coulomb_pair_energy(
-                charges, distances, dst_idx, src_idx, self.cutoff
-            )
-            result["charges"] = charges
-            result["dipole"] = dipole_moment(
-                charges,
-                positions,
-                atomic_numbers,
-                batch_segments,
-                atom_mask,
-                num_molecules,
-                self.dipole_origin,
-            )
-        if self.zbl:
-            pair_energy = pair_energy + ZBLRepulsion(
-                self.max_atomic_number, name="zbl"
-            )(atomic_numbers[dst_idx], atomic_numbers[src_idx], distances, pair_mask)
-        pair_energy = pair_energy * pair_w
-        atom_physical = jax.ops.segment_sum(
-            pair_energy, dst_idx, atomic_numbers.shape[0]
+    def _electrostatics(
+        self,
+        raw_charges: jax.Array,
+        total_charge: jax.Array,
+        positions: jax.Array,
+        atomic_numbers: jax.Array,
+        distances: jax.Array,
+        dst_idx: jax.Array,
+        src_idx: jax.Array,
+        batch_segments: jax.Array,
+        atom_mask: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The charges float32 (A,) e (``raw_charges`` constrained to
+        ``total_charge``), the dipole moment float32 (M, 3) e·Å and the shielded
+        Coulomb energy of each pair, float32 (P,) eV (padding pairs not masked)."""
+        charges = constrained_charges(
+            raw_charges, total_charge, batch_segments, atom_mask
         )
-        result["physical_energy"] = jax.ops.segment_sum(
-            atom_physical, batch_segments, num_molecules
+        coulomb = coulomb_pair_energy(charges, distances, dst_idx, src_idx, self.cutoff)
+        dipole = dipole_moment(
+            charges,
+            positions,
+            atomic_numbers,
+            batch_segments,
+            atom_mask,
+            total_charge.shape[0],
+            self.dipole_origin,
         )
-        return result
+        return charges, dipole, coulomb
 
 
 #: The name the physnetjax code uses for the same model.

@@ -99,32 +99,6 @@ def build_steps(
     """
     compilations = {"train_step": 0, "eval_step": 0}
 
-    def loss_and_grad(
-        params: Params,
-        batch: Mapping[str, jax.Array],
-        scale: jax.Array,
-        now: LossWeights,
-    ) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Params]:
-        def partial_fn(p: Params, b: Mapping[str, jax.Array]) -> Any:
-            sums, counts = loss_partials(p, model, b, scale, weights)
-            if STOP_KEY in b:  # summed like a count; combine_loss ignores it
-                counts = {**counts, STOP_KEY: b[STOP_KEY]}
-            return sums, counts
-
-        def combine(sums: Any, counts: Any) -> jax.Array:
-            return combine_loss(sums, counts, now)
-
-        if dp is not None:
-            vg = data_parallel_value_and_grad(partial_fn, combine, dp.mesh)
-            (loss, (_, counts)), grads = vg(params, batch)
-            return (loss, counts), grads
-
-        def loss_fn(p: Params) -> tuple[jax.Array, Any]:
-            sums, counts = partial_fn(p, batch)
-            return combine(sums, counts), counts
-
-        return jax.value_and_grad(loss_fn, has_aux=True)(params)
-
     def train_step(
         state: TrainState, batch: Mapping[str, jax.Array], scale: jax.Array
     ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -133,29 +107,10 @@ def build_steps(
         now = stage_weights(
             weights, cfg, in_energy_stage(cfg, state.accepted, state.schedule)
         )
-        (loss, counts), grads = loss_and_grad(state.params, batch, scale, now)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        lr = learning_rate(cfg, state.accepted, state.schedule) * state.lr_scale
-        updates = jax.tree.map(lambda u: -lr * u, updates)
-        params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(
-            lambda a, b: jnp.where(finite, a, b), new, old
+        (loss, counts), grads = _loss_and_grad(
+            model, weights, dp, state.params, batch, scale, now
         )
-        t = state.step.astype(jnp.float32)
-        # EMA warm-up: early averages would otherwise be dominated by the init.
-        decay = jnp.minimum(cfg.ema_decay, (1.0 + t) / (10.0 + t))
-        # e + (1 - d)(p - e): the same average, and exactly e where p == e (frozen
-        # parameters stay bit for bit what they were)
-        ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state.ema, params)
-        new_state = state.replace(
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
-            ema=keep(ema, state.ema),
-            step=state.step + 1,
-            accepted=state.accepted + finite.astype(jnp.int32),
-        )
+        new_state, finite, grad_norm = _apply_gradients(state, grads, loss, tx, cfg)
         info = {
             "loss": loss,
             "finite": finite,
@@ -182,3 +137,78 @@ def build_steps(
         eval=jax.jit(eval_step),
         compilations=compilations,
     )
+
+
+def _loss_and_grad(
+    model: PhysNet,
+    weights: LossWeights,
+    dp: DataParallel | None,
+    params: Params,
+    batch: Mapping[str, jax.Array],
+    scale: jax.Array,
+    now: LossWeights,
+) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Params]:
+    """``((loss, counts), grads)`` of one step (traced inside the train step).
+
+    The loss partials use ``weights`` (which terms are computed), the combined loss
+    the weights ``now`` of this step; with ``dp`` the sums and counts are added over
+    the devices before normalising. ``counts`` holds the summed :data:`STOP_KEY`
+    when the batch has one.
+    """
+
+    def partial_fn(p: Params, b: Mapping[str, jax.Array]) -> Any:
+        sums, counts = loss_partials(p, model, b, scale, weights)
+        if STOP_KEY in b:  # summed like a count; combine_loss ignores it
+            counts = {**counts, STOP_KEY: b[STOP_KEY]}
+        return sums, counts
+
+    def combine(sums: Any, counts: Any) -> jax.Array:
+        return combine_loss(sums, counts, now)
+
+    if dp is not None:
+        vg = data_parallel_value_and_grad(partial_fn, combine, dp.mesh)
+        (loss, (_, counts)), grads = vg(params, batch)
+        return (loss, counts), grads
+
+    def loss_fn(p: Params) -> tuple[jax.Array, Any]:
+        sums, counts = partial_fn(p, batch)
+        return combine(sums, counts), counts
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def _apply_gradients(
+    state: TrainState,
+    grads: Params,
+    loss: jax.Array,
+    tx: optax.GradientTransformation,
+    cfg: TrainConfig,
+) -> tuple[TrainState, jax.Array, jax.Array]:
+    """The state after one optimiser step with ``grads`` (learning rate of the
+    schedule, EMA with warm-up), the step counted; params, optimiser state, EMA
+    and ``accepted`` unchanged when ``loss`` or the gradient is not finite.
+
+    Returns:
+        The new state, ``finite`` bool () and the gradient norm before clipping.
+    """
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    lr = learning_rate(cfg, state.accepted, state.schedule) * state.lr_scale
+    updates = jax.tree.map(lambda u: -lr * u, updates)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    t = state.step.astype(jnp.float32)
+    # EMA warm-up: early averages would otherwise be dominated by the init.
+    decay = jnp.minimum(cfg.ema_decay, (1.0 + t) / (10.0 + t))
+    # e + (1 - d)(p - e): the same average, and exactly e where p == e (frozen
+    # parameters stay bit for bit what they were)
+    ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state.ema, params)
+    new_state = state.replace(
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        ema=keep(ema, state.ema),
+        step=state.step + 1,
+        accepted=state.accepted + finite.astype(jnp.int32),
+    )
+    return new_state, finite, grad_norm

@@ -109,6 +109,7 @@ def _quiet(message: str) -> None:
     """The log of processes other than 0: they train, process 0 reports."""
 
 
+# Over 80 lines for its arguments, their docs and Run's fields: each step is one call
 def train(
     packed: str | os.PathLike,
     split: str | os.PathLike,
