@@ -108,3 +108,22 @@ def test_nh_term_is_the_weighted_penalty_of_the_model(tmp_path):
     assert float(combine_loss(s, c, with_nh)) == pytest.approx(
         float(plain) + 0.5 * penalty, rel=1e-5
     )
+
+
+def test_the_loss_does_not_depend_on_the_order_of_its_terms() -> None:
+    """float32 sums round differently in another order: the loss adds its terms
+    in a fixed order, so two runs (with different hash seeds, which reorder sets)
+    give the same loss to the last bit."""
+    import jax.numpy as jnp
+    from physpack.training.losses import LossWeights, combine_loss
+
+    weights = LossWeights(energy=1.0, forces=1.0, dipole=1.0)
+    values = {"energy": 1.0e8, "forces": 1.0, "dipole": -1.0e8}
+    sums = {k: jnp.float32(v) for k, v in values.items()}
+    counts = {k: jnp.float32(1.0) for k in values}
+    losses = {
+        float(combine_loss(dict(reversed(list(sums.items()))), counts, weights)),
+        float(combine_loss(sums, counts, weights)),
+        float(combine_loss(dict(sorted(sums.items())), counts, weights)),
+    }
+    assert len(losses) == 1, losses

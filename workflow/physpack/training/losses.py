@@ -154,7 +154,8 @@ def loss_partials(
         numbers of molecules / components / atom channels (float32 ()).
     """
     out = energy_and_forces(params, model, batch, scale)
-    terms = {"energy"} | {t for t in ("forces", "dipole") if getattr(weights, t) > 0}
+    # a tuple, not a set: the terms' order, and so the loss's rounding, is fixed
+    terms = ("energy", *(t for t in ("forces", "dipole") if getattr(weights, t) > 0))
     errors = _errors(out, batch, {LOSS_QUANTITIES[t] for t in terms})
     sums, counts = {}, {}
     for term in terms:
@@ -176,8 +177,9 @@ def combine_loss(
 ) -> jax.Array:
     """The loss: Σ_term weight · sum / count over the terms of ``sums`` (other keys
     of ``counts`` are ignored). Works on traced arrays and on host floats (then in
-    float64)."""
-    return sum(weights.of(k) * sums[k] / _at_least_one(counts[k]) for k in sums)
+    float64). The terms are added in the order of their names, so the rounding of
+    the sum does not depend on the order ``sums`` was built in."""
+    return sum(weights.of(k) * sums[k] / _at_least_one(counts[k]) for k in sorted(sums))
 
 
 def _at_least_one(count: jax.Array | float) -> jax.Array | float:
