@@ -124,5 +124,7 @@ def test_the_code_fingerprint_covers_every_module_training_runs() -> None:
         "training/steps.py",
     } <= files
     loaded = set(module_closure("physpack.training.train"))
-    assert {f for f in loaded if f.startswith(("data/", "model/", "training/"))} == files
+    assert {
+        f for f in loaded if f.startswith(("data/", "model/", "training/"))
+    } == files
     assert not any(f.startswith("evaluation/") for f in files)
