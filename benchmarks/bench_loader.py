@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from physpack.data.loader import PackedMemmapLoader
 from physpack.data.packed import PackedDataset, PackedWriter
-from physpack.data.stats import epoch_padding_stats
+from physpack.data.padding import epoch_padding_stats
 from physpack.data.synthetic import qm9_like_sizes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,8 +25,8 @@ from physpack.data.loader import (
     pair_template,
 )
 from physpack.data.packed import PackedDataset, PackedWriter
+from physpack.data.padding import epoch_padding_stats
 from physpack.data.pairs import cutoff_pairs
-from physpack.data.stats import epoch_padding_stats
 from physpack.data.synthetic import (
     qm9_like_sizes,
     write_legacy_packed,
@@ -194,6 +194,7 @@ def test_exactly_once_and_contract(
             indices=indices,
             prefetch=1,
             mix_sizes=mix,
+            giant_atoms=None,  # one budget: the contract below is that budget's
         )
         want = np.sort(np.arange(len(sizes)) if indices is None else indices)
         for epoch in range(2):
@@ -431,12 +432,13 @@ def test_subsets_from_split_file(packed: Path, tmp_path: Path) -> None:
 
 def test_molecule_over_budget(tmp_path: Path) -> None:
     path = write_packed_sizes(tmp_path / "p", [3, 4, 25, 5])
+    one = {"giant_atoms": None}  # one budget (auto would give molecule 2 its own)
     with pytest.raises(InputError, match=r"molecule 2 has 25 atoms"):
-        PackedMemmapLoader(path, 2, max_atoms=25)  # 24 real slots
+        PackedMemmapLoader(path, 2, max_atoms=25, **one)  # 24 real slots
     with pytest.raises(InputError, match=r"molecule 2 has 25 atoms"):
-        PackedMemmapLoader(path, 2, max_pairs=500)
+        PackedMemmapLoader(path, 2, max_pairs=500, **one)
     # derived budgets grow to fit the largest molecule even at batch_size 1
-    loader = PackedMemmapLoader(path, 1)
+    loader = PackedMemmapLoader(path, 1, **one)
     assert loader.budget.max_atoms >= 26 and loader.budget.max_pairs >= 600
     assert np.array_equal(
         np.sort(real_ids(collect(loader.packed_batches()))), np.arange(4)
@@ -651,7 +653,7 @@ def qm9_with_giant(tmp_path: Path, n: int = 5000, giant: int = 400) -> Path:
 def test_giants_do_not_inflate_every_other_batch(tmp_path: Path) -> None:
     path = qm9_with_giant(tmp_path)
     rng = np.random.default_rng(1)
-    one_budget = epoch_padding_stats(path, batch_size=32)
+    one_budget = epoch_padding_stats(path, batch_size=32, giant_atoms=None)
     apart = epoch_padding_stats(path, batch_size=32, giant_atoms=100)
     assert one_budget["pair_efficiency"] < 0.2  # the giant sets every pair budget
     assert apart["normal_pair_efficiency"] > 0.9
@@ -689,9 +691,9 @@ def test_giant_batches_come_in_whole_steps(tmp_path: Path) -> None:
     assert np.array_equal(np.sort(real_ids(batches)), np.arange(len(sizes)))
     # the state names the budgets: a loader without giants does not resume it
     with pytest.raises(InputError, match="budgets"):
-        PackedMemmapLoader(path, 6, process_slots=slots).load_state_dict(
-            loader.state_dict()
-        )
+        PackedMemmapLoader(
+            path, 6, process_slots=slots, giant_atoms=None
+        ).load_state_dict(loader.state_dict())
 
 
 def test_molecule_above_the_size_limit_is_refused(tmp_path: Path) -> None:
