@@ -9,20 +9,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from physpack.atomic import atomic_write_bytes
+from physpack.metrics import MONITORED
 
 #: Columns in order; those without a value in a run (e.g. dipoles) are left out.
 HISTORY_COLUMNS = (
     "epoch",
     "train_loss",
     "valid_loss",
-    "valid_energy_mae_eV",
-    "valid_energy_rmse_eV",
-    "valid_energy_mae_eV_per_atom",
-    "valid_energy_rmse_eV_per_atom",
-    "valid_forces_mae_eV_per_A",
-    "valid_forces_rmse_eV_per_A",
-    "valid_dipole_mae_eA",
-    "valid_dipole_rmse_eA",
+    # the validation metrics, named and ordered once (physpack.metrics)
+    *(spec.name("valid_") for spec in MONITORED),
     "lr",
     "lr_horizon",
     "loss_stage",
