@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, TINY_N_MOL
+from conftest import TINY_N_MOL
 from physpack.cli import STEPS
 from physpack.data.synthetic import write_padded_npz
+from physpack.sources import module_file
 from test_workflow import (
     RULES,
     completed_workdir,
@@ -36,7 +37,6 @@ REPORT = "report_data"
 ALL = sorted([*RULES, REPORT])
 AFTER_TRAIN = sorted(["train_model", "evaluate_model"])
 AFTER_SPLIT = sorted(["split_dataset", *AFTER_TRAIN])
-PACKAGE = ROOT / "workflow" / "physpack"
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_e_every_module_a_stage_loads_is_a_declared_input(
         }
         log = imports_at_run_time / "results" / "logs" / f"{rule}.log"
         loaded = {
-            _module_file(name)
+            module_file(name)
             for name in re.findall(
                 r"^import time:.*\| +(physpack[\w.]*)$", log.read_text(), re.MULTILINE
             )
@@ -149,18 +149,8 @@ def test_e_every_module_a_stage_loads_is_a_declared_input(
         assert "cli.py" in loaded, (rule, log.read_text()[:2000])  # the log is on
         # the stage's own module is loaded by importlib.import_module, which the
         # import log does not list (its imports it does)
-        loaded.add(_module_file(STEPS[step][0]))
+        loaded.add(module_file(STEPS[step][0]))
         assert loaded - {None} <= declared, (rule, sorted(loaded - declared - {None}))
-
-
-def _module_file(module: str) -> str | None:
-    """``physpack.a.b`` -> ``a/b.py`` (or ``a/b/__init__.py``)."""
-    rel = "/".join(module.split(".")[1:])
-    if (PACKAGE / f"{rel}.py").is_file():
-        return f"{rel}.py"
-    if (PACKAGE / rel / "__init__.py").is_file():
-        return f"{rel}/__init__.py" if rel else "__init__.py"
-    return None
 
 
 def test_f_no_effective_change(run: Path) -> None:
