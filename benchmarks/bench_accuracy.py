@@ -91,6 +91,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# measure this tree's code (a worktree at a fixed commit), not whichever physpack is installed
+sys.path.insert(0, str(ROOT / "workflow"))
 MD_TEMPERATURE_K = 300.0
 MD_TIMESTEP_FS = 0.5
 BOND_FACTOR = 1.2  # bonded: closer than this × (r_cov,i + r_cov,j) at the start
