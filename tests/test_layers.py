@@ -4,7 +4,7 @@ files import each other in a circle. Read from the source with
 workflow's inputs.
 
 Layers, lowest first: the top-level modules (errors, units, config, reference
-energies, ...), ``data/`` (no JAX), ``model/``, ``training/``, ``evaluation/``.
+energies, ...), ``data/`` (no JAX), ``model/``, ``training/``, ``evaluation/``, ``simulation/``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ import pytest
 from physpack import sources
 
 #: folder (or "" for the package's top-level modules) -> layer, lowest first
-LAYERS = {"": 0, "data": 1, "model": 2, "training": 3, "evaluation": 4}
+LAYERS = {
+    "": 0,
+    "data": 1,
+    "model": 2,
+    "training": 3,
+    "evaluation": 4,
+    "simulation": 5,
+}
 
 
 def layer(path: str) -> int:

@@ -39,6 +39,10 @@ STEPS: dict[str, tuple[str, str]] = {
         "physpack.evaluation.predict",
         "energies and forces of new structures (one model or a committee)",
     ),
+    "md": (
+        "physpack.simulation.md",
+        "molecular dynamics of many molecules side by side (one model or a committee)",
+    ),
 }
 
 

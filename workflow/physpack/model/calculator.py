@@ -72,7 +72,7 @@ class _Compiled:
 
 
 @dataclasses.dataclass
-class _Member:
+class Member:
     """One model of the calculator: checkpoint, device parameters, compiled sizes."""
 
     checkpoint: Checkpoint
@@ -82,7 +82,9 @@ class _Member:
     compiled: dict[int, _Compiled]
 
 
-def _load_member(checkpoint: str | os.PathLike | Checkpoint) -> _Member:
+def load_member(checkpoint: str | os.PathLike | Checkpoint) -> Member:
+    """A checkpoint (path or loaded) with its parameters on the device; InputError
+    unless its units are ASE's (eV, Å)."""
     if isinstance(checkpoint, Checkpoint):
         ckpt, path = checkpoint, None
     else:
@@ -95,7 +97,7 @@ def _load_member(checkpoint: str | os.PathLike | Checkpoint) -> _Member:
                 f"{path or 'checkpoint'}: units.{kind} is {found!r}; the calculator "
                 f"needs {unit!r}"
             )
-    return _Member(
+    return Member(
         checkpoint=ckpt,
         path=path,
         params=jax.device_put(ckpt.params),
@@ -136,7 +138,7 @@ class PhysNetCalculator(Calculator):
         sources = list(checkpoint) if many else [checkpoint]
         if not sources:
             raise InputError("PhysNetCalculator: no checkpoint given")
-        self._members = [_load_member(c) for c in sources]
+        self._members = [load_member(c) for c in sources]
         first = self._members[0]
         self.checkpoint, self.checkpoint_path = first.checkpoint, first.path
         self.model = first.checkpoint.model
@@ -165,6 +167,11 @@ class PhysNetCalculator(Calculator):
         return None if self._d3 is None else self._d3.settings.label
 
     @property
+    def members(self) -> tuple[Member, ...]:
+        """The models: each checkpoint with its parameters on the device."""
+        return tuple(self._members)
+
+    @property
     def committee_size(self) -> int:
         """Number of models (1 for a single checkpoint)."""
         return len(self._members)
@@ -175,7 +182,7 @@ class PhysNetCalculator(Calculator):
         """Atom counts for which the model has been compiled, in order."""
         return tuple(self._members[0].compiled)
 
-    def _for_size(self, member: _Member, n: int) -> _Compiled:
+    def _for_size(self, member: Member, n: int) -> _Compiled:
         """The template batch and compiled function for molecules of ``n`` atoms."""
         if n not in member.compiled:
             template = molecules_to_batch(
@@ -213,7 +220,10 @@ class PhysNetCalculator(Calculator):
             changes.append("charge")
         return changes
 
-    def _check(self, atoms: Atoms) -> np.ndarray:
+    def check_atoms(self, atoms: Atoms) -> np.ndarray:
+        """The atomic numbers of ``atoms`` after checking that the model can take
+        them (InputError: periodic, empty, an element never trained, coincident
+        atoms)."""
         if atoms.pbc.any():
             raise InputError(
                 "PhysNetCalculator: periodic boundary conditions are not supported "
@@ -246,7 +256,7 @@ class PhysNetCalculator(Calculator):
     ) -> None:
         """Compute every implemented property of ``atoms`` into ``self.results``."""
         super().calculate(atoms, properties, system_changes)
-        z = self._check(self.atoms)
+        z = self.check_atoms(self.atoms)
         charge = self.total_charge(self.atoms)
         positions = self.atoms.get_positions()
         outs = [self._member_results(m, z, positions, charge) for m in self._members]
@@ -270,7 +280,7 @@ class PhysNetCalculator(Calculator):
             self.results["forces_std"] = np.stack([o["forces"] for o in outs]).std(0)
 
     def _member_results(
-        self, member: _Member, z: np.ndarray, positions: np.ndarray, charge: float
+        self, member: Member, z: np.ndarray, positions: np.ndarray, charge: float
     ) -> dict[str, Any]:
         """One model's energy (eV), forces (n, 3) eV/Å (and dipole, charges)."""
         n = int(z.size)

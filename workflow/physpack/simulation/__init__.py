@@ -1,0 +1,1 @@
+"""Molecular dynamics with trained models: integrators, the packed system, stability."""

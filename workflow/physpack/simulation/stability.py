@@ -1,0 +1,90 @@
+"""When a molecular-dynamics run of a molecule has broken.
+
+Broken means one of:
+
+- a bond stretched beyond :data:`BROKEN_STRETCH` × its starting length, where a bond
+  is a pair closer than :data:`BOND_FACTOR` × the sum of the two covalent radii
+  (ASE's ``covalent_radii``) at the start;
+- two atoms that are not bonded at the start closer than :data:`CLASH_FACTOR` × the
+  sum of their covalent radii;
+- a non-finite position or energy.
+
+Plain numpy: the criterion runs on the host between compiled blocks of steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from ase.data import covalent_radii
+
+BOND_FACTOR = 1.2
+BROKEN_STRETCH = 1.5
+CLASH_FACTOR = 0.6
+
+
+@dataclasses.dataclass(frozen=True)
+class Bonds:
+    """A molecule's bonds and close-contact limits, taken from its start geometry.
+
+    Attributes:
+        i, j: int64 (B,) the bonded atom pairs (i < j).
+        length: float64 (B,) their starting lengths, Å.
+        clash: float64 (n, n) the closest two atoms may come, Å (0 on the diagonal
+            and for bonded pairs).
+    """
+
+    i: np.ndarray
+    j: np.ndarray
+    length: np.ndarray
+    clash: np.ndarray
+
+    @classmethod
+    def of(cls, numbers: np.ndarray, positions: np.ndarray) -> Bonds:
+        """The bonds of a molecule of ``numbers`` (n,) at ``positions`` (n, 3) Å."""
+        radii = covalent_radii[np.asarray(numbers)]
+        limit = radii[:, None] + radii[None, :]
+        d = _distances(positions)
+        bonded = np.triu(d < BOND_FACTOR * limit, 1)
+        i, j = np.nonzero(bonded)
+        clash = CLASH_FACTOR * limit
+        clash[bonded | bonded.T] = 0.0
+        np.fill_diagonal(clash, 0.0)
+        return cls(i=i, j=j, length=d[i, j], clash=clash)
+
+    def max_stretch(self, positions: np.ndarray) -> float:
+        """Longest bond over its starting length (1.0 without bonds)."""
+        if self.i.size == 0:
+            return 1.0
+        d = np.linalg.norm(positions[self.i] - positions[self.j], axis=-1)
+        return float(np.max(d / self.length))
+
+    def broken(self, positions: np.ndarray, energy: float = 0.0) -> str | None:
+        """Why the molecule at ``positions`` (n, 3) Å with potential ``energy`` (eV)
+        counts as broken, or ``None`` while it is intact."""
+        if not (np.all(np.isfinite(positions)) and np.isfinite(energy)):
+            return "non-finite positions or energy"
+        stretch = self.max_stretch(positions)
+        if stretch > BROKEN_STRETCH:
+            k = int(
+                np.argmax(
+                    np.linalg.norm(positions[self.i] - positions[self.j], axis=-1)
+                    / self.length
+                )
+            )
+            return (
+                f"bond {self.i[k]}-{self.j[k]} stretched to {stretch:.2f}x its "
+                f"starting length"
+            )
+        d = _distances(positions)
+        close = np.argwhere(np.triu(d < self.clash, 1))
+        if close.size:
+            a, b = (int(x) for x in close[0])
+            return f"atoms {a} and {b} (not bonded) came within {d[a, b]:.2f} A"
+        return None
+
+
+def _distances(positions: np.ndarray) -> np.ndarray:
+    x = np.asarray(positions, np.float64)
+    return np.linalg.norm(x[:, None, :] - x[None, :, :], axis=-1)
