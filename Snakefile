@@ -1,5 +1,5 @@
 # physpack: padded NPZ -> packed memmap -> validation -> packing stats -> split
-#           -> PhysNet training -> evaluation and report.
+#           -> PhysNet training -> evaluation, MD stability and report.
 #
 #   snakemake --cores 8 results/model/best.ckpt          # train on the demo data
 #   snakemake --cores 8                                  # everything, with evaluation
@@ -34,4 +34,4 @@ rule all:
         PATHS["stats_json"],
         PATHS["data_report"],
         # named runs, if any, else the one model of results/model/
-        run_outputs() or [PATHS["best"], PATHS["metrics"]],
+        run_outputs() or [PATHS["best"], PATHS["metrics"], *md_outputs("results")],

@@ -205,6 +205,10 @@ def test_bonds_criterion() -> None:
     close[2] = close[1] + [0.0, 0.1, 0.0]  # the two H (not bonded) nearly on top
     assert "atoms 1 and 2 (not bonded)" in bonds.broken(close)
     assert "non-finite" in bonds.broken(atoms.positions, energy=np.nan)
+    lenient = Bonds.of(
+        atoms.numbers, atoms.positions, broken_stretch=2.0, clash_factor=0.1
+    )
+    assert lenient.broken(stretched) is None and lenient.broken(close) is None
 
 
 def test_committee_spread_and_uncertain_frames(data: dict, tmp_path) -> None:
@@ -276,7 +280,7 @@ def test_cli_writes_readable_trajectories(data: dict, tmp_path) -> None:
     [
         ("element", "never seen in training"),
         ("periodic", "periodic"),
-        ("timestep", "timestep_fs must be positive"),
+        ("timestep", "timestep_fs out of range"),
         ("threshold", "needs a committee"),
     ],
 )
@@ -318,6 +322,8 @@ def test_bad_input_is_one_line_and_writes_nothing(
 def test_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="ensemble"):
         MDSettings(ensemble="nvt")
+    with pytest.raises(ConfigError, match="clash_factor"):
+        MDSettings(clash_factor=1.2)
     with pytest.raises(ConfigError, match="picoseconds"):
         MDSettings(picoseconds=-1)
     assert MDSettings(interval=100).block_steps == 50

@@ -23,9 +23,11 @@ REPORT_ITEMS = {
     "metrics.html": "<strong>Error metrics of the trained model</strong>",
     "metrics.json": "All evaluation metrics as JSON",
     "data.html": "<strong>Is the data sound?</strong>",
+    "stability.html": "<strong>Is the model usable in simulation?</strong>",
+    "stability.png": "<strong>Is the model usable in simulation?</strong>",
 }
 #: the report's categories, numbered without gaps
-CATEGORIES = ("1. Data", "2. Evaluation")
+CATEGORIES = ("1. Data", "2. Evaluation", "3. Simulation")
 
 _EMBEDDED = re.compile(
     r"data:(?P<mime>[\w/+.-]+);charset=[^;]*;filename=(?P<name>[^;]+);"

@@ -3,7 +3,7 @@ promise, each on a copy of one completed tiny run, asserted from the jobs that
 ``snakemake --dry-run`` plans.
 
 (a) nothing changed → nothing;  (b) ``train:``/``model:`` → training and what
-follows;  (c) ``split:`` → the split and what follows;  (d) the input NPZ's
+follows; ``md:`` → the stability stage alone;  (c) ``split:`` → the split and what follows;  (d) the input NPZ's
 contents → everything;  (e) a stage's code → that stage and what follows;
 (f) a comment, key order or a default written out → nothing, and a section the
 data stages do not use (``loader:``) → none of them.
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 #: the rules with the data page of the report, which the data stages feed
 REPORT = "report_data"
 ALL = sorted([*RULES, REPORT])
-AFTER_TRAIN = sorted(["train_model", "evaluate_model"])
+AFTER_TRAIN = sorted(["train_model", "evaluate_model", "md_stability"])
 AFTER_SPLIT = sorted(["split_dataset", *AFTER_TRAIN])
 
 
@@ -97,6 +97,7 @@ def test_d_input_npz_contents_changed(run: Path) -> None:
         # validation's plausibility checks fit the same reference energies
         ("reference.py", sorted(["validate_packed", REPORT, *AFTER_TRAIN])),
         ("evaluation/evaluate.py", ["evaluate_model"]),
+        ("simulation/md.py", ["md_stability"]),
     ],
 )
 def test_e_stage_code_changed(run: Path, module: str, expected: list[str]) -> None:
@@ -151,6 +152,16 @@ def test_e_every_module_a_stage_loads_is_a_declared_input(
         # import log does not list (its imports it does)
         loaded.add(module_file(STEPS[step][0]))
         assert loaded - {None} <= declared, (rule, sorted(loaded - declared - {None}))
+
+
+def test_md_section_reruns_only_the_stability_stage(run: Path) -> None:
+    """``md:`` concerns the simulations alone; ``md.enabled: false`` only drops the
+    stage from the default target (nothing reruns, the results stay)."""
+    edit_config(run, lambda c: c["md"].__setitem__("picoseconds", 0.1))
+    assert planned_jobs(run) == ["md_stability"]
+    edit_config(run, lambda c: c["md"].update(picoseconds=0.05, enabled=False))
+    assert planned_jobs(run) == []
+    assert (run / "results" / "md" / "stability.json").exists()
 
 
 def test_f_no_effective_change(run: Path) -> None:

@@ -35,8 +35,9 @@ RULES = (
     "split_dataset",
     "train_model",
     "evaluate_model",
+    "md_stability",
 )
-GPU_RULES = ("train_model", "evaluate_model")
+GPU_RULES = ("train_model", "evaluate_model", "md_stability")
 DATA_TARGETS = (
     "results/data/validation.json",
     "results/reports/packing_stats.json",
@@ -56,6 +57,10 @@ FINAL_OUTPUTS = (
     "results/eval/metrics.md",
     "results/eval/metrics.html",
     "results/eval/predictions.npz",
+    "results/md/stability.json",
+    "results/md/stability.md",
+    "results/md/stability.html",
+    "results/md/stability.png",
     "results/reports/data.html",
 )
 _COMPLETE = ".physpack-test-complete"

@@ -43,6 +43,10 @@ STEPS: dict[str, tuple[str, str]] = {
         "physpack.simulation.md",
         "molecular dynamics of many molecules side by side (one model or a committee)",
     ),
+    "md-stability": (
+        "physpack.simulation.stability_stage",
+        "MD stability of the largest test molecules (JSON, table, figure)",
+    ),
 }
 
 
@@ -52,7 +56,7 @@ def _usage() -> str:
         "",
         "steps:",
     ]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in STEPS.items()]
+    lines += [f"  {name:<13} {help_}" for name, (_, help_) in STEPS.items()]
     lines += ["", "physpack <step> --help shows a step's options."]
     return "\n".join(lines)
 

@@ -309,6 +309,28 @@ class TrainConfig:
         object.__setattr__(self, "freeze", tuple(self.freeze))
 
 
+@dataclasses.dataclass(frozen=True)
+@schema_section("md")
+class MDConfig:
+    """The stability stage: which test molecules, how long, at which temperatures,
+    and when a molecule counts as broken (:mod:`physpack.simulation.stability`)."""
+
+    enabled: bool  # part of the default target
+    molecules: int  # largest test molecules, one conformation per composition
+    temperatures: tuple[float, ...]  # K, one run each
+    picoseconds: float
+    timestep_fs: float
+    ensemble: Literal["nve", "langevin"]
+    friction_per_ps: float  # Langevin, 1/ps
+    interval: int  # steps between written frames
+    seed: int
+    broken_stretch: float  # bond longer than this × its start: broken
+    clash_factor: float  # non-bonded closer than this × Σ covalent radii: broken
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "temperatures", tuple(self.temperatures))
+
+
 Section = TypeVar("Section")
 
 SECTIONS: dict[str, type] = {
@@ -318,6 +340,7 @@ SECTIONS: dict[str, type] = {
     "loader": LoaderConfig,
     "model": ModelConfig,
     "train": TrainConfig,
+    "md": MDConfig,
 }
 
 

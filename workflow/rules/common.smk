@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import shlex
@@ -20,6 +21,7 @@ SOURCE = WORKFLOW_ROOT / "workflow"
 sys.path.insert(0, str(SOURCE))
 from physpack.config import (
     DataConfig,
+    MDConfig,
     check_input_paths,
     check_workflow_config,
     section_from_mapping,
@@ -209,13 +211,25 @@ def init_checkpoint(wildcards):
     return [] if init is None else [init]
 
 
+# The md section: `enabled` picks the default target; the stage reads the rest.
+MD = section_from_mapping(MDConfig, config.get("md"), "md")
+MD_STAGE_KEYS = [k for k in dataclasses.asdict(MD) if k != "enabled"]
+
+
+def md_outputs(directory):
+    """The stability stage's record for the run in ``directory``, when the md
+    section enables it for the default target."""
+    return [f"{directory}/md/stability.json"] if MD.enabled else []
+
+
 def run_outputs():
     """The targets of the named runs for the default target: each run's
-    evaluation, each committee's, and the comparison."""
+    evaluation (and MD stability), each committee's, and the comparison."""
     if not RUNS:
         return []
     return [
         *(f"{run_dir(r)}/eval/metrics.json" for r in RUNS),
+        *(out for r in RUNS for out in md_outputs(run_dir(r))),
         *(f"results/ensembles/{e}/metrics.json" for e in ENSEMBLES),
         PATHS["comparison_md"],
     ]

@@ -35,14 +35,14 @@ rule compare_runs:
         html=report(
             PATHS["comparison_html"],
             caption="../report/comparison.rst",
-            category="3. Comparison of runs",
+            category="4. Comparison of runs",
             labels={"result": "table"},
         ),
         figures=report(
             directory(PATHS["comparison_figures"]),
             patterns=["{name}.png"],
             caption="../report/comparison.rst",
-            category="3. Comparison of runs",
+            category="4. Comparison of runs",
             labels={"result": "{name}"},
         ),
     log:

@@ -62,7 +62,7 @@ from physpack.simulation.dynamics import (
     compile_block,
     start_state,
 )
-from physpack.simulation.stability import Bonds
+from physpack.simulation.stability import BROKEN_STRETCH, CLASH_FACTOR, Bonds
 
 ENSEMBLES = ("nve", "langevin")
 #: most steps per compiled block (the stability check runs after each block)
@@ -84,6 +84,8 @@ class MDSettings:
         interval: steps between written frames.
         uncertainty_threshold: eV/Å; frames whose largest per-atom committee force
             spread exceeds it go to ``uncertain.extxyz`` (``None``: none written).
+        broken_stretch, clash_factor: when a molecule counts as broken
+            (:class:`~physpack.simulation.stability.Bonds`).
     """
 
     temperature_K: float = 300.0
@@ -94,6 +96,8 @@ class MDSettings:
     seed: int = 0
     interval: int = 100
     uncertainty_threshold: float | None = None
+    broken_stretch: float = BROKEN_STRETCH
+    clash_factor: float = CLASH_FACTOR
 
     def __post_init__(self) -> None:
         checks = {
@@ -102,11 +106,13 @@ class MDSettings:
             "temperature_K": self.temperature_K >= 0,
             "friction_per_ps": self.friction_per_ps > 0,
             "interval": self.interval >= 1,
+            "broken_stretch": self.broken_stretch > 1,
+            "clash_factor": 0 < self.clash_factor < 1,
         }
         for name, ok in checks.items():
             value = getattr(self, name)
             if not (ok and math.isfinite(value)):
-                raise ConfigError(f"md: {name} must be positive, got {value!r}")
+                raise ConfigError(f"md: {name} out of range, got {value!r}")
         if self.ensemble not in ENSEMBLES:
             raise ConfigError(
                 f"md: ensemble must be one of {', '.join(ENSEMBLES)}, got "
@@ -143,6 +149,7 @@ class MoleculeRun:
     index: int
     formula: str
     n_atoms: int
+    trajectory: str  # file name in the output directory
     stable: bool = True
     broke_at_ps: float | None = None
     reason: str | None = None
@@ -266,11 +273,21 @@ def run_md(
         for k, a in enumerate(molecules)
     ]
     runs = [
-        MoleculeRun(index=k, formula=a.get_chemical_formula(), n_atoms=len(a))
-        for k, a in enumerate(molecules)
+        MoleculeRun(
+            index=k,
+            formula=a.get_chemical_formula(),
+            n_atoms=len(a),
+            trajectory=f"{name}.extxyz",
+        )
+        for k, (a, name) in enumerate(zip(molecules, names, strict=True))
     ]
     bonds = [
-        Bonds.of(a.numbers, system.batch["R"][system.rows(k)])
+        Bonds.of(
+            a.numbers,
+            system.batch["R"][system.rows(k)],
+            settings.broken_stretch,
+            settings.clash_factor,
+        )
         for k, a in enumerate(molecules)
     ]
     dof = np.maximum(3 * system.sizes - (3 if settings.ensemble == "nve" else 0), 1)
@@ -304,9 +321,8 @@ def run_md(
             for k in np.flatnonzero(active[:n]):
                 run, rows = runs[k], system.rows(k)
                 why = bonds[k].broken(positions[rows], potential[k])
-                run.max_bond_stretch = max(
-                    run.max_bond_stretch, bonds[k].max_stretch(positions[rows])
-                )
+                stretch = bonds[k].max_stretch(positions[rows])
+                run.max_bond_stretch = max(run.max_bond_stretch, stretch)
                 if why is not None:
                     run.stable, run.broke_at_ps, run.reason = False, time_ps, why
                     active[k] = False
@@ -327,6 +343,7 @@ def run_md(
                     "kinetic_energy_eV": float(kinetic[k]),
                     "total_energy_eV": float(potential[k] + kinetic[k]),
                     "temperature_K": float(temperature[k]),
+                    "max_bond_stretch": stretch,
                 }
                 uncertain = False
                 if len(members) > 1:
@@ -388,6 +405,17 @@ def _membership(system: PackedMolecules) -> np.ndarray:
     return member
 
 
+def molecule_atoms(dataset, i: int) -> Atoms:
+    """Molecule ``i`` of a packed dataset as ASE atoms (Å) with
+    ``info["charge"]`` (e)."""
+    a, b = int(dataset.offsets[i]), int(dataset.offsets[i + 1])
+    atoms = Atoms(
+        numbers=np.asarray(dataset.Z[a:b]), positions=dataset.canonical("R", a, b)
+    )
+    atoms.info["charge"] = float(dataset.Qtot[i])
+    return atoms
+
+
 def read_molecules(path: str | Path) -> list[Atoms]:
     """The structures of ``path`` (anything ``physpack predict`` reads: an NPZ in
     canonical units, a packed directory or descriptor, an ASE-readable file) as ASE
@@ -395,17 +423,7 @@ def read_molecules(path: str | Path) -> list[Atoms]:
     from physpack.evaluation.predict import open_structures
 
     with open_structures(path) as data:
-        offsets = np.asarray(data.offsets)
-        charges = np.asarray(data.Qtot, np.float64)
-        molecules = []
-        for i in range(len(data)):
-            a, b = int(offsets[i]), int(offsets[i + 1])
-            atoms = Atoms(
-                numbers=np.asarray(data.Z[a:b]), positions=data.canonical("R", a, b)
-            )
-            atoms.info["charge"] = float(charges[i])
-            molecules.append(atoms)
-    return molecules
+        return [molecule_atoms(data, i) for i in range(len(data))]
 
 
 @cli_entry("physpack md")

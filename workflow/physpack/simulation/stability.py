@@ -2,11 +2,11 @@
 
 Broken means one of:
 
-- a bond stretched beyond :data:`BROKEN_STRETCH` × its starting length, where a bond
-  is a pair closer than :data:`BOND_FACTOR` × the sum of the two covalent radii
-  (ASE's ``covalent_radii``) at the start;
-- two atoms that are not bonded at the start closer than :data:`CLASH_FACTOR` × the
-  sum of their covalent radii;
+- a bond stretched beyond ``broken_stretch`` (default :data:`BROKEN_STRETCH`) × its
+  starting length, where a bond is a pair closer than :data:`BOND_FACTOR` × the sum
+  of the two covalent radii (ASE's ``covalent_radii``) at the start;
+- two atoms that are not bonded at the start closer than ``clash_factor`` (default
+  :data:`CLASH_FACTOR`) × the sum of their covalent radii;
 - a non-finite position or energy.
 
 Plain numpy: the criterion runs on the host between compiled blocks of steps.
@@ -33,25 +33,33 @@ class Bonds:
         length: float64 (B,) their starting lengths, Å.
         clash: float64 (n, n) the closest two atoms may come, Å (0 on the diagonal
             and for bonded pairs).
+        broken_stretch: the stretch of a bond beyond which it is broken.
     """
 
     i: np.ndarray
     j: np.ndarray
     length: np.ndarray
     clash: np.ndarray
+    broken_stretch: float = BROKEN_STRETCH
 
     @classmethod
-    def of(cls, numbers: np.ndarray, positions: np.ndarray) -> Bonds:
+    def of(
+        cls,
+        numbers: np.ndarray,
+        positions: np.ndarray,
+        broken_stretch: float = BROKEN_STRETCH,
+        clash_factor: float = CLASH_FACTOR,
+    ) -> Bonds:
         """The bonds of a molecule of ``numbers`` (n,) at ``positions`` (n, 3) Å."""
         radii = covalent_radii[np.asarray(numbers)]
         limit = radii[:, None] + radii[None, :]
         d = _distances(positions)
         bonded = np.triu(d < BOND_FACTOR * limit, 1)
         i, j = np.nonzero(bonded)
-        clash = CLASH_FACTOR * limit
+        clash = clash_factor * limit
         clash[bonded | bonded.T] = 0.0
         np.fill_diagonal(clash, 0.0)
-        return cls(i=i, j=j, length=d[i, j], clash=clash)
+        return cls(i, j, d[i, j], clash, broken_stretch)
 
     def max_stretch(self, positions: np.ndarray) -> float:
         """Longest bond over its starting length (1.0 without bonds)."""
@@ -66,7 +74,7 @@ class Bonds:
         if not (np.all(np.isfinite(positions)) and np.isfinite(energy)):
             return "non-finite positions or energy"
         stretch = self.max_stretch(positions)
-        if stretch > BROKEN_STRETCH:
+        if stretch > self.broken_stretch:
             k = int(
                 np.argmax(
                     np.linalg.norm(positions[self.i] - positions[self.j], axis=-1)
