@@ -55,17 +55,34 @@ def test_comparison_tables_and_figures(tmp_path: Path) -> None:
             }
         )
     )
+    stability = tmp_path / "base_md" / "stability.json"
+    stability.parent.mkdir()
+    molecules = [
+        {"stable": True, "energy_drift_meV_per_atom_ps": d, "max_bond_stretch": s}
+        for d, s in ((-0.02, 1.1), (0.04, 1.2))
+    ]
+    molecules.append(
+        {"stable": False, "energy_drift_meV_per_atom_ps": 9.0, "max_bond_stretch": 1.6}
+    )
+    record = {
+        "settings": {"temperature_K": 300.0, "picoseconds": 5.0},
+        "stable": 2,
+        "molecules": molecules,
+    }
+    stability.write_text(json.dumps({"runs": {"T300K": record}}))
+    stability.with_suffix(".png").write_bytes(b"\x89PNG-of-base")
     out = tmp_path / "out"
     compare(
         runs,
         params={"model.features": {"base": 64, "wide": 128}},
         ensembles={"committee": ens},
+        stability={"base": stability},
         markdown=out / "comparison.md",
         html_path=out / "comparison.html",
         figures=out / "figures",
     )
     md = (out / "comparison.md").read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| base")]
+    rows = [line for line in md.splitlines() if line.startswith("| base | 64")]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[1] == "64"
@@ -77,6 +94,11 @@ def test_comparison_tables_and_figures(tmp_path: Path) -> None:
     assert "<table>" in (out / "comparison.html").read_text()
     for name in ("learning_curves.png", "calibration.png"):
         assert (out / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+    # MD stability: intact count, mean |drift| of the intact ones, largest stretch
+    assert "| base | 300 | 5 | 2/3 | 0.03 | 1.6 |" in md
+    assert (
+        out / "figures" / "md_stability_base.png"
+    ).read_bytes() == b"\x89PNG-of-base"
 
 
 def test_cli_refuses_a_bad_run_spec_and_writes_nothing(tmp_path: Path, capsys) -> None:

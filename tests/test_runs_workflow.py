@@ -40,7 +40,8 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
     planned = planned_jobs(workdir)
     # the data stages are shared and done; each run trains once
     assert planned == sorted(
-        ["compare_runs", "evaluate_ensemble"] + ["evaluate_model", "train_model"] * 4
+        ["compare_runs", "evaluate_ensemble"]
+        + ["evaluate_model", "md_stability", "train_model"] * 4
     )
     snakemake(workdir, "--cores", "2")
     return workdir
@@ -73,19 +74,34 @@ def test_every_run_is_trained_and_evaluated_and_compared(ran: Path) -> None:
     assert "train.seed" in table and "train.init_from" in table  # what differs
     assert (results / "comparison/learning_curves.png").stat().st_size > 0
     assert (results / "comparison/calibration.png").stat().st_size > 0
+    # every run's MD stability: a row per run and its figure
+    assert "Is each model usable in simulation?" in table
+    for run in [*MEMBERS, "ft"]:
+        assert (results / "runs" / run / "md/stability.json").exists()
+        assert (results / f"comparison/md_stability_{run}.png").stat().st_size > 0
 
 
 def test_editing_one_run_reruns_only_that_run(ran: Path, tmp_path: Path) -> None:
     work = copy_workdir(ran, tmp_path / "wf")
     assert planned_jobs(work) == []
     set_runs(work, {**RUNS, "ft": {"train": {**RUNS["ft"]["train"], "epochs": 3}}})
-    assert planned_jobs(work) == ["compare_runs", "evaluate_model", "train_model"]
+    assert planned_jobs(work) == [
+        "compare_runs",
+        "evaluate_model",
+        "md_stability",
+        "train_model",
+    ]
 
 
 def test_adding_a_run_trains_only_the_new_one(ran: Path, tmp_path: Path) -> None:
     work = copy_workdir(ran, tmp_path / "wf")
     set_runs(work, {**RUNS, "wide": {"model": {"features": 12}}})
-    assert planned_jobs(work) == ["compare_runs", "evaluate_model", "train_model"]
+    assert planned_jobs(work) == [
+        "compare_runs",
+        "evaluate_model",
+        "md_stability",
+        "train_model",
+    ]
 
 
 def test_report_includes_the_comparison(ran: Path, tmp_path: Path) -> None:

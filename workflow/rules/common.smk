@@ -250,6 +250,9 @@ def compare_arguments():
     for e in ENSEMBLES:
         path = f"results/ensembles/{e}/metrics.json"
         args.append(f"--ensemble {shlex.quote(f'{e}={path}')}")
+    for r in RUNS:
+        for path in md_outputs(run_dir(r)):
+            args.append(f"--stability {shlex.quote(f'{r}={path}')}")
     return " ".join(args)
 
 

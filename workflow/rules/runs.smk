@@ -29,6 +29,10 @@ rule compare_runs:
         metrics=[f"{run_dir(r)}/eval/metrics.json" for r in RUNS],
         histories=[f"{run_dir(r)}/model/history.csv" for r in RUNS],
         ensembles=[f"results/ensembles/{e}/metrics.json" for e in ENSEMBLES],
+        stability=[out for r in RUNS for out in md_outputs(run_dir(r))],
+        stability_figures=[
+            out.replace(".json", ".png") for r in RUNS for out in md_outputs(run_dir(r))
+        ],
         code=stage_code("compare"),
     output:
         md=PATHS["comparison_md"],

@@ -2,10 +2,12 @@
 differ, overlaid learning curves, and each committee's calibration.
 
 Inputs are the files the workflow already has for every run
-(``results/runs/<run>/eval/metrics.json``, ``.../model/history.csv``) and for
+(``results/runs/<run>/eval/metrics.json``, ``.../model/history.csv`` and, when the
+stability stage ran, ``.../md/stability.json`` with its figure beside it) and for
 every committee (``results/ensembles/<name>/metrics.json`` of
 :mod:`physpack.evaluation.ensemble`); outputs are ``comparison.md``,
-``comparison.html`` and PNG figures, written together (all or nothing).
+``comparison.html`` and PNG figures (each run's MD stability figure as
+``md_stability_<run>.png``), written together (all or nothing).
 Energies are shown in meV (per molecule and per atom), forces in meV/Å.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -132,6 +135,46 @@ def ensemble_table(
     return header, rows
 
 
+def stability_table(
+    stability: Mapping[str, Mapping[str, Any]],
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (one per run and temperature) of the MD stability stage's
+    records (:mod:`physpack.simulation.stability_stage`)."""
+    header = [
+        "run",
+        "T [K]",
+        "length [ps]",
+        "intact",
+        "mean |energy drift| [meV/atom/ps]",
+        "largest bond stretch",
+    ]
+    rows = []
+    for run, record in stability.items():
+        for md in record.get("runs", {}).values():
+            molecules = md.get("molecules", [])
+            drifts = [
+                abs(m["energy_drift_meV_per_atom_ps"])
+                for m in molecules
+                if m.get("stable") and m.get("energy_drift_meV_per_atom_ps") is not None
+            ]
+            rows.append(
+                [
+                    run,
+                    format_cell(md["settings"]["temperature_K"]),
+                    format_cell(md["settings"]["picoseconds"]),
+                    f"{md.get('stable', 0)}/{len(molecules)}",
+                    format_cell(float(np.mean(drifts)) if drifts else float("nan")),
+                    format_cell(
+                        max(
+                            (m["max_bond_stretch"] for m in molecules),
+                            default=float("nan"),
+                        )
+                    ),
+                ]
+            )
+    return header, rows
+
+
 _NOTE = (
     "Test split; the validation split chose each run's best epoch. σ scale: the "
     "factor that makes the committee spread match the observed errors of its mean "
@@ -144,12 +187,16 @@ def comparison_markdown(
     metrics: Mapping[str, Mapping[str, Any]],
     params: Mapping[str, Mapping[str, Any]],
     ensembles: Mapping[str, Mapping[str, Any]],
+    stability: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     lines = ["# Comparison of runs", ""]
     lines += markdown_table(*run_table(metrics, params))
     if ensembles:
         lines += ["", "## Ensembles", ""]
         lines += markdown_table(*ensemble_table(ensembles))
+    if stability:
+        lines += ["", "## Is each model usable in simulation?", ""]
+        lines += markdown_table(*stability_table(stability))
     lines += ["", _NOTE]
     return "\n".join(lines) + "\n"
 
@@ -158,10 +205,16 @@ def comparison_html(
     metrics: Mapping[str, Mapping[str, Any]],
     params: Mapping[str, Mapping[str, Any]],
     ensembles: Mapping[str, Mapping[str, Any]],
+    stability: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     parts = [html_table(*run_table(metrics, params))]
     if ensembles:
         parts += [html_heading("Ensembles"), html_table(*ensemble_table(ensembles))]
+    if stability:
+        parts += [
+            html_heading("Is each model usable in simulation?"),
+            html_table(*stability_table(stability)),
+        ]
     return html_page("Comparison of runs", parts, [_NOTE])
 
 
@@ -219,6 +272,7 @@ def compare(
     *,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     ensembles: Mapping[str, str | os.PathLike] | None = None,
+    stability: Mapping[str, str | os.PathLike] | None = None,
     markdown: str | os.PathLike,
     html_path: str | os.PathLike,
     figures: str | os.PathLike,
@@ -227,22 +281,31 @@ def compare(
 
     ``params`` maps ``section.key`` -> {run: value} (the settings that differ,
     :func:`physpack.runs.differing_keys`); ``ensembles`` maps a committee to its
-    ensemble ``metrics.json``. Returns the metrics it read.
+    ensemble ``metrics.json``; ``stability`` a run to its ``stability.json`` (its
+    figure, ``stability.png`` beside it, is copied in). Returns the metrics it read.
     """
     if not runs:
         raise InputError("compare: no runs given")
     metrics = {r: _read_json(m, "run metrics") for r, (m, _) in runs.items()}
     histories = {r: read_history(h) for r, (_, h) in runs.items()}
     ens = {n: _read_json(p, "ensemble metrics") for n, p in (ensembles or {}).items()}
+    stab = {r: _read_json(p, "MD stability") for r, p in (stability or {}).items()}
     params = dict(params or {})
     with StagedOutputs() as staged:
-        staged.file(markdown).write_text(comparison_markdown(metrics, params, ens))
-        staged.file(html_path).write_text(comparison_html(metrics, params, ens))
+        staged.file(markdown).write_text(
+            comparison_markdown(metrics, params, ens, stab)
+        )
+        staged.file(html_path).write_text(comparison_html(metrics, params, ens, stab))
         fig_dir = staged.directory(figures)
         learning_curves_figure(fig_dir / "learning_curves.png", histories)
         if ens:
             calibration_figure(fig_dir / "calibration.png", ens)
-    return {"runs": metrics, "ensembles": ens}
+        for run, path in (stability or {}).items():
+            png = Path(path).with_suffix(".png")
+            if not png.is_file():
+                raise InputError(f"{png}: missing (the figure of {path})")
+            shutil.copyfile(png, fig_dir / f"md_stability_{run}.png")
+    return {"runs": metrics, "ensembles": ens, "stability": stab}
 
 
 def _run_spec(text: str) -> tuple[str, str, str]:
@@ -287,6 +350,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a committee's ensemble metrics.json (repeat per committee)",
     )
     parser.add_argument(
+        "--stability",
+        action="append",
+        type=_named_path,
+        default=[],
+        metavar="NAME=STABILITY_JSON",
+        help="a run's md/stability.json, its stability.png beside it (repeat per run)",
+    )
+    parser.add_argument(
         "--params",
         default="{}",
         metavar="JSON",
@@ -304,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         {name: (m, h) for name, m, h in args.run},
         params=params,
         ensembles=dict(args.ensemble),
+        stability=dict(args.stability),
         markdown=args.markdown,
         html_path=args.html,
         figures=args.figures,
