@@ -168,6 +168,10 @@ def test_quick_loop_line() -> None:
 def test_inline_snakemake_commands(demo_workdir: Path) -> None:
     out = run(dry("snakemake --cores 8"), demo_workdir)
     assert "python -m physpack evaluate" in out
+    assert "python -m physpack md-stability" in out  # md.enabled: true by default
+    out = run(dry("snakemake --cores 8 results/md/stability.json"), demo_workdir)
+    assert re.search(r"^md_stability\s+1$", out, re.MULTILINE), out
+    assert "python -m physpack evaluate" not in out
     (override,) = [c for c in INLINE_COMMANDS if "--config train=" in c]
     out = run(dry(override), demo_workdir)
     (train,) = re.findall(r"--train-config '(\{.*?\})'", out)
@@ -310,6 +314,48 @@ def test_many_runs_commands(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------
+# Molecular dynamics
+
+
+def _md_lines() -> list[str]:
+    return _bash_blocks(_section("### Molecular dynamics with the trained model"))
+
+
+@pytest.mark.slow
+def test_md_commands(tmp_path: Path) -> None:
+    """The two ``physpack md`` lines as written: one model (NVE), then a committee
+    of four (Langevin) with uncertain frames written."""
+    from ase.io import read, write
+    from model_fixtures import make_checkpoint, make_packed
+    from physpack.data.packed import PackedDataset
+    from physpack.simulation.md import molecule_atoms
+
+    one, committee = _md_lines()
+    workdir = tmp_path / "project"
+    (tmp_path / "data").mkdir()
+    packed, _ = make_packed(tmp_path / "data", n_mol=6)
+    paths = [workdir / "results/model/best.ckpt"]
+    paths += [workdir / f"results/runs/committee-{i}/model/best.ckpt" for i in range(4)]
+    for seed, path in enumerate(paths):
+        path.parent.mkdir(parents=True)
+        make_checkpoint(path, packed, seed=seed, scale_factor=1e-3)
+    data = PackedDataset(packed)
+    write(workdir / "molecules.extxyz", [molecule_atoms(data, i) for i in range(3)])
+    for line in (one, committee):
+        assert line.startswith("physpack md ")
+        run(f"{shlex.quote(sys.executable)} -m {line}", workdir)
+    single = json.loads((workdir / "results/md/run/md.json").read_text())
+    assert single["settings"]["picoseconds"] == 5 and len(single["molecules"]) == 3
+    record = json.loads((workdir / "results/md/committee/md.json").read_text())
+    assert record["settings"]["ensemble"] == "langevin"
+    assert len(record["checkpoints"]) == 4
+    frames = read(
+        workdir / "results/md/committee" / record["molecules"][0]["trajectory"], ":"
+    )
+    assert frames[-1].info["forces_spread_max_eV_per_A"] > 0
+
+
+# --------------------------------------------------------------------------------
 # D3 dispersion
 
 
@@ -348,6 +394,7 @@ CHECKED_BLOCK_COMMANDS = [
     or c in _slurm_lines()
     or c in _many_runs_lines()
     or c in _dispersion_lines()
+    or c in _md_lines()
 ]
 CHECKED_INLINE_COMMANDS = [
     c
@@ -356,6 +403,7 @@ CHECKED_INLINE_COMMANDS = [
     or "--config train=" in c
     or c in ("physpack train --help",)
     or c == "snakemake --report results/report.html"  # tests/test_report.py
+    or c == "snakemake --cores 8 results/md/stability.json"
     or c.startswith("physpack ")
     and c.split()[1] in STEPS
     and len(c.split()) == 2
