@@ -30,14 +30,14 @@ the flip and the stop come inside an epoch, and the epoch cut short is validated
 like a whole one, so the best (EMA) parameters include it. Each run then
 predicts the test split and runs the MD stability test: NVE (velocity Verlet) at
 300 K, 0.5 fs steps, on the largest test molecules (one conformation per
-compound), with the same initial momenta for every model; a molecule whose bond
-(atoms closer than 1.2 × the sum of covalent radii at the start) stretches
-beyond 1.5× its starting length is broken. MACE runs ``--md-ps`` picoseconds
-through ASE's ``VelocityVerlet`` and mlip's ASE calculator; physpack runs 50 ps
-(the target; the count at ``--md-ps`` is reported too) with the same integrator
-written in JAX (:func:`md_stability_jitted`: the molecules side by side in one
-batch, jitted blocks of 20 steps), as ASE's per-step Python overhead would make
-50 ps take hours here. The table gives test energy MAE (meV, meV/atom), force
+compound), with the same initial momenta for every model and the criterion of
+:mod:`physpack.simulation.stability` (a bond stretched beyond 1.5× its starting
+length, non-bonded atoms closer than 0.6 × the sum of covalent radii, or a
+non-finite energy). MACE runs ``--md-ps`` picoseconds through ASE's
+``VelocityVerlet`` and mlip's ASE calculator; physpack runs 50 ps (the target; the
+count at ``--md-ps`` is reported too) with ``physpack md`` (the same integrator,
+the molecules side by side in one compiled batch), as ASE's per-step Python
+overhead would make 50 ps take hours here. The table gives test energy MAE (meV, meV/atom), force
 MAE (meV/Å) overall and per element (with each element's share of the test
 atoms), training structures/s, epochs, training wall time, peak RSS, parameter
 count, MD stable/total and the total-energy drift of the stable runs
@@ -95,8 +95,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 MD_TEMPERATURE_K = 300.0
 MD_TIMESTEP_FS = 0.5
-BOND_FACTOR = 1.2  # bonded: closer than this × (r_cov,i + r_cov,j) at the start
-BROKEN_STRETCH = 1.5  # broken: a bond longer than this × its starting length
 MACE_FLIP_FRACTION = 0.75
 #: physpack's NVE runs this long by default (the target), whatever --md-ps is
 PHYSPACK_MD_PS = 50.0
@@ -200,6 +198,7 @@ def prepare_data(work: Path, config: dict, dataset: str, npz: Path) -> dict:
     from physpack.data.convert import convert_npz
     from physpack.data.packed import PackedDataset
     from physpack.data.split import make_split, save_split
+    from physpack.simulation.stability_stage import largest_molecules
 
     work.mkdir(parents=True, exist_ok=True)
     record = work / "paths.json"
@@ -237,7 +236,7 @@ def prepare_data(work: Path, config: dict, dataset: str, npz: Path) -> dict:
         paths[name] = str(path)
     md = work / "md.xyz"
     if not (unchanged and md.exists()):
-        write_extxyz(data, md_molecules(data, subsets["test"]), md)
+        write_extxyz(data, largest_molecules(data, subsets["test"], 6), md)
     paths.update(
         md=str(md),
         dataset=dataset,
@@ -268,21 +267,6 @@ def write_extxyz(data, indices: np.ndarray, path: Path) -> Path:
         frames.append(atoms)
     write(path, frames, format="extxyz")
     return path
-
-
-def md_molecules(data, test: np.ndarray, count: int = 6) -> np.ndarray:
-    """The largest test molecules, one conformation per composition."""
-    seen: set[tuple[int, ...]] = set()
-    chosen = []
-    n_atoms = np.diff(data.offsets)[np.asarray(test)]
-    for i in np.asarray(test)[np.argsort(-n_atoms, kind="stable")]:
-        key = tuple(np.bincount(data.molecule(int(i))["Z"], minlength=100))
-        if key not in seen:
-            seen.add(key)
-            chosen.append(int(i))
-        if len(chosen) == count:
-            break
-    return np.asarray(chosen)
 
 
 # ----------------------------------------------------------------- metrics
@@ -339,35 +323,42 @@ def element_force_errors(
 def md_stability(
     molecules, make_calculator: Callable, picoseconds: float
 ) -> dict[str, float]:
-    """NVE at 300 K of each molecule (ASE atoms) with ASE's velocity Verlet;
-    stable/total and the mean absolute total-energy drift of the stable runs
-    [meV/atom/ps]. Initial momenta from :func:`start_state`."""
+    """NVE at 300 K of each molecule (ASE atoms) with ASE's velocity Verlet (for
+    models without ``physpack md``, i.e. MACE): the starting velocities and the
+    stability criterion of :mod:`physpack.simulation` (molecule ``k`` draws from
+    ``default_rng([0, k])``); stable/total and the mean absolute total-energy
+    drift of the stable runs [meV/atom/ps] (slope of a straight line, as ``physpack
+    md`` reports it)."""
     from ase import units
-    from ase.data import covalent_radii
     from ase.md.verlet import VelocityVerlet
     from physpack.metrics import convert
+    from physpack.simulation.md import starting_velocities
+    from physpack.simulation.stability import Bonds
 
     steps = max(1, round(picoseconds * 1000 / MD_TIMESTEP_FS))
     check_every = min(20, steps)
     stable, drifts = 0, []
-    for atoms in start_state(molecules):
+    for k, start in enumerate(molecules):
+        atoms = start.copy()
+        atoms.set_velocities(
+            starting_velocities(atoms, MD_TEMPERATURE_K, np.random.default_rng([0, k]))
+        )
         atoms.calc = make_calculator(atoms)
-        r0 = atoms.get_all_distances()
-        radii = covalent_radii[atoms.numbers]
-        bonded = np.triu(r0 < BOND_FACTOR * (radii[:, None] + radii[None, :]), 1)
+        bonds = Bonds.of(atoms.numbers, atoms.positions)
         dyn = VelocityVerlet(atoms, timestep=MD_TIMESTEP_FS * units.fs)
-        e0 = atoms.get_total_energy()
-        broken = False
-        for _ in range(0, steps, check_every):
+        times, totals = [0.0], [atoms.get_total_energy()]
+        broken = None
+        for done in range(check_every, steps + 1, check_every):
             dyn.run(check_every)
-            stretch = atoms.get_all_distances()[bonded] / r0[bonded]
-            if not np.all(np.isfinite(stretch)) or stretch.max() > BROKEN_STRETCH:
-                broken = True
+            totals.append(atoms.get_total_energy())
+            times.append(done * MD_TIMESTEP_FS / 1000)
+            broken = bonds.broken(atoms.positions, atoms.get_potential_energy())
+            if broken:
                 break
-        if not broken:
+        if broken is None:
             stable += 1
-            drift = (atoms.get_total_energy() - e0) / len(atoms) / picoseconds
-            drifts.append(convert(abs(drift), "energy_per_atom", "meV/atom"))
+            slope = np.polyfit(times, totals, 1)[0] / len(atoms)
+            drifts.append(abs(float(convert(slope, "energy_per_atom", "meV/atom"))))
     return {
         "md_stable": stable,
         "md_total": len(molecules),
@@ -376,131 +367,39 @@ def md_stability(
     }
 
 
-def start_state(molecules) -> list:
-    """Each molecule (ASE atoms) with the test's initial momenta: Maxwell-Boltzmann
-    at :data:`MD_TEMPERATURE_K` from ``default_rng(k)``, centre of mass at rest (the
-    same draws as :func:`md_stability`)."""
-    from ase.md.velocitydistribution import Stationary, thermalize_momenta
-
-    started = []
-    for k, start in enumerate(molecules):
-        atoms = start.copy()
-        thermalize_momenta(
-            atoms, temperature_K=MD_TEMPERATURE_K, rng=np.random.default_rng(k)
-        )
-        Stationary(atoms)
-        started.append(atoms)
-    return started
-
-
-def md_stability_jitted(
-    molecules, ckpt, picoseconds: float, also_at: float | None = None
+def physpack_md_stability(
+    molecules,
+    checkpoint: Path,
+    picoseconds: float,
+    work: Path,
+    also_at: float | None = None,
 ) -> dict[str, float]:
-    """:func:`md_stability` for a physpack checkpoint, integrated in JAX: the
-    molecules side by side in one packed batch (independent: no pair crosses
-    molecules), velocity Verlet (the algorithm of ASE's ``VelocityVerlet``) in
-    jitted blocks of 20 steps, the bond check after every block on the host. A
-    broken molecule is frozen (not integrated further). Same molecules, initial
-    momenta, time step and criterion as :func:`md_stability`; fast enough for
-    the 50 ps target. ``also_at`` [ps]: stable count at that time as well."""
-    import jax
-    import jax.numpy as jnp
-    from ase import units
-    from ase.data import covalent_radii
-    from physpack.metrics import convert
-    from physpack.model.physnet import (
-        device_inputs,
-        energy_and_forces,
-        molecules_to_batch,
+    """:func:`md_stability` for a physpack checkpoint with ``physpack md`` (the
+    molecules side by side in one compiled batch, velocity Verlet: the same
+    algorithm, starting velocities, time step and criterion), fast enough for the
+    50 ps target. ``also_at`` [ps]: the stable count at that time as well;
+    trajectories in ``work``."""
+    from physpack.simulation.md import MDSettings, run_md
+
+    settings = MDSettings(
+        temperature_K=MD_TEMPERATURE_K,
+        picoseconds=picoseconds,
+        timestep_fs=MD_TIMESTEP_FS,
+        interval=1000,
     )
-
-    started = start_state(molecules)
-    batch = molecules_to_batch(
-        [{"Z": a.numbers, "R": a.positions.astype(np.float32)} for a in started]
-    )
-    inputs = device_inputs(batch)
-    n = [len(a) for a in started]
-    A = batch["Z"].shape[0]
-    real = np.asarray(batch["atom_mask"])
-    masses = np.ones(A)
-    masses[real] = np.concatenate([a.get_masses() for a in started])
-    velocities = np.zeros((A, 3))
-    velocities[real] = np.concatenate([a.get_velocities() for a in started])
-    params, model = jax.device_put(ckpt.params), ckpt.model
-    scale = jnp.float32(ckpt.constants.scale)
-    dt = MD_TIMESTEP_FS * units.fs
-    inv_m = jnp.asarray(1.0 / masses, jnp.float32)[:, None]
-    segments = np.asarray(batch["batch_segments"])
-
-    def forces(r):
-        out = energy_and_forces(params, model, {**inputs, "R": r}, scale)
-        return out["forces"], out["energy_residual"]
-
-    @jax.jit
-    def block(r, v, f, active):
-        move = active[inputs["batch_segments"]][:, None] & inputs["atom_mask"][:, None]
-
-        def step(_, state):
-            r, v, f = state
-            v_half = v + 0.5 * dt * f * inv_m
-            r_new = jnp.where(move, r + dt * v_half, r)
-            f_new, _ = forces(r_new)
-            v_new = jnp.where(move, v_half + 0.5 * dt * f_new * inv_m, v)
-            return r_new, v_new, f_new
-
-        r, v, f = jax.lax.fori_loop(0, 20, step, (r, v, f))
-        return r, v, f, forces(r)[1]
-
-    def total_energy(e_res, v):
-        kinetic = np.bincount(
-            segments,
-            0.5 * masses * (np.asarray(v, np.float64) ** 2).sum(1),
-            minlength=len(n) + 1,
-        )[: len(n)]
-        return np.asarray(e_res, np.float64)[: len(n)] + kinetic
-
-    r = jnp.asarray(batch["R"])
-    v = jnp.asarray(velocities, jnp.float32)
-    f, e_res = forces(r)
-    e0 = total_energy(e_res, v)
-    r0 = [a.get_all_distances() for a in started]
-    bonded = []
-    for a, d in zip(started, r0, strict=True):
-        radii = covalent_radii[a.numbers]
-        bonded.append(np.triu(d < BOND_FACTOR * (radii[:, None] + radii[None, :]), 1))
-    starts = np.concatenate([[0], np.cumsum(n)])
-    active = np.ones(len(n) + 1, bool)
-    active[-1] = False
-    blocks = max(1, round(picoseconds * 1000 / MD_TIMESTEP_FS / 20))
-    check_at = None if also_at is None else round(also_at * 1000 / MD_TIMESTEP_FS / 20)
-    stable_then = None
-    t0 = time.perf_counter()
-    for b in range(1, blocks + 1):
-        r, v, f, e_res = block(r, v, f, jnp.asarray(active))
-        pos = np.asarray(r, np.float64)
-        for k in np.flatnonzero(active[:-1]):
-            x = pos[starts[k] : starts[k + 1]]
-            d = np.linalg.norm(x[:, None] - x[None], axis=-1)
-            stretch = d[bonded[k]] / r0[k][bonded[k]]
-            if not np.all(np.isfinite(stretch)) or stretch.max() > BROKEN_STRETCH:
-                active[k] = False
-        if b == check_at:
-            stable_then = int(active[:-1].sum())
-    e_end = total_energy(e_res, v)
-    drift = np.abs(e_end - e0) / np.asarray(n) / picoseconds
-    drift = convert(drift, "energy_per_atom", "meV/atom")
-    ok = active[:-1]
+    record = run_md([checkpoint], molecules, settings, work, log=lambda line: None)
+    runs = record["molecules"]
+    drifts = [abs(m["energy_drift_meV_per_atom_ps"]) for m in runs if m["stable"]]
     result = {
-        "md_stable": int(ok.sum()),
-        "md_total": len(n),
+        "md_stable": record["stable"],
+        "md_total": len(runs),
         "md_ps": picoseconds,
-        "md_drift_meV_per_atom_ps": float(drift[ok].mean())
-        if ok.any()
-        else float("nan"),
-        "md_seconds": time.perf_counter() - t0,
+        "md_drift_meV_per_atom_ps": float(np.mean(drifts)) if drifts else float("nan"),
+        "md_seconds": record["seconds"],
     }
-    if stable_then is not None:
-        result["md_stable_at"] = {f"{also_at:g}": stable_then}
+    if also_at is not None:
+        intact = sum(m["stable"] or m["broke_at_ps"] > also_at for m in runs)
+        result["md_stable_at"] = {f"{also_at:g}": intact}
     return result
 
 
@@ -578,8 +477,12 @@ def run_physpack(
         pred.E_true, pred.E_pred, pred.n_atoms, pred.F_true, pred.F_pred, pred.Z
     )
     params = sum(int(np.size(a)) for a in _leaves(ckpt.params))
-    md = md_stability_jitted(
-        read(paths["md"], index=":"), ckpt, max(md_ps, long_md_ps), also_at=md_ps
+    md = physpack_md_stability(
+        read(paths["md"], index=":"),
+        result.checkpoint,
+        max(md_ps, long_md_ps),
+        Path(result.checkpoint).parent / "md",
+        also_at=md_ps,
     )
     return {
         "name": f"physpack ({variant or 'shipped config'})",
