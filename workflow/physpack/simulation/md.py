@@ -170,33 +170,136 @@ def starting_velocities(atoms: Atoms, temperature_K: float, rng) -> np.ndarray:
     return atoms.get_velocities()
 
 
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The batch after a block, on the host.
+
+    Attributes:
+        step, time_ps: steps done and the time, ps.
+        positions, velocities, forces: float64 (A, 3): Å, ASE units, eV/Å.
+        spread: float64 (A,) committee force spread, eV/Å (0 for one model).
+        potential, kinetic: float64 (N,) per molecule, eV.
+        temperature: float64 (N,) K.
+    """
+
+    step: int
+    time_ps: float
+    positions: np.ndarray
+    velocities: np.ndarray
+    forces: np.ndarray
+    spread: np.ndarray
+    potential: np.ndarray
+    kinetic: np.ndarray
+    temperature: np.ndarray
+
+
+class _Molecule:
+    """One molecule's bookkeeping: stability, energies and temperatures over the
+    run, and the frame it writes."""
+
+    def __init__(self, run: MoleculeRun, bonds: Bonds, rows: slice, committee: bool):
+        self.run, self.bonds, self.rows, self.committee = run, bonds, rows, committee
+        self.totals: list[tuple[float, float]] = []
+        self.temperatures: list[float] = []
+
+    def observe(self, snap: Snapshot) -> str | None:
+        """Take in the molecule's state in ``snap``; why it broke, or ``None``."""
+        k, run, x = self.run.index, self.run, snap.positions[self.rows]
+        self.stretch = self.bonds.max_stretch(x)
+        run.max_bond_stretch = max(run.max_bond_stretch, self.stretch)
+        run.max_forces_spread_eV_per_A = max(
+            run.max_forces_spread_eV_per_A, float(snap.spread[self.rows].max())
+        )
+        self.totals.append((snap.time_ps, snap.potential[k] + snap.kinetic[k]))
+        self.temperatures.append(float(snap.temperature[k]))
+        why = self.bonds.broken(x, snap.potential[k])
+        if why is not None:
+            run.stable, run.broke_at_ps, run.reason = False, snap.time_ps, why
+        return why
+
+    def info(self, snap: Snapshot) -> dict[str, float]:
+        """The ``info`` of the molecule's frame in ``snap``."""
+        k = self.run.index
+        info = {
+            "time_ps": snap.time_ps,
+            "step": snap.step,
+            "potential_energy_eV": float(snap.potential[k]),
+            "kinetic_energy_eV": float(snap.kinetic[k]),
+            "total_energy_eV": float(snap.potential[k] + snap.kinetic[k]),
+            "temperature_K": float(snap.temperature[k]),
+            "max_bond_stretch": self.stretch,
+        }
+        if self.committee:
+            info["forces_spread_max_eV_per_A"] = float(snap.spread[self.rows].max())
+            info["forces_spread_mean_eV_per_A"] = float(snap.spread[self.rows].mean())
+        return info
+
+    def finish(self, ensemble: str) -> None:
+        """Mean temperature and, for NVE, the energy drift: the slope of a straight
+        line through the total energy."""
+        self.run.mean_temperature_K = float(np.mean(self.temperatures))
+        if ensemble == "nve" and len(self.totals) > 1:
+            t, e = np.asarray(self.totals).T
+            slope = np.polyfit(t, e, 1)[0] / self.run.n_atoms  # eV/atom/ps
+            self.run.energy_drift_meV_per_atom_ps = float(
+                convert(slope, "energy_per_atom", "meV/atom")
+            )
+
+
 class _Trajectories:
     """Frames of every molecule, appended to its extxyz file in the output."""
 
-    def __init__(
-        self, directory: Path, molecules: Sequence[Atoms], names: Sequence[str]
-    ):
+    def __init__(self, directory: Path, molecules: Sequence[Atoms]):
         self.directory, self.molecules = directory, molecules
-        self.paths = [directory / f"{name}.extxyz" for name in names]
         self.uncertain = directory / "uncertain.extxyz"
 
-    def frame(self, k: int, positions, velocities, forces, info: dict) -> Atoms:
-        atoms = self.molecules[k].copy()
-        atoms.set_positions(positions)
-        atoms.set_velocities(velocities)
-        atoms.info.update(info)
+    def write(
+        self, molecule: _Molecule, snap: Snapshot, threshold: float | None
+    ) -> None:
+        """Append the molecule's frame of ``snap`` (and to ``uncertain.extxyz`` when
+        its largest force spread exceeds ``threshold``)."""
+        run, rows = molecule.run, molecule.rows
+        atoms = self.molecules[run.index].copy()
+        atoms.set_positions(snap.positions[rows])
+        atoms.set_velocities(snap.velocities[rows])
+        atoms.info.update(molecule.info(snap))
         atoms.calc = SinglePointCalculator(
-            atoms, energy=info["potential_energy_eV"], forces=forces
+            atoms, energy=atoms.info["potential_energy_eV"], forces=snap.forces[rows]
         )
-        return atoms
+        write(self.directory / run.trajectory, atoms, format="extxyz", append=True)
+        run.frames += 1
+        if threshold is not None and snap.spread[rows].max() > threshold:
+            atoms.info["molecule"] = run.index
+            write(self.uncertain, atoms, format="extxyz", append=True)
+            run.uncertain_frames += 1
 
-    def write(self, k: int, atoms: Atoms, uncertain: bool) -> None:
-        write(self.paths[k], atoms, format="extxyz", append=True)
-        if uncertain:
-            marked = atoms.copy()
-            marked.calc = atoms.calc
-            marked.info["molecule"] = k
-            write(self.uncertain, marked, format="extxyz", append=True)
+
+def _checked_calculator(
+    checkpoints: Sequence[str | Path],
+    molecules: Sequence[Atoms],
+    settings: MDSettings,
+) -> PhysNetCalculator:
+    """The models, after checking that they can run ``molecules``."""
+    calc = PhysNetCalculator([str(c) for c in checkpoints])
+    if calc.dispersion_label is not None:
+        raise InputError(
+            f"{checkpoints[0]}: trained with {calc.dispersion_label} subtracted; "
+            f"physpack md integrates the network alone, so it would leave D3 out "
+            f"(use PhysNetCalculator with an ASE integrator)"
+        )
+    if not molecules:
+        raise InputError("physpack md: no molecules given")
+    if settings.uncertainty_threshold is not None and calc.committee_size < 2:
+        raise InputError(
+            "physpack md: --uncertainty-threshold needs a committee (several "
+            "checkpoints); one model has no force spread"
+        )
+    for k, atoms in enumerate(molecules):
+        try:
+            calc.check_atoms(atoms)
+        except InputError as exc:
+            raise InputError(f"molecule {k}: {exc}") from None
+    return calc
 
 
 def run_md(
@@ -224,28 +327,9 @@ def run_md(
             no molecules, or a model trained with D3 subtracted (D3 is not part of
             the compiled step: use :class:`PhysNetCalculator` with ASE's integrators).
     """
-    calc = PhysNetCalculator([str(c) for c in checkpoints])
-    if calc.dispersion_label is not None:
-        raise InputError(
-            f"{checkpoints[0]}: trained with {calc.dispersion_label} subtracted; "
-            f"physpack md integrates the network alone, so it would leave D3 out "
-            f"(use PhysNetCalculator with an ASE integrator)"
-        )
-    if not molecules:
-        raise InputError("physpack md: no molecules given")
-    if settings.uncertainty_threshold is not None and calc.committee_size < 2:
-        raise InputError(
-            "physpack md: --uncertainty-threshold needs a committee (several "
-            "checkpoints); one model has no force spread"
-        )
-    for k, atoms in enumerate(molecules):
-        try:
-            calc.check_atoms(atoms)
-        except InputError as exc:
-            raise InputError(f"molecule {k}: {exc}") from None
-    charges = [calc.total_charge(a) for a in molecules]
-    system = PackedMolecules.of(molecules, charges)
-    members = calc.members
+    calc = _checked_calculator(checkpoints, molecules, settings)
+    system = PackedMolecules.of(molecules, [calc.total_charge(a) for a in molecules])
+    members, n = calc.members, len(molecules)
     velocities = np.zeros_like(system.batch["R"], dtype=np.float64)
     for k, atoms in enumerate(molecules):
         rng = np.random.default_rng([settings.seed, k])
@@ -255,154 +339,115 @@ def run_md(
     state, frame = start_state(members, system, velocities, settings.seed)
     params = [m.params for m in members]
     active = np.zeros(system.batch["Qtot"].shape[0], bool)
-    active[: len(system)] = True
+    active[:n] = True
     block = (
         compile_block(members, system, settings.integrator(), settings.block_steps)
         .lower(params, state, jnp.asarray(active))
         .compile()
     )
-    references = np.stack(
-        [m.checkpoint.constants.reference_energies[system.batch["Z"]] for m in members]
-    )
-    references[:, system.starts[-1] :] = 0.0
-    reference = (references @ _membership(system)).T  # (N, K) eV
-
-    n = len(system)
-    names = [
-        f"mol{k:0{len(str(n - 1))}d}_{a.get_chemical_formula()}"
-        for k, a in enumerate(molecules)
-    ]
-    runs = [
-        MoleculeRun(
-            index=k,
-            formula=a.get_chemical_formula(),
-            n_atoms=len(a),
-            trajectory=f"{name}.extxyz",
+    snapshot = _Snapshots(system, members, settings)
+    tracked = []
+    for k, atoms in enumerate(molecules):
+        name = f"mol{k:0{len(str(n - 1))}d}_{atoms.get_chemical_formula()}"
+        run = MoleculeRun(k, atoms.get_chemical_formula(), len(atoms), f"{name}.extxyz")
+        x = system.batch["R"][system.rows(k)]
+        bonds = Bonds.of(
+            atoms.numbers, x, settings.broken_stretch, settings.clash_factor
         )
-        for k, (a, name) in enumerate(zip(molecules, names, strict=True))
-    ]
-    bonds = [
-        Bonds.of(
-            a.numbers,
-            system.batch["R"][system.rows(k)],
-            settings.broken_stretch,
-            settings.clash_factor,
-        )
-        for k, a in enumerate(molecules)
-    ]
-    dof = np.maximum(3 * system.sizes - (3 if settings.ensemble == "nve" else 0), 1)
-    totals: list[list[tuple[float, float]]] = [[] for _ in range(n)]
-    temperatures: list[list[float]] = [[] for _ in range(n)]
-    steps, per_block = settings.steps, settings.block_steps
-    blocks = steps // per_block
+        tracked.append(_Molecule(run, bonds, system.rows(k), len(members) > 1))
+    blocks = settings.steps // settings.block_steps
     report_every = max(1, blocks // 10)
 
     with StagedOutputs() as staged:
         directory = staged.directory(output)
-        out = _Trajectories(directory, molecules, names)
+        out = _Trajectories(directory, molecules)
         t0 = time.perf_counter()
         for b in range(blocks + 1):
             if b > 0:
                 state, frame = block(params, state, jnp.asarray(active))
-            step = b * per_block
-            time_ps = step * settings.timestep_fs / 1000.0
-            positions = np.asarray(state.positions, np.float64)
-            velocities = np.asarray(state.velocities, np.float64)
-            forces = np.asarray(state.forces, np.float64)
-            spread = np.asarray(frame["forces_spread"], np.float64)
-            potential = (
-                reference + np.asarray(frame["energy_residual"], np.float64)[:, :n].T
-            ).mean(axis=1)
-            kinetic = system.per_molecule(
-                0.5 * system.masses[:, None] * velocities**2
-            ).sum(axis=1)
-            temperature = 2.0 * kinetic / (dof * units.kB)
-            write_frame = step % settings.interval == 0 or b == blocks
+            snap = snapshot(b * settings.block_steps, state, frame)
+            written = snap.step % settings.interval == 0 or b == blocks
             for k in np.flatnonzero(active[:n]):
-                run, rows = runs[k], system.rows(k)
-                why = bonds[k].broken(positions[rows], potential[k])
-                stretch = bonds[k].max_stretch(positions[rows])
-                run.max_bond_stretch = max(run.max_bond_stretch, stretch)
+                why = tracked[k].observe(snap)
                 if why is not None:
-                    run.stable, run.broke_at_ps, run.reason = False, time_ps, why
                     active[k] = False
-                    log(
-                        f"md: molecule {k} ({run.formula}) broke at {time_ps:g} ps: {why}"
-                    )
-                totals[k].append((time_ps, potential[k] + kinetic[k]))
-                temperatures[k].append(temperature[k])
-                run.max_forces_spread_eV_per_A = max(
-                    run.max_forces_spread_eV_per_A, float(spread[rows].max())
-                )
-                if not write_frame and why is None:
-                    continue
-                info = {
-                    "time_ps": time_ps,
-                    "step": step,
-                    "potential_energy_eV": float(potential[k]),
-                    "kinetic_energy_eV": float(kinetic[k]),
-                    "total_energy_eV": float(potential[k] + kinetic[k]),
-                    "temperature_K": float(temperature[k]),
-                    "max_bond_stretch": stretch,
-                }
-                uncertain = False
-                if len(members) > 1:
-                    info["forces_spread_max_eV_per_A"] = float(spread[rows].max())
-                    info["forces_spread_mean_eV_per_A"] = float(spread[rows].mean())
-                    threshold = settings.uncertainty_threshold
-                    uncertain = threshold is not None and spread[rows].max() > threshold
-                atoms = out.frame(
-                    k, positions[rows], velocities[rows], forces[rows], info
-                )
-                out.write(k, atoms, uncertain)
-                run.frames += 1
-                run.uncertain_frames += int(uncertain)
+                    log(f"md: molecule {k} broke at {snap.time_ps:g} ps: {why}")
+                if written or why is not None:
+                    out.write(tracked[k], snap, settings.uncertainty_threshold)
             if b % report_every == 0 or b == blocks:
-                rate = step / max(time.perf_counter() - t0, 1e-9)
+                rate = snap.step / max(time.perf_counter() - t0, 1e-9)
                 log(
-                    f"md: {time_ps:g}/{settings.picoseconds:g} ps, "
+                    f"md: {snap.time_ps:g}/{settings.picoseconds:g} ps, "
                     f"{int(active[:n].sum())}/{n} molecules intact, "
                     f"{rate:.0f} steps/s ({rate * n:.0f} molecule-steps/s)"
                 )
             if not active[:n].any():
                 break
         seconds = time.perf_counter() - t0
-        for k, run in enumerate(runs):
-            run.mean_temperature_K = float(np.mean(temperatures[k]))
-            if settings.ensemble == "nve" and len(totals[k]) > 1:
-                t, e = np.asarray(totals[k]).T
-                slope = np.polyfit(t, e, 1)[0] / run.n_atoms  # eV/atom/ps
-                run.energy_drift_meV_per_atom_ps = float(
-                    convert(slope, "energy_per_atom", "meV/atom")
-                )
+        for molecule in tracked:
+            molecule.finish(settings.ensemble)
         record = {
             "settings": dataclasses.asdict(settings),
             "checkpoints": [str(c) for c in checkpoints],
-            "units": {
-                "time": "ps",
-                "energy": "eV",
-                "energy_drift": "meV/atom/ps",
-                "temperature": "K",
-                "forces_spread": "eV/Angstrom",
-                "length": "Angstrom",
-                "velocities": "ASE (Angstrom/(Angstrom*sqrt(amu/eV)))",
-            },
-            "steps": b * per_block,
+            "units": UNITS,
+            "steps": snap.step,
             "seconds": seconds,
-            "molecule_steps_per_second": n * b * per_block / max(seconds, 1e-9),
-            "stable": sum(r.stable for r in runs),
-            "molecules": [dataclasses.asdict(r) for r in runs],
+            "molecule_steps_per_second": n * snap.step / max(seconds, 1e-9),
+            "stable": sum(m.run.stable for m in tracked),
+            "molecules": [dataclasses.asdict(m.run) for m in tracked],
         }
         (directory / "md.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
-def _membership(system: PackedMolecules) -> np.ndarray:
-    """(A, N) 0/1: atom row a belongs to molecule n."""
-    member = np.zeros((system.batch["Z"].shape[0], len(system)))
-    for k in range(len(system)):
-        member[system.rows(k), k] = 1.0
-    return member
+#: units of ``md.json`` and the frames' ``info``
+UNITS = {
+    "time": "ps",
+    "energy": "eV",
+    "energy_drift": "meV/atom/ps",
+    "temperature": "K",
+    "forces_spread": "eV/Angstrom",
+    "length": "Angstrom",
+    "velocities": "ASE (Angstrom/(Angstrom*sqrt(amu/eV)))",
+}
+
+
+class _Snapshots:
+    """Turns the device state after a block into a :class:`Snapshot`: per molecule
+    the potential energy (the committee's mean, reference energies added in
+    float64), kinetic energy and temperature (2 E_kin / (f k_B) with f = 3n − 3 for
+    NVE, whose centre of mass is at rest, and 3n for Langevin)."""
+
+    def __init__(self, system: PackedMolecules, members, settings: MDSettings):
+        self.system, self.timestep_fs = system, settings.timestep_fs
+        n = len(system)
+        z = system.batch["Z"]
+        per_atom = np.stack(
+            [m.checkpoint.constants.reference_energies[z] for m in members]
+        )
+        per_atom[:, system.starts[-1] :] = 0.0
+        self.reference = system.per_molecule(per_atom.T)  # (N, K) eV
+        removed = 3 if settings.ensemble == "nve" else 0
+        self.dof = np.maximum(3 * system.sizes - removed, 1)
+        self.n = n
+
+    def __call__(self, step: int, state, frame) -> Snapshot:
+        system, n = self.system, self.n
+        velocities = np.asarray(state.velocities, np.float64)
+        residual = np.asarray(frame["energy_residual"], np.float64)[:, :n].T
+        kinetic = system.per_molecule(0.5 * system.masses[:, None] * velocities**2)
+        kinetic = kinetic.sum(axis=1)
+        return Snapshot(
+            step=step,
+            time_ps=step * self.timestep_fs / 1000.0,
+            positions=np.asarray(state.positions, np.float64),
+            velocities=velocities,
+            forces=np.asarray(state.forces, np.float64),
+            spread=np.asarray(frame["forces_spread"], np.float64),
+            potential=(self.reference + residual).mean(axis=1),
+            kinetic=kinetic,
+            temperature=2.0 * kinetic / (self.dof * units.kB),
+        )
 
 
 def molecule_atoms(dataset, i: int) -> Atoms:
