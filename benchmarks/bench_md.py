@@ -18,6 +18,10 @@ and scaling with the number of molecules integrated together.
    each, over the same steps.
 5. Scaling: the molecules repeated to 1, 6, 64, 512 copies, ``--scaling-steps``
    steps each: molecule-steps per second.
+6. What bounds both: force evaluations per second of the model alone, the packed
+   batch of all molecules (one compiled call, no integration) against the
+   calculator's ``calculate`` for one molecule at a time (the model plus the
+   calculator's per-call work, no integrator).
 """
 
 from __future__ import annotations
@@ -103,6 +107,37 @@ def run_physpack(
     return {**record, "positions": positions}
 
 
+def force_rates(checkpoint: str, molecules, calls: int = 100) -> dict:
+    """Molecule force evaluations per second: the packed batch of all molecules in
+    one compiled call, and the ASE calculator one molecule at a time."""
+    import jax
+    from ase.calculators.calculator import all_changes
+    from physpack.model.calculator import PhysNetCalculator
+    from physpack.model.physnet import device_inputs
+    from physpack.simulation.dynamics import PackedMolecules, committee_forces
+
+    calc = PhysNetCalculator(checkpoint)
+    system = PackedMolecules.of(molecules, [0.0] * len(molecules))
+    inputs = device_inputs(system.batch)
+    members = calc.members
+    params = [m.params for m in members]
+    call = jax.jit(lambda p, r: committee_forces(p, members, inputs, r)[0])
+    call(params, inputs["R"]).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        call(params, inputs["R"]).block_until_ready()
+    packed = len(molecules) * calls / (time.perf_counter() - t0)
+    seconds = 0.0
+    for start in molecules:
+        atoms = start.copy()
+        calc.calculate(atoms, ["forces"], all_changes)  # compile this size
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            calc.calculate(atoms, ["forces"], all_changes)
+        seconds += time.perf_counter() - t0
+    return {"packed": packed, "calculator": len(molecules) * calls / seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
@@ -148,6 +183,7 @@ def main() -> None:
             )
             for j in range(len(ase["positions"][0]))
         ]
+        rates = force_rates(args.checkpoint, molecules)
         scaling = {}
         for count in [int(c) for c in args.scaling.split(",")]:
             batch = [molecules[k % len(molecules)] for k in range(count)]
@@ -176,6 +212,10 @@ def main() -> None:
     for j, d in enumerate(by_step):
         print(f"  {j * 100:5d}: {d:.2e}")
     print()
+    print("force evaluations alone (molecule-evaluations/s):")
+    print(f"  ASE calculator, one molecule at a time: {rates['calculator']:10.0f}")
+    print(f"  packed batch, one compiled call:        {rates['packed']:10.0f}")
+    print()
     print("scaling: molecules side by side -> molecule-steps/s")
     for count, rate in scaling.items():
         print(f"  {count:5d}: {rate:10.0f}")
@@ -193,6 +233,7 @@ def main() -> None:
                     "max_deviation_A_by_molecule": deviation,
                     "max_deviation_A_by_step": by_step,
                     "scaling_molecule_steps_per_second": scaling,
+                    "force_evaluations_per_second": rates,
                 },
                 indent=2,
             )
