@@ -332,8 +332,8 @@ def md_stability(
     from ase import units
     from ase.md.verlet import VelocityVerlet
     from physpack.metrics import convert
-    from physpack.simulation.md import starting_velocities
     from physpack.simulation.stability import Bonds
+    from physpack.simulation.velocities import starting_velocities
 
     steps = max(1, round(picoseconds * 1000 / MD_TIMESTEP_FS))
     check_every = min(20, steps)

@@ -55,7 +55,7 @@ def run_ase(checkpoint: str, molecules, steps: int, every: int = 100) -> dict:
     from ase import units
     from ase.md.verlet import VelocityVerlet
     from physpack.model.calculator import PhysNetCalculator
-    from physpack.simulation.md import starting_velocities
+    from physpack.simulation.velocities import starting_velocities
 
     calc = PhysNetCalculator(checkpoint)
     positions, drifts, seconds = [], [], 0.0

@@ -16,8 +16,9 @@ from physpack.data.packed import PackedDataset
 from physpack.errors import ConfigError
 from physpack.model.calculator import PhysNetCalculator
 from physpack.simulation import md
-from physpack.simulation.md import MDSettings, run_md, starting_velocities
+from physpack.simulation.md import MDSettings, run_md
 from physpack.simulation.stability import BROKEN_STRETCH, Bonds
+from physpack.simulation.velocities import starting_velocities
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,6 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
-from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from physpack.atomic import StagedOutputs
 from physpack.errors import ConfigError, InputError, cli_entry
@@ -63,6 +62,7 @@ from physpack.simulation.dynamics import (
     start_state,
 )
 from physpack.simulation.stability import BROKEN_STRETCH, CLASH_FACTOR, Bonds
+from physpack.simulation.velocities import starting_velocities
 
 ENSEMBLES = ("nve", "langevin")
 #: most steps per compiled block (the stability check runs after each block)
@@ -159,15 +159,6 @@ class MoleculeRun:
     max_forces_spread_eV_per_A: float = 0.0
     frames: int = 0
     uncertain_frames: int = 0
-
-
-def starting_velocities(atoms: Atoms, temperature_K: float, rng) -> np.ndarray:
-    """Maxwell-Boltzmann velocities (n, 3) in ASE units at ``temperature_K`` with the
-    centre of mass at rest (zero at 0 K)."""
-    atoms = atoms.copy()
-    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
-    Stationary(atoms)
-    return atoms.get_velocities()
 
 
 @dataclasses.dataclass(frozen=True)
