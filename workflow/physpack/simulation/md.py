@@ -365,7 +365,7 @@ def run_md(
                     log(f"md: molecule {k} broke at {snap.time_ps:g} ps: {why}")
                 if written or why is not None:
                     out.write(tracked[k], snap, settings.uncertainty_threshold)
-            if b % report_every == 0 or b == blocks:
+            if b > 0 and (b % report_every == 0 or b == blocks):
                 rate = snap.step / max(time.perf_counter() - t0, 1e-9)
                 log(
                     f"md: {snap.time_ps:g}/{settings.picoseconds:g} ps, "
