@@ -129,7 +129,7 @@ def test_e_every_module_a_stage_loads_is_a_declared_input(
     text = proc.stdout + proc.stderr
     blocks = re.findall(
         r"^ *rule (\w+):\n +input: (.*)\n(?:(?!Shell command).*\n)*?"
-        r"Shell command: .*?python -m physpack (\w+) ",
+        r"Shell command: .*?python -m physpack ([\w-]+) ",
         text,
         re.MULTILINE,
     )

@@ -398,12 +398,14 @@ def test_slurm_override_keeps_the_rules_resources(tmp_path: Path) -> None:
         "--set-resources",
         "train_model:slurm_partition=a100",
         "evaluate_model:slurm_partition=a100",
+        "md_stability:slurm_partition=a100",
     )
     for rule in RULES:
         for name in ("mem_mb", "runtime", "cpus_per_task", "gpu"):
             assert override[rule].get(name) == base[rule].get(name), (rule, name)
         assert override[rule]["slurm_account"] == "myproject"
-    assert override["train_model"]["slurm_partition"] == "a100"
+    for rule in GPU_RULES:
+        assert override[rule]["slurm_partition"] == "a100"
 
 
 def test_training_runtime_does_not_grow_with_retries() -> None:
