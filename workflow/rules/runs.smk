@@ -31,7 +31,9 @@ rule compare_runs:
         ensembles=[f"results/ensembles/{e}/metrics.json" for e in ENSEMBLES],
         stability=[out for r in RUNS for out in md_outputs(run_dir(r))],
         stability_figures=[
-            out.replace(".json", ".png") for r in RUNS for out in md_outputs(run_dir(r))
+            out.replace(".json", ".png")
+            for r in RUNS
+            for out in md_outputs(run_dir(r))
         ],
         code=stage_code("compare"),
     output:
