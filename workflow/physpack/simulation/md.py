@@ -52,6 +52,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from physpack.atomic import StagedOutputs
+from physpack.config import MDConfig
 from physpack.errors import ConfigError, InputError, cli_entry
 from physpack.metrics import convert
 from physpack.model.calculator import PhysNetCalculator
@@ -65,6 +66,8 @@ from physpack.simulation.stability import BROKEN_STRETCH, CLASH_FACTOR, Bonds
 from physpack.simulation.velocities import starting_velocities
 
 ENSEMBLES = ("nve", "langevin")
+#: the defaults of the config's md section (the schema is their one definition)
+_MD = MDConfig()
 #: most steps per compiled block (the stability check runs after each block)
 MAX_BLOCK_STEPS = 50
 
@@ -88,13 +91,13 @@ class MDSettings:
             (:class:`~physpack.simulation.stability.Bonds`).
     """
 
-    temperature_K: float = 300.0
-    picoseconds: float = 5.0
-    timestep_fs: float = 0.5
-    ensemble: str = "nve"
-    friction_per_ps: float = 1.0
-    seed: int = 0
-    interval: int = 100
+    temperature_K: float = float(_MD.temperatures[0])
+    picoseconds: float = float(_MD.picoseconds)
+    timestep_fs: float = _MD.timestep_fs
+    ensemble: str = _MD.ensemble
+    friction_per_ps: float = _MD.friction_per_ps
+    seed: int = _MD.seed
+    interval: int = _MD.interval
     uncertainty_threshold: float | None = None
     broken_stretch: float = BROKEN_STRETCH
     clash_factor: float = CLASH_FACTOR

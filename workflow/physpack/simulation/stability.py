@@ -19,9 +19,12 @@ import dataclasses
 import numpy as np
 from ase.data import covalent_radii
 
+from physpack.config import MDConfig
+
 BOND_FACTOR = 1.2
-BROKEN_STRETCH = 1.5
-CLASH_FACTOR = 0.6
+#: the defaults of the config's md section (the schema is their one definition)
+BROKEN_STRETCH = MDConfig().broken_stretch
+CLASH_FACTOR = MDConfig().clash_factor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,28 +64,27 @@ class Bonds:
         np.fill_diagonal(clash, 0.0)
         return cls(i, j, d[i, j], clash, broken_stretch)
 
+    def _stretches(self, positions: np.ndarray) -> np.ndarray:
+        """Each bond's length over its starting length, (B,)."""
+        d = np.linalg.norm(positions[self.i] - positions[self.j], axis=-1)
+        return d / self.length
+
     def max_stretch(self, positions: np.ndarray) -> float:
         """Longest bond over its starting length (1.0 without bonds)."""
         if self.i.size == 0:
             return 1.0
-        d = np.linalg.norm(positions[self.i] - positions[self.j], axis=-1)
-        return float(np.max(d / self.length))
+        return float(np.max(self._stretches(positions)))
 
     def broken(self, positions: np.ndarray, energy: float = 0.0) -> str | None:
         """Why the molecule at ``positions`` (n, 3) Å with potential ``energy`` (eV)
         counts as broken, or ``None`` while it is intact."""
         if not (np.all(np.isfinite(positions)) and np.isfinite(energy)):
             return "non-finite positions or energy"
-        stretch = self.max_stretch(positions)
-        if stretch > self.broken_stretch:
-            k = int(
-                np.argmax(
-                    np.linalg.norm(positions[self.i] - positions[self.j], axis=-1)
-                    / self.length
-                )
-            )
+        stretches = self._stretches(positions)
+        k = int(np.argmax(stretches)) if stretches.size else 0
+        if stretches.size and stretches[k] > self.broken_stretch:
             return (
-                f"bond {self.i[k]}-{self.j[k]} stretched to {stretch:.2f}x its "
+                f"bond {self.i[k]}-{self.j[k]} stretched to {stretches[k]:.2f}x its "
                 f"starting length"
             )
         d = _distances(positions)
