@@ -221,7 +221,9 @@ def best_of(make_batches, n_mol_of, repeat: int) -> tuple[float, float, int, int
     return (wall, cpu, *runs[0][2:])
 
 
-def bench_dataset(name: str, path: Path, max_old_batches: int, repeat: int = 5) -> dict:
+def bench_dataset(
+    name: str, path: Path, max_old_batches: int, repeat: int = 5, use_jax: bool = True
+) -> dict:
     ds = PackedDataset(path)
     sizes = np.asarray(ds.n_atoms, dtype=np.int64)
     real_atoms, real_pairs = int(sizes.sum()), int((sizes * (sizes - 1)).sum())
@@ -269,15 +271,18 @@ def bench_dataset(name: str, path: Path, max_old_batches: int, repeat: int = 5) 
         "width": dense_w,
     }
 
-    import jax
+    nan = float("nan")
+    res["new"] |= {"mol_per_s_wall_device_put": nan, "mol_per_s_cpu_device_put": nan}
+    if use_jax:
+        import jax
 
-    put = PackedMemmapLoader(path, BATCH, prefetch=0, device_put=True)
-    wall_j, cpu_j, n_j, _, _ = best_of(put.packed_batches, mols, repeat)
-    jax.block_until_ready(jax.numpy.zeros(1))
-    res["new"] |= {
-        "mol_per_s_wall_device_put": n_j / wall_j,
-        "mol_per_s_cpu_device_put": n_j / cpu_j,
-    }
+        put = PackedMemmapLoader(path, BATCH, prefetch=0, device_put=True)
+        wall_j, cpu_j, n_j, _, _ = best_of(put.packed_batches, mols, repeat)
+        jax.block_until_ready(jax.numpy.zeros(1))
+        res["new"] |= {
+            "mol_per_s_wall_device_put": n_j / wall_j,
+            "mol_per_s_cpu_device_put": n_j / cpu_j,
+        }
 
     old = OldLoader(path, BATCH)
     index_batches = old.index_batches()
@@ -289,7 +294,7 @@ def bench_dataset(name: str, path: Path, max_old_batches: int, repeat: int = 5) 
         for a in range(0, len(index_batches), max_old_batches)
     ]
     subset = passes[0]
-    for i in subset[:3]:  # warm-up: JAX compiles e3x's index ops once
+    for i in subset[:3] if use_jax else []:  # warm-up: e3x's index ops compile once
         old.assemble_as_written(i, dense_w)
 
     def rotated(assemble) -> Callable[[], Iterator[dict]]:
@@ -297,7 +302,11 @@ def bench_dataset(name: str, path: Path, max_old_batches: int, repeat: int = 5) 
         return lambda: (assemble(i, dense_w) for i in passes[next(turn) % len(passes)])
 
     n_of = lambda b: int(b["N"].size)
-    wall_w, cpu_w, n_w, _, _ = best_of(rotated(old.assemble_as_written), n_of, repeat)
+    wall_w = cpu_w = n_w = nan
+    if use_jax:
+        wall_w, cpu_w, n_w, _, _ = best_of(
+            rotated(old.assemble_as_written), n_of, repeat
+        )
     wall_o, cpu_o, n_o, _, _ = best_of(rotated(old.assemble), n_of, repeat)
     slots = int(counts.sum())
     res["old"] = {
@@ -379,7 +388,8 @@ def measure_rss(path: Path, which: str) -> dict:
 # -- report ----------------------------------------------------------------------------
 def report(results: list[dict], rss: dict | None) -> None:
     print(
-        f"# physpack.data.loader benchmark (batch_size {BATCH}); load average "
+        f"# physpack.data.loader benchmark (batch_size {BATCH}); numpy "
+        f"{np.__version__}, Python {sys.version.split()[0]}; load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n"
     )
     for r in results:
@@ -455,7 +465,7 @@ def report(results: list[dict], rss: dict | None) -> None:
         for label, *values, target in rows:
             cells = []
             for v in values:
-                if v is None:
+                if v is None or np.isnan(v):  # not measured, or without JAX (nan)
                     cells.append("")
                 elif label.startswith("speed-up"):
                     cells.append(f"{v:.1f}x")
@@ -586,6 +596,12 @@ def main() -> int:
     )
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument(
+        "--no-jax",
+        action="store_true",
+        help="leave out the two figures that need JAX (the old loader as written, "
+        "device_put): for an environment without it, e.g. another numpy version",
+    )
+    parser.add_argument(
         "--giants", action="store_true", help="only the giant-molecule comparison"
     )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
@@ -601,12 +617,19 @@ def main() -> int:
                 write_qm9_like(tmp / "qm9", args.n_mol),
                 args.old_batches,
                 args.repeat,
+                not args.no_jax,
             )
         ]
         demo = demo_packed(tmp)
         if demo is not None:
             results.append(
-                bench_dataset("data/demo.npz", demo, args.old_batches, args.repeat)
+                bench_dataset(
+                    "data/demo.npz",
+                    demo,
+                    args.old_batches,
+                    args.repeat,
+                    not args.no_jax,
+                )
             )
         rss = None
         if not args.skip_rss:

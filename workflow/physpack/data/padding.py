@@ -200,6 +200,19 @@ def _padding_by_kind(
     return out, totals, slots
 
 
+#: the loader options that change an epoch's plan (``epoch_padding_stats``' keywords)
+PLAN_OPTIONS = frozenset(
+    {
+        *BUDGET_KEYS,
+        "pairs",
+        "cutoff",
+        "giant_atoms",
+        "max_molecule_atoms",
+        "process_slots",
+    }
+)
+
+
 def epoch_padding_stats(
     dataset: str | os.PathLike | PackedDataset,
     indices: np.ndarray | None = None,
@@ -237,18 +250,11 @@ def epoch_padding_stats(
         (``batch_size`` molecules padded to ``dense_num_atoms``, pairs W·(W-1)
         per molecule slot).
     """
-    known = set(BUDGET_KEYS) | {
-        "pairs",
-        "cutoff",
-        "giant_atoms",
-        "max_molecule_atoms",
-        "process_slots",
-    }
-    unknown = sorted(set(options) - known)
+    unknown = sorted(set(options) - PLAN_OPTIONS)
     if unknown:
         raise ConfigError(
             f"epoch_padding_stats: unknown option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known))}"
+            f"known: {', '.join(sorted(PLAN_OPTIONS))}"
         )
     loader = PackedMemmapLoader(
         dataset,

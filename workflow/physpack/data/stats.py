@@ -110,25 +110,8 @@ def packing_stats(
         raise InputError(f"{ds.path}: empty dataset, nothing to report")
     sizes = np.asarray(ds.n_atoms, dtype=np.int64)
     width = loader.num_atoms or int(sizes.max())
-    z_counts = np.zeros(MAX_Z + 1, dtype=np.int64)
     n_total = ds.n_atoms_total
-    stride = sample_stride(n_total)
-    f_sample: list[np.ndarray] = []
-    f_sum = f_sq = f_max = 0.0
-    f_n = 0
-    for chunk in ds.atom_chunks(atoms_per_chunk):
-        lo, hi = chunk.lo, chunk.hi
-        z = np.asarray(ds.Z[lo:hi])
-        z_counts += np.bincount(np.clip(z, 0, MAX_Z), minlength=MAX_Z + 1)
-        if ds.F is not None:
-            f = np.asarray(ds.canonical("F", lo, hi), dtype=np.float64)
-            mag = np.sqrt(np.einsum("ij,ij->i", f, f))
-            ok = np.isfinite(mag)
-            f_n += int(ok.sum())
-            f_sum += float(mag[ok].sum())
-            f_sq += float((mag[ok] ** 2).sum())
-            f_max = max(f_max, float(mag[ok].max(initial=0.0)))
-            f_sample.append(mag[chunk.sample(stride)])
+    z_counts, forces = _atom_pass(ds, atoms_per_chunk)
     energies = np.asarray(ds.canonical("E"), dtype=np.float64)
     e_per_atom = energies / sizes
     pairs = sizes * (sizes - 1)
@@ -155,16 +138,7 @@ def packing_stats(
         "energy_per_atom": _distribution(e_per_atom, "eV/atom"),
         "energy": _distribution(energies, "eV"),
     }
-    if ds.F is not None:
-        sample = np.concatenate(f_sample)
-        forces = _distribution(sample, "eV/Angstrom")
-        # percentiles and histogram from the (stride) sample; these three exact
-        forces["sampled"] = stride > 1
-        forces["exact"] = {
-            "mean": f_sum / f_n if f_n else 0.0,
-            "rms": math.sqrt(f_sq / f_n) if f_n else 0.0,
-            "max": f_max,
-        }
+    if forces is not None:
         stats["force_magnitude"] = forces
     packed = ds.stored_bytes()
     padded = padded_bytes(ds.n_molecules, width, ds.F is not None, ds.D is not None)
@@ -182,6 +156,43 @@ def packing_stats(
     stats["batch_size"] = loader.batch_size
     stats["padding"] = {k: dataclasses.asdict(v) for k, v in strategies.items()}
     return stats
+
+
+def _atom_pass(
+    ds: Any, atoms_per_chunk: int
+) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """One pass over the atom rows of ``ds`` in chunks: element counts (int64
+    (MAX_Z + 1,), by atomic number) and the force magnitudes' distribution [eV/Å]
+    (``None`` without forces): percentiles and histogram from a strided sample
+    (``sampled``), mean, RMS and maximum exact over every finite row."""
+    z_counts = np.zeros(MAX_Z + 1, dtype=np.int64)
+    stride = sample_stride(ds.n_atoms_total)
+    f_sample: list[np.ndarray] = []
+    f_sum = f_sq = f_max = 0.0
+    f_n = 0
+    for chunk in ds.atom_chunks(atoms_per_chunk):
+        lo, hi = chunk.lo, chunk.hi
+        z = np.asarray(ds.Z[lo:hi])
+        z_counts += np.bincount(np.clip(z, 0, MAX_Z), minlength=MAX_Z + 1)
+        if ds.F is not None:
+            f = np.asarray(ds.canonical("F", lo, hi), dtype=np.float64)
+            mag = np.sqrt(np.einsum("ij,ij->i", f, f))
+            ok = np.isfinite(mag)
+            f_n += int(ok.sum())
+            f_sum += float(mag[ok].sum())
+            f_sq += float((mag[ok] ** 2).sum())
+            f_max = max(f_max, float(mag[ok].max(initial=0.0)))
+            f_sample.append(mag[chunk.sample(stride)])
+    if ds.F is None:
+        return z_counts, None
+    forces = _distribution(np.concatenate(f_sample), "eV/Angstrom")
+    forces["sampled"] = stride > 1
+    forces["exact"] = {
+        "mean": f_sum / f_n if f_n else 0.0,
+        "rms": math.sqrt(f_sq / f_n) if f_n else 0.0,
+        "max": f_max,
+    }
+    return z_counts, forces
 
 
 def markdown_report(stats: dict[str, Any]) -> str:

@@ -55,7 +55,7 @@ from physpack.atomic import StagedOutputs
 from physpack.config import MDConfig
 from physpack.errors import ConfigError, InputError, cli_entry
 from physpack.metrics import convert
-from physpack.model.calculator import PhysNetCalculator
+from physpack.model.calculator import Member, PhysNetCalculator
 from physpack.simulation.dynamics import (
     Integrator,
     PackedMolecules,
@@ -324,13 +324,7 @@ def run_md(
     calc = _checked_calculator(checkpoints, molecules, settings)
     system = PackedMolecules.of(molecules, [calc.total_charge(a) for a in molecules])
     members, n = calc.members, len(molecules)
-    velocities = np.zeros_like(system.batch["R"], dtype=np.float64)
-    for k, atoms in enumerate(molecules):
-        rng = np.random.default_rng([settings.seed, k])
-        velocities[system.rows(k)] = starting_velocities(
-            atoms, settings.temperature_K, rng
-        )
-    state, frame = start_state(members, system, velocities, settings.seed)
+    state, frame = _start(members, system, molecules, settings)
     params = [m.params for m in members]
     active = np.zeros(system.batch["Qtot"].shape[0], bool)
     active[:n] = True
@@ -339,7 +333,63 @@ def run_md(
         .lower(params, state, jnp.asarray(active))
         .compile()
     )
+    tracked = _tracked(system, molecules, settings, committee=len(members) > 1)
     snapshot = _Snapshots(system, members, settings)
+
+    def advance(state: Any) -> tuple[Any, Any]:
+        return block(params, state, jnp.asarray(active))
+
+    with StagedOutputs() as staged:
+        directory = staged.directory(output)
+        out = _Trajectories(directory, molecules)
+        t0 = time.perf_counter()
+        steps = _integrate(
+            advance, state, frame, snapshot, active, tracked, out, settings, log
+        )
+        seconds = time.perf_counter() - t0
+        for molecule in tracked:
+            molecule.finish(settings.ensemble)
+        record = {
+            "settings": dataclasses.asdict(settings),
+            "checkpoints": [str(c) for c in checkpoints],
+            "units": UNITS,
+            "steps": steps,
+            "seconds": seconds,
+            "molecule_steps_per_second": n * steps / max(seconds, 1e-9),
+            "stable": sum(m.run.stable for m in tracked),
+            "molecules": [dataclasses.asdict(m.run) for m in tracked],
+        }
+        (directory / "md.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _start(
+    members: Sequence[Member],
+    system: PackedMolecules,
+    molecules: Sequence[Atoms],
+    settings: MDSettings,
+) -> tuple[Any, Any]:
+    """The integrator's first state and frame: Maxwell-Boltzmann velocities at
+    ``settings.temperature_K``, molecule ``k`` drawing from ``default_rng([seed,
+    k])`` (the same start alone or in a batch)."""
+    velocities = np.zeros_like(system.batch["R"], dtype=np.float64)
+    for k, atoms in enumerate(molecules):
+        rng = np.random.default_rng([settings.seed, k])
+        velocities[system.rows(k)] = starting_velocities(
+            atoms, settings.temperature_K, rng
+        )
+    return start_state(members, system, velocities, settings.seed)
+
+
+def _tracked(
+    system: PackedMolecules,
+    molecules: Sequence[Atoms],
+    settings: MDSettings,
+    committee: bool,
+) -> list[_Molecule]:
+    """Each molecule's record, output name and stability criterion, its bonds
+    taken from its starting geometry."""
+    n = len(molecules)
     tracked = []
     for k, atoms in enumerate(molecules):
         name = f"mol{k:0{len(str(n - 1))}d}_{atoms.get_chemical_formula()}"
@@ -348,50 +398,52 @@ def run_md(
         bonds = Bonds.of(
             atoms.numbers, x, settings.broken_stretch, settings.clash_factor
         )
-        tracked.append(_Molecule(run, bonds, system.rows(k), len(members) > 1))
+        tracked.append(_Molecule(run, bonds, system.rows(k), committee))
+    return tracked
+
+
+def _integrate(
+    advance: Callable[[Any], tuple[Any, Any]],
+    state: Any,
+    frame: Any,
+    snapshot: _Snapshots,
+    active: np.ndarray,
+    tracked: list[_Molecule],
+    out: _Trajectories,
+    settings: MDSettings,
+    log: Callable[[str], None],
+) -> int:
+    """Run ``settings.steps`` in compiled blocks (``advance``), checking every
+    molecule after each block: a broken one is logged, written and leaves the run
+    (``active[k]`` cleared, in place); frames go to ``out`` every
+    ``settings.interval`` steps. Returns the steps made (fewer when every
+    molecule broke)."""
+    n = len(tracked)
     blocks = settings.steps // settings.block_steps
     report_every = max(1, blocks // 10)
-
-    with StagedOutputs() as staged:
-        directory = staged.directory(output)
-        out = _Trajectories(directory, molecules)
-        t0 = time.perf_counter()
-        for b in range(blocks + 1):
-            if b > 0:
-                state, frame = block(params, state, jnp.asarray(active))
-            snap = snapshot(b * settings.block_steps, state, frame)
-            written = snap.step % settings.interval == 0 or b == blocks
-            for k in np.flatnonzero(active[:n]):
-                why = tracked[k].observe(snap)
-                if why is not None:
-                    active[k] = False
-                    log(f"md: molecule {k} broke at {snap.time_ps:g} ps: {why}")
-                if written or why is not None:
-                    out.write(tracked[k], snap, settings.uncertainty_threshold)
-            if b > 0 and (b % report_every == 0 or b == blocks):
-                rate = snap.step / max(time.perf_counter() - t0, 1e-9)
-                log(
-                    f"md: {snap.time_ps:g}/{settings.picoseconds:g} ps, "
-                    f"{int(active[:n].sum())}/{n} molecules intact, "
-                    f"{rate:.0f} steps/s ({rate * n:.0f} molecule-steps/s)"
-                )
-            if not active[:n].any():
-                break
-        seconds = time.perf_counter() - t0
-        for molecule in tracked:
-            molecule.finish(settings.ensemble)
-        record = {
-            "settings": dataclasses.asdict(settings),
-            "checkpoints": [str(c) for c in checkpoints],
-            "units": UNITS,
-            "steps": snap.step,
-            "seconds": seconds,
-            "molecule_steps_per_second": n * snap.step / max(seconds, 1e-9),
-            "stable": sum(m.run.stable for m in tracked),
-            "molecules": [dataclasses.asdict(m.run) for m in tracked],
-        }
-        (directory / "md.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    t0 = time.perf_counter()
+    for b in range(blocks + 1):
+        if b > 0:
+            state, frame = advance(state)
+        snap = snapshot(b * settings.block_steps, state, frame)
+        written = snap.step % settings.interval == 0 or b == blocks
+        for k in np.flatnonzero(active[:n]):
+            why = tracked[k].observe(snap)
+            if why is not None:
+                active[k] = False
+                log(f"md: molecule {k} broke at {snap.time_ps:g} ps: {why}")
+            if written or why is not None:
+                out.write(tracked[k], snap, settings.uncertainty_threshold)
+        if b > 0 and (b % report_every == 0 or b == blocks):
+            rate = snap.step / max(time.perf_counter() - t0, 1e-9)
+            log(
+                f"md: {snap.time_ps:g}/{settings.picoseconds:g} ps, "
+                f"{int(active[:n].sum())}/{n} molecules intact, "
+                f"{rate:.0f} steps/s ({rate * n:.0f} molecule-steps/s)"
+            )
+        if not active[:n].any():
+            break
+    return snap.step
 
 
 #: units of ``md.json`` and the frames' ``info``
