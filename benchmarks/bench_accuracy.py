@@ -406,6 +406,38 @@ def physpack_md_stability(
 # ------------------------------------------------------------------ physpack
 
 
+def recipe_sections(max_z: int, minutes: float, settings: list[str]) -> tuple:
+    """The shipped recipe's ``model``, ``train`` and ``loader`` sections (those of
+    ``config.yaml``, the schema's defaults for the rest) with ``settings``
+    (``section.key=value``) applied and ``train.max_minutes`` = ``minutes``;
+    ``model.max_atomic_number`` is raised to ``max_z`` where it is below it.
+
+    Returns:
+        ``(ModelConfig, TrainConfig, LoaderConfig, settings)``, the settings with
+        the raise appended when there was one.
+    """
+    import yaml
+    from physpack.config import (
+        LoaderConfig,
+        ModelConfig,
+        TrainConfig,
+        section_from_mapping,
+        with_defaults,
+    )
+
+    config = with_defaults(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    config = apply_settings(config, settings)
+    if max_z > config.get("model", {}).get("max_atomic_number", 36):
+        settings = [*settings, f"model.max_atomic_number={max_z}"]
+        config = apply_settings(config, settings[-1:])
+    model_cfg = section_from_mapping(ModelConfig, config.get("model"), "model")
+    loader_cfg = section_from_mapping(LoaderConfig, config.get("loader"), "loader")
+    train_cfg = section_from_mapping(
+        TrainConfig, {**config.get("train", {}), "max_minutes": minutes}, "train"
+    )
+    return model_cfg, train_cfg, loader_cfg, settings
+
+
 def run_physpack(
     paths: dict,
     work: Path,
@@ -418,26 +450,10 @@ def run_physpack(
     """Train the shipped recipe (with ``settings``) for ``minutes``, evaluate on
     test, run MD. ``model.max_atomic_number`` is raised to the dataset's largest
     element where the recipe's is below it (recorded in ``settings``)."""
-    import yaml
-    from physpack.config import (
-        LoaderConfig,
-        ModelConfig,
-        TrainConfig,
-        section_from_mapping,
-        with_defaults,
-    )
     from physpack.training.train import train
 
-    config = with_defaults(yaml.safe_load((ROOT / "config.yaml").read_text()))
-    config = apply_settings(config, settings)
-    max_z = config.get("model", {}).get("max_atomic_number", 36)
-    if paths["max_z"] > max_z:
-        settings = [*settings, f"model.max_atomic_number={paths['max_z']}"]
-        config = apply_settings(config, settings[-1:])
-    model_cfg = section_from_mapping(ModelConfig, config.get("model"), "model")
-    loader_cfg = section_from_mapping(LoaderConfig, config.get("loader"), "loader")
-    train_cfg = section_from_mapping(
-        TrainConfig, {**config.get("train", {}), "max_minutes": minutes}, "train"
+    model_cfg, train_cfg, loader_cfg, settings = recipe_sections(
+        paths["max_z"], minutes, settings
     )
     out = work / (f"physpack-{variant}" if variant else "physpack")
     out.mkdir(exist_ok=True)

@@ -60,30 +60,12 @@ def main() -> int:
 
     threading.Thread(target=sample, daemon=True).start()
     import numpy as np
-    import yaml
-    from physpack.config import (
-        LoaderConfig,
-        ModelConfig,
-        TrainConfig,
-        section_from_mapping,
-        with_defaults,
-    )
+    from bench_accuracy import recipe_sections
     from physpack.data.packed_dataset import PackedDataset
     from physpack.training.train import train
 
-    config = with_defaults(yaml.safe_load((ROOT / "config.yaml").read_text()))
-    model = dict(config.get("model", {}))
     z_max = int(np.max(PackedDataset(args.packed).Z))
-    model["max_atomic_number"] = max(model.get("max_atomic_number", 36), z_max)
-    sections = (
-        section_from_mapping(ModelConfig, model, "model"),
-        section_from_mapping(
-            TrainConfig,
-            {**config.get("train", {}), "max_minutes": args.minutes},
-            "train",
-        ),
-        section_from_mapping(LoaderConfig, config.get("loader"), "loader"),
-    )
+    sections = recipe_sections(z_max, args.minutes, [])[:3]
     marks: list[tuple[float, float, str]] = []
 
     def log(message: str) -> None:
