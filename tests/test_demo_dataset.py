@@ -6,7 +6,6 @@ the script's own runs need tblite (``pip install -e .[demo]``) and skip without 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from ase import Atoms, units
 from ase.data import covalent_radii
+from script_loading import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo.npz"
@@ -38,11 +38,7 @@ def demo() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_demo_dataset", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_demo_dataset")
 
 
 def _tblite():
@@ -191,7 +187,7 @@ def test_stored_forces_are_the_energy_gradient(demo: dict[str, np.ndarray]) -> N
 def test_sp3_chain_builds_saturated_molecules(script: ModuleType) -> None:
     atoms = script.sp3_chain("CCOCCOCC")
     assert atoms.get_chemical_formula() == "C6H14O2"
-    bonds = script.bond_graph(atoms, 1.2)
+    bonds = script.bond_graph(atoms.numbers, atoms.positions, 1.2)
     H = atoms.numbers == 1
     assert (bonds[H].sum(axis=1) == 1).all()  # every hydrogen on one heavy atom
     heavy_degree = bonds[~H].sum(axis=1)

@@ -10,7 +10,6 @@ OpenMP threads this test process gave tblite.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -28,6 +27,7 @@ for _module in ("rdkit", "datamol", "tblite.ase"):
 
 from physpack.data.convert import convert_npz
 from physpack.data.packed import PackedDataset
+from script_loading import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_transfer_dataset.py"
@@ -54,11 +54,7 @@ def _run(out: Path, seed: int, workers: int = 1) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_transfer_dataset", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_transfer_dataset")
 
 
 @pytest.fixture(scope="module")
