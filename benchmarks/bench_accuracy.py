@@ -81,6 +81,7 @@ import dataclasses
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -145,6 +146,25 @@ def result_path(
     """Where a run's result dict is kept: in the dataset's subfolder."""
     tag = f"-{variant}" if variant else ""
     return dataset_workdir(root, dataset) / f"{kind}{tag}-{minutes:g}min.json"
+
+
+def run_dir(work: Path, kind: str, minutes: float, variant: str = "") -> Path:
+    """A run's own folder in the dataset's subfolder ``work`` (checkpoint, history,
+    training state, MD), emptied before it trains (:func:`fresh_run_dir`)."""
+    tag = f"-{variant}" if variant else ""
+    return Path(work) / f"{kind}{tag}-{minutes:g}min"
+
+
+def fresh_run_dir(work: Path, kind: str, minutes: float, variant: str = "") -> Path:
+    """:func:`run_dir`, emptied: every run trains from scratch for its own budget.
+    physpack's training continues a finished state whose budget was raised, at the
+    final learning rate it ended on; a kept state would turn a 60-minute run into
+    the 15-minute run plus 45 minutes at that rate."""
+    out = run_dir(work, kind, minutes, variant)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
 
 
 def element_presence(numbers: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -455,8 +475,7 @@ def run_physpack(
     model_cfg, train_cfg, loader_cfg, settings = recipe_sections(
         paths["max_z"], minutes, settings
     )
-    out = work / (f"physpack-{variant}" if variant else "physpack")
-    out.mkdir(exist_ok=True)
+    out = fresh_run_dir(work, "physpack", minutes, variant)
     start = time.perf_counter()
     result = train(
         paths["packed"],

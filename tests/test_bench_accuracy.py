@@ -216,3 +216,33 @@ def test_table_rows_per_element_and_older_results():
     assert cells["training wall [min]"] == ("1.50", "1.50")
     assert cells["parameters"] == ("1,234", "1,234")
     assert cells["MD stable (300 K, NVE)"] == ("6/6 in 5 ps", "6/6 in 5 ps")
+
+
+def test_physpack_runs_train_from_scratch_for_their_own_budget(tmp_path, monkeypatch):
+    """A run never continues a state kept in the work directory: training continues
+    a finished state whose budget was raised, at its final learning rate, which made
+    a 60-minute run the 15-minute run plus 45 minutes at that rate."""
+    import physpack.training.train as training
+
+    class Started(Exception):
+        pass
+
+    seen = []
+
+    def train(packed, split, output, history, state_dir, *args, **kwargs):
+        folder = Path(output).parent
+        seen.append((folder, sorted(p.name for p in folder.rglob("*"))))
+        # what a finished run leaves behind
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        (Path(state_dir) / "state.msgpack").write_bytes(b"finished")
+        Path(output).write_bytes(b"checkpoint")
+        raise Started
+
+    monkeypatch.setattr(training, "train", train)
+    paths = {"max_z": 16, "packed": str(tmp_path / "packed"), "split": "split.npz"}
+    for minutes in (15, 60, 60):
+        with pytest.raises(Started):
+            bench.run_physpack(paths, tmp_path, minutes, 0.1, [], "")
+    (first, *_), (second, *_), (third, *_) = seen
+    assert first != second and second == third  # one folder per budget
+    assert [files for _, files in seen] == [[], [], []]  # each one emptied first
