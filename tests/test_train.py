@@ -392,6 +392,13 @@ def test_raising_the_budget_or_the_epochs_continues_a_stopped_run(toy, tmp_path)
     more_time = dataclasses.replace(TRAIN, max_minutes=60.0)
     second = run(tmp_path, toy, train_cfg=more_time, log=lines.append)
     assert any("continuing the run that stopped on max_minutes" in x for x in lines)
+    # not silent: the added budget trains at the final rate, not a new anneal
+    said = next(x for x in lines if x.startswith("continuing"))
+    assert (
+        f"final learning rate {final:.3g}" in said and str(tmp_path / "state") in said
+    )
+    rates = [float(r["lr"]) for r in read_history(tmp_path)]
+    assert rates[1:] == pytest.approx([final] * (len(rates) - 1), rel=1e-5)
     assert second.epochs == 3 and second.stop_reason == "epochs"
     more_epochs = dataclasses.replace(TRAIN, epochs=4, max_minutes=60.0)
     third = run(tmp_path, toy, train_cfg=more_epochs)

@@ -42,7 +42,12 @@ from physpack.model import checkpoint as ckpt_io
 from physpack.model.physnet import EnergyConstants, Params, PhysNet, init_params
 from physpack.training import parallel
 from physpack.training.losses import LossWeights
-from physpack.training.optim import check_freeze, initial_schedule
+from physpack.training.optim import (
+    check_freeze,
+    cosine_progress,
+    initial_schedule,
+    learning_rate,
+)
 from physpack.training.parallel import DataParallel
 from physpack.training.reference import energy_constants_for
 from physpack.training.state import (
@@ -273,10 +278,14 @@ def restore(
     decision: ResumeDecision,
     train_loader: PackedMemmapLoader,
     state_dir: Path,
+    train_cfg: TrainConfig,
     log: Callable[[str], None],
 ) -> tuple[TrainState, TrainingRecord]:
     """``state`` and an empty record for a new run; resuming, the saved state and
-    record, and the training loader back at its saved position."""
+    record, and the training loader back at its saved position. Continuing a
+    finished run whose cosine had annealed says that the added budget trains at the
+    final learning rate (a refinement, not the anneal a new run of that budget
+    makes)."""
     if saved is None:
         return state, TrainingRecord()
     state = serialization.from_state_dict(parallel.to_host(state), saved["train_state"])
@@ -291,9 +300,25 @@ def restore(
         record.finished = False
         log(
             f"continuing the run that stopped on {record.stop_reason} "
-            f"({', '.join(decision.extended)})"
+            f"({', '.join(decision.extended)}){_annealed(train_cfg, state, state_dir)}"
         )
     return state, record
+
+
+def _annealed(cfg: TrainConfig, state: TrainState, state_dir: Path) -> str:
+    """What continuing a run whose cosine schedule has ended means ('' otherwise)."""
+    if cfg.schedule != "cosine":
+        return ""
+    count, schedule = int(state.accepted), state.schedule
+    if float(cosine_progress(cfg, count, schedule)) < 1.0:
+        return ""
+    rate = float(learning_rate(cfg, count, schedule))
+    return (
+        f"; its cosine schedule had annealed, so the added budget trains at the "
+        f"final learning rate {rate:.3g}: it refines that run, it is not the anneal "
+        f"a new run of this budget makes (for that, delete {state_dir}; run by "
+        "hand, also pass --overwrite)"
+    )
 
 
 def loss_weights(

@@ -180,7 +180,9 @@ def train(
     _check_and_log_data(data, loaders[0], dp, constants, data_stats, log)
     model, tx = model_from_config(model_cfg), make_optimizer(train_cfg)
     state = create_state(model, tx, train_cfg, loaders[0], dp, init, log)
-    state, record = restore(state, saved, decision, loaders[0], state_dir, log)
+    state, record = restore(
+        state, saved, decision, loaders[0], state_dir, train_cfg, log
+    )
     weights = loss_weights(data.dataset, model_cfg, train_cfg)
     _prepare_batches(loaders, constants, data.dataset)
     run = Run(
