@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from physpack.config import ModelConfig, SplitConfig
+from physpack.config import LoaderConfig, ModelConfig, SplitConfig, TrainConfig
 from physpack.data.convert import convert_npz
 from physpack.data.loader import PackedMemmapLoader
 from physpack.data.packed import PackedWriter
@@ -33,6 +33,20 @@ TINY_MODEL = ModelConfig(
     cutoff=4.0,
     max_atomic_number=9,
     n_res=1,
+)
+
+# the training tests' toy recipe (tests/test_train.py, tests/test_resume.py): the
+# invariant tiny model, small batches, a short warmup and a high rate
+TOY_MODEL = dataclasses.replace(TINY_MODEL, max_degree=0)
+TOY_LOADER = LoaderConfig(batch_size=8, bucket_size=64, prefetch=1)
+TOY_TRAIN = TrainConfig(
+    epochs=3,
+    warmup_steps=3,
+    learning_rate=2e-2,
+    state_every_steps=4,
+    patience=10,
+    ema_decay=0.9,
+    forces_weight=10.0,
 )
 
 

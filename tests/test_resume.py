@@ -18,24 +18,15 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from model_fixtures import TINY_MODEL, write_toy
-from physpack.config import LoaderConfig, TrainConfig
+from model_fixtures import TOY_LOADER, TOY_MODEL, TOY_TRAIN, write_toy
+from physpack.config import TrainConfig
 from physpack.model import checkpoint as ckpt_io
 from physpack.training import train as train_mod
 from physpack.training.history import TIMING_COLUMNS
 
-MODEL = dataclasses.replace(TINY_MODEL, max_degree=0)
-LOADER = LoaderConfig(batch_size=8, bucket_size=64, prefetch=1)
+MODEL, LOADER = TOY_MODEL, TOY_LOADER
 # a state at every step: every epoch's last step is followed by a state save
-TRAIN = TrainConfig(
-    epochs=4,
-    warmup_steps=3,
-    learning_rate=2e-2,
-    state_every_steps=1,
-    patience=10,
-    ema_decay=0.9,
-    forces_weight=10.0,
-)
+TRAIN = dataclasses.replace(TOY_TRAIN, epochs=4, state_every_steps=1)
 
 pytestmark = [pytest.mark.usefixtures("compilation_cache"), pytest.mark.slow]
 

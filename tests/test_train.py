@@ -15,8 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_fixtures import REFERENCE, TINY_MODEL, write_toy
-from physpack.config import LoaderConfig, TrainConfig, section_to_json
+from model_fixtures import (
+    REFERENCE,
+    TINY_MODEL,
+    TOY_LOADER,
+    TOY_MODEL,
+    TOY_TRAIN,
+    write_toy,
+)
+from physpack.config import TrainConfig, section_to_json
 from physpack.data.loader import PackedMemmapLoader, from_config
 from physpack.errors import ConfigError
 from physpack.model import checkpoint as ckpt_io
@@ -34,17 +41,7 @@ from physpack.training.reference import fit_energy_constants
 from physpack.training.state import create_train_state
 from physpack.training.steps import build_steps
 
-MODEL = dataclasses.replace(TINY_MODEL, max_degree=0)
-LOADER = LoaderConfig(batch_size=8, bucket_size=64, prefetch=1)
-TRAIN = TrainConfig(
-    epochs=3,
-    warmup_steps=3,
-    learning_rate=2e-2,
-    state_every_steps=4,
-    patience=10,
-    ema_decay=0.9,
-    forces_weight=10.0,
-)
+MODEL, LOADER, TRAIN = TOY_MODEL, TOY_LOADER, TOY_TRAIN
 
 pytestmark = [pytest.mark.usefixtures("compilation_cache"), pytest.mark.slow]
 
