@@ -502,6 +502,7 @@ def run_physpack(
         rows = list(csv.DictReader(fh))
     # steady state: the first epoch (compilation) excluded when possible
     throughput = float(np.mean([float(r["molecules_per_s"]) for r in rows[1:] or rows]))
+    learning = learning_curve(rows)
     ckpt = load(result.checkpoint)
     test = np.load(paths["split"])["test"]
     loader = PackedMemmapLoader(
@@ -525,11 +526,27 @@ def run_physpack(
         **metrics,
         "structures_per_s": throughput,
         "epochs": result.epochs,
+        **learning,
         "train_wall_s": wall,
         "params": params,
         **md,
         "peak_rss_train_GiB": rss_train,
         "peak_rss_GiB": peak_rss_gib(),
+    }
+
+
+def learning_curve(rows: list[dict]) -> dict:
+    """Whether a run was still learning, from its ``history.csv`` rows: the epoch
+    of the lowest validation loss, and the training and validation losses (the
+    weighted loss of the recipe) of the last epoch; a validation loss far above the
+    training loss that has stopped falling is overfitting, not a stalled
+    optimiser."""
+    valid = [float(r["valid_loss"]) for r in rows]
+    best = int(np.argmin(valid))
+    return {
+        "best_epoch": int(rows[best]["epoch"]),
+        "train_loss_end": float(rows[-1]["train_loss"]),
+        "valid_loss_end": valid[-1],
     }
 
 
@@ -836,6 +853,12 @@ def _epochs_cell(r: dict) -> str:
     return f"{epochs:d}" if isinstance(epochs, int) else f"{epochs:.2f}"
 
 
+def _losses_cell(r: dict) -> str:
+    if r.get("train_loss_end") is None:
+        return "-"
+    return f"{r['train_loss_end']:.3g} / {r['valid_loss_end']:.3g}"
+
+
 def table_rows(results: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
     """The table's rows: a label and each result's cell (``-`` where a result
     kept by an older version of this script lacks the entry)."""
@@ -878,6 +901,8 @@ def table_rows(results: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
         *per_element,
         ("structures/s (training)", key("structures_per_s", "{:.0f}")),
         ("epochs", _epochs_cell),
+        ("best epoch (validation loss)", key("best_epoch", "{:d}")),
+        ("train / valid loss, last epoch", _losses_cell),
         ("training wall [min]", key("train_wall_s", "{:.2f}", 1 / 60)),
         ("peak RSS, training [GiB]", key("peak_rss_train_GiB", "{:.2f}")),
         ("peak RSS, whole run [GiB]", key("peak_rss_GiB", "{:.2f}")),

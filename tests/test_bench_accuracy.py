@@ -216,6 +216,22 @@ def test_table_rows_per_element_and_older_results():
     assert cells["training wall [min]"] == ("1.50", "1.50")
     assert cells["parameters"] == ("1,234", "1,234")
     assert cells["MD stable (300 K, NVE)"] == ("6/6 in 5 ps", "6/6 in 5 ps")
+    assert cells["best epoch (validation loss)"] == ("-", "-")
+    learning = {"best_epoch": 3, "train_loss_end": 0.0912, "valid_loss_end": 0.25}
+    assert dict(rows)["best epoch (validation loss)"](learning) == "3"
+    assert dict(rows)["train / valid loss, last epoch"](learning) == "0.0912 / 0.25"
+
+
+def test_learning_curve_from_history_rows():
+    rows = [
+        {"epoch": str(e), "train_loss": str(t), "valid_loss": str(v)}
+        for e, t, v in [(1, 2.0, 1.5), (2, 1.0, 0.5), (3, 0.5, 0.7)]
+    ]
+    assert bench.learning_curve(rows) == {
+        "best_epoch": 2,
+        "train_loss_end": 0.5,
+        "valid_loss_end": 0.7,
+    }
 
 
 def test_physpack_runs_train_from_scratch_for_their_own_budget(tmp_path, monkeypatch):
