@@ -144,23 +144,22 @@ def result_path(
     root: Path, dataset: str, kind: str, minutes: float, variant: str = ""
 ) -> Path:
     """Where a run's result dict is kept: in the dataset's subfolder."""
-    tag = f"-{variant}" if variant else ""
-    return dataset_workdir(root, dataset) / f"{kind}{tag}-{minutes:g}min.json"
+    return dataset_workdir(root, dataset) / f"{run_name(kind, minutes, variant)}.json"
 
 
-def run_dir(work: Path, kind: str, minutes: float, variant: str = "") -> Path:
-    """A run's own folder in the dataset's subfolder ``work`` (checkpoint, history,
-    training state, MD), emptied before it trains (:func:`fresh_run_dir`)."""
+def run_name(kind: str, minutes: float, variant: str = "") -> str:
+    """A run's name: its result file's stem and its folder's name."""
     tag = f"-{variant}" if variant else ""
-    return Path(work) / f"{kind}{tag}-{minutes:g}min"
+    return f"{kind}{tag}-{minutes:g}min"
 
 
 def fresh_run_dir(work: Path, kind: str, minutes: float, variant: str = "") -> Path:
-    """:func:`run_dir`, emptied: every run trains from scratch for its own budget.
+    """A run's own folder in the dataset's subfolder ``work`` (checkpoint, history,
+    training state, MD), emptied: every run trains from scratch for its own budget.
     physpack's training continues a finished state whose budget was raised, at the
     final learning rate it ended on; a kept state would turn a 60-minute run into
     the 15-minute run plus 45 minutes at that rate."""
-    out = run_dir(work, kind, minutes, variant)
+    out = Path(work) / run_name(kind, minutes, variant)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
