@@ -50,7 +50,7 @@ SHIPPED = with_defaults(yaml.safe_load((ROOT / "config.yaml").read_text()))
 #: Each model option, switched on in the shipped model section.
 OPTIONS = {
     "shipped": {},  # with the angular block (the schema's default)
-    "published_physnet": {"angular_degree": 0},
+    "published_physnet": {"angular_degree": 0, "n_res": 2, "n_res_interaction": 2},
     "max_degree_1": {"max_degree": 1},
     "angular_and_max_degree_2_bernstein": {
         "angular_degree": 2,

@@ -1,7 +1,9 @@
 """PhysNet (Unke & Meuwly, JCTC 2019) on packed batches, in flax with e3x helpers.
 
-With ``max_degree: 0`` and ``angular_degree: 0`` this is the published PhysNet
-(the shipped default adds the angular block below): atomic numbers are embedded;
+With ``max_degree: 0``, ``angular_degree: 0`` and ``n_res: 2``,
+``n_res_interaction: 2`` this is the published PhysNet (the shipped default adds
+the angular block below and has one residual block where the paper has two):
+atomic numbers are embedded;
 ``num_iterations`` modules follow, each an interaction block (pre-activation,
 separate self and neighbour weights, a radial-basis filter, ``n_res_interaction``
 residual blocks on the message, the gated update u ∘ x + W σ(v)), then
