@@ -33,8 +33,9 @@ TINY_MODEL = ModelConfig(
     cutoff=4.0,
     max_atomic_number=9,
     n_res=1,
-    n_res_interaction=2,  # as before the schema's default became 1: the seeded
-    # models (and the MD tests' trajectories) stay what they were
+    # 2, the schema's default until it became 1: the seeded models (and the MD
+    # tests' trajectories) stay what they were
+    n_res_interaction=2,
 )
 
 # the training tests' toy recipe (tests/test_train.py, tests/test_resume.py): the

@@ -43,7 +43,7 @@ TINY_MODEL = {
     "cutoff": 4.0,
     "max_atomic_number": 9,
     "n_res": 1,
-    "n_res_interaction": 2,
+    "n_res_interaction": 2,  # as model_fixtures.TINY_MODEL
 }
 #: Molecules per batch of the test stream: unequal, so global and per-device
 #: normalisation differ; 5 batches on 2 devices leave a short last step.
