@@ -106,6 +106,32 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def cpu_steal_and_total(
+    stat: str | os.PathLike = "/proc/stat",
+) -> tuple[int, int] | None:
+    """(steal, total) CPU time of all cores since boot [clock ticks], from the
+    ``cpu`` line of Linux's ``/proc/stat``; None where there is none (not Linux,
+    or a kernel that does not count steal)."""
+    try:
+        line = Path(stat).read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if line[0] != "cpu" or len(line) < 9:
+        return None
+    # user nice system idle iowait irq softirq steal; guest time is inside user
+    ticks = [int(t) for t in line[1:9]]
+    return ticks[7], sum(ticks)
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None):
+    """Share of the machine's CPU time the hypervisor took between two
+    ``cpu_steal_and_total`` readings [%]: a run on a contended host got less
+    compute than its wall budget says. None where either reading is missing."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
 # --------------------------------------------------------------------- data
 
 #: the datasets: the NPZ each reads by default (None: ``--npz`` must give it)
@@ -475,6 +501,7 @@ def run_physpack(
         paths["max_z"], minutes, settings
     )
     out = fresh_run_dir(work, "physpack", minutes, variant)
+    cpu_before = cpu_steal_and_total()
     start = time.perf_counter()
     result = train(
         paths["packed"],
@@ -490,6 +517,7 @@ def run_physpack(
         overwrite=True,
     )
     wall = time.perf_counter() - start
+    steal = steal_percent(cpu_before, cpu_steal_and_total())
     rss_train = peak_rss_gib()
     # imported after training: the training's peak is what `physpack train` needs
     from ase.io import read
@@ -527,6 +555,7 @@ def run_physpack(
         "epochs": result.epochs,
         **learning,
         "train_wall_s": wall,
+        "train_steal_percent": steal,
         "params": params,
         **md,
         "peak_rss_train_GiB": rss_train,
@@ -738,8 +767,10 @@ def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
         loop.eval_step = lambda params, batch, epoch: evaluate(
             params, batch, epoch_seen(epoch)
         )
+    cpu_before = cpu_steal_and_total()
     loop.run()
     wall = budget.elapsed()
+    steal = steal_percent(cpu_before, cpu_steal_and_total())
     rss_train = peak_rss_gib()
     # the best parameters come back as numpy arrays; inference indexes them with
     # traced species indices, which needs device arrays
@@ -777,6 +808,7 @@ def run_mace(paths: dict, minutes: float, md_ps: float, flip: bool) -> dict:
         "best_epoch": int(loop.best_evaluation_epoch),
         "train_wall_s": wall,
         "train_stop_s": budget.stopped_at,
+        "train_steal_percent": steal,
         "flip_s": budget.flipped_at,
         "params": params,
         **md,
@@ -903,6 +935,7 @@ def table_rows(results: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
         ("best epoch (validation loss)", key("best_epoch", "{:d}")),
         ("train / valid loss, last epoch", _losses_cell),
         ("training wall [min]", key("train_wall_s", "{:.2f}", 1 / 60)),
+        ("CPU taken by the host (steal) [%]", key("train_steal_percent", "{:.0f}")),
         ("peak RSS, training [GiB]", key("peak_rss_train_GiB", "{:.2f}")),
         ("peak RSS, whole run [GiB]", key("peak_rss_GiB", "{:.2f}")),
         ("parameters", key("params", "{:,d}")),

@@ -234,6 +234,27 @@ def test_learning_curve_from_history_rows():
     }
 
 
+def test_steal_percent_from_proc_stat(tmp_path):
+    """The hypervisor's share of the CPU during a run, from /proc/stat's first
+    line (user nice system idle iowait irq softirq steal guest guest_nice)."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 0 40 7 0\ncpu0 50 0 25 400 5 0 0 20 0 0\n")
+    before = bench.cpu_steal_and_total(stat)
+    assert before == (40, 1000)  # guest time is already counted inside user
+    stat.write_text("cpu  400 0 100 1100 10 0 0 390 9 0\n")
+    after = bench.cpu_steal_and_total(stat)
+    assert after == (390, 2000)
+    assert bench.steal_percent(before, after) == pytest.approx(35.0)
+    assert bench.steal_percent(None, after) is None
+    assert bench.steal_percent(after, after) is None
+    assert bench.cpu_steal_and_total(tmp_path / "absent") is None
+    stat.write_text("cpu  1 2 3 4\n")  # a kernel without the steal column
+    assert bench.cpu_steal_and_total(stat) is None
+    cell = dict(bench.table_rows([]))["CPU taken by the host (steal) [%]"]
+    assert cell({"train_steal_percent": 12.4}) == "12"
+    assert cell({}) == "-"  # a result kept by an older version of the script
+
+
 def test_physpack_runs_train_from_scratch_for_their_own_budget(tmp_path, monkeypatch):
     """A run never continues a state kept in the work directory: training continues
     a finished state whose budget was raised, at its final learning rate, which made
