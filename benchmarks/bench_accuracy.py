@@ -568,14 +568,24 @@ def learning_curve(rows: list[dict]) -> dict:
     of the lowest validation loss, and the training and validation losses (the
     weighted loss of the recipe) of the last epoch; a validation loss far above the
     training loss that has stopped falling is overfitting, not a stalled
-    optimiser."""
+    optimiser. Also the validation force MAE of every epoch [meV/Å], where the
+    history has it: runs that got unequal compute (a host that took part of the
+    CPU) compare at the same epoch."""
+    from physpack.metrics import metric_name
+
     valid = [float(r["valid_loss"]) for r in rows]
     best = int(np.argmin(valid))
-    return {
+    curve = {
         "best_epoch": int(rows[best]["epoch"]),
         "train_loss_end": float(rows[-1]["train_loss"]),
         "valid_loss_end": valid[-1],
     }
+    forces = f"valid_{metric_name('forces', 'mae', 'eV/Å')}"
+    if all(r.get(forces) for r in rows):
+        curve["valid_forces_mae_meV_per_A_by_epoch"] = [
+            1000.0 * float(r[forces]) for r in rows
+        ]
+    return curve
 
 
 def _leaves(tree) -> list:
@@ -892,7 +902,10 @@ def _losses_cell(r: dict) -> str:
 
 def table_rows(results: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
     """The table's rows: a label and each result's cell (``-`` where a result
-    kept by an older version of this script lacks the entry)."""
+    kept by an older version of this script lacks the entry). Where results keep
+    their validation force MAE per epoch, one row gives it at the last epoch the
+    shortest of them reached: the same number of updates for each (the shorter
+    run's learning rate has annealed by then, which favours it)."""
 
     def key(name: str, fmt: str, scale: float = 1.0) -> Callable[[dict], str]:
         def cell(r: dict) -> str:
@@ -922,6 +935,18 @@ def table_rows(results: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
         (f"  {symbol} ({100 * fractions[symbol]:.1f} % of atoms)", element(symbol))
         for symbol in sorted(fractions, key=atomic_numbers.__getitem__)
     ]
+    by_epoch = "valid_forces_mae_meV_per_A_by_epoch"
+    common = min((len(r[by_epoch]) for r in results if r.get(by_epoch)), default=0)
+
+    def at_common_epoch(r: dict) -> str:
+        curve = r.get(by_epoch)
+        return "-" if not curve or not common else f"{curve[common - 1]:.1f}"
+
+    matched = (
+        [(f"validation force MAE, epoch {common} [meV/Å]", at_common_epoch)]
+        if common
+        else []
+    )
     return [
         ("energy MAE [meV]", key(metric_name("energy", "mae", "meV"), "{:.1f}")),
         (
@@ -934,6 +959,7 @@ def table_rows(results: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
         ("epochs", _epochs_cell),
         ("best epoch (validation loss)", key("best_epoch", "{:d}")),
         ("train / valid loss, last epoch", _losses_cell),
+        *matched,
         ("training wall [min]", key("train_wall_s", "{:.2f}", 1 / 60)),
         ("CPU taken by the host (steal) [%]", key("train_steal_percent", "{:.0f}")),
         ("peak RSS, training [GiB]", key("peak_rss_train_GiB", "{:.2f}")),

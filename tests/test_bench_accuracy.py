@@ -232,6 +232,25 @@ def test_learning_curve_from_history_rows():
         "train_loss_end": 0.5,
         "valid_loss_end": 0.7,
     }
+    for row, force in zip(rows, ["0.1", "0.08", "0.075"]):
+        row["valid_forces_mae_eV_per_A"] = force  # history.csv's column, eV/Å
+    curve = bench.learning_curve(rows)
+    assert curve["valid_forces_mae_meV_per_A_by_epoch"] == pytest.approx(
+        [100.0, 80.0, 75.0]
+    )
+
+
+def test_table_compares_runs_of_unequal_compute_at_the_same_epoch():
+    """A run the host slowed makes fewer epochs in its budget; the table gives
+    every run's validation force error at the shortest run's last epoch."""
+    long = {"name": "a", "valid_forces_mae_meV_per_A_by_epoch": [90.0, 70.0, 60.0]}
+    short = {"name": "b", "valid_forces_mae_meV_per_A_by_epoch": [95.0, 75.0]}
+    mace = {"name": "mace"}  # no history of its own
+    rows = dict(bench.table_rows([long, short, mace]))
+    cell = rows["validation force MAE, epoch 2 [meV/Å]"]
+    assert [cell(r) for r in (long, short, mace)] == ["70.0", "75.0", "-"]
+    labels = [label for label, _ in bench.table_rows([mace])]
+    assert not any(label.startswith("validation force MAE, epoch") for label in labels)
 
 
 def test_steal_percent_from_proc_stat(tmp_path):
