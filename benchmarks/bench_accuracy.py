@@ -123,7 +123,9 @@ def cpu_steal_and_total(
     return ticks[7], sum(ticks)
 
 
-def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None):
+def steal_percent(
+    before: tuple[int, int] | None, after: tuple[int, int] | None
+) -> float | None:
     """Share of the machine's CPU time the hypervisor took between two
     ``cpu_steal_and_total`` readings [%]: a run on a contended host got less
     compute than its wall budget says. None where either reading is missing."""
@@ -940,7 +942,7 @@ def table_rows(results: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
 
     def at_common_epoch(r: dict) -> str:
         curve = r.get(by_epoch)
-        return "-" if not curve or not common else f"{curve[common - 1]:.1f}"
+        return f"{curve[common - 1]:.1f}" if curve else "-"
 
     matched = (
         [(f"validation force MAE, epoch {common} [meV/Å]", at_common_epoch)]
