@@ -573,7 +573,7 @@ def learning_curve(rows: list[dict]) -> dict:
     optimiser. Also the validation force MAE of every epoch [meV/Å], where the
     history has it: runs that got unequal compute (a host that took part of the
     CPU) compare at the same epoch."""
-    from physpack.metrics import metric_name
+    from physpack.metrics import convert, metric_name
 
     valid = [float(r["valid_loss"]) for r in rows]
     best = int(np.argmin(valid))
@@ -582,10 +582,10 @@ def learning_curve(rows: list[dict]) -> dict:
         "train_loss_end": float(rows[-1]["train_loss"]),
         "valid_loss_end": valid[-1],
     }
-    forces = f"valid_{metric_name('forces', 'mae', 'eV/Å')}"
+    forces = metric_name("forces", "mae", prefix="valid_")  # history.csv: eV/Å
     if all(r.get(forces) for r in rows):
         curve["valid_forces_mae_meV_per_A_by_epoch"] = [
-            1000.0 * float(r[forces]) for r in rows
+            convert(float(r[forces]), "forces", "meV/Å") for r in rows
         ]
     return curve
 
